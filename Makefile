@@ -1,0 +1,84 @@
+# imgedit: plain GNU make, flags from pkg-config.
+LUA_VERSION ?= 5.4
+LUA         ?= lua$(LUA_VERSION)
+CC          ?= cc
+PKG_CONFIG  ?= pkg-config
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+LUA_LMOD    ?= $(PREFIX)/share/lua/$(LUA_VERSION)
+LUA_CMOD    ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
+BINDIR      ?= $(PREFIX)/bin
+
+LUA_PC   ?= lua$(LUA_VERSION)
+CFLAGS   ?= -O2 -g
+WARN      = -Wall -Wextra -Werror -pedantic -Wmissing-prototypes -Wstrict-prototypes -Wshadow
+DEP_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(LUA_PC) libcurl stb libwebp libcrypto 2>/dev/null)
+EMU_CFLAGS := $(shell $(PKG_CONFIG) --cflags libmicrohttpd 2>/dev/null)
+CORE_LIBS  := $(shell $(PKG_CONFIG) --libs libcurl stb libwebp libcrypto 2>/dev/null) -lm
+EMU_LIBS   := $(shell $(PKG_CONFIG) --libs libmicrohttpd 2>/dev/null) -lpthread
+ALL_CFLAGS = -std=c99 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) $(DEP_CFLAGS) $(CFLAGS)
+# Lua modules link without -llua: the interpreter exports its symbols.
+LDFLAGS  ?=
+SHARED    = -shared
+
+CORE_SRC = src/core.c src/inspect.c src/codec.c src/fileio.c src/pixels.c src/http.c
+EMU_SRC  = src/emulator.c src/emu_render.c
+HDRS     = src/imgedit.h
+
+BUSTED  ?= $(LUA) /usr/bin/busted
+
+.PHONY: all deps test demo bench install uninstall clean check format
+
+all: build/imgedit/core.so build/imgedit/emulator.so
+
+build/imgedit/core.so: $(CORE_SRC) $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(SHARED) -o $@ $(CORE_SRC) $(LDFLAGS) $(CORE_LIBS)
+
+build/imgedit/emulator.so: $(EMU_SRC) $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(EMU_CFLAGS) $(SHARED) -o $@ $(EMU_SRC) $(LDFLAGS) $(EMU_LIBS)
+
+# Debian packages the build, the tests and the demo need; quiet when present.
+DEB_PKGS = gcc make pkg-config liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjson libstb-dev \
+           libwebp-dev libmicrohttpd-dev libssl-dev lua-busted lua-argparse libjpeg-turbo-progs
+deps:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+	  grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+ENV = LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;'
+
+test: all
+	@$(ENV) $(BUSTED) -o tests/summary.lua tests
+
+demo: all
+	@$(ENV) $(LUA) examples/pipeline.lua out
+
+bench: all
+	@$(ENV) $(LUA) bench/run.lua
+
+check:
+	cppcheck --error-exitcode=1 --enable=warning,performance,portability --inline-suppr \
+	  --suppress=missingIncludeSystem -q $(DEP_CFLAGS) $(EMU_CFLAGS) src
+
+format:
+	clang-format -i src/*.c src/*.h
+
+install: all
+	install -d $(DESTDIR)$(LUA_LMOD)/imgedit/emulator $(DESTDIR)$(LUA_CMOD)/imgedit $(DESTDIR)$(BINDIR)
+	install -m 644 lua/imgedit/*.lua $(DESTDIR)$(LUA_LMOD)/imgedit/
+	install -m 644 lua/imgedit/emulator/*.lua $(DESTDIR)$(LUA_LMOD)/imgedit/emulator/
+	install -m 755 build/imgedit/core.so build/imgedit/emulator.so $(DESTDIR)$(LUA_CMOD)/imgedit/
+	install -m 755 bin/imgedit $(DESTDIR)$(BINDIR)/imgedit
+
+uninstall:
+	rm -rf $(DESTDIR)$(LUA_LMOD)/imgedit $(DESTDIR)$(LUA_CMOD)/imgedit $(DESTDIR)$(BINDIR)/imgedit
+
+clean:
+	rm -rf build out

@@ -1,0 +1,86 @@
+-- Image objects: bytes plus what the header says about them. The SHA-256 is
+-- computed on first use, since most images are never hashed.
+local core = require "imgedit.core"
+local errors = require "imgedit.errors"
+
+local M = {}
+
+local Image = {}
+M.Image = Image
+
+local methods = {}
+
+Image.__index = function(self, k)
+  if k == "sha256" then
+    local h = core.sha256(rawget(self, "bytes"))
+    rawset(self, "sha256", h)
+    return h
+  end
+  return methods[k]
+end
+
+function Image.__tostring(self)
+  return string.format("imgedit.Image(%s %dx%d, %d bytes)", self.format, self.width or 0,
+    self.height or 0, #self.bytes)
+end
+
+local EXT = { png = "png", jpeg = "jpg", webp = "webp" }
+M.EXT = EXT
+
+-- Write atomically: a temp file in the same folder, fsync, rename.
+function methods:save(path)
+  if type(path) ~= "string" then error("bad argument #1 to 'save' (path expected)", 2) end
+  local ok, msg = core.write_atomic(path, self.bytes)
+  if not ok then
+    return nil, errors.new("invalid_request", path .. ": " .. msg, { param = "path" })
+  end
+  return path
+end
+
+function M.is(v) return getmetatable(v) == Image end
+
+-- from_bytes(bytes [, fields]) -> Image | nil, message, reason
+function M.from_bytes(bytes, fields)
+  local info, msg, reason = core.inspect(bytes, true)
+  if not info then return nil, msg, reason end
+  local img = setmetatable({
+    bytes = bytes, format = info.format, width = info.width, height = info.height,
+    channels = info.channels, has_alpha = info.has_alpha,
+  }, Image)
+  for k, v in pairs(fields or {}) do img[k] = v end
+  return img
+end
+
+local function basename(path) return (path:match("([^/]*)$")) end
+M.basename = basename
+
+-- open(path) -> Image | nil, err
+function M.open(path)
+  if type(path) ~= "string" then error("bad argument #1 to 'open' (path expected)", 2) end
+  local bytes, msg = core.read_file(path)
+  if not bytes then
+    return nil, errors.new("invalid_request", path .. ": " .. msg, { param = "path" })
+  end
+  local img, why = M.from_bytes(bytes, { filename = basename(path), path = path })
+  if not img then
+    return nil, errors.new("invalid_request", path .. ": " .. why, { param = "path" })
+  end
+  return img
+end
+
+-- inspect(src) -> info | nil, err; src is a path, an Image or {bytes=...}.
+function M.inspect(src)
+  local info, msg
+  if type(src) == "string" then
+    info, msg = core.inspect(src)
+    if not info then return nil, errors.new("invalid_request", src .. ": " .. msg, { param = "path" }) end
+  elseif type(src) == "table" and type(src.bytes) == "string" then
+    info, msg = core.inspect(src.bytes, true)
+    if not info then return nil, errors.new("invalid_request", msg, { param = "bytes" }) end
+  else
+    error("bad argument #1 to 'inspect' (path, Image or {bytes=...} expected)", 2)
+  end
+  return info
+end
+
+return M

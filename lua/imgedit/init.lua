@@ -1,0 +1,29 @@
+-- imgedit: edit and fuse images through OpenAI-compatible image APIs.
+-- The public face of the library; the C core is imgedit.core.
+local core = require "imgedit.core"
+local client = require "imgedit.client"
+local errors = require "imgedit.errors"
+local image = require "imgedit.image"
+local rules = require "imgedit.rules"
+
+local M = {
+  _VERSION = "imgedit " .. core.version,
+  version = core.version,
+  new = client.new,
+  open = image.open,
+  inspect = image.inspect,
+  rules = rules.models,
+  errors = errors,
+  is_image = image.is,
+  is_error = errors.is,
+}
+
+-- from_bytes(bytes [, filename]) -> Image | nil, err
+function M.from_bytes(bytes, filename)
+  if type(bytes) ~= "string" then error("bad argument #1 to 'from_bytes' (string expected)", 2) end
+  local img, msg = image.from_bytes(bytes, { filename = filename })
+  if not img then return nil, errors.new("invalid_request", msg, { param = "bytes" }) end
+  return img
+end
+
+return M

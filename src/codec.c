@@ -1,0 +1,132 @@
+/* Codecs: base64 and data URLs (OpenSSL's EVP block coder), SHA-256 (libcrypto). */
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#include "imgedit.h"
+
+/* Decode strict base64 into a Lua string. Padding is required, whitespace and
+ * characters outside the alphabet are errors: never silent garbage. */
+static int push_b64(lua_State *L, const char *s, size_t n) {
+  if (n == 0)
+    return ie_fail(L, "base64", "empty base64 data");
+  if (n % 4 != 0)
+    return ie_fail(L, "base64", "invalid base64 (length %zu is not a multiple of 4)", n);
+  if (n > (size_t)INT32_MAX)
+    return ie_fail(L, "base64", "base64 data too large");
+  size_t pad = (s[n - 1] == '=') + (s[n - 1] == '=' && s[n - 2] == '=');
+  /* '=' is only valid as padding at the very end. */
+  const char *eq = memchr(s, '=', n);
+  if (eq && (size_t)(eq - s) < n - pad)
+    return ie_fail(L, "base64", "invalid base64 (padding inside the data)");
+  luaL_Buffer b;
+  unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, n / 4 * 3);
+  /* EVP_DecodeBlock trims surrounding whitespace; refuse it beforehand. */
+  if ((unsigned char)s[0] <= ' ' || (unsigned char)s[n - 1 - pad] <= ' ')
+    return ie_fail(L, "base64", "invalid base64 (whitespace)");
+  int got = EVP_DecodeBlock(out, (const unsigned char *)s, (int)n);
+  if (got < 0)
+    return ie_fail(L, "base64", "invalid base64 (character outside the alphabet)");
+  luaL_pushresultsize(&b, (size_t)got - pad);
+  return 1;
+}
+
+static int l_b64decode(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  return push_b64(L, s, n);
+}
+
+static int l_b64encode(lua_State *L) {
+  size_t n;
+  const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
+  luaL_argcheck(L, n <= (size_t)INT32_MAX / 4 * 3, 1, "too large");
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, (n + 2) / 3 * 4 + 1);
+  int got = EVP_EncodeBlock((unsigned char *)out, s, (int)n);
+  luaL_pushresultsize(&b, (size_t)got);
+  return 1;
+}
+
+/* data:<mime>[;param]*;base64,<payload> -> bytes, mime */
+static int l_dataurl_decode(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  if (n < 5 || strncasecmp(s, "data:", 5) != 0)
+    return ie_fail(L, "dataurl", "not a data URL");
+  const char *comma = memchr(s, ',', n);
+  if (!comma)
+    return ie_fail(L, "dataurl", "invalid data URL (no comma)");
+  size_t head = (size_t)(comma - s);
+  if (head < 12 || strncasecmp(comma - 7, ";base64", 7) != 0)
+    return ie_fail(L, "dataurl", "data URL is not base64-encoded");
+  const char *mime = s + 5;
+  size_t mlen = strcspn(mime, ";,");
+  if (mlen < 7 || strncasecmp(mime, "image/", 6) != 0)
+    return ie_fail(L, "dataurl", "data URL does not carry an image");
+  if (push_b64(L, comma + 1, n - head - 1) != 1)
+    return 3;
+  lua_pushlstring(L, mime, mlen);
+  return 2;
+}
+
+static void push_hex(lua_State *L, const unsigned char *d, unsigned n) {
+  static const char hex[] = "0123456789abcdef";
+  char out[2 * EVP_MAX_MD_SIZE];
+  for (unsigned i = 0; i < n; i++)
+    out[2 * i] = hex[d[i] >> 4], out[2 * i + 1] = hex[d[i] & 15];
+  lua_pushlstring(L, out, 2 * (size_t)n);
+}
+
+static int l_sha256(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned mdlen = 0;
+  if (!EVP_Digest(s, n, md, &mdlen, EVP_sha256(), NULL))
+    return ie_fail(L, "crypto", "SHA-256 failed");
+  push_hex(L, md, mdlen);
+  return 1;
+}
+
+/* Stream a file through SHA-256 without holding it in memory. */
+static int l_sha256_file(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return ie_fail(L, "io", "cannot open: %s", strerror(errno));
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+  int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+  unsigned char buf[65536];
+  int err = 0;
+  while (ok) {
+    ssize_t r = read(fd, buf, sizeof buf);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0)
+      err = errno, ok = 0;
+    if (r <= 0)
+      break;
+    ok = EVP_DigestUpdate(ctx, buf, (size_t)r);
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned mdlen = 0;
+  ok = ok && EVP_DigestFinal_ex(ctx, md, &mdlen);
+  EVP_MD_CTX_free(ctx);
+  close(fd);
+  if (!ok)
+    return ie_fail(L, "io", "cannot read: %s", err ? strerror(err) : "digest failed");
+  push_hex(L, md, mdlen);
+  return 1;
+}
+
+void ie_open_codec(lua_State *L) {
+  static const luaL_Reg fns[] = {
+      {"b64decode", l_b64decode},         {"b64encode", l_b64encode},
+      {"dataurl_decode", l_dataurl_decode}, {"sha256", l_sha256},
+      {"sha256_file", l_sha256_file},     {NULL, NULL}};
+  luaL_setfuncs(L, fns, 0);
+}

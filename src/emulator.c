@@ -1,0 +1,639 @@
+/* imgedit.emulator: a local stand-in for the image service.
+ *
+ * libmicrohttpd serves two listeners on 127.0.0.1 (the API and a "CDN" for
+ * url answers), one thread per connection so that a slow answer never holds
+ * up another. The service's rules live in Lua (imgedit/emulator/service.lua)
+ * inside a private lua_State that this file creates: MHD threads call into it
+ * one at a time under a mutex, and never touch the caller's state. Delays are
+ * slept outside the mutex. The caller's state talks to the private one only
+ * through JSON strings, so no Lua value crosses between states. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <lualib.h>
+#include <microhttpd.h>
+
+#include "imgedit.h"
+
+#define EMU_MT "imgedit.emulator"
+#define MAX_BODY ((size_t)256 * 1024 * 1024)
+
+typedef struct emu {
+  struct MHD_Daemon *api, *cdn;
+  pthread_mutex_t lock;   /* guards S */
+  pthread_mutex_t wait_m; /* with wake: interruptible delays */
+  pthread_cond_t wake;
+  int stopping;
+  lua_State *S;
+  unsigned api_port, cdn_port;
+} emu;
+
+typedef struct part {
+  char *name, *filename, *ctype, *data;
+  size_t len, cap;
+} part;
+
+typedef struct req_ctx {
+  struct MHD_PostProcessor *pp;
+  part *parts;
+  size_t nparts, capparts;
+  char *body;
+  size_t blen, bcap, total;
+  int too_big, oom, malformed;
+} req_ctx;
+
+typedef struct handle {
+  emu *E;
+} handle;
+
+/* ---- buffers ---- */
+
+static int append(char **buf, size_t *len, size_t *cap, const char *p, size_t n) {
+  if (*len + n > *cap) {
+    size_t nc = *cap ? *cap : 4096;
+    while (nc < *len + n)
+      nc *= 2;
+    char *nb = realloc(*buf, nc);
+    if (!nb)
+      return -1;
+    *buf = nb, *cap = nc;
+  }
+  if (n)
+    memcpy(*buf + *len, p, n);
+  *len += n;
+  return 0;
+}
+
+static char *dupstr(const char *s) { return s ? strdup(s) : NULL; }
+
+static void free_ctx(req_ctx *c) {
+  if (!c)
+    return;
+  if (c->pp)
+    MHD_destroy_post_processor(c->pp);
+  for (size_t i = 0; i < c->nparts; i++) {
+    free(c->parts[i].name), free(c->parts[i].filename);
+    free(c->parts[i].ctype), free(c->parts[i].data);
+  }
+  free(c->parts);
+  free(c->body);
+  free(c);
+}
+
+static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind, const char *key,
+                               const char *filename, const char *content_type,
+                               const char *transfer_encoding, const char *data, uint64_t off,
+                               size_t size) {
+  req_ctx *c = (req_ctx *)cls;
+  (void)kind, (void)transfer_encoding;
+  if (off == 0) { /* a new part begins */
+    if (c->nparts == c->capparts) {
+      size_t nc = c->capparts ? c->capparts * 2 : 8;
+      part *np = realloc(c->parts, nc * sizeof *np);
+      if (!np)
+        return c->oom = 1, MHD_NO;
+      c->parts = np, c->capparts = nc;
+    }
+    part *p = &c->parts[c->nparts++];
+    memset(p, 0, sizeof *p);
+    p->name = dupstr(key), p->filename = dupstr(filename), p->ctype = dupstr(content_type);
+  }
+  if (c->nparts == 0)
+    return MHD_NO;
+  part *p = &c->parts[c->nparts - 1];
+  if (append(&p->data, &p->len, &p->cap, data, size) != 0)
+    return c->oom = 1, MHD_NO;
+  return MHD_YES;
+}
+
+/* ---- calling the service in the private state ---- */
+
+/* Push the request as a table onto S. */
+static void push_request(lua_State *S, struct MHD_Connection *con, const char *listener,
+                         const char *url, const char *method, req_ctx *c) {
+  lua_createtable(S, 0, 10);
+  lua_pushstring(S, listener), lua_setfield(S, -2, "listener");
+  lua_pushstring(S, url), lua_setfield(S, -2, "path");
+  lua_pushstring(S, method), lua_setfield(S, -2, "method");
+  const char *h = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Authorization");
+  if (h)
+    lua_pushstring(S, h), lua_setfield(S, -2, "authorization");
+  h = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Content-Type");
+  if (h)
+    lua_pushstring(S, h), lua_setfield(S, -2, "content_type");
+  h = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "User-Agent");
+  if (h)
+    lua_pushstring(S, h), lua_setfield(S, -2, "user_agent");
+  lua_pushboolean(S, c->too_big), lua_setfield(S, -2, "too_big");
+  lua_pushboolean(S, c->malformed || c->oom), lua_setfield(S, -2, "malformed");
+  lua_pushinteger(S, (lua_Integer)c->total), lua_setfield(S, -2, "body_size");
+  lua_pushlstring(S, c->body ? c->body : "", c->blen), lua_setfield(S, -2, "body");
+  lua_createtable(S, (int)c->nparts, 0);
+  for (size_t i = 0; i < c->nparts; i++) {
+    part *p = &c->parts[i];
+    lua_createtable(S, 0, 4);
+    if (p->name)
+      lua_pushstring(S, p->name), lua_setfield(S, -2, "name");
+    if (p->filename)
+      lua_pushstring(S, p->filename), lua_setfield(S, -2, "filename");
+    if (p->ctype)
+      lua_pushstring(S, p->ctype), lua_setfield(S, -2, "type");
+    lua_pushlstring(S, p->data ? p->data : "", p->len), lua_setfield(S, -2, "data");
+    lua_rawseti(S, -2, (lua_Integer)i + 1);
+  }
+  lua_setfield(S, -2, "parts");
+}
+
+typedef struct answer {
+  unsigned status;
+  char *body;
+  size_t len;
+  double delay;
+  int drop;           /* close the connection without answering */
+  long truncate;      /* send this many body bytes, then cut the connection */
+  char *headers;      /* "name\0value\0name\0value\0\0" */
+  size_t hlen, hcap;
+} answer;
+
+static int run_service(lua_State *S) {
+  /* S: service, fn_name, request -> call service[fn_name](request) */
+  lua_getfield(S, 1, lua_tostring(S, 2));
+  lua_pushvalue(S, 3);
+  lua_call(S, 1, 1);
+  return 1;
+}
+
+static void take_answer(lua_State *S, answer *a) {
+  lua_getfield(S, -1, "status");
+  a->status = (unsigned)luaL_optinteger(S, -1, 500);
+  lua_getfield(S, -2, "delay");
+  a->delay = luaL_optnumber(S, -1, 0);
+  lua_getfield(S, -3, "drop");
+  a->drop = lua_toboolean(S, -1);
+  lua_getfield(S, -4, "truncate");
+  a->truncate = (long)luaL_optinteger(S, -1, -1);
+  lua_getfield(S, -5, "body");
+  size_t n = 0;
+  const char *b = lua_tolstring(S, -1, &n);
+  if (b && (a->body = malloc(n ? n : 1)) != NULL) {
+    memcpy(a->body, b, n);
+    a->len = n;
+  }
+  lua_pop(S, 5);
+  lua_getfield(S, -1, "headers");
+  if (lua_istable(S, -1)) {
+    lua_pushnil(S);
+    while (lua_next(S, -2)) {
+      const char *k = lua_tostring(S, -2), *v = lua_tostring(S, -1);
+      if (k && v) {
+        append(&a->headers, &a->hlen, &a->hcap, k, strlen(k) + 1);
+        append(&a->headers, &a->hlen, &a->hcap, v, strlen(v) + 1);
+      }
+      lua_pop(S, 1);
+    }
+  }
+  lua_pop(S, 1);
+  append(&a->headers, &a->hlen, &a->hcap, "", 1);
+}
+
+/* Ask the service; on a Lua error, answer 500 with the message. */
+static void ask_service(emu *E, const char *fn, struct MHD_Connection *con, const char *listener,
+                        const char *url, const char *method, req_ctx *c, answer *a) {
+  pthread_mutex_lock(&E->lock);
+  lua_State *S = E->S;
+  int top = lua_gettop(S);
+  lua_pushcfunction(S, run_service);
+  lua_getfield(S, LUA_REGISTRYINDEX, "imgedit.emulator.service");
+  lua_pushstring(S, fn);
+  push_request(S, con, listener, url, method, c);
+  if (lua_pcall(S, 3, 1, 0) == LUA_OK && lua_istable(S, -1)) {
+    take_answer(S, a);
+  } else {
+    const char *msg = lua_tostring(S, -1);
+    char buf[600];
+    snprintf(buf, sizeof buf, "{\"error\":{\"message\":\"emulator failure: %.500s\",\"type\":\"server_error\"}}",
+             msg ? msg : "?");
+    for (char *q = buf + 40; *q; q++) /* keep the JSON valid */
+      if (*q == '"' && q[1] != ',' && q[1] != '}')
+        *q = '\'';
+    a->status = 500;
+    a->body = strdup(buf);
+    a->len = a->body ? strlen(a->body) : 0;
+    append(&a->headers, &a->hlen, &a->hcap, "Content-Type\0application/json\0", 30);
+    append(&a->headers, &a->hlen, &a->hcap, "", 1);
+  }
+  lua_settop(S, top);
+  pthread_mutex_unlock(&E->lock);
+}
+
+/* Sleep, but wake at once when the emulator stops. */
+static void emu_sleep(emu *E, double s) {
+  if (s <= 0)
+    return;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += (time_t)s;
+  ts.tv_nsec += (long)((s - (double)(time_t)s) * 1e9);
+  if (ts.tv_nsec >= 1000000000L)
+    ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+  pthread_mutex_lock(&E->wait_m);
+  while (!E->stopping)
+    if (pthread_cond_timedwait(&E->wake, &E->wait_m, &ts) == ETIMEDOUT)
+      break;
+  pthread_mutex_unlock(&E->wait_m);
+}
+
+typedef struct trunc_src {
+  char *body;
+  size_t len, limit;
+} trunc_src;
+
+static ssize_t trunc_read(void *cls, uint64_t pos, char *buf, size_t max) {
+  trunc_src *t = (trunc_src *)cls;
+  if (pos >= t->limit)
+    return MHD_CONTENT_READER_END_WITH_ERROR;
+  size_t n = t->limit - (size_t)pos;
+  if (n > max)
+    n = max;
+  memcpy(buf, t->body + pos, n);
+  return (ssize_t)n;
+}
+
+static void trunc_free(void *cls) {
+  trunc_src *t = (trunc_src *)cls;
+  free(t->body);
+  free(t);
+}
+
+static enum MHD_Result send_answer(struct MHD_Connection *con, answer *a) {
+  struct MHD_Response *r;
+  if (a->truncate >= 0 && (size_t)a->truncate < a->len) {
+    trunc_src *t = malloc(sizeof *t);
+    if (!t)
+      return MHD_NO;
+    t->body = a->body, t->len = a->len, t->limit = (size_t)a->truncate;
+    a->body = NULL;
+    r = MHD_create_response_from_callback(t->len, 64 * 1024, trunc_read, t, trunc_free);
+    if (!r) {
+      trunc_free(t);
+      return MHD_NO;
+    }
+  } else {
+    r = MHD_create_response_from_buffer(a->len, a->body ? a->body : (void *)"", MHD_RESPMEM_MUST_COPY);
+  }
+  if (!r)
+    return MHD_NO;
+  for (const char *h = a->headers; h && *h;) {
+    const char *v = h + strlen(h) + 1;
+    MHD_add_response_header(r, h, v);
+    h = v + strlen(v) + 1;
+  }
+  enum MHD_Result ok = MHD_queue_response(con, a->status, r);
+  MHD_destroy_response(r);
+  return ok;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_size, void **con_cls,
+                                  const char *listener) {
+  emu *E = (emu *)cls;
+  (void)version;
+  req_ctx *c = (req_ctx *)*con_cls;
+  if (!c) {
+    c = calloc(1, sizeof *c);
+    if (!c)
+      return MHD_NO;
+    *con_cls = c;
+    const char *ct = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Content-Type");
+    if (ct && strncasecmp(ct, "multipart/form-data", 19) == 0)
+      c->pp = MHD_create_post_processor(con, 64 * 1024, on_part, c);
+    return MHD_YES;
+  }
+  if (*upload_size > 0) {
+    c->total += *upload_size;
+    if (c->total > MAX_BODY)
+      c->too_big = 1;
+    if (!c->too_big && !c->oom) {
+      if (c->pp) {
+        if (MHD_post_process(c->pp, upload_data, *upload_size) != MHD_YES)
+          c->malformed = 1;
+      } else if (append(&c->body, &c->blen, &c->bcap, upload_data, *upload_size) != 0) {
+        c->oom = 1;
+      }
+    }
+    *upload_size = 0;
+    return MHD_YES;
+  }
+  answer a;
+  memset(&a, 0, sizeof a);
+  ask_service(E, "handle", con, listener, url, method, c, &a);
+  emu_sleep(E, a.delay);
+  enum MHD_Result ok = a.drop ? MHD_NO : send_answer(con, &a);
+  free(a.body);
+  free(a.headers);
+  return ok;
+}
+
+static enum MHD_Result on_api(void *cls, struct MHD_Connection *con, const char *url,
+                              const char *method, const char *version, const char *upload_data,
+                              size_t *upload_size, void **con_cls) {
+  return on_request(cls, con, url, method, version, upload_data, upload_size, con_cls, "api");
+}
+
+static enum MHD_Result on_cdn(void *cls, struct MHD_Connection *con, const char *url,
+                              const char *method, const char *version, const char *upload_data,
+                              size_t *upload_size, void **con_cls) {
+  return on_request(cls, con, url, method, version, upload_data, upload_size, con_cls, "cdn");
+}
+
+static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+  (void)cls, (void)con, (void)toe;
+  free_ctx((req_ctx *)*con_cls);
+  *con_cls = NULL;
+}
+
+static struct MHD_Daemon *listen_on(emu *E, unsigned port, MHD_AccessHandlerCallback cb,
+                                    unsigned *bound) {
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons((uint16_t)port);
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK); /* never reachable from outside */
+  struct MHD_Daemon *d = MHD_start_daemon(
+      MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD, (uint16_t)port, NULL, NULL,
+      cb, E, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED,
+      on_completed, E, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_END);
+  if (d) {
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    *bound = info ? info->port : port;
+  }
+  return d;
+}
+
+/* ---- the Lua object in the caller's state ---- */
+
+static void emu_free(emu *E) {
+  if (!E)
+    return;
+  pthread_mutex_lock(&E->wait_m);
+  E->stopping = 1;
+  pthread_cond_broadcast(&E->wake);
+  pthread_mutex_unlock(&E->wait_m);
+  if (E->api)
+    MHD_stop_daemon(E->api);
+  if (E->cdn)
+    MHD_stop_daemon(E->cdn);
+  if (E->S)
+    lua_close(E->S);
+  pthread_mutex_destroy(&E->lock);
+  pthread_mutex_destroy(&E->wait_m);
+  pthread_cond_destroy(&E->wake);
+  free(E);
+}
+
+static int emu_stop(lua_State *L) {
+  handle *h = (handle *)luaL_checkudata(L, 1, EMU_MT);
+  emu_free(h->E);
+  h->E = NULL;
+  return 0;
+}
+
+static emu *check_emu(lua_State *L) {
+  handle *h = (handle *)luaL_checkudata(L, 1, EMU_MT);
+  if (!h->E)
+    luaL_error(L, "attempt to use a stopped emulator");
+  return h->E;
+}
+
+/* Call service[fn](json_arg) in the private state; return its string result. */
+static int call_json(lua_State *L, emu *E, const char *fn, const char *arg) {
+  pthread_mutex_lock(&E->lock);
+  lua_State *S = E->S;
+  int top = lua_gettop(S);
+  lua_pushcfunction(S, run_service);
+  lua_getfield(S, LUA_REGISTRYINDEX, "imgedit.emulator.service");
+  lua_pushstring(S, fn);
+  lua_pushstring(S, arg ? arg : "null");
+  int rc = lua_pcall(S, 3, 1, 0);
+  size_t n = 0;
+  const char *s = lua_tolstring(S, -1, &n);
+  /* Copy out before unlocking; the caller's state may raise afterwards. */
+  char *copy = malloc(n + 1);
+  if (copy && s)
+    memcpy(copy, s, n);
+  lua_settop(S, top);
+  pthread_mutex_unlock(&E->lock);
+  if (!copy)
+    return luaL_error(L, "out of memory");
+  lua_pushlstring(L, s ? copy : "", s ? n : 0);
+  free(copy);
+  if (rc != LUA_OK)
+    return lua_error(L);
+  return 1;
+}
+
+/* Encode/decode with the caller's cjson, found through upvalue 1. */
+static void json_call(lua_State *L, const char *fn, int arg) {
+  lua_getfield(L, lua_upvalueindex(1), fn);
+  lua_pushvalue(L, arg);
+  lua_call(L, 1, 1);
+}
+
+static int emu_requests(lua_State *L) {
+  emu *E = check_emu(L);
+  call_json(L, E, "requests_json", NULL);
+  json_call(L, "decode", lua_gettop(L));
+  return 1;
+}
+
+static int emu_stats(lua_State *L) {
+  emu *E = check_emu(L);
+  call_json(L, E, "stats_json", NULL);
+  json_call(L, "decode", lua_gettop(L));
+  return 1;
+}
+
+static int emu_clear(lua_State *L) {
+  emu *E = check_emu(L);
+  call_json(L, E, "clear", NULL);
+  return 0;
+}
+
+/* emu:inject{...} or emu:inject({...}, {...}): faults for the next requests, in order. */
+static int emu_inject(lua_State *L) {
+  emu *E = check_emu(L);
+  int n = lua_gettop(L);
+  for (int i = 2; i <= n; i++) {
+    luaL_checktype(L, i, LUA_TTABLE);
+    json_call(L, "encode", i);
+    call_json(L, E, "inject_json", lua_tostring(L, -1));
+    lua_pop(L, 2);
+  }
+  return 0;
+}
+
+static int emu_index(lua_State *L) {
+  handle *h = (handle *)luaL_checkudata(L, 1, EMU_MT);
+  const char *k = luaL_checkstring(L, 2);
+  if (h->E && strcmp(k, "url") == 0)
+    lua_pushfstring(L, "http://127.0.0.1:%d/v1", (int)h->E->api_port);
+  else if (h->E && strcmp(k, "cdn_url") == 0)
+    lua_pushfstring(L, "http://127.0.0.1:%d", (int)h->E->cdn_port);
+  else if (h->E && strcmp(k, "port") == 0)
+    lua_pushinteger(L, h->E->api_port);
+  else if (h->E && strcmp(k, "key") == 0)
+    call_json(L, h->E, "key", NULL);
+  else {
+    luaL_getmetatable(L, EMU_MT);
+    lua_getfield(L, -1, "methods");
+    lua_getfield(L, -1, k);
+  }
+  return 1;
+}
+
+static int emu_tostring(lua_State *L) {
+  handle *h = (handle *)luaL_checkudata(L, 1, EMU_MT);
+  if (h->E)
+    lua_pushfstring(L, "imgedit.emulator (http://127.0.0.1:%d/v1)", (int)h->E->api_port);
+  else
+    lua_pushliteral(L, "imgedit.emulator (stopped)");
+  return 1;
+}
+
+/* The private state: standard libraries, the caller's module paths, the service. */
+static lua_State *new_private_state(lua_State *L, const char *config, char *err, size_t errlen) {
+  lua_State *S = luaL_newstate();
+  if (!S) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  luaL_openlibs(S);
+  lua_getglobal(S, "package");
+  const char *keys[] = {"path", "cpath"};
+  for (int i = 0; i < 2; i++) {
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, keys[i]);
+    lua_pushstring(S, lua_tostring(L, -1));
+    lua_setfield(S, -2, keys[i]);
+    lua_pop(L, 2);
+  }
+  lua_pop(S, 1);
+  lua_getglobal(S, "require");
+  lua_pushliteral(S, "imgedit.emulator.service");
+  if (lua_pcall(S, 1, 1, 0) != LUA_OK) {
+    snprintf(err, errlen, "cannot load the emulator service: %s", lua_tostring(S, -1));
+    lua_close(S);
+    return NULL;
+  }
+  lua_setfield(S, LUA_REGISTRYINDEX, "imgedit.emulator.service");
+  lua_pushcfunction(S, run_service);
+  lua_getfield(S, LUA_REGISTRYINDEX, "imgedit.emulator.service");
+  lua_pushliteral(S, "configure_json");
+  lua_pushstring(S, config);
+  if (lua_pcall(S, 3, 0, 0) != LUA_OK) {
+    snprintf(err, errlen, "emulator configuration: %s", lua_tostring(S, -1));
+    lua_close(S);
+    return NULL;
+  }
+  return S;
+}
+
+static void configure_urls(emu *E) {
+  char buf[256];
+  snprintf(buf, sizeof buf, "{\"api_url\":\"http://127.0.0.1:%u/v1\",\"cdn_url\":\"http://127.0.0.1:%u\"}",
+           E->api_port, E->cdn_port);
+  pthread_mutex_lock(&E->lock);
+  lua_pushcfunction(E->S, run_service);
+  lua_getfield(E->S, LUA_REGISTRYINDEX, "imgedit.emulator.service");
+  lua_pushliteral(E->S, "configure_json");
+  lua_pushstring(E->S, buf);
+  lua_pcall(E->S, 3, 0, 0);
+  lua_settop(E->S, 0);
+  pthread_mutex_unlock(&E->lock);
+}
+
+/* start{port=0, cdn_port=0, latency=0, key=...} -> emulator */
+static int l_start(lua_State *L) {
+  if (lua_isnoneornil(L, 1))
+    lua_newtable(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  lua_getfield(L, 1, "port");
+  lua_Integer port = luaL_optinteger(L, -1, 0);
+  lua_getfield(L, 1, "cdn_port");
+  lua_Integer cdn_port = luaL_optinteger(L, -1, 0);
+  lua_pop(L, 2);
+  luaL_argcheck(L, port >= 0 && port < 65536 && cdn_port >= 0 && cdn_port < 65536, 1,
+                "port out of range");
+  json_call(L, "encode", 1); /* the options, for the service */
+  handle *h = (handle *)lua_newuserdatauv(L, sizeof *h, 0);
+  h->E = NULL;
+  luaL_setmetatable(L, EMU_MT);
+  emu *E = calloc(1, sizeof *E);
+  if (!E)
+    return luaL_error(L, "out of memory");
+  pthread_mutex_init(&E->lock, NULL);
+  pthread_mutex_init(&E->wait_m, NULL);
+  pthread_cond_init(&E->wake, NULL);
+  h->E = E; /* from here on, __gc frees it */
+  char err[512];
+  E->S = new_private_state(L, lua_tostring(L, 2), err, sizeof err);
+  if (!E->S) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  E->api = listen_on(E, (unsigned)port, on_api, &E->api_port);
+  E->cdn = E->api ? listen_on(E, (unsigned)cdn_port, on_cdn, &E->cdn_port) : NULL;
+  if (!E->api || !E->cdn) {
+    int e = errno;
+    emu_free(E);
+    h->E = NULL;
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot listen on 127.0.0.1: %s", strerror(e));
+    return 2;
+  }
+  configure_urls(E);
+  return 1;
+}
+
+IE_API int luaopen_imgedit_emulator(lua_State *L);
+
+int luaopen_imgedit_emulator(lua_State *L) {
+  luaL_checkversion(L);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "cjson");
+  lua_call(L, 1, 1); /* upvalue of the methods that pass tables across states */
+  int cjson = lua_gettop(L);
+  if (luaL_newmetatable(L, EMU_MT)) {
+    static const luaL_Reg methods[] = {{"requests", emu_requests}, {"stats", emu_stats},
+                                       {"inject", emu_inject},     {"clear", emu_clear},
+                                       {"stop", emu_stop},         {NULL, NULL}};
+    lua_newtable(L);
+    lua_pushvalue(L, cjson);
+    luaL_setfuncs(L, methods, 1);
+    lua_setfield(L, -2, "methods");
+    lua_pushcfunction(L, emu_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, emu_stop);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, emu_stop);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, emu_tostring);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_pushvalue(L, cjson);
+  lua_pushcclosure(L, l_start, 1);
+  lua_setfield(L, -2, "start");
+  emu_open_render(L);
+  return 1;
+}

@@ -1,0 +1,105 @@
+/* Files: atomic writes (temp file in the same folder, fsync, rename) so that a
+ * reader never sees half an image, and an old file survives a failed write. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "imgedit.h"
+
+static int write_all(int fd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0)
+      return -1;
+    p += w, n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* write_atomic(path, bytes) -> true | nil, message, "io" */
+static int l_write_atomic(lua_State *L) {
+  size_t plen, n;
+  const char *path = luaL_checklstring(L, 1, &plen);
+  const char *data = luaL_checklstring(L, 2, &n);
+  /* The template lives in a Lua string buffer so an error cannot leak it. */
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addlstring(&b, path, plen);
+  luaL_addstring(&b, ".tmp-XXXXXX");
+  luaL_addchar(&b, '\0');
+  luaL_pushresult(&b);
+  char *tmpl = (char *)lua_newuserdatauv(L, lua_rawlen(L, -1), 0);
+  memcpy(tmpl, lua_tostring(L, -2), lua_rawlen(L, -2));
+  int fd = mkostemp(tmpl, O_CLOEXEC);
+  if (fd < 0)
+    return ie_fail(L, "io", "cannot create a file next to the target: %s", strerror(errno));
+  int err = 0;
+  if (write_all(fd, data, n) != 0 || fsync(fd) != 0)
+    err = errno;
+  /* Ordinary file permissions, as a plain open() would give. */
+  if (!err) {
+    mode_t um = umask(0);
+    umask(um);
+    if (fchmod(fd, 0666 & ~um) != 0)
+      err = errno;
+  }
+  if (close(fd) != 0 && !err)
+    err = errno;
+  if (!err && rename(tmpl, path) != 0)
+    err = errno;
+  if (err) {
+    unlink(tmpl);
+    return ie_fail(L, "io", "cannot write: %s", strerror(err));
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* read_file(path [, max]) -> bytes | nil, message, "io" | "too_large" */
+static int l_read_file(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  lua_Integer max = luaL_optinteger(L, 2, (lua_Integer)1 << 40);
+  struct stat st;
+  if (stat(path, &st) != 0)
+    return ie_fail(L, "io", "cannot open: %s", strerror(errno));
+  if (!S_ISREG(st.st_mode))
+    return ie_fail(L, "io", S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
+  if (st.st_size > max)
+    return ie_fail(L, "too_large", "file is %lld bytes, more than %lld", (long long)st.st_size,
+                   (long long)max);
+  /* Allocate before opening: a memory error raised here cannot leak the fd. */
+  luaL_Buffer b;
+  size_t want = (size_t)st.st_size;
+  char *p = luaL_buffinitsize(L, &b, want);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return ie_fail(L, "io", "cannot open: %s", strerror(errno));
+  size_t got = 0;
+  while (got < want) {
+    ssize_t r = read(fd, p + got, want - got);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0) {
+      int e = errno;
+      close(fd);
+      return ie_fail(L, "io", "cannot read: %s", strerror(e));
+    }
+    if (r == 0)
+      break;
+    got += (size_t)r;
+  }
+  close(fd);
+  luaL_pushresultsize(&b, got);
+  return 1;
+}
+
+void ie_open_fileio(lua_State *L) {
+  static const luaL_Reg fns[] = {
+      {"write_atomic", l_write_atomic}, {"read_file", l_read_file}, {NULL, NULL}};
+  luaL_setfuncs(L, fns, 0);
+}

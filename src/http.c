@@ -1,0 +1,582 @@
+/* HTTP transfers on libcurl's multi interface.
+ *
+ * A Multi owns one CURLM (and so one connection pool); a Transfer is one
+ * request on it. Every libcurl callback here is plain C that only records
+ * bytes and counters: no Lua function is ever called from inside libcurl, so
+ * no Lua error can longjmp through it. Lua reads the results after
+ * Multi:perform() returns. */
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <curl/curl.h>
+
+#include "imgedit.h"
+
+#define MULTI_MT "imgedit.multi"
+#define XFER_MT "imgedit.transfer"
+#define MAX_HEADER_BYTES (64 * 1024)
+
+typedef struct transfer transfer;
+
+typedef struct multi {
+  CURLM *m;
+  transfer *head; /* transfers currently added to m */
+  int count;
+} multi;
+
+/* An in-memory file part: points into a Lua string that the transfer anchors. */
+typedef struct memsrc {
+  const char *p;
+  size_t len, pos;
+} memsrc;
+
+struct transfer {
+  CURL *e;
+  curl_mime *mime;
+  struct curl_slist *headers;
+  multi *owner;
+  transfer *next, *prev;
+  char *body;
+  size_t len, cap, max;
+  size_t header_bytes;
+  int done, too_large, header_flood, canceled, closed;
+  CURLcode code;
+  long status;
+  curl_off_t ul_now, ul_total, dl_now, dl_total;
+  char ctype[128], retry_after[64], retry_after_ms[32], request_id[128], location[8];
+  char errbuf[CURL_ERROR_SIZE];
+};
+
+/* ---- libcurl callbacks: C only ---- */
+
+static size_t on_body(char *p, size_t sz, size_t n, void *ud) {
+  transfer *t = (transfer *)ud;
+  size_t len = sz * n;
+  if (t->len + len > t->max) {
+    t->too_large = 1;
+    return 0; /* CURLE_WRITE_ERROR */
+  }
+  if (t->len + len > t->cap) {
+    size_t cap = t->cap ? t->cap : 16384;
+    while (cap < t->len + len)
+      cap *= 2;
+    if (cap > t->max)
+      cap = t->max;
+    char *nb = realloc(t->body, cap);
+    if (!nb)
+      return 0;
+    t->body = nb, t->cap = cap;
+  }
+  memcpy(t->body + t->len, p, len);
+  t->len += len;
+  return len;
+}
+
+static void copy_value(char *dst, size_t dstlen, const char *v, size_t n) {
+  while (n > 0 && (*v == ' ' || *v == '\t'))
+    v++, n--;
+  while (n > 0 && (v[n - 1] == '\r' || v[n - 1] == '\n' || v[n - 1] == ' '))
+    n--;
+  if (n >= dstlen)
+    n = dstlen - 1;
+  memcpy(dst, v, n);
+  dst[n] = '\0';
+}
+
+static int header_is(const char *line, size_t n, const char *name, size_t *vstart) {
+  size_t k = strlen(name);
+  if (n > k && strncasecmp(line, name, k) == 0 && line[k] == ':') {
+    *vstart = k + 1;
+    return 1;
+  }
+  return 0;
+}
+
+static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
+  transfer *t = (transfer *)ud;
+  size_t len = sz * n, v;
+  t->header_bytes += len;
+  if (t->header_bytes > MAX_HEADER_BYTES) {
+    t->header_flood = 1;
+    return 0;
+  }
+  if (len > 5 && strncmp(p, "HTTP/", 5) == 0) {
+    /* A new response (after a redirect or 100-continue): forget the old headers. */
+    t->ctype[0] = t->retry_after[0] = t->retry_after_ms[0] = t->request_id[0] = '\0';
+    return len;
+  }
+  if (header_is(p, len, "content-type", &v))
+    copy_value(t->ctype, sizeof t->ctype, p + v, len - v);
+  else if (header_is(p, len, "retry-after", &v))
+    copy_value(t->retry_after, sizeof t->retry_after, p + v, len - v);
+  else if (header_is(p, len, "retry-after-ms", &v))
+    copy_value(t->retry_after_ms, sizeof t->retry_after_ms, p + v, len - v);
+  else if (header_is(p, len, "x-request-id", &v))
+    copy_value(t->request_id, sizeof t->request_id, p + v, len - v);
+  return len;
+}
+
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow) {
+  transfer *t = (transfer *)ud;
+  t->dl_total = dltotal, t->dl_now = dlnow, t->ul_total = ultotal, t->ul_now = ulnow;
+  return t->canceled; /* non-zero aborts the transfer */
+}
+
+static size_t mem_read(char *buf, size_t sz, size_t n, void *arg) {
+  memsrc *m = (memsrc *)arg;
+  size_t k = sz * n;
+  if (k > m->len - m->pos)
+    k = m->len - m->pos;
+  memcpy(buf, m->p + m->pos, k);
+  m->pos += k;
+  return k;
+}
+
+static int mem_seek(void *arg, curl_off_t off, int origin) {
+  memsrc *m = (memsrc *)arg;
+  if (origin != SEEK_SET || off < 0 || (size_t)off > m->len)
+    return CURL_SEEKFUNC_CANTSEEK;
+  m->pos = (size_t)off;
+  return CURL_SEEKFUNC_OK;
+}
+
+/* ---- lifetime ---- */
+
+static void unlink_transfer(transfer *t) {
+  multi *m = t->owner;
+  if (!m)
+    return;
+  curl_multi_remove_handle(m->m, t->e);
+  if (t->prev)
+    t->prev->next = t->next;
+  else
+    m->head = t->next;
+  if (t->next)
+    t->next->prev = t->prev;
+  t->next = t->prev = NULL;
+  t->owner = NULL;
+  m->count--;
+}
+
+static void transfer_release(transfer *t) {
+  unlink_transfer(t);
+  if (t->e)
+    curl_easy_cleanup(t->e);
+  curl_mime_free(t->mime);
+  curl_slist_free_all(t->headers);
+  free(t->body);
+  t->e = NULL, t->mime = NULL, t->headers = NULL, t->body = NULL;
+  t->len = t->cap = 0;
+}
+
+static int transfer_close(lua_State *L) {
+  transfer *t = (transfer *)luaL_checkudata(L, 1, XFER_MT);
+  transfer_release(t);
+  t->closed = 1;
+  return 0;
+}
+
+static transfer *check_open_transfer(lua_State *L) {
+  transfer *t = (transfer *)luaL_checkudata(L, 1, XFER_MT);
+  if (t->closed)
+    luaL_error(L, "attempt to use a closed transfer");
+  return t;
+}
+
+static int multi_close(lua_State *L) {
+  multi *m = (multi *)luaL_checkudata(L, 1, MULTI_MT);
+  while (m->head)
+    unlink_transfer(m->head);
+  if (m->m)
+    curl_multi_cleanup(m->m);
+  m->m = NULL;
+  return 0;
+}
+
+static multi *check_open_multi(lua_State *L) {
+  multi *m = (multi *)luaL_checkudata(L, 1, MULTI_MT);
+  if (!m->m)
+    luaL_error(L, "attempt to use a closed multi handle");
+  return m;
+}
+
+/* ---- building a request from a spec table ---- */
+
+static const char *opt_string(lua_State *L, int spec, const char *key, size_t *len) {
+  lua_getfield(L, spec, key);
+  const char *s = lua_isnil(L, -1) ? NULL : luaL_checklstring(L, -1, len);
+  lua_pop(L, 1); /* the spec table keeps the string alive */
+  return s;
+}
+
+static lua_Number opt_number(lua_State *L, int spec, const char *key, lua_Number dflt) {
+  lua_getfield(L, spec, key);
+  lua_Number v = luaL_optnumber(L, -1, dflt);
+  lua_pop(L, 1);
+  return v;
+}
+
+static int opt_bool(lua_State *L, int spec, const char *key) {
+  lua_getfield(L, spec, key);
+  int v = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static void add_headers(lua_State *L, int spec, transfer *t) {
+  lua_getfield(L, spec, "headers");
+  if (lua_istable(L, -1)) {
+    lua_Integer n = luaL_len(L, -1);
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_geti(L, -1, i);
+      const char *h = luaL_checkstring(L, -1);
+      if (strpbrk(h, "\r\n"))
+        luaL_error(L, "header %d contains a line break", (int)i);
+      struct curl_slist *nl = curl_slist_append(t->headers, h);
+      if (!nl)
+        luaL_error(L, "out of memory");
+      t->headers = nl;
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+}
+
+/* parts = { {name=, value=} | {name=, path=, filename=, type=} | {name=, data=, filename=, type=} } */
+static void add_parts(lua_State *L, int spec, transfer *t) {
+  lua_getfield(L, spec, "parts");
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  int parts = lua_gettop(L);
+  t->mime = curl_mime_init(t->e);
+  if (!t->mime)
+    luaL_error(L, "out of memory");
+  lua_Integer n = luaL_len(L, parts);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_geti(L, parts, i);
+    int p = lua_gettop(L);
+    luaL_checktype(L, p, LUA_TTABLE);
+    size_t len = 0;
+    const char *name = opt_string(L, p, "name", &len);
+    const char *value = opt_string(L, p, "value", &len);
+    const char *path = opt_string(L, p, "path", NULL);
+    size_t dlen = 0;
+    const char *data = opt_string(L, p, "data", &dlen);
+    const char *filename = opt_string(L, p, "filename", NULL);
+    const char *type = opt_string(L, p, "type", NULL);
+    curl_mimepart *part = curl_mime_addpart(t->mime);
+    CURLcode rc = part ? curl_mime_name(part, name) : CURLE_OUT_OF_MEMORY;
+    if (rc == CURLE_OK && value)
+      rc = curl_mime_data(part, value, len);
+    else if (rc == CURLE_OK && path)
+      rc = curl_mime_filedata(part, path); /* streamed from disk at send time */
+    else if (rc == CURLE_OK && data) {
+      memsrc *ms = malloc(sizeof *ms);
+      if (!ms)
+        rc = CURLE_OUT_OF_MEMORY;
+      else {
+        ms->p = data, ms->len = dlen, ms->pos = 0;
+        rc = curl_mime_data_cb(part, (curl_off_t)dlen, mem_read, mem_seek, free, ms);
+        if (rc != CURLE_OK)
+          free(ms);
+        /* Anchor the string for as long as the transfer lives. */
+        lua_getiuservalue(L, 3, 1);
+        lua_getfield(L, p, "data");
+        lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+        lua_pop(L, 1);
+      }
+    }
+    if (rc == CURLE_OK && (path || data))
+      rc = curl_mime_filename(part, filename);
+    if (rc == CURLE_OK && type)
+      rc = curl_mime_type(part, type);
+    if (rc != CURLE_OK)
+      luaL_error(L, "cannot build part %d: %s", (int)i, curl_easy_strerror(rc));
+    lua_settop(L, parts);
+  }
+  lua_pop(L, 1);
+  curl_easy_setopt(t->e, CURLOPT_MIMEPOST, t->mime);
+}
+
+/* multi:start(spec) -> transfer. The transfer starts on the next perform(). */
+static int multi_start(lua_State *L) {
+  multi *m = check_open_multi(L);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  /* Create safely: an empty, finalisable object first, then the resources. */
+  transfer *t = (transfer *)lua_newuserdatauv(L, sizeof *t, 1);
+  memset(t, 0, sizeof *t);
+  luaL_setmetatable(L, XFER_MT);
+  lua_newtable(L); /* anchors: the multi, and strings sent from memory */
+  lua_pushvalue(L, 1);
+  lua_setfield(L, -2, "multi");
+  lua_setiuservalue(L, -2, 1);
+  int spec = 2; /* stack: multi, spec, transfer */
+  t->e = curl_easy_init();
+  if (!t->e)
+    return luaL_error(L, "curl_easy_init failed");
+  size_t n;
+  const char *url = opt_string(L, spec, "url", &n);
+  luaL_argcheck(L, url != NULL, 2, "spec.url required");
+  t->max = (size_t)opt_number(L, spec, "max_response_bytes", 64.0 * 1024 * 1024);
+  CURL *e = t->e;
+  curl_easy_setopt(e, CURLOPT_URL, url);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, t);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, opt_bool(L, spec, "follow") ? 1L : 0L);
+  curl_easy_setopt(e, CURLOPT_MAXREDIRS, 5L);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
+  curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
+  curl_easy_setopt(e, CURLOPT_XFERINFODATA, t);
+  curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t->max);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(opt_number(L, spec, "timeout", 600) * 1000));
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                   (long)(opt_number(L, spec, "connect_timeout", 15) * 1000));
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, (long)opt_number(L, spec, "low_speed_limit", 1));
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)opt_number(L, spec, "low_speed_time", 0));
+  const char *ua = opt_string(L, spec, "user_agent", NULL);
+  if (ua)
+    curl_easy_setopt(e, CURLOPT_USERAGENT, ua);
+  add_headers(L, spec, t);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
+  const char *body = opt_string(L, spec, "body", &n);
+  if (body) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)n);
+    curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body);
+  } else {
+    add_parts(L, spec, t);
+  }
+  CURLMcode mc = curl_multi_add_handle(m->m, e);
+  if (mc != CURLM_OK)
+    return luaL_error(L, "curl_multi_add_handle: %s", curl_multi_strerror(mc));
+  t->owner = m;
+  t->next = m->head;
+  if (m->head)
+    m->head->prev = t;
+  m->head = t;
+  m->count++;
+  lua_settop(L, 3);
+  return 1;
+}
+
+/* Record finished transfers; returns how many finished. */
+static int collect(multi *m) {
+  CURLMsg *msg;
+  int left, n = 0;
+  while ((msg = curl_multi_info_read(m->m, &left))) {
+    if (msg->msg != CURLMSG_DONE)
+      continue;
+    transfer *t = NULL;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
+    if (!t)
+      continue;
+    t->code = msg->data.result;
+    t->done = 1;
+    curl_easy_getinfo(t->e, CURLINFO_RESPONSE_CODE, &t->status);
+    unlink_transfer(t); /* the connection goes back to the multi's pool */
+    n++;
+  }
+  return n;
+}
+
+/* multi:perform(timeout_s) -> number of transfers still running. Waits up to
+ * timeout_s for activity unless something already finished; with nothing in
+ * flight it simply sleeps, which is what a caller waiting to retry wants. */
+static int multi_perform(lua_State *L) {
+  multi *m = check_open_multi(L);
+  lua_Number timeout = luaL_optnumber(L, 2, 0);
+  int running = 0;
+  curl_multi_perform(m->m, &running);
+  int finished = collect(m);
+  if (timeout > 0 && finished == 0) {
+    curl_multi_poll(m->m, NULL, 0, (int)(timeout * 1000), NULL);
+    curl_multi_perform(m->m, &running);
+    collect(m);
+  }
+  lua_pushinteger(L, m->count);
+  return 1;
+}
+
+/* ---- transfer methods ---- */
+
+static int transfer_done(lua_State *L) {
+  transfer *t = check_open_transfer(L);
+  lua_pushboolean(L, t->done);
+  return 1;
+}
+
+static void set_str(lua_State *L, const char *k, const char *v) {
+  if (v && *v) {
+    lua_pushstring(L, v);
+    lua_setfield(L, -2, k);
+  }
+}
+
+static const char *reason_of(const transfer *t) {
+  if (t->canceled)
+    return "canceled";
+  if (t->too_large || t->code == CURLE_FILESIZE_EXCEEDED)
+    return "too_large";
+  if (t->header_flood)
+    return "headers";
+  switch (t->code) {
+  case CURLE_OK: return NULL;
+  case CURLE_OPERATION_TIMEDOUT: return "timeout";
+  case CURLE_READ_ERROR: return "read";
+  case CURLE_UNSUPPORTED_PROTOCOL: return "protocol";
+  case CURLE_TOO_MANY_REDIRECTS: return "redirects";
+  case CURLE_PEER_FAILED_VERIFICATION:
+  case CURLE_SSL_CONNECT_ERROR:
+  case CURLE_SSL_CERTPROBLEM: return "tls";
+  default: return "network";
+  }
+}
+
+/* transfer:result() -> nil while running; else a table describing the answer. */
+static int transfer_result(lua_State *L) {
+  transfer *t = check_open_transfer(L);
+  if (!t->done) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_createtable(L, 0, 16);
+  const char *reason = reason_of(t);
+  lua_pushboolean(L, reason == NULL);
+  lua_setfield(L, -2, "ok");
+  if (reason) {
+    lua_pushstring(L, reason);
+    lua_setfield(L, -2, "reason");
+    lua_pushstring(L, t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->code));
+    lua_setfield(L, -2, "error");
+    lua_pushinteger(L, t->code);
+    lua_setfield(L, -2, "curl_code");
+  }
+  lua_pushinteger(L, t->status);
+  lua_setfield(L, -2, "status");
+  set_str(L, "content_type", t->ctype);
+  set_str(L, "retry_after", t->retry_after);
+  set_str(L, "retry_after_ms", t->retry_after_ms);
+  set_str(L, "request_id", t->request_id);
+  lua_pushlstring(L, t->body ? t->body : "", t->len);
+  lua_setfield(L, -2, "body");
+  lua_pushboolean(L, t->ul_total == 0 || t->ul_now >= t->ul_total);
+  lua_setfield(L, -2, "sent_all");
+  lua_pushinteger(L, (lua_Integer)t->ul_now);
+  lua_setfield(L, -2, "bytes_up");
+  lua_pushinteger(L, (lua_Integer)t->dl_now);
+  lua_setfield(L, -2, "bytes_down");
+  char *eff = NULL;
+  if (t->e && curl_easy_getinfo(t->e, CURLINFO_EFFECTIVE_URL, &eff) == CURLE_OK && eff)
+    set_str(L, "url", eff);
+  return 1;
+}
+
+/* transfer:progress() -> ul_now, ul_total, dl_now, dl_total, got_status */
+static int transfer_progress(lua_State *L) {
+  transfer *t = check_open_transfer(L);
+  long code = 0;
+  if (t->e)
+    curl_easy_getinfo(t->e, CURLINFO_RESPONSE_CODE, &code);
+  lua_pushinteger(L, (lua_Integer)t->ul_now);
+  lua_pushinteger(L, (lua_Integer)t->ul_total);
+  lua_pushinteger(L, (lua_Integer)t->dl_now);
+  lua_pushinteger(L, (lua_Integer)t->dl_total);
+  lua_pushboolean(L, code > 0 || t->done);
+  return 5;
+}
+
+/* transfer:cancel(): abort at once and free the connection. */
+static int transfer_cancel(lua_State *L) {
+  transfer *t = check_open_transfer(L);
+  if (!t->done) {
+    t->canceled = 1;
+    t->done = 1;
+    t->code = CURLE_ABORTED_BY_CALLBACK;
+    unlink_transfer(t);
+  }
+  return 0;
+}
+
+static int transfer_tostring(lua_State *L) {
+  transfer *t = (transfer *)luaL_checkudata(L, 1, XFER_MT);
+  lua_pushfstring(L, "imgedit.transfer (%s)",
+                  t->closed ? "closed" : t->done ? "done" : "running");
+  return 1;
+}
+
+static int multi_tostring(lua_State *L) {
+  multi *m = (multi *)luaL_checkudata(L, 1, MULTI_MT);
+  if (m->m)
+    lua_pushfstring(L, "imgedit.multi (%d running)", m->count);
+  else
+    lua_pushliteral(L, "imgedit.multi (closed)");
+  return 1;
+}
+
+static int l_multi(lua_State *L) {
+  multi *m = (multi *)lua_newuserdatauv(L, sizeof *m, 0);
+  memset(m, 0, sizeof *m);
+  luaL_setmetatable(L, MULTI_MT);
+  m->m = curl_multi_init();
+  if (!m->m)
+    return luaL_error(L, "curl_multi_init failed");
+  return 1;
+}
+
+static int l_curl_version(lua_State *L) {
+  const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+  lua_pushstring(L, v->version);
+  return 1;
+}
+
+static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction close,
+                      lua_CFunction tostring) {
+  luaL_newmetatable(L, name);
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
+  lua_pushcfunction(L, close);
+  lua_setfield(L, -2, "close");
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, close);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, close);
+  lua_setfield(L, -2, "__close");
+  lua_pushcfunction(L, tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+}
+
+void ie_open_http(lua_State *L) {
+  /* Process-wide and not thread-safe in old libcurl: done once, on first load. */
+  static int curl_ready = 0;
+  if (!curl_ready) {
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+      luaL_error(L, "curl_global_init failed");
+    curl_ready = 1;
+  }
+  static const luaL_Reg multi_methods[] = {
+      {"start", multi_start}, {"perform", multi_perform}, {NULL, NULL}};
+  static const luaL_Reg xfer_methods[] = {{"done", transfer_done},
+                                          {"result", transfer_result},
+                                          {"progress", transfer_progress},
+                                          {"cancel", transfer_cancel},
+                                          {NULL, NULL}};
+  new_class(L, MULTI_MT, multi_methods, multi_close, multi_tostring);
+  new_class(L, XFER_MT, xfer_methods, transfer_close, transfer_tostring);
+  static const luaL_Reg fns[] = {
+      {"multi", l_multi}, {"curl_version", l_curl_version}, {NULL, NULL}};
+  luaL_setfuncs(L, fns, 0);
+}
