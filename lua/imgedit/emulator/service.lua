@@ -363,7 +363,17 @@ local function generations(req, entry)
   return image_answer(m, f, bytes, fmt, usage(f.prompt, {}, w, h, f.quality), entry)
 end
 
+local function unhex(s)
+  return (s:gsub("%x%x", function(b) return string.char(tonumber(b, 16)) end))
+end
+
 local function cdn(req, entry)
+  -- /redirect/<hex of a url>: a 302 there, for redirect-chain tests.
+  local target = req.path:match("^/redirect/(%x+)$")
+  if target then
+    entry.status = 302
+    return { status = 302, body = "", headers = { Location = unhex(target) } }
+  end
   local name = req.path:match("^/files/([%w%-%.]+)$")
   local file = name and files[name]
   if req.method ~= "GET" or not file then

@@ -1,0 +1,190 @@
+-- Shared test helpers: a temporary folder, image fixtures made on the spot
+-- (no binary files in the repo), and an emulator per spec file.
+local core = require "imgedit.core"
+
+local H = {}
+
+function H.tmpdir()
+  local p = os.tmpname()
+  os.remove(p)
+  assert(os.execute("mkdir -p '" .. p .. "'"))
+  return p
+end
+
+function H.rmtree(p)
+  if p and p:match("^/tmp/") then os.execute("rm -rf '" .. p .. "'") end
+end
+
+function H.write(path, bytes)
+  local f = assert(io.open(path, "wb"))
+  f:write(bytes)
+  f:close()
+  return path
+end
+
+function H.read(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+function H.exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+function H.ls(dir)
+  local out = {}
+  local p = io.popen("ls -A '" .. dir .. "'")
+  for line in p:lines() do out[#out + 1] = line end
+  p:close()
+  return out
+end
+
+-- ---- RGBA pictures and encoders from the C core ----
+
+-- A w x h RGBA picture: a gradient, with alpha from `alpha(x, y)` if given.
+function H.rgba(w, h, alpha)
+  local t = {}
+  for y = 0, h - 1 do
+    for x = 0, w - 1 do
+      t[#t + 1] = string.char((x * 255) // math.max(w - 1, 1), (y * 255) // math.max(h - 1, 1), 128,
+        alpha and alpha(x, y) or 255)
+    end
+  end
+  return table.concat(t)
+end
+
+function H.png(w, h, alpha) return core.encode(H.rgba(w, h, alpha), w, h, "png") end
+function H.jpeg(w, h) return core.encode(H.rgba(w, h), w, h, "jpeg", 85) end
+
+-- ---- a small PNG writer for the variants stb cannot write ----
+-- (palette, tRNS, 16-bit, interlaced): stored deflate blocks, real CRCs.
+
+local crc_table = {}
+for i = 0, 255 do
+  local c = i
+  for _ = 1, 8 do
+    if c & 1 == 1 then c = 0xEDB88320 ~ (c >> 1) else c = c >> 1 end
+  end
+  crc_table[i] = c
+end
+
+local function crc32(s)
+  local c = 0xFFFFFFFF
+  for i = 1, #s do c = crc_table[(c ~ s:byte(i)) & 0xFF] ~ (c >> 8) end
+  return c ~ 0xFFFFFFFF
+end
+
+local function adler32(s)
+  local a, b = 1, 0
+  for i = 1, #s do
+    a = (a + s:byte(i)) % 65521
+    b = (b + a) % 65521
+  end
+  return (b << 16) | a
+end
+
+local function be32(n) return string.pack(">I4", n) end
+
+local function zlib_stored(data)
+  local out = { "\x78\x01" }
+  local i = 1
+  repeat
+    local block = data:sub(i, i + 65534)
+    i = i + #block
+    local final = i > #data and 1 or 0
+    out[#out + 1] = string.char(final) .. string.pack("<I2I2", #block, (~#block) & 0xFFFF) .. block
+  until i > #data
+  out[#out + 1] = be32(adler32(data))
+  return table.concat(out)
+end
+
+local function chunk(typ, data)
+  return be32(#data) .. typ .. data .. be32(crc32(typ .. data))
+end
+H.png_chunk = chunk
+
+local CHANNELS = { [0] = 1, [2] = 3, [3] = 1, [4] = 2, [6] = 4 }
+
+-- Raw scanlines (filter 0) for a sub-image of the pattern.
+local function scanlines(w, h, ctype, depth, pick)
+  local rows = {}
+  local bps = depth // 8
+  for y = 0, h - 1 do
+    local r = { "\0" }
+    for x = 0, w - 1 do
+      for c = 1, CHANNELS[ctype] do
+        local v = pick(x, y, c)
+        if ctype == 3 then v = v % 4 end
+        r[#r + 1] = bps == 2 and string.pack(">I2", v * 257) or string.char(v)
+      end
+    end
+    rows[#rows + 1] = table.concat(r)
+  end
+  return table.concat(rows)
+end
+
+local ADAM7 = { { 0, 0, 8, 8 }, { 4, 0, 8, 8 }, { 0, 4, 4, 8 }, { 2, 0, 4, 4 }, { 0, 2, 2, 4 }, { 1, 0, 2, 2 }, { 0, 1, 1, 2 } }
+
+-- png_raw{w=, h=, ctype=, depth=8, interlace=false, plte=bytes, trns=bytes}
+function H.png_raw(o)
+  local w, h, ctype, depth = o.w, o.h, o.ctype, o.depth or 8
+  local function pick(x, y, c) return (x * 37 + y * 11 + c * 53) % 256 end
+  local raw
+  if o.interlace then
+    local parts = {}
+    for _, p in ipairs(ADAM7) do
+      local x0, y0, dx, dy = p[1], p[2], p[3], p[4]
+      local pw, ph = (w - x0 + dx - 1) // dx, (h - y0 + dy - 1) // dy
+      if pw > 0 and ph > 0 then
+        parts[#parts + 1] = scanlines(pw, ph, ctype, depth, function(x, y, c)
+          return pick(x0 + x * dx, y0 + y * dy, c)
+        end)
+      end
+    end
+    raw = table.concat(parts)
+  else
+    raw = scanlines(w, h, ctype, depth, pick)
+  end
+  local out = { "\x89PNG\r\n\x1a\n",
+    chunk("IHDR", string.pack(">I4I4BBBBB", w, h, depth, ctype, 0, 0, o.interlace and 1 or 0)) }
+  if o.plte then out[#out + 1] = chunk("PLTE", o.plte) end
+  if o.trns then out[#out + 1] = chunk("tRNS", o.trns) end
+  out[#out + 1] = chunk("IDAT", zlib_stored(raw))
+  out[#out + 1] = chunk("IEND", "")
+  return table.concat(out)
+end
+
+-- A minimal JPEG header with `n` components, for inspection only (CMYK).
+function H.jpeg_header(w, h, n, sof)
+  local comps = {}
+  for i = 1, n do comps[#comps + 1] = string.char(i, 0x11, 0) end
+  local body = string.char(8) .. string.pack(">I2I2", h, w) .. string.char(n) .. table.concat(comps)
+  return "\xFF\xD8" .. "\xFF" .. string.char(sof or 0xC0) .. string.pack(">I2", #body + 2) .. body .. "\xFF\xD9"
+end
+
+-- ---- the emulator and clients ----
+
+function H.emulator(opts)
+  return assert(require("imgedit.emulator").start(opts or {}))
+end
+
+function H.client(emu, opts)
+  local o = { base_url = emu.url, api_key = emu.key }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return require("imgedit").new(o)
+end
+
+-- Requests the emulator saw on its API listener.
+function H.api_requests(emu)
+  local out = {}
+  for _, r in ipairs(emu:requests()) do
+    if r.listener == "api" then out[#out + 1] = r end
+  end
+  return out
+end
+
+return H
