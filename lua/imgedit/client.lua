@@ -159,7 +159,7 @@ function Client:_prepare(kind, req)
     if msg then return fail("invalid_request", msg, { param = param, index = index }, key) end
   end
   local r = rules.models[model]
-  if r and r.response_formats and next(r.response_formats) == nil then
+  if r and r.response_formats and next(r.response_formats) == nil and not req._no_checks then
     fields.response_format = nil -- the model always answers base64
   end
   local spec = {

@@ -41,12 +41,13 @@ function M.for_model(model, overrides)
 end
 
 local function mb(n)
+  if n < MB // 10 then return string.format("%d bytes", n) end
   return string.format("%.1f MB", n / MB)
 end
 M.mb = mb
 
 local function limit_mb(n)
-  return (n % MB == 0) and string.format("%d MB", n // MB) or mb(n)
+  return (n % MB == 0 and n > 0) and string.format("%d MB", n // MB) or mb(n)
 end
 
 local function one_of(v, list)
