@@ -12,7 +12,13 @@ BINDIR      ?= $(PREFIX)/bin
 LUA_PC   ?= lua$(LUA_VERSION)
 CFLAGS   ?= -O2 -g
 WARN      = -Wall -Wextra -Werror -pedantic -Wmissing-prototypes -Wstrict-prototypes -Wshadow
-DEP_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(LUA_PC) libcurl stb libwebp libcrypto 2>/dev/null)
+# LuaRocks passes LUA_INCDIR; otherwise pkg-config finds Lua.
+ifdef LUA_INCDIR
+LUA_CFLAGS = -I$(LUA_INCDIR)
+else
+LUA_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null)
+endif
+DEP_CFLAGS := $(LUA_CFLAGS) $(shell $(PKG_CONFIG) --cflags libcurl stb libwebp libcrypto 2>/dev/null)
 EMU_CFLAGS := $(shell $(PKG_CONFIG) --cflags libmicrohttpd 2>/dev/null)
 CORE_LIBS  := $(shell $(PKG_CONFIG) --libs libcurl stb libwebp libcrypto 2>/dev/null) -lm
 EMU_LIBS   := $(shell $(PKG_CONFIG) --libs libmicrohttpd 2>/dev/null) -lpthread
@@ -27,7 +33,7 @@ HDRS     = src/imgedit.h
 
 BUSTED  ?= $(LUA) /usr/bin/busted
 
-.PHONY: all deps test demo bench install uninstall clean check format
+.PHONY: all deps test demo install uninstall clean check format
 
 all: build/imgedit/core.so build/imgedit/emulator.so
 
@@ -60,12 +66,9 @@ test: all
 demo: all
 	@$(ENV) $(LUA) examples/pipeline.lua out
 
-bench: all
-	@$(ENV) $(LUA) bench/run.lua
-
 check:
 	cppcheck --error-exitcode=1 --enable=warning,performance,portability --inline-suppr \
-	  --suppress=missingIncludeSystem -q $(DEP_CFLAGS) $(EMU_CFLAGS) src
+	  --suppress=missingIncludeSystem -q -D__GNUC__ -DLLONG_MAX=9223372036854775807LL $(LUA_CFLAGS) src
 
 format:
 	clang-format -i src/*.c src/*.h

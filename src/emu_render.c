@@ -43,6 +43,18 @@ static void get_rgb(lua_State *L, int t, const char *key, unsigned char rgb[3]) 
   lua_pop(L, 1);
 }
 
+/* Cover-fit: scale uniformly so the layer fills w x h, cropping the overflow,
+ * so a portrait base is not stretched into a landscape answer. */
+static const unsigned char *sample_cover(const layer *l, int x, int y, int w, int h) {
+  double s = (double)l->w / w < (double)l->h / h ? (double)l->w / w : (double)l->h / h;
+  int sx = (int)((l->w - w * s) / 2 + x * s), sy = (int)((l->h - h * s) / 2 + y * s);
+  if (sx >= l->w)
+    sx = l->w - 1;
+  if (sy >= l->h)
+    sy = l->h - 1;
+  return l->px + ((size_t)sy * (size_t)l->w + (size_t)sx) * 4;
+}
+
 static const unsigned char *sample(const layer *l, int x, int y, int w, int h) {
   int sx = (int)((long long)x * l->w / w), sy = (int)((long long)y * l->h / h);
   return l->px + ((size_t)sy * (size_t)l->w + (size_t)sx) * 4;
@@ -68,7 +80,7 @@ static int l_compose(lua_State *L) {
     for (int x = 0; x < w; x++) {
       unsigned char *o = out + ((size_t)y * (size_t)w + (size_t)x) * 4;
       if (has_base) {
-        const unsigned char *s = sample(&base, x, y, w, h);
+        const unsigned char *s = sample_cover(&base, x, y, w, h);
         for (int c = 0; c < 3; c++) /* 75 % base, 25 % tint */
           o[c] = (unsigned char)((s[c] * 3 + tint[c]) / 4);
       } else {

@@ -1,0 +1,57 @@
+-- The demo: fuse two pictures, inpaint part of the result with a mask, then
+-- restyle it, each output feeding the next edit. Runs against the embedded
+-- emulator, or the real service when IMGEDIT_API_KEY is set.
+-- Usage: lua5.4 examples/pipeline.lua [OUTDIR]
+package.path = "examples/?.lua;" .. package.path
+local imgedit = require "imgedit"
+local inputs = require "inputs"
+
+local outdir = arg[1] or "out"
+assert(os.execute("mkdir -p '" .. outdir .. "'"))
+
+local client, emu
+if os.getenv("IMGEDIT_API_KEY") then
+  client = imgedit.new {}
+  print("using the service at " .. client.base_url)
+else
+  emu = assert(require("imgedit.emulator").start {})
+  client = imgedit.new { base_url = emu.url, api_key = emu.key }
+  print("using the local emulator at " .. emu.url .. " (set IMGEDIT_API_KEY for the real service)")
+end
+
+local paths = inputs.make(outdir)
+local total = 0
+
+local function step(n, name, req)
+  local t0 = os.time()
+  local img, err = client:edit(req)
+  if not img then
+    io.stderr:write(string.format("step %d (%s) failed: %s\n", n, name, tostring(err)))
+    if emu then emu:stop() end
+    os.exit(1)
+  end
+  local path = string.format("%s/%d-%s.%s", outdir, n, name, img.format == "jpeg" and "jpg" or img.format)
+  assert(img:save(path))
+  local tokens = img.usage and img.usage.total_tokens or 0
+  total = total + tokens
+  print(string.format("%d. %-10s %s  %dx%d  %d tokens  %ds", n, name, path, img.width, img.height, tokens,
+    os.time() - t0))
+  return img
+end
+
+local fused = step(1, "fused", {
+  prompt = "Put the person from image 1 into the scene of image 2, standing on the hill",
+  images = { paths.person, paths.scene }, size = "1536x1024", quality = "high",
+})
+
+-- Inpaint the sky above the person: alpha 0 marks the area to change.
+local mask = assert(imgedit.from_bytes(inputs.mask(fused.width, fused.height, 200, 80, 520, 300), "mask.png"))
+assert(mask:save(outdir .. "/mask.png"))
+local inpainted = step(2, "inpainted", {
+  prompt = "Add a red hot-air balloon in the masked part of the sky", images = { fused }, mask = mask,
+})
+
+step(3, "restyled", { prompt = "Restyle the whole picture as a watercolour painting", images = { inpainted } })
+
+print(string.format("done: %d tokens in all; pictures in %s/", total, outdir))
+if emu then emu:stop() end

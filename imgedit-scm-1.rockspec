@@ -1,0 +1,42 @@
+rockspec_format = "3.0"
+package = "imgedit"
+version = "scm-1"
+source = {
+  url = "git+file:///path/to/imgedit", -- a local checkout: build it with `luarocks make`
+}
+description = {
+  summary = "Edit and fuse images through OpenAI-compatible image APIs",
+  detailed = [[
+    A C core (libcurl, stb_image, libwebp, OpenSSL) with a thin Lua API for the
+    image edit and generation endpoints: multipart uploads streamed from disk,
+    image checks before sending, structured errors, and a local emulator of the
+    service (libmicrohttpd) for tests and demos.
+  ]],
+  license = "MIT",
+}
+dependencies = {
+  "lua >= 5.4",
+  "lua-cjson",
+  "argparse",
+}
+external_dependencies = {
+  CURL = { header = "curl/curl.h", library = "curl" },
+  STB = { header = "stb/stb_image.h", library = "stb" },
+  WEBP = { header = "webp/decode.h", library = "webp" },
+  MICROHTTPD = { header = "microhttpd.h", library = "microhttpd" },
+  OPENSSL = { header = "openssl/evp.h", library = "crypto" },
+}
+build = {
+  type = "make",
+  build_variables = {
+    CFLAGS = "$(CFLAGS)",
+    LUA_INCDIR = "$(LUA_INCDIR)",
+    LUA_VERSION = "$(LUA_VERSION)",
+  },
+  install_variables = {
+    PREFIX = "$(PREFIX)",
+    LUA_LMOD = "$(LUADIR)",
+    LUA_CMOD = "$(LIBDIR)",
+    BINDIR = "$(BINDIR)",
+  },
+}
