@@ -245,6 +245,14 @@ describe("the edit call end to end", function()
       assert.matches("100000%-byte limit", err.message)
     end)
 
+    it("caps url downloads at max_download_bytes", function()
+      local c = H.client(emu, { model = "gpt-image-2-all", max_download_bytes = 1000 })
+      local img, err = c:edit { prompt = "x", images = { person } }
+      assert.is_nil(img)
+      assert.are.equal("protocol", err.kind)
+      assert.matches("download is larger than the 1000%-byte limit", err.message)
+    end)
+
     it("maps service errors to kinds, JSON or HTML", function()
       emu:inject { status = 500, message = "the model fell over" }
       local _, err = H.client(emu, { max_retries = 0 }):generate { prompt = "x" }
