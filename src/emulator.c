@@ -29,6 +29,7 @@ typedef struct emu {
   pthread_mutex_t wait_m; /* with wake: interruptible delays */
   pthread_cond_t wake;
   int stopping;
+  int in_flight, max_in_flight; /* guarded by wait_m */
   lua_State *S;
   unsigned api_port, cdn_port;
 } emu;
@@ -45,6 +46,7 @@ typedef struct req_ctx {
   char *body;
   size_t blen, bcap, total;
   int too_big, oom, malformed;
+  emu *E; /* for the in-flight count when the request completes */
 } req_ctx;
 
 typedef struct handle {
@@ -156,6 +158,8 @@ typedef struct answer {
   double delay;
   int drop;           /* close the connection without answering */
   long truncate;      /* send this many body bytes, then cut the connection */
+  long stall_at;      /* after this many body bytes ... */
+  double stall;       /* ... pause this long (a trickling answer) */
   char *headers;      /* "name\0value\0name\0value\0\0" */
   size_t hlen, hcap;
 } answer;
@@ -184,7 +188,11 @@ static void take_answer(lua_State *S, answer *a) {
     memcpy(a->body, b, n);
     a->len = n;
   }
-  lua_pop(S, 5);
+  lua_getfield(S, -6, "stall_at");
+  a->stall_at = (long)luaL_optinteger(S, -1, -1);
+  lua_getfield(S, -7, "stall");
+  a->stall = luaL_optnumber(S, -1, 0);
+  lua_pop(S, 7);
   lua_getfield(S, -1, "headers");
   if (lua_istable(S, -1)) {
     lua_pushnil(S);
@@ -248,39 +256,56 @@ static void emu_sleep(emu *E, double s) {
   pthread_mutex_unlock(&E->wait_m);
 }
 
-typedef struct trunc_src {
+/* A body sent by a callback, for answers that misbehave on purpose: cut
+ * short (truncate) or pausing part way (stall). */
+typedef struct slow_src {
+  emu *E;
   char *body;
-  size_t len, limit;
-} trunc_src;
+  size_t len, limit, stall_at;
+  double stall;
+  int stalled;
+} slow_src;
 
-static ssize_t trunc_read(void *cls, uint64_t pos, char *buf, size_t max) {
-  trunc_src *t = (trunc_src *)cls;
+
+static ssize_t slow_read(void *cls, uint64_t pos, char *buf, size_t max) {
+  slow_src *t = (slow_src *)cls;
   if (pos >= t->limit)
     return MHD_CONTENT_READER_END_WITH_ERROR;
+  if (!t->stalled && pos >= t->stall_at) {
+    t->stalled = 1;
+    emu_sleep(t->E, t->stall);
+  }
   size_t n = t->limit - (size_t)pos;
+  if (!t->stalled && t->stall_at - (size_t)pos < n)
+    n = t->stall_at - (size_t)pos;
   if (n > max)
     n = max;
   memcpy(buf, t->body + pos, n);
   return (ssize_t)n;
 }
 
-static void trunc_free(void *cls) {
-  trunc_src *t = (trunc_src *)cls;
+static void slow_free(void *cls) {
+  slow_src *t = (slow_src *)cls;
   free(t->body);
   free(t);
 }
 
-static enum MHD_Result send_answer(struct MHD_Connection *con, answer *a) {
+static enum MHD_Result send_answer(emu *E, struct MHD_Connection *con, answer *a) {
   struct MHD_Response *r;
-  if (a->truncate >= 0 && (size_t)a->truncate < a->len) {
-    trunc_src *t = malloc(sizeof *t);
+  int cut = a->truncate >= 0 && (size_t)a->truncate < a->len;
+  int stall = a->stall_at >= 0 && a->stall > 0;
+  if (cut || stall) {
+    slow_src *t = calloc(1, sizeof *t);
     if (!t)
       return MHD_NO;
-    t->body = a->body, t->len = a->len, t->limit = (size_t)a->truncate;
+    t->E = E, t->body = a->body, t->len = a->len;
+    t->limit = cut ? (size_t)a->truncate : a->len;
+    t->stall_at = stall ? (size_t)a->stall_at : (size_t)-1;
+    t->stall = a->stall;
     a->body = NULL;
-    r = MHD_create_response_from_callback(t->len, 64 * 1024, trunc_read, t, trunc_free);
+    r = MHD_create_response_from_callback(t->len, 64 * 1024, slow_read, t, slow_free);
     if (!r) {
-      trunc_free(t);
+      slow_free(t);
       return MHD_NO;
     }
   } else {
@@ -310,6 +335,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
     if (!c)
       return MHD_NO;
     *con_cls = c;
+    c->E = E;
+    pthread_mutex_lock(&E->wait_m);
+    if (++E->in_flight > E->max_in_flight)
+      E->max_in_flight = E->in_flight;
+    pthread_mutex_unlock(&E->wait_m);
     const char *ct = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Content-Type");
     if (ct && strncasecmp(ct, "multipart/form-data", 19) == 0)
       c->pp = MHD_create_post_processor(con, 64 * 1024, on_part, c);
@@ -334,7 +364,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
   memset(&a, 0, sizeof a);
   ask_service(E, "handle", con, listener, url, method, c, &a);
   emu_sleep(E, a.delay);
-  enum MHD_Result ok = a.drop ? MHD_NO : send_answer(con, &a);
+  enum MHD_Result ok = a.drop ? MHD_NO : send_answer(E, con, &a);
   free(a.body);
   free(a.headers);
   return ok;
@@ -355,7 +385,13 @@ static enum MHD_Result on_cdn(void *cls, struct MHD_Connection *con, const char 
 static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
   (void)cls, (void)con, (void)toe;
-  free_ctx((req_ctx *)*con_cls);
+  req_ctx *c = (req_ctx *)*con_cls;
+  if (c) {
+    pthread_mutex_lock(&c->E->wait_m);
+    c->E->in_flight--;
+    pthread_mutex_unlock(&c->E->wait_m);
+  }
+  free_ctx(c);
   *con_cls = NULL;
 }
 
@@ -453,16 +489,37 @@ static int emu_requests(lua_State *L) {
   return 1;
 }
 
+/* emu:stats() -> {requests=, in_flight=, max_in_flight=} */
 static int emu_stats(lua_State *L) {
   emu *E = check_emu(L);
   call_json(L, E, "stats_json", NULL);
   json_call(L, "decode", lua_gettop(L));
+  pthread_mutex_lock(&E->wait_m);
+  int now = E->in_flight, most = E->max_in_flight;
+  pthread_mutex_unlock(&E->wait_m);
+  lua_pushinteger(L, now);
+  lua_setfield(L, -2, "in_flight");
+  lua_pushinteger(L, most);
+  lua_setfield(L, -2, "max_in_flight");
   return 1;
 }
 
+/* emu:clear(): forget the request log, pending faults and the in-flight peak. */
 static int emu_clear(lua_State *L) {
   emu *E = check_emu(L);
   call_json(L, E, "clear", NULL);
+  pthread_mutex_lock(&E->wait_m);
+  E->max_in_flight = E->in_flight;
+  pthread_mutex_unlock(&E->wait_m);
+  return 0;
+}
+
+/* emu:configure{latency=} changes settings while running. */
+static int emu_configure(lua_State *L) {
+  emu *E = check_emu(L);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  json_call(L, "encode", 2);
+  call_json(L, E, "configure_json", lua_tostring(L, -1));
   return 0;
 }
 
@@ -615,6 +672,7 @@ int luaopen_imgedit_emulator(lua_State *L) {
   if (luaL_newmetatable(L, EMU_MT)) {
     static const luaL_Reg methods[] = {{"requests", emu_requests}, {"stats", emu_stats},
                                        {"inject", emu_inject},     {"clear", emu_clear},
+                                       {"configure", emu_configure},
                                        {"stop", emu_stop},         {NULL, NULL}};
     lua_newtable(L);
     lua_pushvalue(L, cjson);

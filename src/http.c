@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <curl/curl.h>
 
@@ -40,7 +41,8 @@ struct transfer {
   char *body;
   size_t len, cap, max;
   size_t header_bytes;
-  int done, too_large, header_flood, canceled, closed;
+  int done, too_large, header_flood, canceled, closed, idle, answering;
+  double idle_limit, last_move; /* seconds; no bytes moving while sending or receiving */
   CURLcode code;
   long status;
   curl_off_t ul_now, ul_total, dl_now, dl_total;
@@ -102,6 +104,7 @@ static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
     return 0;
   }
   if (len > 5 && strncmp(p, "HTTP/", 5) == 0) {
+    t->answering = 1;
     /* A new response (after a redirect or 100-continue): forget the old headers. */
     t->ctype[0] = t->retry_after[0] = t->retry_after_ms[0] = t->request_id[0] = '\0';
     return len;
@@ -117,10 +120,28 @@ static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
   return len;
 }
 
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Records byte counts, and enforces the idle limit: while the request is
+ * being sent or the answer received, bytes must keep moving. The wait for
+ * the model in between (everything sent, no answer yet) may be long and is
+ * governed by the whole-attempt timeout alone. */
 static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
                        curl_off_t ulnow) {
   transfer *t = (transfer *)ud;
+  double now = now_s();
+  if (dlnow != t->dl_now || ulnow != t->ul_now || t->last_move == 0)
+    t->last_move = now;
   t->dl_total = dltotal, t->dl_now = dlnow, t->ul_total = ultotal, t->ul_now = ulnow;
+  int sending = ultotal > 0 && ulnow < ultotal && !t->answering;
+  if (t->idle_limit > 0 && (sending || t->answering) && now - t->last_move > t->idle_limit) {
+    t->idle = 1;
+    return 1;
+  }
   return t->canceled; /* non-zero aborts the transfer */
 }
 
@@ -322,6 +343,7 @@ static int multi_start(lua_State *L) {
   const char *url = opt_string(L, spec, "url", &n);
   luaL_argcheck(L, url != NULL, 2, "spec.url required");
   t->max = (size_t)opt_number(L, spec, "max_response_bytes", 64.0 * 1024 * 1024);
+  t->idle_limit = opt_number(L, spec, "idle_timeout", 0);
   CURL *e = t->e;
   curl_easy_setopt(e, CURLOPT_URL, url);
   curl_easy_setopt(e, CURLOPT_PRIVATE, t);
@@ -345,8 +367,6 @@ static int multi_start(lua_State *L) {
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(opt_number(L, spec, "timeout", 600) * 1000));
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                    (long)(opt_number(L, spec, "connect_timeout", 15) * 1000));
-  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, (long)opt_number(L, spec, "low_speed_limit", 1));
-  curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)opt_number(L, spec, "low_speed_time", 0));
   const char *ua = opt_string(L, spec, "user_agent", NULL);
   if (ua)
     curl_easy_setopt(e, CURLOPT_USERAGENT, ua);
@@ -432,10 +452,13 @@ static const char *reason_of(const transfer *t) {
     return "too_large";
   if (t->header_flood)
     return "headers";
+  if (t->idle)
+    return "idle";
   switch (t->code) {
   case CURLE_OK: return NULL;
   case CURLE_OPERATION_TIMEDOUT: return "timeout";
   case CURLE_READ_ERROR: return "read";
+  case CURLE_PARTIAL_FILE: return "partial";
   case CURLE_UNSUPPORTED_PROTOCOL: return "protocol";
   case CURLE_TOO_MANY_REDIRECTS: return "redirects";
   case CURLE_PEER_FAILED_VERIFICATION:
@@ -476,6 +499,8 @@ static int transfer_result(lua_State *L) {
   lua_setfield(L, -2, "sent_all");
   lua_pushinteger(L, (lua_Integer)t->ul_now);
   lua_setfield(L, -2, "bytes_up");
+  lua_pushboolean(L, t->answering);
+  lua_setfield(L, -2, "answered");
   lua_pushinteger(L, (lua_Integer)t->dl_now);
   lua_setfield(L, -2, "bytes_down");
   char *eff = NULL;
@@ -484,17 +509,14 @@ static int transfer_result(lua_State *L) {
   return 1;
 }
 
-/* transfer:progress() -> ul_now, ul_total, dl_now, dl_total, got_status */
+/* transfer:progress() -> ul_now, ul_total, dl_now, dl_total, answering */
 static int transfer_progress(lua_State *L) {
   transfer *t = check_open_transfer(L);
-  long code = 0;
-  if (t->e)
-    curl_easy_getinfo(t->e, CURLINFO_RESPONSE_CODE, &code);
   lua_pushinteger(L, (lua_Integer)t->ul_now);
   lua_pushinteger(L, (lua_Integer)t->ul_total);
   lua_pushinteger(L, (lua_Integer)t->dl_now);
   lua_pushinteger(L, (lua_Integer)t->dl_total);
-  lua_pushboolean(L, code > 0 || t->done);
+  lua_pushboolean(L, t->answering || t->done);
   return 5;
 }
 
@@ -533,6 +555,11 @@ static int l_multi(lua_State *L) {
   m->m = curl_multi_init();
   if (!m->m)
     return luaL_error(L, "curl_multi_init failed");
+  return 1;
+}
+
+static int l_now(lua_State *L) {
+  lua_pushnumber(L, now_s());
   return 1;
 }
 
@@ -577,6 +604,6 @@ void ie_open_http(lua_State *L) {
   new_class(L, MULTI_MT, multi_methods, multi_close, multi_tostring);
   new_class(L, XFER_MT, xfer_methods, transfer_close, transfer_tostring);
   static const luaL_Reg fns[] = {
-      {"multi", l_multi}, {"curl_version", l_curl_version}, {NULL, NULL}};
+      {"multi", l_multi}, {"curl_version", l_curl_version}, {"now", l_now}, {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

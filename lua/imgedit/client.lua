@@ -7,6 +7,8 @@ local cjson = require "cjson.safe"
 local errors = require "imgedit.errors"
 local image = require "imgedit.image"
 local rules = require "imgedit.rules"
+local answer = require "imgedit.answer"
+local retry = require "imgedit.retry"
 
 local M = {}
 
@@ -21,8 +23,9 @@ local secrets = setmetatable({}, { __mode = "k" })
 -- Request keys that steer the client; everything else is sent as a field.
 local CONTROL = {
   prompt = true, images = true, mask = true, model = true, on_progress = true,
-  on_retry = true, timeout = true, connect_timeout = true, max_retries = true,
-  retry_timeouts = true, _no_checks = true,
+  on_retry = true, timeout = true, connect_timeout = true, idle_timeout = true,
+  max_retries = true, retry_timeouts = true, retry_protocol = true, max_retry_after = true,
+  retry_base = true, retry_cap = true, _no_checks = true,
 }
 
 local Client = {}
@@ -47,19 +50,33 @@ function M.new(opts)
   opts = opts or {}
   local base = opt(opts.base_url, "string", "base_url") or os.getenv("IMGEDIT_BASE_URL")
   if base == nil or base == "" then base = DEFAULT_BASE_URL end
+  local y = opts.yield
+  if y == true then y = coroutine.yield end
   local c = setmetatable({
     base_url = (base:gsub("/+$", "")),
     model = opt(opts.model, "string", "model") or "gpt-image-2",
     timeout = opt(opts.timeout, "number", "timeout") or 600,
     connect_timeout = opt(opts.connect_timeout, "number", "connect_timeout") or 15,
+    idle_timeout = opt(opts.idle_timeout, "number", "idle_timeout") or 60,
     max_retries = opt(opts.max_retries, "number", "max_retries") or 2,
+    retry_timeouts = opt(opts.retry_timeouts, "boolean", "retry_timeouts") or false,
+    retry_protocol = opt(opts.retry_protocol, "boolean", "retry_protocol") or false,
+    max_retry_after = opt(opts.max_retry_after, "number", "max_retry_after") or 60,
+    retry_base = opt(opts.retry_base, "number", "retry_base") or 0.5,
+    retry_cap = opt(opts.retry_cap, "number", "retry_cap") or 8,
     max_concurrency = opt(opts.max_concurrency, "number", "max_concurrency") or 8,
     max_response_bytes = opt(opts.max_response_bytes, "number", "max_response_bytes") or 128 * 1024 * 1024,
     max_download_bytes = opt(opts.max_download_bytes, "number", "max_download_bytes") or 64 * 1024 * 1024,
+    progress_interval = opt(opts.progress_interval, "number", "progress_interval") or 0.1,
     limits = opt(opts.limits, "table", "limits"),
+    on_progress = opt(opts.on_progress, "function", "on_progress"),
+    on_retry = opt(opts.on_retry, "function", "on_retry"),
+    yield = opt(y, "function", "yield"),
     _multi = core.multi(),
-    _active = {},
+    _jobs = {},
+    _inflight = 0,
   }, Client)
+  if c.max_concurrency < 1 then error("bad option 'max_concurrency' (at least 1)", 2) end
   local key = opt(opts.api_key, "string", "api_key") or os.getenv("IMGEDIT_API_KEY")
   secrets[c] = key ~= "" and key or nil
   return c
@@ -195,71 +212,11 @@ function Client:_prepare(kind, req)
   return spec, fields
 end
 
--- ---- reading an answer ----
-
-local function protocol(msg, res, key)
-  return nil, errors.new("protocol", msg, { status = res.status, request_id = res.request_id }, key)
-end
-
-local TRANSPORT_KIND = {
-  timeout = "timeout", too_large = "protocol", read = "invalid_request", canceled = "canceled",
-  headers = "protocol", protocol = "protocol", redirects = "protocol", tls = "network",
-  network = "network",
-}
-
-local function transport_error(res, what, max, key)
-  local kind = TRANSPORT_KIND[res.reason] or "network"
-  local msg
-  if res.reason == "too_large" then
-    msg = string.format("%s is larger than the %d-byte limit", what, max)
-  elseif res.reason == "headers" then
-    msg = what .. " has too many header bytes"
-  elseif res.reason == "read" then
-    msg = "a local file could not be read during the upload: " .. res.error
-  elseif res.reason == "canceled" then
-    msg = "canceled"
-  else
-    msg = what .. " failed: " .. res.error
-  end
-  return nil, errors.new(kind, msg, { status = res.status ~= 0 and res.status or nil }, key)
-end
-
--- The image inside one answer item: bytes, or a url to download.
-local function decode_item(item, res, key)
-  local b64 = item.b64_json
-  if b64 ~= nil and b64 ~= cjson.null then
-    if type(b64) ~= "string" then return protocol("b64_json in the answer is not a string", res, key) end
-    local bytes, msg
-    if b64:sub(1, 5):lower() == "data:" then
-      bytes, msg = core.dataurl_decode(b64)
-    else
-      bytes, msg = core.b64decode(b64)
-    end
-    if not bytes then return protocol("the answer's image data: " .. msg, res, key) end
-    return bytes
-  end
-  local url = item.url
-  if type(url) == "string" then return nil, nil, url end
-  return protocol("the answer holds neither b64_json nor url", res, key)
-end
-
-local function to_image(bytes, res, fields, body, url, key)
-  local usage = type(body.usage) == "table" and body.usage or nil
-  if usage then -- JSON numbers arrive as floats; token counts are integers
-    for k, v in pairs(usage) do
-      if type(v) == "number" then usage[k] = math.tointeger(v) or v end
-    end
-  end
-  local img, msg = image.from_bytes(bytes, {
-    usage = usage, url = url, model = fields.model, created = body.created,
-    request_id = res.request_id, revised_prompt = body.data[1].revised_prompt,
-  })
-  if not img then return protocol("the answer is not a usable image: " .. msg, res, key) end
-  if not img.url then img.url = nil end
-  return img
-end
-
 -- ---- jobs ----
+-- A job moves through: queued (waiting for a transfer slot) -> running (a
+-- transfer in flight) -> waiting (backing off before a retry) -> queued ...
+-- and ends done or failed. Everything happens inside client:poll(), in the
+-- caller's Lua state; libcurl never calls into Lua.
 
 local Job = {}
 Job.__index = Job
@@ -269,104 +226,207 @@ function Job.__tostring(j)
   return string.format("imgedit.job(%s, %s)", j.kind, j.state)
 end
 
-function Job:done() return self.state ~= "running" end
+function Job:done() return self.state == "done" or self.state == "failed" end
 
+-- result() -> Image | nil, err; nil, nil while the job runs.
 function Job:result()
-  if self.state == "running" then return nil, nil end
+  if not self:done() then return nil, nil end
   if self.err then return nil, self.err end
   return self.image
 end
 
+-- wait() -> Image | nil, err. In a coroutine, with the client's `yield`
+-- set, it polls without blocking and yields to the caller's scheduler.
 function Job:wait()
-  while self.state == "running" do self.client:poll(1) end
+  local c = self.client
+  if c.yield and coroutine.isyieldable() then
+    while not self:done() do
+      c:poll(0)
+      if not self:done() then c.yield(self) end
+    end
+  else
+    while not self:done() do c:poll(1) end
+  end
   return self:result()
 end
 
+-- cancel() aborts the transfer at once; the job fails with kind "canceled".
+-- Returns false when the job had already finished.
+function Job:cancel()
+  if self:done() then return false end
+  local c = self.client
+  if self.transfer then
+    self.transfer:cancel()
+    self.transfer:close()
+    self.transfer = nil
+    c._inflight = c._inflight - 1
+  end
+  self.state = "failed"
+  self.err = errors.new("canceled", "canceled by the caller", { attempts = self.attempts })
+  return true
+end
+
+local PHASES = { upload = 1, wait = 2, download = 3 }
+local PHASE_LIST = { "upload", "wait", "download" }
+
+-- Tell on_progress, at most every `progress_interval` seconds, but every
+-- phase at least once and in order, however fast the transfer.
+local function report(job, phase, up, up_total, down, down_total, now, force)
+  local fn = job.on_progress
+  if not fn then return end
+  local last = job.last_phase and PHASES[job.last_phase] or 0
+  if PHASES[phase] < last then return end
+  if PHASES[phase] == last and not force and now - job.last_report < job.client.progress_interval then return end
+  for i = last + 1, PHASES[phase] - 1 do
+    fn { phase = PHASE_LIST[i], uploaded = up, upload_total = up_total, downloaded = 0, download_total = 0,
+      elapsed = now - job.t0, attempt = job.attempts }
+  end
+  job.last_phase, job.last_report = phase, now
+  fn { phase = phase, uploaded = up, upload_total = up_total, downloaded = down, download_total = down_total,
+    elapsed = now - job.t0, attempt = job.attempts }
+end
+
 local function finish(job, img, err)
-  job.client._active[job] = nil
-  if job.transfer then job.transfer:close() end
-  job.transfer = nil
-  if err then err.attempts = job.attempts end
   job.image, job.err = img, err
   job.state = err and "failed" or "done"
 end
 
-function Client:_start(job, spec)
-  job.transfer = self._multi:start(spec)
+-- Schedule another try of the current phase, or fail for good.
+function Client:_retry_or_fail(job, err, res)
+  local tries = job.phase == "download" and job.dl_attempts or job.attempts
+  err.attempts = tries
+  local wait = retry.wait(err, res, job.opts, tries)
+  if not wait then return finish(job, nil, err) end
+  if job.on_retry then
+    job.on_retry { attempt = tries, wait = wait, status = err.status, kind = err.kind, error = err, phase = job.phase }
+  end
+  job.state, job.retry_at = "waiting", core.now() + wait
 end
 
 -- Move a job on once its transfer has finished.
-function Client:_advance(job)
+function Client:_advance(job, now)
   local res = job.transfer:result()
   job.transfer:close()
   job.transfer = nil
+  self._inflight = self._inflight - 1
   local key = secrets[self]
   if job.phase == "download" then
-    if not res.ok then return finish(job, transport_error(res, "the image download", self.max_download_bytes, key)) end
-    if res.status ~= 200 then
-      return finish(job, nil, errors.new("protocol", string.format("the image download answered HTTP %d", res.status),
-        { status = res.status }, key))
-    end
-    return finish(job, to_image(res.body, res, job.fields, job.body, job.url, key))
+    report(job, "download", res.bytes_up, res.bytes_up, res.bytes_down, res.bytes_down, now, true)
+    local img, err = answer.download(res, job.fields, job.body, job.url, self.max_download_bytes, key)
+    if img then return finish(job, img) end
+    return self:_retry_or_fail(job, err, res)
   end
-  if not res.ok then return finish(job, transport_error(res, "the request", self.max_response_bytes, key)) end
-  local body = cjson.decode(res.body)
-  if res.status < 200 or res.status > 299 then
-    return finish(job, nil, errors.from_status(res.status, body, res, key))
-  end
-  if type(body) ~= "table" then return finish(job, protocol("the answer is not JSON", res, key)) end
-  if type(body.data) ~= "table" or type(body.data[1]) ~= "table" then
-    return finish(job, protocol("the answer has no data[1] object", res, key))
-  end
-  local bytes, err, url = decode_item(body.data[1], res, key)
-  if err then return finish(job, nil, err) end
-  if bytes then return finish(job, to_image(bytes, res, job.fields, body, body.data[1].url, key)) end
-  -- url answers: fetch without the Authorization header, http(s) only.
-  local scheme = url:match("^(%a[%w+.-]*):")
-  if not scheme or (scheme:lower() ~= "http" and scheme:lower() ~= "https") then
-    return finish(job, protocol("refusing to download the answer's url: scheme '"
-      .. tostring(scheme) .. "' is not http or https", res, key))
-  end
-  job.phase, job.body, job.url = "download", body, url
-  self:_start(job, {
-    url = url, follow = true, user_agent = USER_AGENT, headers = { "Accept: image/*" },
-    timeout = self.timeout, connect_timeout = self.connect_timeout,
-    max_response_bytes = self.max_download_bytes,
-  })
+  if res.ok then report(job, "download", res.bytes_up, res.bytes_up, res.bytes_down, res.bytes_down, now, true) end
+  local img, err, url, body = answer.read(res, job.fields, self.max_response_bytes, key)
+  if img then return finish(job, img) end
+  if err then return self:_retry_or_fail(job, err, res) end
+  -- A url answer: fetch it without the Authorization header, http(s) only.
+  -- The edit is paid for; from here on only the download is retried.
+  job.phase, job.body, job.url, job.dl_attempts = "download", body, url, 0
+  job.state = "queued"
 end
 
+function Client:_launch(job)
+  if job.phase == "download" then
+    job.dl_attempts = job.dl_attempts + 1
+    job.transfer = self._multi:start {
+      url = job.url, follow = true, user_agent = USER_AGENT, headers = { "Accept: image/*" },
+      timeout = job.opts.timeout, connect_timeout = job.opts.connect_timeout,
+      idle_timeout = job.opts.idle_timeout, max_response_bytes = self.max_download_bytes,
+    }
+  else
+    job.attempts = job.attempts + 1
+    job.transfer = self._multi:start(job.spec)
+  end
+  job.state = "running"
+  self._inflight = self._inflight + 1
+end
+
+-- Start queued jobs while slots are free; wake jobs whose backoff is over.
+-- Returns the seconds until the next wake-up (or nil), and whether any
+-- transfer was started.
+function Client:_pump(now)
+  local next_wake, started = nil, false
+  for _, job in ipairs(self._jobs) do
+    if job.state == "waiting" then
+      if now >= job.retry_at then
+        job.state = "queued"
+      else
+        next_wake = math.min(next_wake or math.huge, job.retry_at - now)
+      end
+    end
+    if job.state == "queued" and self._inflight < self.max_concurrency then
+      self:_launch(job)
+      started = true
+    end
+  end
+  return next_wake, started
+end
+
+local JOB_OPTS = { "timeout", "connect_timeout", "idle_timeout", "max_retries", "retry_timeouts",
+  "retry_protocol", "max_retry_after", "retry_base", "retry_cap" }
+
 -- submit(kind, req) -> job. A request that fails the local checks gives a job
--- that is already failed, so callers handle every failure in one place.
+-- that is already failed (attempts = 0), so callers handle every failure in
+-- one place; nothing is sent for it.
 function Client:submit(kind, req)
   if kind ~= "edit" and kind ~= "generate" then
     error("bad argument #1 to 'submit' ('edit' or 'generate' expected)", 2)
   end
-  local job = setmetatable({ client = self, kind = kind, state = "running", attempts = 1, phase = "api" }, Job)
+  local job = setmetatable({ client = self, kind = kind, state = "queued", attempts = 0, phase = "api",
+    t0 = core.now(), last_report = 0 }, Job)
   local spec, fields = self:_prepare(kind, req)
   if not spec then
+    fields.attempts = 0
     finish(job, nil, fields)
-    job.attempts = 0
-    job.err.attempts = 0
     return job
   end
-  job.fields, job.req = fields, req
-  self._active[job] = true
-  self:_start(job, spec)
+  local o = {}
+  for _, k in ipairs(JOB_OPTS) do
+    if req[k] ~= nil then o[k] = req[k] else o[k] = self[k] end
+  end
+  spec.idle_timeout = o.idle_timeout
+  job.spec, job.fields, job.opts = spec, fields, o
+  job.on_progress = opt(req.on_progress, "function", "on_progress", 3) or self.on_progress
+  job.on_retry = opt(req.on_retry, "function", "on_retry", 3) or self.on_retry
+  self._jobs[#self._jobs + 1] = job
+  self:_pump(job.t0)
   return job
 end
 
--- poll(timeout_s) drives every transfer; returns how many jobs are running.
+-- poll(timeout_s) drives every transfer, waiting up to timeout_s for
+-- something to happen (0: never blocks). Returns how many jobs still run.
 function Client:poll(timeout)
   if timeout ~= nil and type(timeout) ~= "number" then
     error("bad argument #1 to 'poll' (number expected)", 2)
   end
-  self._multi:perform(timeout or 0)
-  local n = 0
-  for job in pairs(self._active) do
-    if job.transfer and job.transfer:done() then self:_advance(job) end
-    if job.state == "running" then n = n + 1 end
+  local now = core.now()
+  local wake = self:_pump(now)
+  local wait = timeout or 0
+  if wake and wake < wait then wait = wake end
+  self._multi:perform(wait)
+  now = core.now()
+  for _, job in ipairs(self._jobs) do
+    local t = job.transfer
+    if t then
+      if t:done() then
+        self:_advance(job, now)
+      elseif job.on_progress then
+        local up, up_total, down, down_total, answering = t:progress()
+        local phase = job.phase == "download" and "download"
+          or answering and "download" or (up_total > 0 and up >= up_total) and "wait" or "upload"
+        report(job, phase, up, up_total, down, down_total, now)
+      end
+    end
   end
-  return n
+  local _, started = self:_pump(now)
+  if started then self._multi:perform(0) end
+  local live = {}
+  for _, job in ipairs(self._jobs) do
+    if not job:done() then live[#live + 1] = job end
+  end
+  self._jobs = live
+  return #live
 end
 
 function Client:edit(req)
@@ -375,6 +435,21 @@ end
 
 function Client:generate(req)
   return self:submit("generate", req):wait()
+end
+
+-- map(reqs [, {kind = "edit"|"generate"}]) runs the requests in parallel
+-- (up to max_concurrency at once) and returns a list in request order: each
+-- entry an Image, or the error for that request.
+function Client:map(reqs, opts)
+  if type(reqs) ~= "table" then error("bad argument #1 to 'map' (table expected)", 2) end
+  local kind = opts and opts.kind or "edit"
+  local jobs, results = {}, {}
+  for i, r in ipairs(reqs) do jobs[i] = self:submit(kind, r) end
+  for i, j in ipairs(jobs) do
+    local img, err = j:wait()
+    results[i] = img or err
+  end
+  return results
 end
 
 return M

@@ -230,16 +230,28 @@ end
 
 -- ---- faults injected by tests ----
 
+local REASONS = {
+  [408] = "Request Timeout", [413] = "Request Entity Too Large", [429] = "Too Many Requests",
+  [500] = "Internal Server Error", [502] = "Bad Gateway", [503] = "Service Unavailable",
+  [504] = "Gateway Timeout",
+}
+
 local function take_fault()
   return table.remove(faults, 1)
 end
 
 local function apply_fault(f, entry)
-  if f.drop then return { drop = true, delay = f.delay } end
+  if f.drop then return { drop = true, delay = f.delay or f.latency } end
   if f.html then
-    return { status = f.status or 502, delay = f.delay, headers = { ["Content-Type"] = "text/html" },
-      body = "<html><head><title>" .. (f.status or 502) .. " Bad Gateway</title></head>"
-        .. "<body><center><h1>" .. (f.status or 502) .. " Bad Gateway</h1></center><hr><center>nginx</center></body></html>" }
+    -- A gateway's own page, as nginx or a CDN would send it.
+    local status = f.status or 502
+    local title = status .. " " .. (REASONS[status] or "Error")
+    entry.status = status
+    local h = { ["Content-Type"] = "text/html" }
+    if f.retry_after then h["Retry-After"] = tostring(f.retry_after) end
+    return { status = status, delay = f.delay, headers = h,
+      body = "<html><head><title>" .. title .. "</title></head><body><center><h1>" .. title
+        .. "</h1></center><hr><center>nginx</center></body></html>" }
   end
   if f.status then
     local h = { ["Content-Type"] = "application/json" }
@@ -420,8 +432,9 @@ local function api(req, entry)
       a.body = a.body:gsub('"b64_json":"([^"]*)"', function(s) return '"b64_json":"' .. s:sub(1, 10) .. '!!!' .. s:sub(11) .. '"' end)
     end
     if fault.truncate then a.truncate = fault.truncate end
+    if fault.stall then a.stall, a.stall_at = fault.stall, fault.stall_at or 64 end
     if fault.oversize then a.body = a.body .. string.rep(" ", fault.oversize) end
-    a.delay = fault.delay
+    a.delay = fault.delay or fault.latency
   end
   return a
 end

@@ -1,0 +1,116 @@
+-- Reading what the service answered: a transfer's result becomes an Image,
+-- a url still to download, or a structured error.
+local core = require "imgedit.core"
+local cjson = require "cjson.safe"
+local errors = require "imgedit.errors"
+local image = require "imgedit.image"
+
+local M = {}
+
+local function protocol(msg, res, key)
+  return nil, errors.new("protocol", msg, { status = res.status, request_id = res.request_id }, key)
+end
+
+-- What each failure reason of the C transport means to a caller.
+local TRANSPORT = {
+  timeout = { "timeout" }, idle = { "timeout" }, too_large = { "protocol" }, read = { "invalid_request" },
+  canceled = { "canceled" }, headers = { "protocol" }, protocol = { "protocol" }, redirects = { "protocol" },
+  tls = { "network", false }, network = { "network" }, partial = { "protocol" },
+}
+
+-- transport_error(res, what, max, key) -> nil, err
+function M.transport_error(res, what, max, key)
+  local t = TRANSPORT[res.reason] or TRANSPORT.network
+  local msg
+  if res.reason == "too_large" then
+    msg = string.format("%s is larger than the %d-byte limit", what, max)
+  elseif res.reason == "headers" then
+    msg = what .. " sent too many header bytes"
+  elseif res.reason == "idle" then
+    msg = string.format("%s stalled: no bytes moved while %s", what, res.answered and "receiving" or "sending")
+  elseif res.reason == "partial" then
+    msg = what .. " ended early: the answer was cut short (" .. res.error .. ")"
+  elseif res.reason == "read" then
+    msg = "a local file could not be read during the upload: " .. res.error
+  elseif res.reason == "canceled" then
+    msg = "canceled"
+  else
+    msg = what .. " failed: " .. res.error
+  end
+  return nil, errors.new(t[1], msg, {
+    status = res.status ~= 0 and res.status or nil, retryable = t[2], sent_all = res.sent_all,
+  }, key)
+end
+
+-- The image inside one answer item: bytes, or a url to download.
+local function decode_item(item, res, key)
+  local b64 = item.b64_json
+  if b64 ~= nil and b64 ~= cjson.null then
+    if type(b64) ~= "string" then return protocol("b64_json in the answer is not a string", res, key) end
+    local bytes, msg
+    if b64:sub(1, 5):lower() == "data:" then
+      bytes, msg = core.dataurl_decode(b64)
+    else
+      bytes, msg = core.b64decode(b64)
+    end
+    if not bytes then return protocol("the answer's image data: " .. msg, res, key) end
+    return bytes
+  end
+  local url = item.url
+  if type(url) == "string" then return nil, nil, url end
+  return protocol("the answer holds neither b64_json nor url", res, key)
+end
+
+-- image(bytes, res, fields, body, url, key) -> Image | nil, err
+function M.image(bytes, res, fields, body, url, key)
+  local usage = type(body.usage) == "table" and body.usage or nil
+  if usage then -- JSON numbers arrive as floats; token counts are integers
+    for k, v in pairs(usage) do
+      if type(v) == "number" then usage[k] = math.tointeger(v) or v end
+    end
+  end
+  local revised = body.data[1].revised_prompt
+  local img, msg = image.from_bytes(bytes, {
+    usage = usage, url = url, model = fields.model, created = body.created,
+    request_id = res.request_id, revised_prompt = type(revised) == "string" and revised or nil,
+  })
+  if not img then return protocol("the answer is not a usable image: " .. msg, res, key) end
+  return img
+end
+
+-- read(res, fields, key) -> Image | nil, err | nil, nil, url, body
+-- for the answer of an API request.
+function M.read(res, fields, max, key)
+  if not res.ok then return M.transport_error(res, "the request", max, key) end
+  local body = cjson.decode(res.body)
+  if res.status < 200 or res.status > 299 then
+    return nil, errors.from_status(res.status, body, res, key)
+  end
+  if type(body) ~= "table" then return protocol("the answer is not JSON", res, key) end
+  if type(body.data) ~= "table" or type(body.data[1]) ~= "table" then
+    return protocol("the answer has no data[1] object", res, key)
+  end
+  local bytes, err, url = decode_item(body.data[1], res, key)
+  if err then return nil, err end
+  if bytes then return M.image(bytes, res, fields, body, type(body.data[1].url) == "string" and body.data[1].url or nil, key) end
+  local scheme = url:match("^(%a[%w+.-]*):")
+  if not scheme or (scheme:lower() ~= "http" and scheme:lower() ~= "https") then
+    return protocol("refusing to download the answer's url: scheme '" .. tostring(scheme)
+      .. "' is not http or https", res, key)
+  end
+  return nil, nil, url, body
+end
+
+-- download(res, ...) -> Image | nil, err, for the url download.
+function M.download(res, fields, body, url, max, key)
+  if not res.ok then return M.transport_error(res, "the image download", max, key) end
+  if res.status ~= 200 then
+    return nil, errors.new(res.status >= 500 and "server" or "protocol",
+      string.format("the image download answered HTTP %d", res.status), {
+        status = res.status, retryable = res.status == 408 or res.status == 429 or res.status >= 500,
+      }, key)
+  end
+  return M.image(res.body, res, fields, body, url, key)
+end
+
+return M

@@ -1,0 +1,62 @@
+-- Retry policy: which failures are worth another try, and how long to wait.
+local M = {}
+
+local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9, Oct = 10,
+  Nov = 11, Dec = 12 }
+
+-- Days since 1970-01-01 for a civil date (proleptic Gregorian).
+local function days_from_civil(y, m, d)
+  y = m <= 2 and y - 1 or y
+  local era = (y >= 0 and y or y - 399) // 400
+  local yoe = y - era * 400
+  local doy = (153 * (m + (m > 2 and -3 or 9)) + 2) // 5 + d - 1
+  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+  return era * 146097 + doe - 719468
+end
+
+-- An IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") as seconds since the epoch.
+function M.http_date(s)
+  local d, mon, y, hh, mm, ss = tostring(s):match("^%a+,%s+(%d+)%s+(%a+)%s+(%d+)%s+(%d+):(%d+):(%d+)%s+GMT$")
+  if not d or not MONTHS[mon] then return nil end
+  return days_from_civil(tonumber(y), MONTHS[mon], tonumber(d)) * 86400 + tonumber(hh) * 3600
+    + tonumber(mm) * 60 + tonumber(ss)
+end
+
+-- The server's hint in seconds: retry-after-ms first, then Retry-After as
+-- seconds or as an HTTP date. nil when absent or unreadable.
+function M.hint(res, now_epoch)
+  local ms = tonumber(res.retry_after_ms)
+  if ms and ms >= 0 then return ms / 1000 end
+  local ra = res.retry_after
+  if not ra then return nil end
+  local secs = tonumber(ra)
+  if secs and secs >= 0 then return secs end
+  local at = M.http_date(ra)
+  if at then return math.max(0, at - (now_epoch or os.time())) end
+  return nil
+end
+
+-- Exponential backoff with jitter: min(base * 2^n, cap), less up to 25 %.
+function M.backoff(n, base, cap, rand)
+  local w = math.min((base or 0.5) * 2 ^ n, cap or 8)
+  return w * (1 - 0.25 * (rand or math.random)())
+end
+
+-- wait(err, res, job_opts) -> seconds to wait before the next try, or nil
+-- when the failure is final. `tries` counts the attempts made so far.
+function M.wait(err, res, o, tries)
+  if tries > o.max_retries then return nil end
+  if err.kind == "protocol" then
+    if not o.retry_protocol then return nil end
+  elseif not err.retryable then
+    return nil
+  end
+  -- An edit is billed once the service has it: a timeout after everything
+  -- was sent is not retried unless the caller says so.
+  if err.kind == "timeout" and not err.status and res.sent_all and not o.retry_timeouts then return nil end
+  local hint = M.hint(res)
+  if hint then return math.min(hint, o.max_retry_after) end
+  return M.backoff(tries - 1, o.retry_base, o.retry_cap)
+end
+
+return M
