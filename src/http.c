@@ -361,7 +361,11 @@ static int multi_start(lua_State *L) {
   curl_easy_setopt(e, CURLOPT_XFERINFODATA, t);
   curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  /* Over TLS, ALPN tells at handshake whether HTTP/2 multiplexing is there,
+   * so waiting for it is cheap; over plain http it would hold every new
+   * transfer until the first answer arrived. */
+  if (strncasecmp(url, "https:", 6) == 0)
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t->max);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(opt_number(L, spec, "timeout", 600) * 1000));

@@ -53,7 +53,7 @@ function M.wait(err, res, o, tries)
   end
   -- An edit is billed once the service has it: a timeout after everything
   -- was sent is not retried unless the caller says so.
-  if err.kind == "timeout" and not err.status and res.sent_all and not o.retry_timeouts then return nil end
+  if err.kind == "timeout" and err.sent_all and not o.retry_timeouts then return nil end
   local hint = M.hint(res)
   if hint then return math.min(hint, o.max_retry_after) end
   return M.backoff(tries - 1, o.retry_base, o.retry_cap)

@@ -1,0 +1,298 @@
+local H = require "helpers"
+local core = require "imgedit.core"
+local retry = require "imgedit.retry"
+
+-- Small answers keep the emulator's drawing out of the timings.
+local function small(extra)
+  local r = { prompt = "x", size = "64x64", response_format = "b64_json" }
+  for k, v in pairs(extra or {}) do r[k] = v end
+  return r
+end
+
+describe("jobs", function()
+  local emu, dir, pic
+  lazy_setup(function()
+    emu = H.emulator()
+    dir = H.tmpdir()
+    pic = H.write(dir .. "/p.png", H.png(32, 32))
+  end)
+  lazy_teardown(function()
+    emu:stop()
+    H.rmtree(dir)
+  end)
+  before_each(function()
+    emu:configure { latency = 0 }
+    emu:clear()
+  end)
+
+  local function all_client(opts)
+    local o = { model = "gpt-image-2-all" }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    return H.client(emu, o)
+  end
+
+  it("runs eight edits at once: eight 1-second edits take under two seconds", function()
+    emu:configure { latency = 1 }
+    local c = all_client()
+    local t0 = core.now()
+    local jobs = {}
+    for i = 1, 8 do jobs[i] = c:submit("edit", small { images = { pic }, prompt = "variation " .. i }) end
+    for _, j in ipairs(jobs) do assert.truthy(j:wait()) end
+    local wall = core.now() - t0
+    assert.is_true(wall < 2, "wall time " .. wall)
+    assert.are.equal(8, emu:stats().max_in_flight)
+    assert.are.equal(8, emu:stats().requests)
+  end)
+
+  it("respects max_concurrency", function()
+    emu:configure { latency = 0.2 }
+    local c = all_client { max_concurrency = 2 }
+    local res = c:map({ small(), small(), small(), small(), small() }, { kind = "generate" })
+    assert.are.equal(5, #res)
+    for _, r in ipairs(res) do assert.are.equal("png", r.format) end
+    assert.are.equal(2, emu:stats().max_in_flight)
+  end)
+
+  it("submit returns at once and poll(0) does not block", function()
+    emu:configure { latency = 0.5 }
+    local c = all_client()
+    local t0 = core.now()
+    local jobs = {}
+    for i = 1, 8 do jobs[i] = c:submit("generate", small()) end
+    local worst = 0
+    local polls = 0
+    while c:poll(0) > 0 do
+      polls = polls + 1
+      local t = core.now()
+      c:poll(0)
+      worst = math.max(worst, core.now() - t)
+    end
+    assert.is_true(core.now() - t0 >= 0.5)
+    assert.is_true(polls > 10)
+    -- a loose bound (the benchmark measures it): no poll(0) waited for the network
+    assert.is_true(worst < 0.1, "slowest poll(0): " .. worst)
+    for _, j in ipairs(jobs) do assert.truthy(j:result()) end
+  end)
+
+  it("gives an already failed job for a request that fails the local checks", function()
+    local c = H.client(emu)
+    local job = c:submit("edit", { prompt = "x", images = { dir .. "/missing.png" } })
+    assert.is_true(job:done())
+    local img, err = job:result()
+    assert.is_nil(img)
+    assert.are.equal("invalid_request", err.kind)
+    assert.are.equal(0, err.attempts)
+    assert.are.equal(0, #emu:requests())
+  end)
+
+  it("map keeps request order, and one failure does not stop the others", function()
+    local c = all_client()
+    local res = c:map({ small { prompt = "one" }, small { prompt = "" }, small { prompt = "three" } }, { kind = "generate" })
+    assert.are.equal("png", res[1].format)
+    assert.are.equal("invalid_request", res[2].kind)
+    assert.are.equal("png", res[3].format)
+    local r = emu:requests()
+    assert.are.equal(2, #r)
+  end)
+
+  describe("retries", function()
+    it("waits out a 429 with Retry-After: 1, then succeeds on the second attempt", function()
+      emu:inject { status = 429, retry_after = 1 }
+      local seen = {}
+      local c = all_client { on_retry = function(info) seen[#seen + 1] = info end }
+      local t0 = core.now()
+      local img, err = c:generate(small())
+      assert.is_nil(err)
+      assert.truthy(img)
+      assert.is_true(core.now() - t0 >= 0.9)
+      assert.are.equal(1, #seen)
+      assert.are.same({ 1, 1, 429, "rate_limit" }, { seen[1].attempt, seen[1].wait, seen[1].status, seen[1].kind })
+      assert.are.equal(2, #emu:requests())
+    end)
+
+    it("gives up after max_retries: three 500s give kind server and attempts = 3", function()
+      for _ = 1, 3 do emu:inject { status = 500 } end
+      local retries = 0
+      local c = all_client { max_retries = 2, retry_base = 0.05, on_retry = function() retries = retries + 1 end }
+      local img, err = c:generate(small())
+      assert.is_nil(img)
+      assert.are.equal("server", err.kind)
+      assert.are.equal(3, err.attempts)
+      assert.are.equal(2, retries)
+      assert.matches("3 attempts", tostring(err))
+      assert.are.equal(3, #emu:requests())
+    end)
+
+    it("retries 408, 409, 502 pages and dropped connections", function()
+      emu:inject({ status = 408 }, { status = 409 }, { status = 502, html = true }, { drop = true })
+      local c = all_client { max_retries = 4, retry_base = 0.01 }
+      local img, err = c:generate(small())
+      assert.is_nil(err)
+      assert.truthy(img)
+      assert.are.equal(5, #emu:requests())
+    end)
+
+    it("treats other 4xx, moderation and an HTML 413 as final", function()
+      local c = all_client { retry_base = 0.01 }
+      for _, fault in ipairs { { status = 400 }, { status = 400, code = "moderation_blocked" },
+        { status = 400, type = "image_generation_user_error" }, { status = 413, html = true }, { status = 403 } } do
+        emu:clear()
+        emu:inject(fault)
+        local _, err = c:generate(small())
+        assert.are.equal(1, err.attempts)
+        assert.are.equal(1, #emu:requests())
+      end
+      emu:inject { status = 413, html = true }
+      local _, err = c:generate(small())
+      assert.are.equal("too_large", err.kind)
+    end)
+
+    it("does not retry a malformed 200 unless asked", function()
+      emu:inject { bad_json = true }
+      local _, err = all_client():generate(small())
+      assert.are.equal("protocol", err.kind)
+      assert.are.equal(1, #emu:requests())
+      emu:clear()
+      emu:inject { truncate = 20 }
+      _, err = all_client():generate(small())
+      assert.are.equal("protocol", err.kind)
+      assert.matches("cut short", err.message)
+      assert.are.equal(1, #emu:requests())
+      emu:clear()
+      emu:inject { bad_base64 = true }
+      local img = all_client { retry_protocol = true, retry_base = 0.01 }:generate(small())
+      assert.truthy(img)
+      assert.are.equal(2, #emu:requests())
+    end)
+
+    it("does not retry a timeout after the request was sent, unless retry_timeouts", function()
+      emu:inject { delay = 1.5 }
+      local img, err = all_client { timeout = 0.3 }:generate(small())
+      assert.is_nil(img)
+      assert.are.equal("timeout", err.kind)
+      assert.are.equal(1, err.attempts)
+      assert.are.equal(1, #emu:requests())
+      emu:clear()
+      emu:inject { delay = 1.5 }
+      img, err = all_client { timeout = 0.5, retry_timeouts = true, retry_base = 0.01 }:generate(small())
+      assert.is_nil(err)
+      assert.truthy(img)
+      assert.are.equal(2, #emu:requests())
+    end)
+
+    it("retries only the download when a url download fails", function()
+      local c = all_client { retry_base = 0.01 }
+      local first = assert(c:generate { prompt = "u", size = "64x64" })
+      emu:clear()
+      -- the answer's url points at a path the CDN does not have: 404 is final
+      emu:inject { url = emu.cdn_url .. "/files/none.png" }
+      local _, err = c:generate { prompt = "u", size = "64x64" }
+      assert.are.equal("protocol", err.kind)
+      assert.are.equal(404, err.status)
+      assert.truthy(first.url)
+    end)
+
+    it("stops a download that stalls, as a timeout", function()
+      emu:inject { stall = 2, stall_at = 50 }
+      local t0 = core.now()
+      local _, err = all_client { idle_timeout = 0.5 }:generate(small())
+      assert.are.equal("timeout", err.kind)
+      assert.matches("stalled", err.message)
+      assert.is_true(core.now() - t0 < 1.9)
+      assert.are.equal(1, #emu:requests())
+    end)
+
+    it("computes backoff and reads Retry-After hints", function()
+      assert.are.equal(0.5, retry.backoff(0, 0.5, 8, function() return 0 end))
+      assert.are.equal(0.375, retry.backoff(0, 0.5, 8, function() return 1 end))
+      assert.are.equal(4, retry.backoff(3, 0.5, 8, function() return 0 end))
+      assert.are.equal(8, retry.backoff(6, 0.5, 8, function() return 0 end))
+      assert.are.equal(0.25, retry.hint { retry_after_ms = "250", retry_after = "9" })
+      assert.are.equal(9, retry.hint { retry_after = "9" })
+      assert.are.equal(784111777, retry.http_date("Sun, 06 Nov 1994 08:49:37 GMT"))
+      assert.are.equal(30, retry.hint({ retry_after = "Sun, 06 Nov 1994 08:50:07 GMT" }, 784111777))
+      assert.is_nil(retry.hint { retry_after = "soon" })
+    end)
+
+    it("caps a long Retry-After at max_retry_after", function()
+      emu:inject { status = 503, retry_after = 3600 }
+      local waits = {}
+      local c = all_client { max_retry_after = 0.2, on_retry = function(i) waits[#waits + 1] = i.wait end }
+      assert.truthy(c:generate(small()))
+      assert.are.same({ 0.2 }, waits)
+    end)
+  end)
+
+  describe("cancel", function()
+    it("aborts a running job and frees its slot at once", function()
+      emu:configure { latency = 3 }
+      local c = all_client { max_concurrency = 1 }
+      local slow = c:submit("generate", small())
+      local next_job = c:submit("generate", small())
+      for _ = 1, 5 do c:poll(0.02) end
+      assert.is_true(slow:cancel())
+      assert.is_false(slow:cancel())
+      local img, err = slow:result()
+      assert.is_nil(img)
+      assert.are.equal("canceled", err.kind)
+      assert.are.equal(0, c._inflight)
+      emu:configure { latency = 0 }
+      c:poll(0) -- the queued job takes the freed slot
+      assert.are.equal("running", next_job.state)
+      next_job:cancel()
+    end)
+  end)
+
+  describe("progress", function()
+    it("reports upload, wait and download, in order, with byte counts", function()
+      emu:configure { latency = 0.3 }
+      local seen = {}
+      local big = H.write(dir .. "/big.png", H.png(400, 400, function(x, y) return (x * 7 + y * 13) % 256 end))
+      local img = assert(H.client(emu):edit {
+        prompt = "x", images = { big }, size = "1024x1024",
+        on_progress = function(p) seen[#seen + 1] = p end,
+      })
+      assert.truthy(img)
+      local order = {}
+      for _, p in ipairs(seen) do
+        if order[#order] ~= p.phase then order[#order + 1] = p.phase end
+      end
+      assert.are.same({ "upload", "wait", "download" }, order)
+      local last = seen[#seen]
+      assert.is_true(last.upload_total > core.inspect(big).bytes)
+      assert.are.equal(last.upload_total, last.uploaded)
+      assert.is_true(last.downloaded > #img.bytes)
+      for i = 2, #seen do assert.is_true(seen[i].elapsed >= seen[i - 1].elapsed) end
+    end)
+
+    it("reports every phase even when the answer comes at once", function()
+      local phases = {}
+      assert(all_client():generate(small { on_progress = function(p) phases[#phases + 1] = p.phase end }))
+      assert.are.same({ "upload", "wait", "download" }, { phases[1], phases[2], phases[3] })
+    end)
+  end)
+
+  describe("coroutines", function()
+    it("lets a script read top to bottom while the frame loop keeps running", function()
+      emu:configure { latency = 0.2 }
+      local c = all_client { yield = true }
+      local log = {}
+      local co = coroutine.wrap(function()
+        local a = assert(c:generate(small { prompt = "first" }))
+        log[#log + 1] = "a"
+        local b = assert(c:edit(small { prompt = "second", images = { a } }))
+        log[#log + 1] = "b"
+        return b
+      end)
+      local frames, result = 0, nil
+      while not result do
+        frames = frames + 1
+        local r = co()
+        if type(r) == "table" and r.bytes then result = r end
+      end
+      assert.are.same({ "a", "b" }, log)
+      assert.is_true(frames > 5, "frames " .. frames)
+      assert.are.equal("png", result.format)
+    end)
+  end)
+end)
