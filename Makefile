@@ -33,7 +33,7 @@ HDRS     = src/imgedit.h
 
 BUSTED  ?= $(LUA) /usr/bin/busted
 
-.PHONY: all deps test demo install uninstall clean check format
+.PHONY: all deps test demo bench bench-deps install uninstall clean check format
 
 all: build/imgedit/core.so build/imgedit/emulator.so
 
@@ -65,6 +65,15 @@ test: all
 
 demo: all
 	@$(ENV) $(LUA) examples/pipeline.lua out
+
+# The npm SDK is only a reference for the benchmarks; skipped when npm is absent.
+bench-deps:
+	@if command -v npm >/dev/null 2>&1 && [ ! -d bench/node_modules/openai ]; then \
+	  npm install --prefix bench --no-audit --no-fund --loglevel=error >/dev/null || \
+	  echo "npm install failed: the openai SDK rows will read n/a"; fi
+
+bench: all bench-deps
+	@$(ENV) $(LUA) bench/fanout.lua
 
 check:
 	cppcheck --error-exitcode=1 --enable=warning,performance,portability --inline-suppr \
