@@ -128,6 +128,12 @@ static void push_request(lua_State *S, struct MHD_Connection *con, const char *l
   h = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Content-Type");
   if (h)
     lua_pushstring(S, h), lua_setfield(S, -2, "content_type");
+  /* The client's port tells which connection carried the request, so tests
+   * can see keep-alive at work. */
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(con, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET)
+    lua_pushinteger(S, ntohs(((const struct sockaddr_in *)ci->client_addr)->sin_port)),
+        lua_setfield(S, -2, "client_port");
   h = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "User-Agent");
   if (h)
     lua_pushstring(S, h), lua_setfield(S, -2, "user_agent");

@@ -74,6 +74,15 @@ describe("jobs", function()
     for _, j in ipairs(jobs) do assert.truthy(j:result()) end
   end)
 
+  it("keeps the connection alive across requests", function()
+    local c = all_client()
+    for _ = 1, 3 do assert(c:generate(small())) end
+    local r = emu:requests()
+    assert.is_number(r[1].client_port)
+    assert.are.equal(r[1].client_port, r[2].client_port)
+    assert.are.equal(r[1].client_port, r[3].client_port)
+  end)
+
   it("gives an already failed job for a request that fails the local checks", function()
     local c = H.client(emu)
     local job = c:submit("edit", { prompt = "x", images = { dir .. "/missing.png" } })
@@ -108,6 +117,20 @@ describe("jobs", function()
       assert.are.equal(1, #seen)
       assert.are.same({ 1, 1, 429, "rate_limit" }, { seen[1].attempt, seen[1].wait, seen[1].status, seen[1].kind })
       assert.are.equal(2, #emu:requests())
+    end)
+
+    it("waits for a retry without blocking other jobs", function()
+      emu:inject { status = 429, retry_after = 1 }
+      local c = all_client()
+      local slow = c:submit("generate", small { prompt = "slow" })
+      while slow.state ~= "waiting" do c:poll(0.05) end -- its 429 has arrived
+      local fast = c:submit("generate", small { prompt = "fast" })
+      local t0 = core.now()
+      assert.truthy(fast:wait())
+      assert.is_true(core.now() - t0 < 0.9)
+      assert.is_false(slow:done())
+      assert.truthy(slow:wait())
+      assert.are.equal(2, slow.attempts)
     end)
 
     it("gives up after max_retries: three 500s give kind server and attempts = 3", function()

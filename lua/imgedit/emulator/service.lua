@@ -65,7 +65,7 @@ local function record(req)
   local e = {
     id = #log + 1, listener = req.listener, method = req.method, path = req.path,
     authorization = req.authorization ~= nil,
-    user_agent = req.user_agent, content_type = req.content_type,
+    user_agent = req.user_agent, content_type = req.content_type, client_port = req.client_port,
     fields = {}, field_order = {}, files = {},
   }
   for _, p in ipairs(req.parts or {}) do
