@@ -55,5 +55,23 @@ for _, n in ipairs { 1, 8, 32 } do
   print(string.format("%6d | %9.2f (%2d) | %14s", n, a / latency, peak, b and string.format("%.2f", b / latency) or "n/a"))
 end
 print("(in brackets: the most requests the emulator saw at once)")
+
+-- The cost of poll(0) in a frame loop with eight transfers in flight.
+do
+  local c = imgedit.new { base_url = emu.url, api_key = emu.key, model = "gpt-image-2-all" }
+  local jobs = {}
+  for i = 1, 8 do
+    jobs[i] = c:submit("edit", { prompt = "p" .. i, images = { image }, size = "64x64", response_format = "b64_json" })
+  end
+  local times = {}
+  while c:poll(0) > 0 do
+    local t = core.now()
+    c:poll(0)
+    times[#times + 1] = core.now() - t
+  end
+  table.sort(times)
+  print(string.format("poll(0) with 8 transfers in flight: median %.1f us, 99th percentile %.1f us, max %.1f us (%d calls)",
+    times[#times // 2] * 1e6, times[math.ceil(#times * 0.99)] * 1e6, times[#times] * 1e6, #times))
+end
 emu:stop()
 os.execute("rm -rf " .. dir)
