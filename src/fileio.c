@@ -98,8 +98,32 @@ static int l_read_file(lua_State *L) {
   return 1;
 }
 
+/* mkdir_p(path) -> true | nil, message, "io": create a folder and its parents. */
+static int l_mkdir_p(lua_State *L) {
+  size_t n;
+  const char *path = luaL_checklstring(L, 1, &n);
+  char *p = (char *)lua_newuserdatauv(L, n + 1, 0); /* collected, never leaked */
+  memcpy(p, path, n + 1);
+  for (size_t i = 1; i <= n; i++) {
+    if (p[i] != '/' && p[i] != '\0')
+      continue;
+    char c = p[i];
+    p[i] = '\0';
+    struct stat st;
+    if (mkdir(p, 0777) != 0 && errno != EEXIST)
+      return ie_fail(L, "io", "cannot create %s: %s", p, strerror(errno));
+    if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode))
+      return ie_fail(L, "io", "%s exists and is not a folder", p);
+    p[i] = c;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 void ie_open_fileio(lua_State *L) {
-  static const luaL_Reg fns[] = {
-      {"write_atomic", l_write_atomic}, {"read_file", l_read_file}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"write_atomic", l_write_atomic},
+                                 {"read_file", l_read_file},
+                                 {"mkdir_p", l_mkdir_p},
+                                 {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

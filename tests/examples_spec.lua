@@ -82,3 +82,35 @@ describe("the imgedit command", function()
     assert.is_true(rows[1].ok_as_mask)
   end)
 end)
+
+describe("pipeline examples", function()
+  local emu
+  lazy_setup(function() emu = H.emulator() end)
+  lazy_teardown(function() emu:stop() end)
+
+  -- Each example runs twice against this emulator: the second run must be
+  -- served entirely from the cache.
+  for _, case in ipairs {
+    { "character_sheet", { "pose-1.png", "pose-4.png", "sheet.png" }, 5 },
+    { "product_shot", { "shot-1.jpg", "shot-3.jpg" }, 3 },
+    { "refine", { "round-3.png", "winter/final.png", "autumn/final.png" }, 5 },
+  } do
+    local name, files, requests = case[1], case[2], case[3]
+    it(name .. ".lua runs, and a second run sends no request", function()
+      local dir = H.tmpdir()
+      local cmd = "IMGEDIT_API_KEY=" .. emu.key .. " IMGEDIT_BASE_URL=" .. emu.url .. " lua5.4 examples/" .. name
+        .. ".lua '" .. dir .. "'"
+      emu:clear()
+      local out, code = run(cmd)
+      assert.are.equal(0, code, out)
+      for _, f in ipairs(files) do assert.truthy(require("imgedit").inspect(dir .. "/" .. f), f) end
+      assert.are.equal(requests, #H.api_requests(emu))
+      emu:clear()
+      out, code = run(cmd)
+      assert.are.equal(0, code, out)
+      assert.are.equal(0, #emu:requests())
+      assert.matches("0 requests", out)
+      H.rmtree(dir)
+    end)
+  end
+end)

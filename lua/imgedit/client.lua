@@ -28,6 +28,8 @@ local CONTROL = {
   retry_base = true, retry_cap = true, _no_checks = true,
 }
 
+M.CONTROL = CONTROL
+
 local Client = {}
 Client.__index = Client
 M.Client = Client

@@ -5,6 +5,7 @@ local client = require "imgedit.client"
 local errors = require "imgedit.errors"
 local image = require "imgedit.image"
 local rules = require "imgedit.rules"
+local pipeline = require "imgedit.pipeline"
 
 local M = {
   _VERSION = "imgedit " .. core.version,
@@ -16,6 +17,7 @@ local M = {
   errors = errors,
   is_image = image.is,
   is_error = errors.is,
+  pipeline = pipeline.new,
 }
 
 -- from_bytes(bytes [, filename]) -> Image | nil, err

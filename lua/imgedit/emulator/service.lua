@@ -218,8 +218,13 @@ local function usage(prompt, images, w, h, quality)
   local text = math.ceil(#(prompt or "") / 4)
   local img = 0
   for _, info in ipairs(images) do
-    local tiles = math.ceil((info.width or 512) / 512) * math.ceil((info.height or 512) / 512)
-    img = img + 65 + 129 * tiles
+    -- the vendor's vision rule: fit 2048x2048, short side to 768, 512 tiles
+    local w, h = info.width or 512, info.height or 512
+    local s = math.min(1, 2048 / math.max(w, h))
+    w, h = w * s, h * s
+    s = math.min(1, 768 / math.min(w, h))
+    w, h = w * s, h * s
+    img = img + 65 + 129 * math.ceil(w / 512) * math.ceil(h / 512)
   end
   local out = math.floor((OUT_TOKENS[quality or "auto"] or 1056) * (w * h) / (1024 * 1024) + 0.5)
   return {
