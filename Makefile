@@ -27,7 +27,7 @@ ALL_CFLAGS = -std=c99 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) $(DEP_CFLA
 LDFLAGS  ?=
 SHARED    = -shared
 
-CORE_SRC = src/core.c src/inspect.c src/codec.c src/fileio.c src/pixels.c src/http.c
+CORE_SRC = src/core.c src/inspect.c src/codec.c src/fileio.c src/pixels.c src/mask.c src/http.c
 EMU_SRC  = src/emulator.c src/emu_render.c
 HDRS     = src/imgedit.h
 

@@ -120,10 +120,18 @@ static int l_mkdir_p(lua_State *L) {
   return 1;
 }
 
+/* isatty(fd) -> boolean: is this descriptor (0, 1, 2) a terminal? */
+static int l_isatty(lua_State *L) {
+  lua_Integer fd = luaL_checkinteger(L, 1);
+  lua_pushboolean(L, fd >= 0 && fd <= 2 && isatty((int)fd));
+  return 1;
+}
+
 void ie_open_fileio(lua_State *L) {
   static const luaL_Reg fns[] = {{"write_atomic", l_write_atomic},
                                  {"read_file", l_read_file},
                                  {"mkdir_p", l_mkdir_p},
+                                 {"isatty", l_isatty},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

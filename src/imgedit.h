@@ -48,6 +48,9 @@ IE_LOCAL void ie_open_codec(lua_State *L);
 /* ---- pixels (pixels.c) ---- */
 IE_LOCAL void ie_open_pixels(lua_State *L);
 
+/* ---- mask pixels (mask.c) ---- */
+IE_LOCAL void ie_open_mask(lua_State *L);
+
 /* ---- files (fileio.c) ---- */
 IE_LOCAL void ie_open_fileio(lua_State *L);
 

@@ -38,51 +38,6 @@ describe("examples (non-blocking)", function()
   end)
 end)
 
-describe("the imgedit command", function()
-  local emu, dir
-  lazy_setup(function()
-    emu = H.emulator()
-    dir = H.tmpdir()
-    H.write(dir .. "/a.png", H.png(32, 32))
-    H.write(dir .. "/b.gif", "GIF89a" .. string.pack("<I2I2", 8, 8) .. string.rep("\0", 20))
-  end)
-  lazy_teardown(function()
-    emu:stop()
-    H.rmtree(dir)
-  end)
-
-  local function cli(args)
-    return run("IMGEDIT_API_KEY=" .. emu.key .. " IMGEDIT_BASE_URL=" .. emu.url .. " lua5.4 bin/imgedit " .. args)
-  end
-
-  it("edits and writes the output", function()
-    local out, code = cli("edit -p 'make it dusk' -i " .. dir .. "/a.png -i " .. dir .. "/a.png --size 1024x1024 -o "
-      .. dir .. "/out.png")
-    assert.are.equal(0, code, out)
-    assert.matches("1024x1024", out)
-    assert.are.equal("png", require("imgedit").inspect(dir .. "/out.png").format)
-    assert.is_nil(out:find(emu.key, 1, true))
-  end)
-
-  it("generates, and reports a refused request with exit 1", function()
-    local out, code = cli("generate -p sky --size 100x100 -o " .. dir .. "/g.png")
-    assert.are.equal(1, code)
-    assert.matches("invalid_request", out)
-    out, code = cli("generate -p sky -o " .. dir .. "/g.png")
-    assert.are.equal(0, code, out)
-  end)
-
-  it("inspects files, as text and as JSON", function()
-    local out, code = cli("inspect " .. dir .. "/a.png " .. dir .. "/b.gif")
-    assert.are.equal(0, code, out)
-    assert.matches("a%.png: png 32x32, 4 channels with alpha", out)
-    assert.matches("not accepted for upload", out)
-    out = cli("inspect --json " .. dir .. "/a.png")
-    local rows = require("cjson").decode(out:match("^(.-)\nexit="))
-    assert.is_true(rows[1].ok_as_mask)
-  end)
-end)
-
 describe("pipeline examples", function()
   local emu
   lazy_setup(function() emu = H.emulator() end)

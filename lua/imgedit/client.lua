@@ -30,6 +30,10 @@ local CONTROL = {
 
 M.CONTROL = CONTROL
 
+-- Process-wide fallbacks before the environment, for hosts that configure
+-- once (the command line's `run --emulate` points them at an emulator).
+M.defaults = {}
+
 local Client = {}
 Client.__index = Client
 M.Client = Client
@@ -50,7 +54,7 @@ function M.new(opts)
     error("bad argument #1 to 'new' (table expected, got " .. type(opts) .. ")", 2)
   end
   opts = opts or {}
-  local base = opt(opts.base_url, "string", "base_url") or os.getenv("IMGEDIT_BASE_URL")
+  local base = opt(opts.base_url, "string", "base_url") or M.defaults.base_url or os.getenv("IMGEDIT_BASE_URL")
   if base == nil or base == "" then base = DEFAULT_BASE_URL end
   local y = opts.yield
   if y == true then y = coroutine.yield end
@@ -79,7 +83,7 @@ function M.new(opts)
     _inflight = 0,
   }, Client)
   if c.max_concurrency < 1 then error("bad option 'max_concurrency' (at least 1)", 2) end
-  local key = opt(opts.api_key, "string", "api_key") or os.getenv("IMGEDIT_API_KEY")
+  local key = opt(opts.api_key, "string", "api_key") or M.defaults.api_key or os.getenv("IMGEDIT_API_KEY")
   secrets[c] = key ~= "" and key or nil
   return c
 end

@@ -68,6 +68,34 @@ function M.open(path)
   return img
 end
 
+-- bytes_of(src) -> bytes, name | nil, err; src is a path, an Image or {bytes=...}.
+function M.bytes_of(src, what)
+  if type(src) == "string" then
+    local bytes, msg = core.read_file(src)
+    if not bytes then return nil, errors.new("invalid_request", src .. ": " .. msg, { param = what }) end
+    return bytes, basename(src)
+  elseif type(src) == "table" and type(src.bytes) == "string" then
+    return src.bytes, src.filename
+  end
+  error(string.format("bad argument '%s' (path, Image or {bytes=...} expected, got %s)", what, type(src)), 3)
+end
+
+-- Decoding is bounded: a picture whose header declares more than this many
+-- pixels is refused before any pixel memory is allocated.
+M.max_pixels = 50000000
+
+-- pixels(src) -> rgba, w, h, bytes, name | nil, err (decodes; use only when a
+-- header cannot answer the question).
+function M.pixels(src, what, max_pixels)
+  local bytes, name = M.bytes_of(src, what)
+  if not bytes then return nil, name end
+  local px, w, h = core.decode(bytes, max_pixels or M.max_pixels)
+  if not px then
+    return nil, errors.new("invalid_request", (name and name .. ": " or "") .. w, { param = what, reason = h })
+  end
+  return px, w, h, bytes, name
+end
+
 -- inspect(src) -> info | nil, err; src is a path, an Image or {bytes=...}.
 function M.inspect(src)
   local info, msg

@@ -6,11 +6,14 @@ local errors = require "imgedit.errors"
 local image = require "imgedit.image"
 local rules = require "imgedit.rules"
 local pipeline = require "imgedit.pipeline"
+local mask = require "imgedit.mask"
+local fit = require "imgedit.fit"
 
 local M = {
   _VERSION = "imgedit " .. core.version,
   version = core.version,
   new = client.new,
+  defaults = client.defaults,
   open = image.open,
   inspect = image.inspect,
   rules = rules.models,
@@ -18,6 +21,8 @@ local M = {
   is_image = image.is,
   is_error = errors.is,
   pipeline = pipeline.new,
+  mask = mask,
+  fit = fit,
 }
 
 -- from_bytes(bytes [, filename]) -> Image | nil, err

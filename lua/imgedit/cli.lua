@@ -1,0 +1,341 @@
+-- The `imgedit` command line. bin/imgedit calls main(args) and exits with
+-- its result, so the commands can be tested from Lua as well as the shell.
+local argparse = require "argparse"
+local cjson = require "cjson"
+local core = require "imgedit.core"
+local imgedit = require "imgedit"
+
+local M = {}
+
+M.EXIT = { ok = 0, failure = 1, usage = 2, input = 3, auth = 4, limit = 5, service = 6, timeout = 7 }
+
+local EXIT_OF_KIND = {
+  invalid_request = 3, not_found = 3, too_large = 3, moderation = 3, auth = 4, rate_limit = 5, budget = 5,
+  server = 6, network = 6, protocol = 6, timeout = 7, canceled = 1,
+}
+M.EXIT_OF_KIND = EXIT_OF_KIND
+
+local EPILOG = [[
+Environment: IMGEDIT_API_KEY (the key), IMGEDIT_BASE_URL (default https://api.apiyi.com/v1).
+Exit codes: 0 success, 1 other failure, 2 usage error, 3 invalid input (a file, a mask,
+a rule of the service, an output that exists), 4 auth, 5 rate limit or budget,
+6 server, network or a broken answer, 7 timeout.]]
+
+local function stderr(...) io.stderr:write(...) end
+
+-- ---- the parser ----
+
+local function build()
+  local p = argparse("imgedit", "Edit and fuse images through OpenAI-compatible image APIs.")
+    :epilog(EPILOG)
+  p:command_target("command")
+  p:flag("--version", "Show the version."):action(function()
+    print(imgedit._VERSION)
+    os.exit(0)
+  end)
+
+  local function request_options(cmd)
+    cmd:option("-p --prompt", "What to do."):count(1)
+    cmd:option("-o --output", "Where to write the image."):count(1)
+    cmd:option("--model", "Model name (default gpt-image-2).")
+    cmd:option("--size", "auto or WIDTHxHEIGHT.")
+    cmd:option("--quality", "low, medium, high or auto.")
+    cmd:option("--format", "Output format: png, jpeg or webp.")
+    cmd:option("--compression", "Output compression 0-100, for jpeg and webp.")
+    cmd:option("--background", "auto or opaque.")
+    cmd:option("--response-format", "url or b64_json (gpt-image-2-all).")
+    cmd:option("--timeout", "Seconds for one attempt (default 600).")
+    cmd:option("--retries", "Retries on 429, 5xx and dropped connections (default 2).")
+    cmd:flag("-f --force", "Overwrite the output if it exists.")
+    cmd:flag("-q --quiet", "No progress display.")
+    cmd:flag("-v --verbose", "Show the request (never the key) and each retry on stderr.")
+    cmd:flag("--json", "Print the result's metadata as JSON on stdout.")
+  end
+
+  local edit = p:command("edit", "Edit or fuse images."):epilog(EPILOG)
+  request_options(edit)
+  edit:option("-i --image", "An input image; repeat it for more (the order is image 1, 2, ...)."):count("1+")
+  edit:option("--mask", "A PNG mask with alpha (alpha 0 = edit here), the size of the first image.")
+
+  local gen = p:command("generate", "Make an image from text."):epilog(EPILOG)
+  request_options(gen)
+
+  local run = p:command("run", "Run a pipeline script with the library loaded (as the global imgedit).")
+    :epilog(EPILOG)
+  run:argument("script", "The Lua script.")
+  run:argument("args", "Arguments for the script (its arg table)."):args("*")
+  run:flag("--emulate", "Run against a local emulator instead of the service.")
+
+  local insp = p:command("inspect", "Format, size and alpha of image files, and whether each is acceptable.")
+    :epilog(EPILOG)
+  insp:argument("files", "Image files."):args("+")
+  insp:flag("--json", "Print JSON.")
+
+  local mask = p:command("mask", "Make a mask: alpha 0 where the edit goes."):epilog(EPILOG)
+  mask:option("--rect", "X,Y,W,H: open a rectangle for editing (repeatable)."):count("*")
+  mask:option("--ellipse", "X,Y,W,H: open the ellipse in that box (repeatable)."):count("*")
+  mask:option("--keep", "X,Y,W,H: keep a rectangle after the shapes above (repeatable)."):count("*")
+  mask:option("--from-gray", "A black-and-white picture: white marks the area to edit.")
+  mask:option("--from-alpha", "A picture whose transparent part marks the area to edit.")
+  mask:option("--threshold", "With --from-gray: 0..1, hard edge at this grey level.")
+  mask:option("--feather", "Soften the edge by this many pixels.")
+  mask:flag("--invert", "Swap the areas to edit and to keep.")
+  mask:option("--like", "A base image: the mask takes its size.")
+  mask:option("--size", "WIDTHxHEIGHT, when there is no --like.")
+  mask:option("-o --output", "Where to write the mask (PNG)."):count(1)
+  mask:flag("-f --force", "Overwrite the output if it exists.")
+  mask:flag("--json", "Print the mask's check report as JSON.")
+
+  local emu = p:command("emulate", "Serve the local emulator until interrupted; prints its url and key.")
+    :epilog(EPILOG)
+  emu:option("--port", "Port on 127.0.0.1 (default: any free one).", "0")
+  emu:option("--latency", "Seconds each answer takes.", "0")
+  return p
+end
+
+-- ---- helpers ----
+
+local function fail(code, msg)
+  stderr("imgedit: ", msg, "\n")
+  return code
+end
+
+local function fail_err(err)
+  return fail(EXIT_OF_KIND[err.kind] or 1, (tostring(err):gsub("^imgedit: ", "")))
+end
+
+local function number_opt(v, name)
+  if v == nil then return nil end
+  local n = tonumber(v)
+  if not n then error({ usage = "--" .. name .. " expects a number, got '" .. v .. "'" }) end
+  return n
+end
+
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+local function human(n)
+  if n >= 1024 * 1024 then return string.format("%.1f MB", n / 1048576) end
+  if n >= 1024 then return string.format("%.0f KB", n / 1024) end
+  return string.format("%d B", n)
+end
+
+-- A one-line progress display on stderr: a bar while uploading, a spinner
+-- with the seconds waited, then the bytes downloaded.
+local function progress_display()
+  local spin = { "|", "/", "-", "\\" }
+  local i = 0
+  local shown = false
+  local function show(line)
+    stderr("\r", line, "\27[K")
+    shown = true
+  end
+  local function on_progress(p)
+    i = i + 1
+    if p.phase == "upload" then
+      local frac = p.upload_total > 0 and p.uploaded / p.upload_total or 0
+      local n = math.floor(frac * 24 + 0.5)
+      show(string.format("upload   [%s%s] %3d%%  %s / %s", string.rep("#", n), string.rep("-", 24 - n),
+        math.floor(frac * 100 + 0.5), human(p.uploaded), human(p.upload_total)))
+    elseif p.phase == "wait" then
+      show(string.format("waiting for the model %s %ds", spin[i % 4 + 1], math.floor(p.elapsed)))
+    else
+      show(string.format("download %s%s", human(p.downloaded),
+        p.download_total > 0 and (" / " .. human(p.download_total)) or ""))
+    end
+  end
+  local function done()
+    if shown then stderr("\r\27[K") end
+  end
+  return on_progress, done
+end
+
+-- ---- commands ----
+
+local function cmd_request(a)
+  if exists(a.output) and not a.force then
+    return fail(3, a.output .. " exists; use --force to overwrite it")
+  end
+  local client = imgedit.new {
+    model = a.model, timeout = number_opt(a.timeout, "timeout"), max_retries = number_opt(a.retries, "retries"),
+  }
+  local req = {
+    prompt = a.prompt, size = a.size, quality = a.quality, output_format = a.format,
+    output_compression = number_opt(a.compression, "compression"), background = a.background,
+    response_format = a.response_format,
+  }
+  if a.command == "edit" then req.images, req.mask = a.image, a.mask end
+  local done = function() end
+  if not a.quiet and core.isatty(2) then req.on_progress, done = progress_display() end
+  if a.verbose then
+    local parts = {}
+    for _, k in ipairs { "size", "quality", "output_format", "output_compression", "background", "response_format" } do
+      if req[k] ~= nil then parts[#parts + 1] = k .. "=" .. tostring(req[k]) end
+    end
+    for i, img in ipairs(req.images or {}) do
+      local info = imgedit.inspect(img)
+      parts[#parts + 1] = string.format("image[%d]=%s (%s)", i, img, info and (info.mime .. ", " .. human(info.bytes)) or "?")
+    end
+    if req.mask then parts[#parts + 1] = "mask=" .. req.mask end
+    stderr(string.format("imgedit: POST %s/images/%s model=%s prompt=%q %s\n", client.base_url,
+      a.command == "edit" and "edits" or "generations", a.model or client.model, a.prompt, table.concat(parts, " ")))
+    req.on_retry = function(info)
+      stderr(string.format("imgedit: attempt %d failed (%s%s); retrying in %.1fs\n", info.attempt, info.kind,
+        info.status and (", HTTP " .. info.status) or "", info.wait))
+    end
+  end
+  local img, err
+  if a.command == "edit" then img, err = client:edit(req) else img, err = client:generate(req) end
+  done()
+  if not img then return fail_err(err) end
+  local ok, serr = img:save(a.output)
+  if not ok then return fail_err(serr) end
+  if a.json then
+    print(cjson.encode { path = a.output, format = img.format, width = img.width, height = img.height,
+      bytes = #img.bytes, sha256 = img.sha256, usage = img.usage or cjson.null, model = img.model,
+      url = img.url or cjson.null })
+  elseif not a.quiet then
+    print(string.format("%s: %s %dx%d, %s%s", a.output, img.format, img.width, img.height, human(#img.bytes),
+      img.usage and string.format(", %d tokens", img.usage.total_tokens or 0) or ""))
+  end
+  return 0
+end
+
+local function cmd_inspect(a)
+  local failed, rows = false, {}
+  for _, f in ipairs(a.files) do
+    local info, err = imgedit.inspect(f)
+    local row = info or { error = err.message }
+    row.file = f
+    if info then
+      row.ok_as_image = info.accepted
+      row.ok_as_mask = info.format == "png" and info.has_alpha
+    else
+      failed = true
+    end
+    rows[#rows + 1] = row
+    if not a.json then
+      if info then
+        print(string.format("%s: %s %dx%d, %d channels%s, %s%s%s", f, info.format, info.width or 0,
+          info.height or 0, info.channels or 0, info.has_alpha and " with alpha" or "", human(info.bytes),
+          info.accepted and "" or ", not accepted for upload", row.ok_as_mask and ", usable as a mask" or ""))
+      else
+        print(f .. ": " .. err.message)
+      end
+    end
+  end
+  if a.json then print(cjson.encode(rows)) end
+  return failed and 3 or 0
+end
+
+local function box(s, what)
+  local x, y, w, h = tostring(s):match("^(%-?%d+),(%-?%d+),(%d+),(%d+)$")
+  if not x then error({ usage = what .. " expects X,Y,W,H, got '" .. tostring(s) .. "'" }) end
+  return { x = math.tointeger(tonumber(x)), y = math.tointeger(tonumber(y)), w = math.tointeger(tonumber(w)),
+    h = math.tointeger(tonumber(h)) }
+end
+
+local function cmd_mask(a)
+  if exists(a.output) and not a.force then return fail(3, a.output .. " exists; use --force to overwrite it") end
+  local sources = (a.from_gray and 1 or 0) + (a.from_alpha and 1 or 0) + ((#a.rect + #a.ellipse > 0) and 1 or 0)
+  if sources ~= 1 then
+    error({ usage = "give shapes (--rect, --ellipse), --from-gray or --from-alpha: exactly one kind" })
+  end
+  local m, err
+  if a.from_gray or a.from_alpha then
+    local fn = a.from_gray and imgedit.mask.from_gray or imgedit.mask.from_alpha
+    m, err = fn(a.from_gray or a.from_alpha, { invert = a.invert, threshold = number_opt(a.threshold, "threshold"),
+      feather = math.tointeger(number_opt(a.feather, "feather")) })
+    if m and a.like then -- match the base's size
+      local fitted
+      fitted, m = imgedit.fit(a.like, { mask = m, max_bytes = math.huge })
+      if not fitted then return fail_err(m) end
+    end
+  else
+    local o = { invert = a.invert, shapes = {} }
+    if a.like then
+      o.like = a.like
+    else
+      local w, h = tostring(a.size):match("^(%d+)x(%d+)$")
+      if not w then error({ usage = "shapes need --like BASE or --size WIDTHxHEIGHT" }) end
+      o.width, o.height = math.tointeger(tonumber(w)), math.tointeger(tonumber(h))
+    end
+    for _, s in ipairs(a.rect) do local b = box(s, "--rect"); b.kind = "rect"; o.shapes[#o.shapes + 1] = b end
+    for _, s in ipairs(a.ellipse) do local b = box(s, "--ellipse"); b.kind = "ellipse"; o.shapes[#o.shapes + 1] = b end
+    for _, s in ipairs(a.keep) do local b = box(s, "--keep"); b.kind, b.keep = "rect", true; o.shapes[#o.shapes + 1] = b end
+    m, err = imgedit.mask.compose(o)
+  end
+  if not m then return fail_err(err) end
+  local ok, serr = m:save(a.output)
+  if not ok then return fail_err(serr) end
+  local report = imgedit.mask.check(m, a.like)
+  if a.json then
+    report.path = a.output
+    print(cjson.encode(report))
+  else
+    print(string.format("%s: %dx%d mask, %.1f%% to edit", a.output, m.width, m.height, (report.coverage or 0) * 100))
+  end
+  for _, w in ipairs(report.warnings) do stderr("imgedit: warning: ", w, "\n") end
+  return 0
+end
+
+local function cmd_run(a)
+  local emu
+  if a.emulate then
+    emu = assert(require("imgedit.emulator").start {})
+    imgedit.defaults.base_url, imgedit.defaults.api_key = emu.url, emu.key
+  end
+  local script_arg = { [0] = a.script }
+  for i, v in ipairs(a.args) do script_arg[i] = v end
+  -- The script sees the library as `imgedit` and its own arguments as `arg`.
+  local env = setmetatable({ imgedit = imgedit, arg = script_arg }, { __index = _G })
+  local chunk, lerr = loadfile(a.script, "t", env)
+  if not chunk then
+    if emu then emu:stop() end
+    return fail(3, lerr)
+  end
+  local ok, e = pcall(chunk, table.unpack(script_arg))
+  if emu then emu:stop() end
+  if ok then return 0 end
+  if imgedit.is_error(e) then return fail_err(e) end
+  return fail(1, tostring(e))
+end
+
+local function cmd_emulate(a)
+  local emu, err = require("imgedit.emulator").start {
+    port = math.tointeger(number_opt(a.port, "port")), latency = number_opt(a.latency, "latency"),
+  }
+  if not emu then return fail(1, err) end
+  print("url " .. emu.url)
+  print("key " .. emu.key)
+  print(string.format("export IMGEDIT_BASE_URL=%s IMGEDIT_API_KEY=%s", emu.url, emu.key))
+  io.stdout:flush()
+  -- Serve until interrupted; the emulator runs in its own threads.
+  local sleeper = imgedit.new { base_url = emu.url, api_key = emu.key }
+  while true do sleeper:poll(3600) end
+end
+
+local COMMANDS = { edit = cmd_request, generate = cmd_request, inspect = cmd_inspect, mask = cmd_mask,
+  run = cmd_run, emulate = cmd_emulate }
+
+-- main(args) -> exit code
+function M.main(args)
+  local parser = build()
+  local ok, a = parser:pparse(args)
+  if not ok then
+    stderr(parser:get_usage(), "\n\nimgedit: ", a, "\n")
+    return 2
+  end
+  local rok, code = pcall(COMMANDS[a.command], a)
+  if rok then return code end
+  if type(code) == "table" and code.usage then
+    stderr("imgedit: ", code.usage, "\n")
+    return 2
+  end
+  error(code, 0)
+end
+
+return M
