@@ -27,13 +27,13 @@ ALL_CFLAGS = -std=c99 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) $(DEP_CFLA
 LDFLAGS  ?=
 SHARED    = -shared
 
-CORE_SRC = src/core.c src/inspect.c src/codec.c src/fileio.c src/pixels.c src/mask.c src/http.c
+CORE_SRC = src/core.c src/inspect.c src/codec.c src/fileio.c src/pixels.c src/mask.c src/sse.c src/http.c
 EMU_SRC  = src/emulator.c src/emu_render.c
-HDRS     = src/imgedit.h
+HDRS     = src/imgedit.h src/sse.h
 
 BUSTED  ?= $(LUA) /usr/bin/busted
 
-.PHONY: all deps test demo bench bench-deps install uninstall clean check format
+.PHONY: all deps test demo bench bench-deps install uninstall clean check format fuzz fuzz-smoke
 
 all: build/imgedit/core.so build/imgedit/emulator.so
 
@@ -74,6 +74,23 @@ bench-deps:
 
 bench: all bench-deps
 	@$(ENV) $(LUA) bench/fanout.lua
+
+# libFuzzer targets (clang, ASan, UBSan); issue-sized smoke runs from the seed corpus.
+FUZZ_CC    ?= clang
+FUZZ_FLAGS  = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE
+FUZZERS     = build/fuzz/sse
+
+fuzz: $(FUZZERS)
+
+build/fuzz/sse: tests/fuzz/fuzz_sse.c src/sse.c src/sse.h
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_sse.c src/sse.c
+
+FUZZ_SECONDS ?= 30
+fuzz-smoke: fuzz
+	@for f in $(FUZZERS); do n=$$(basename $$f); mkdir -p build/fuzz/corpus-$$n; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/corpus-$$n tests/fuzz/corpus/$$n \
+	    2>&1 | grep -E 'stat::number_of_executed_units|cov:.*(DONE|INITED)|ERROR|SUMMARY' | tail -4 || exit 1; done
 
 check:
 	cppcheck --error-exitcode=1 --enable=warning,performance,portability --inline-suppr \

@@ -168,7 +168,20 @@ typedef struct answer {
   double stall;       /* ... pause this long (a trickling answer) */
   char *headers;      /* "name\0value\0name\0value\0\0" */
   size_t hlen, hcap;
+  char **events;      /* a streamed answer: these, one after another ... */
+  size_t *event_len, nevents;
+  double event_delay; /* ... each after this pause */
+  long cut_after;     /* drop the connection after this many events */
 } answer;
+
+static void free_answer(answer *a) {
+  free(a->body);
+  free(a->headers);
+  for (size_t i = 0; i < a->nevents; i++)
+    free(a->events[i]);
+  free(a->events);
+  free(a->event_len);
+}
 
 static int run_service(lua_State *S) {
   /* S: service, fn_name, request -> call service[fn_name](request) */
@@ -199,6 +212,29 @@ static void take_answer(lua_State *S, answer *a) {
   lua_getfield(S, -7, "stall");
   a->stall = luaL_optnumber(S, -1, 0);
   lua_pop(S, 7);
+  lua_getfield(S, -1, "events");
+  if (lua_istable(S, -1)) {
+    size_t count = (size_t)lua_rawlen(S, -1);
+    a->events = calloc(count ? count : 1, sizeof *a->events);
+    a->event_len = calloc(count ? count : 1, sizeof *a->event_len);
+    for (size_t i = 0; a->events && a->event_len && i < count; i++) {
+      lua_rawgeti(S, -1, (lua_Integer)i + 1);
+      size_t len = 0;
+      const char *ev = lua_tolstring(S, -1, &len);
+      if (ev && (a->events[i] = malloc(len ? len : 1)) != NULL) {
+        memcpy(a->events[i], ev, len);
+        a->event_len[i] = len;
+        a->nevents = i + 1;
+      }
+      lua_pop(S, 1);
+    }
+  }
+  lua_pop(S, 1);
+  lua_getfield(S, -1, "event_delay");
+  a->event_delay = luaL_optnumber(S, -1, 0);
+  lua_getfield(S, -2, "cut_after");
+  a->cut_after = (long)luaL_optinteger(S, -1, -1);
+  lua_pop(S, 2);
   lua_getfield(S, -1, "headers");
   if (lua_istable(S, -1)) {
     lua_pushnil(S);
@@ -215,6 +251,13 @@ static void take_answer(lua_State *S, answer *a) {
   append(&a->headers, &a->hlen, &a->hcap, "", 1);
 }
 
+static int take_answer_l(lua_State *S) {
+  answer *a = (answer *)lua_touserdata(S, 1);
+  lua_settop(S, 2);
+  take_answer(S, a);
+  return 0;
+}
+
 /* Ask the service; on a Lua error, answer 500 with the message. */
 static void ask_service(emu *E, const char *fn, struct MHD_Connection *con, const char *listener,
                         const char *url, const char *method, req_ctx *c, answer *a) {
@@ -225,9 +268,15 @@ static void ask_service(emu *E, const char *fn, struct MHD_Connection *con, cons
   lua_getfield(S, LUA_REGISTRYINDEX, "imgedit.emulator.service");
   lua_pushstring(S, fn);
   push_request(S, con, listener, url, method, c);
-  if (lua_pcall(S, 3, 1, 0) == LUA_OK && lua_istable(S, -1)) {
-    take_answer(S, a);
-  } else {
+  int ok = lua_pcall(S, 3, 1, 0) == LUA_OK && lua_istable(S, -1);
+  if (ok) {
+    /* Reading the answer can raise too (a field of the wrong type): protected. */
+    lua_pushcfunction(S, take_answer_l);
+    lua_pushlightuserdata(S, a);
+    lua_pushvalue(S, -3);
+    ok = lua_pcall(S, 2, 0, 0) == LUA_OK;
+  }
+  if (!ok) {
     const char *msg = lua_tostring(S, -1);
     char buf[600];
     snprintf(buf, sizeof buf, "{\"error\":{\"message\":\"emulator failure: %.500s\",\"type\":\"server_error\"}}",
@@ -235,6 +284,9 @@ static void ask_service(emu *E, const char *fn, struct MHD_Connection *con, cons
     for (char *q = buf + 40; *q; q++) /* keep the JSON valid */
       if (*q == '"' && q[1] != ',' && q[1] != '}')
         *q = '\'';
+    a->status = 500;
+    free_answer(a);
+    memset(a, 0, sizeof *a);
     a->status = 500;
     a->body = strdup(buf);
     a->len = a->body ? strlen(a->body) : 0;
@@ -296,11 +348,61 @@ static void slow_free(void *cls) {
   free(t);
 }
 
+/* A streamed answer: events sent one by one, with a pause before each. */
+typedef struct stream_src {
+  emu *E;
+  char **events;
+  size_t *len, n, i, off;
+  double delay;
+  long cut;
+} stream_src;
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+  stream_src *t = (stream_src *)cls;
+  (void)pos;
+  if (t->off == 0) {
+    if (t->cut >= 0 && (long)t->i >= t->cut)
+      return MHD_CONTENT_READER_END_WITH_ERROR;
+    if (t->i >= t->n)
+      return MHD_CONTENT_READER_END_OF_STREAM;
+    emu_sleep(t->E, t->delay);
+  }
+  size_t n = t->len[t->i] - t->off;
+  if (n > max)
+    n = max;
+  memcpy(buf, t->events[t->i] + t->off, n);
+  t->off += n;
+  if (t->off == t->len[t->i])
+    t->i++, t->off = 0;
+  return (ssize_t)n;
+}
+
+static void stream_free(void *cls) {
+  stream_src *t = (stream_src *)cls;
+  for (size_t i = 0; i < t->n; i++)
+    free(t->events[i]);
+  free(t->events);
+  free(t->len);
+  free(t);
+}
+
 static enum MHD_Result send_answer(emu *E, struct MHD_Connection *con, answer *a) {
   struct MHD_Response *r;
-  int cut = a->truncate >= 0 && (size_t)a->truncate < a->len;
-  int stall = a->stall_at >= 0 && a->stall > 0;
-  if (cut || stall) {
+  if (a->events) {
+    stream_src *t = calloc(1, sizeof *t);
+    if (!t)
+      return MHD_NO;
+    t->E = E, t->events = a->events, t->len = a->event_len, t->n = a->nevents;
+    t->delay = a->event_delay, t->cut = a->cut_after;
+    a->events = NULL, a->event_len = NULL, a->nevents = 0; /* the stream owns them now */
+    r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 * 1024, stream_read, t, stream_free);
+    if (!r) {
+      stream_free(t);
+      return MHD_NO;
+    }
+  } else if ((a->truncate >= 0 && (size_t)a->truncate < a->len) || (a->stall_at >= 0 && a->stall > 0)) {
+    int cut = a->truncate >= 0 && (size_t)a->truncate < a->len;
+    int stall = a->stall_at >= 0 && a->stall > 0;
     slow_src *t = calloc(1, sizeof *t);
     if (!t)
       return MHD_NO;
@@ -371,8 +473,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
   ask_service(E, "handle", con, listener, url, method, c, &a);
   emu_sleep(E, a.delay);
   enum MHD_Result ok = a.drop ? MHD_NO : send_answer(E, con, &a);
-  free(a.body);
-  free(a.headers);
+  free_answer(&a);
   return ok;
 }
 

@@ -13,6 +13,7 @@
 #include <curl/curl.h>
 
 #include "imgedit.h"
+#include "sse.h"
 
 #define MULTI_MT "imgedit.multi"
 #define XFER_MT "imgedit.transfer"
@@ -32,6 +33,12 @@ typedef struct memsrc {
   size_t len, pos;
 } memsrc;
 
+/* One server-sent event waiting for Lua to take it. */
+typedef struct event {
+  char *name, *data;
+  size_t nlen, dlen;
+} event;
+
 struct transfer {
   CURL *e;
   curl_mime *mime;
@@ -48,13 +55,70 @@ struct transfer {
   curl_off_t ul_now, ul_total, dl_now, dl_total;
   char ctype[128], retry_after[64], retry_after_ms[32], request_id[128], location[8];
   char errbuf[CURL_ERROR_SIZE];
+  /* Streaming answers: decided by the answer's content type. */
+  int stream_wanted, mode_decided, sse_on, sse_bad;
+  sse parser;
+  event *ev;
+  size_t nev, evcap, ev_bytes;
 };
 
 /* ---- libcurl callbacks: C only ---- */
 
+static void queue_event(void *ud, const char *name, size_t nlen, const char *data, size_t dlen) {
+  transfer *t = (transfer *)ud;
+  if (t->sse_bad)
+    return;
+  if (t->ev_bytes + dlen > t->max) { /* Lua is not draining: too much at once */
+    t->sse_bad = 1;
+    return;
+  }
+  if (t->nev == t->evcap) {
+    size_t nc = t->evcap ? t->evcap * 2 : 8;
+    event *ne = realloc(t->ev, nc * sizeof *ne);
+    if (!ne) {
+      t->sse_bad = 1;
+      return;
+    }
+    t->ev = ne, t->evcap = nc;
+  }
+  event *e = &t->ev[t->nev];
+  e->name = malloc(nlen + 1);
+  e->data = malloc(dlen + 1);
+  if (!e->name || !e->data) {
+    free(e->name), free(e->data);
+    t->sse_bad = 1;
+    return;
+  }
+  memcpy(e->name, name, nlen), e->name[nlen] = '\0', e->nlen = nlen;
+  memcpy(e->data, data, dlen), e->data[dlen] = '\0', e->dlen = dlen;
+  t->nev++;
+  t->ev_bytes += dlen;
+}
+
+static void free_events(transfer *t) {
+  for (size_t i = 0; i < t->nev; i++)
+    free(t->ev[i].name), free(t->ev[i].data);
+  t->nev = 0;
+  t->ev_bytes = 0;
+}
+
 static size_t on_body(char *p, size_t sz, size_t n, void *ud) {
   transfer *t = (transfer *)ud;
   size_t len = sz * n;
+  if (t->stream_wanted && !t->mode_decided) {
+    /* A stream only if the service answers with one (an error is JSON). */
+    t->mode_decided = 1;
+    t->sse_on = strncasecmp(t->ctype, "text/event-stream", 17) == 0;
+    if (t->sse_on)
+      sse_init(&t->parser, t->max);
+  }
+  if (t->sse_on) {
+    if (sse_feed(&t->parser, p, len, queue_event, t) != 0 || t->sse_bad) {
+      t->too_large = 1;
+      return 0;
+    }
+    return len;
+  }
   if (t->len + len > t->max) {
     t->too_large = 1;
     return 0; /* CURLE_WRITE_ERROR */
@@ -188,6 +252,11 @@ static void transfer_release(transfer *t) {
   curl_mime_free(t->mime);
   curl_slist_free_all(t->headers);
   free(t->body);
+  if (t->sse_on)
+    sse_free(&t->parser);
+  free_events(t);
+  free(t->ev);
+  t->ev = NULL, t->evcap = 0, t->sse_on = 0;
   t->e = NULL, t->mime = NULL, t->headers = NULL, t->body = NULL;
   t->len = t->cap = 0;
 }
@@ -344,6 +413,7 @@ static int multi_start(lua_State *L) {
   luaL_argcheck(L, url != NULL, 2, "spec.url required");
   t->max = (size_t)opt_number(L, spec, "max_response_bytes", 64.0 * 1024 * 1024);
   t->idle_limit = opt_number(L, spec, "idle_timeout", 0);
+  t->stream_wanted = opt_bool(L, spec, "stream");
   CURL *e = t->e;
   curl_easy_setopt(e, CURLOPT_URL, url);
   curl_easy_setopt(e, CURLOPT_PRIVATE, t);
@@ -505,6 +575,9 @@ static int transfer_result(lua_State *L) {
   lua_setfield(L, -2, "bytes_up");
   lua_pushboolean(L, t->answering);
   lua_setfield(L, -2, "answered");
+  /* A stream that was cut before its first byte is still a stream. */
+  lua_pushboolean(L, t->sse_on || (t->stream_wanted && strncasecmp(t->ctype, "text/event-stream", 17) == 0));
+  lua_setfield(L, -2, "stream");
   lua_pushinteger(L, (lua_Integer)t->dl_now);
   lua_setfield(L, -2, "bytes_down");
   char *eff = NULL;
@@ -522,6 +595,100 @@ static int transfer_progress(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)t->dl_total);
   lua_pushboolean(L, t->answering || t->done);
   return 5;
+}
+
+static void push_events(lua_State *L, const event *ev, size_t n) {
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    lua_createtable(L, 0, 2);
+    lua_pushlstring(L, ev[i].name, ev[i].nlen);
+    lua_setfield(L, -2, "event");
+    lua_pushlstring(L, ev[i].data, ev[i].dlen);
+    lua_setfield(L, -2, "data");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+}
+
+/* transfer:events() -> the server-sent events that arrived since the last
+ * call, as {event=, data=} tables, oldest first. */
+static int transfer_events(lua_State *L) {
+  transfer *t = check_open_transfer(L);
+  push_events(L, t->ev, t->nev);
+  free_events(t); /* only after Lua has its copies */
+  return 1;
+}
+
+/* sse_parse(chunks [, max]) -> events, ok: feeds the chunks in order (for
+ * tests: every split of a stream must give the same events). */
+typedef struct collected {
+  event *ev;
+  size_t n, cap;
+  int oom;
+} collected;
+
+static void collect_event(void *ud, const char *name, size_t nlen, const char *data, size_t dlen) {
+  collected *c = (collected *)ud;
+  if (c->oom)
+    return;
+  if (c->n == c->cap) {
+    size_t nc = c->cap ? c->cap * 2 : 8;
+    event *ne = realloc(c->ev, nc * sizeof *ne);
+    if (!ne) {
+      c->oom = 1;
+      return;
+    }
+    c->ev = ne, c->cap = nc;
+  }
+  event *e = &c->ev[c->n];
+  e->name = malloc(nlen + 1), e->data = malloc(dlen + 1);
+  if (!e->name || !e->data) {
+    free(e->name), free(e->data);
+    c->oom = 1;
+    return;
+  }
+  memcpy(e->name, name, nlen), e->nlen = nlen;
+  memcpy(e->data, data, dlen), e->dlen = dlen;
+  c->n++;
+}
+
+typedef struct parse_box {
+  sse parser;
+  collected c;
+} parse_box;
+
+static int parse_box_gc(lua_State *L) {
+  parse_box *b = (parse_box *)lua_touserdata(L, 1);
+  sse_free(&b->parser);
+  for (size_t i = 0; i < b->c.n; i++)
+    free(b->c.ev[i].name), free(b->c.ev[i].data);
+  free(b->c.ev);
+  memset(&b->c, 0, sizeof b->c);
+  return 0;
+}
+
+static int l_sse_parse(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_Integer max = luaL_optinteger(L, 2, 1 << 20);
+  /* The parser's memory belongs to a userdata, so a Lua error cannot leak it. */
+  parse_box *b = (parse_box *)lua_newuserdatauv(L, sizeof *b, 0);
+  memset(b, 0, sizeof *b);
+  lua_newtable(L);
+  lua_pushcfunction(L, parse_box_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  sse_init(&b->parser, (size_t)max);
+  int ok = 1;
+  lua_Integer n = luaL_len(L, 1);
+  for (lua_Integer i = 1; i <= n && ok; i++) {
+    lua_geti(L, 1, i);
+    size_t len;
+    const char *chunk = luaL_checklstring(L, -1, &len);
+    ok = sse_feed(&b->parser, chunk, len, collect_event, &b->c) == 0 && !b->c.oom;
+    lua_pop(L, 1);
+  }
+  push_events(L, b->c.ev, b->c.n);
+  lua_pushboolean(L, ok);
+  return 2;
 }
 
 /* transfer:cancel(): abort at once and free the connection. */
@@ -603,11 +770,13 @@ void ie_open_http(lua_State *L) {
   static const luaL_Reg xfer_methods[] = {{"done", transfer_done},
                                           {"result", transfer_result},
                                           {"progress", transfer_progress},
+                                          {"events", transfer_events},
                                           {"cancel", transfer_cancel},
                                           {NULL, NULL}};
   new_class(L, MULTI_MT, multi_methods, multi_close, multi_tostring);
   new_class(L, XFER_MT, xfer_methods, transfer_close, transfer_tostring);
   static const luaL_Reg fns[] = {
-      {"multi", l_multi}, {"curl_version", l_curl_version}, {"now", l_now}, {NULL, NULL}};
+      {"multi", l_multi}, {"curl_version", l_curl_version}, {"now", l_now},
+      {"sse_parse", l_sse_parse}, {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

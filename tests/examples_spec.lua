@@ -38,6 +38,18 @@ describe("examples (non-blocking)", function()
   end)
 end)
 
+describe("streaming example", function()
+  it("stream.lua saves each partial image, then the final one", function()
+    local dir = H.tmpdir()
+    local out, code = run("lua5.4 examples/stream.lua '" .. dir .. "'")
+    assert.are.equal(0, code, out)
+    for i = 0, 2 do assert.truthy(require("imgedit").inspect(dir .. "/partial-" .. i .. ".png")) end
+    assert.truthy(require("imgedit").inspect(dir .. "/final.png"))
+    assert.matches("partial 2", out)
+    H.rmtree(dir)
+  end)
+end)
+
 describe("pipeline examples", function()
   local emu
   lazy_setup(function() emu = H.emulator() end)

@@ -42,17 +42,19 @@ function M.transport_error(res, what, max, key)
   }, key)
 end
 
+-- b64(v) -> bytes | nil, message: raw base64 or a data: URL.
+function M.b64(v)
+  if type(v) ~= "string" then return nil, "b64_json is not a string" end
+  if v:sub(1, 5):lower() == "data:" then return core.dataurl_decode(v) end
+  return core.b64decode(v)
+end
+
 -- The image inside one answer item: bytes, or a url to download.
 local function decode_item(item, res, key)
   local b64 = item.b64_json
   if b64 ~= nil and b64 ~= cjson.null then
     if type(b64) ~= "string" then return protocol("b64_json in the answer is not a string", res, key) end
-    local bytes, msg
-    if b64:sub(1, 5):lower() == "data:" then
-      bytes, msg = core.dataurl_decode(b64)
-    else
-      bytes, msg = core.b64decode(b64)
-    end
+    local bytes, msg = M.b64(b64)
     if not bytes then return protocol("the answer's image data: " .. msg, res, key) end
     return bytes
   end

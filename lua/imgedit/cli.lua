@@ -46,6 +46,8 @@ local function build()
     cmd:option("--response-format", "url or b64_json (gpt-image-2-all).")
     cmd:option("--timeout", "Seconds for one attempt (default 600).")
     cmd:option("--retries", "Retries on 429, 5xx and dropped connections (default 2).")
+    cmd:flag("--stream", "Stream the answer (gpt-image-2): partial images as they form.")
+    cmd:option("--partials", "With --stream: how many partial images, 0-3; each is written to OUT.partial-N.EXT.")
     cmd:flag("-f --force", "Overwrite the output if it exists.")
     cmd:flag("-q --quiet", "No progress display.")
     cmd:flag("-v --verbose", "Show the request (never the key) and each retry on stderr.")
@@ -168,6 +170,16 @@ local function cmd_request(a)
     response_format = a.response_format,
   }
   if a.command == "edit" then req.images, req.mask = a.image, a.mask end
+  if a.stream then
+    req.stream = true
+    req.partial_images = math.tointeger(number_opt(a.partials, "partials"))
+    local stem = a.output:gsub("%.[%w]+$", "")
+    req.on_partial = function(img, index)
+      local path = string.format("%s.partial-%d.%s", stem, index, img.format == "jpeg" and "jpg" or img.format)
+      local ok = img:save(path)
+      if ok and not a.quiet and not a.json then stderr("\r\27[Kpartial image ", index, ": ", path, "\n") end
+    end
+  end
   local done = function() end
   if not a.quiet and core.isatty(2) then req.on_progress, done = progress_display() end
   if a.verbose then

@@ -25,7 +25,7 @@ local CONTROL = {
   prompt = true, images = true, mask = true, model = true, on_progress = true,
   on_retry = true, timeout = true, connect_timeout = true, idle_timeout = true,
   max_retries = true, retry_timeouts = true, retry_protocol = true, max_retry_after = true,
-  retry_base = true, retry_cap = true, _no_checks = true,
+  retry_base = true, retry_cap = true, on_partial = true, _no_checks = true,
 }
 
 M.CONTROL = CONTROL
@@ -185,8 +185,11 @@ function Client:_prepare(kind, req)
   if r and r.response_formats and next(r.response_formats) == nil and not req._no_checks then
     fields.response_format = nil -- the model always answers base64
   end
+  local stream = req.stream == true or req.stream == "true"
   local spec = {
-    headers = { "Authorization: Bearer " .. key, "Accept: application/json", "Expect:" },
+    stream = stream,
+    headers = { "Authorization: Bearer " .. key, stream and "Accept: text/event-stream, application/json"
+      or "Accept: application/json", "Expect:" },
     user_agent = USER_AGENT,
     timeout = req.timeout or self.timeout,
     connect_timeout = req.connect_timeout or self.connect_timeout,
@@ -297,6 +300,65 @@ local function finish(job, img, err)
   job.state = err and "failed" or "done"
 end
 
+-- Take the server-sent events that arrived: partial images go to
+-- on_partial at once (in the caller's state, from poll), the completed event
+-- and any error are kept for the end of the stream.
+function Client:_drain(job)
+  local key = secrets[self]
+  for _, ev in ipairs(job.transfer:events()) do
+    local data = cjson.decode(ev.data)
+    local typ = type(data) == "table" and type(data.type) == "string" and data.type or ev.event
+    if type(data) ~= "table" then
+      job.stream_err = job.stream_err or errors.new("protocol", "a stream event is not JSON", nil, key)
+    elseif typ == "error" or ev.event == "error" then
+      local e = type(data.error) == "table" and data.error or data
+      local code, etype = type(e.code) == "string" and e.code or nil, type(e.type) == "string" and e.type or nil
+      local moderated = code == "moderation_blocked" or etype == "image_generation_user_error"
+      job.stream_err = errors.new(moderated and "moderation" or "server",
+        "the stream reported an error: " .. tostring(type(e.message) == "string" and e.message or "no message"),
+        { code = code, type = etype, retryable = false }, key)
+    elseif typ:match("partial_image$") then
+      local bytes, msg = answer.b64(data.b64_json)
+      local img = bytes and image.from_bytes(bytes, { partial = true, model = job.fields.model })
+      if not img then
+        job.stream_err = job.stream_err or errors.new("protocol", "a partial image is not usable: " .. tostring(msg), nil, key)
+      else
+        local index = math.tointeger(data.partial_image_index) or job.partials
+        img.partial_index = index
+        job.partials = job.partials + 1
+        if job.on_partial then job.on_partial(img, index) end
+      end
+    elseif typ:match("completed$") then
+      job.completed = data
+    end
+  end
+end
+
+-- The end of a streamed answer: the completed image, or why there is none.
+function Client:_stream_result(job, res)
+  local key = secrets[self]
+  if job.stream_err then return nil, job.stream_err end
+  if not res.ok then
+    local _, err = answer.transport_error(res, "the stream", self.max_response_bytes, key)
+    if res.reason == "partial" or res.reason == "network" then
+      err.kind, err.retryable = "network", true
+      err.message = "the stream was cut off before its completed event: " .. res.error
+    end
+    if job.partials > 0 then
+      err.message = string.format("%s (after %d partial image%s)", err.message, job.partials, job.partials == 1 and "" or "s")
+      err.retryable = false -- the edit is under way and billed; partials were shown
+    end
+    return nil, err
+  end
+  local done = job.completed
+  if not done then
+    return nil, errors.new("protocol", "the stream ended without a completed event", { status = res.status }, key)
+  end
+  local bytes, msg = answer.b64(done.b64_json)
+  if not bytes then return nil, errors.new("protocol", "the completed image: " .. tostring(msg), nil, key) end
+  return answer.image(bytes, res, job.fields, { usage = done.usage, created = done.created_at, data = { done } }, nil, key)
+end
+
 -- Schedule another try of the current phase, or fail for good.
 function Client:_retry_or_fail(job, err, res)
   local tries = job.phase == "download" and job.dl_attempts or job.attempts
@@ -323,6 +385,11 @@ function Client:_advance(job, now)
     return self:_retry_or_fail(job, err, res)
   end
   if res.ok then report(job, "download", res.bytes_up, res.bytes_up, res.bytes_down, res.bytes_down, now, true) end
+  if res.stream then
+    local img, err = self:_stream_result(job, res)
+    if img then return finish(job, img) end
+    return self:_retry_or_fail(job, err, res)
+  end
   local img, err, url, body = answer.read(res, job.fields, self.max_response_bytes, key)
   if img then return finish(job, img) end
   if err then return self:_retry_or_fail(job, err, res) end
@@ -343,6 +410,7 @@ function Client:_launch(job)
   else
     job.attempts = job.attempts + 1
     job.transfer = self._multi:start(job.spec)
+    job.partials, job.completed, job.stream_err = job.partials or 0, nil, nil
   end
   job.state = "running"
   self._inflight = self._inflight + 1
@@ -395,6 +463,7 @@ function Client:submit(kind, req)
   job.spec, job.fields, job.opts = spec, fields, o
   job.on_progress = opt(req.on_progress, "function", "on_progress", 3) or self.on_progress
   job.on_retry = opt(req.on_retry, "function", "on_retry", 3) or self.on_retry
+  job.on_partial = opt(req.on_partial, "function", "on_partial", 3)
   self._jobs[#self._jobs + 1] = job
   self:_pump(job.t0)
   return job
@@ -415,6 +484,7 @@ function Client:poll(timeout)
   for _, job in ipairs(self._jobs) do
     local t = job.transfer
     if t then
+      if job.spec.stream then self:_drain(job) end
       if t:done() then
         self:_advance(job, now)
       elseif job.on_progress then

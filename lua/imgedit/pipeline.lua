@@ -25,6 +25,8 @@ local JOURNAL = ".imgedit-journal.json"
 
 -- Keys the pipeline itself reads from a step's request.
 local OWN = { refresh = true }
+-- Fields that change how the answer travels, not what it is: not in the key.
+local NOT_IN_KEY = { stream = true, partial_images = true }
 
 -- ---- small helpers ----
 
@@ -131,7 +133,7 @@ function Pipeline:_describe(kind, name, req)
   local c = self.client
   local fields = {}
   for k, v in pairs(req) do
-    if type(k) == "string" and not client_mod.CONTROL[k] and not OWN[k] then fields[k] = v end
+    if type(k) == "string" and not client_mod.CONTROL[k] and not OWN[k] and not NOT_IN_KEY[k] then fields[k] = v end
   end
   local inputs, mask = {}, nil
   if kind == "edit" then

@@ -18,6 +18,8 @@ M.models = {
     enums = { quality = ENUM_QUALITY, output_format = ENUM_FORMAT, background = ENUM_BACKGROUND },
     size = { multiple = 16, max_edge = 3840, max_ratio = 3, min_pixels = 655360, max_pixels = 8294400 },
     compression_formats = { jpeg = true, webp = true },
+    integers = { partial_images = { 0, 3 } },
+    booleans = { stream = true },
     response_formats = {}, -- always base64: response_format is not sent
     images_per_answer = 1,
   },
@@ -121,6 +123,19 @@ function M.check(r, kind, fields, images, mask)
     if v ~= nil and not one_of(v, list) then
       return string.format("%s must be one of %s, got '%s'", name, table.concat(list, ", "), tostring(v)), name
     end
+  end
+  for name, range in pairs(r.integers or {}) do
+    local v = fields[name]
+    if v ~= nil then
+      local n = tonumber(v)
+      if not n or n ~= math.floor(n) or n < range[1] or n > range[2] then
+        return string.format("%s must be an integer from %d to %d", name, range[1], range[2]), name
+      end
+    end
+  end
+  for name in pairs(r.booleans or {}) do
+    local v = fields[name]
+    if v ~= nil and v ~= "true" and v ~= "false" then return name .. " must be true or false", name end
   end
   if r.size and fields.size ~= nil then
     local msg = check_size(fields.size, r.size)

@@ -128,6 +128,15 @@ local function check_options(f, m)
     return invalid("Invalid value for response_format: '" .. tostring(f.response_format) .. "'", "response_format")
   end
   if not m.strict then return nil end
+  if f.partial_images ~= nil then
+    local k = tonumber(f.partial_images)
+    if not k or k ~= math.floor(k) or k < 0 or k > 3 then
+      return invalid("partial_images must be an integer from 0 to 3", "partial_images")
+    end
+  end
+  if f.stream ~= nil and not (f.stream == true or f.stream == false or f.stream == "true" or f.stream == "false") then
+    return invalid("stream must be true or false", "stream")
+  end
   if f.input_fidelity ~= nil then
     return invalid("input_fidelity is not supported for this model", "input_fidelity", "unsupported_parameter")
   end
@@ -207,7 +216,7 @@ local function picture(prompt, images, mask, w, h, fmt, compression)
   end
   if mask then spec.mask = layer(mask) end
   local px = render._compose(spec)
-  return core.encode(px, w, h, fmt, tonumber(compression) or 90)
+  return core.encode(px, w, h, fmt, tonumber(compression) or 90), px
 end
 
 -- Output tokens by quality for a 1024x1024 image, scaled by area (the vendor's
@@ -289,6 +298,41 @@ local function parts_of(req)
   return fields, images, mask
 end
 
+local function sse(event, t)
+  return "event: " .. event .. "\ndata: " .. cjson.encode(t) .. "\n\n"
+end
+
+-- A streamed answer: k partial images, each a coarser version of the final
+-- one, then the completed event; the model's time is spread across them.
+local function stream_answer(kind, f, bytes, px, w, h, fmt, use, entry)
+  local prefix = kind == "edit" and "image_edit." or "image_generation."
+  local k = tonumber(f.partial_images) or 0
+  local common = { size = w .. "x" .. h, quality = f.quality or "auto", background = f.background or "auto",
+    output_format = fmt, created_at = os.time() }
+  local events = {}
+  for i = 0, k - 1 do
+    local f2 = 2 ^ (k - i + 1) -- coarse first, finer later
+    local sw, sh = math.max(1, math.floor(w / f2)), math.max(1, math.floor(h / f2))
+    local coarse = core.resize(core.resize(px, w, h, sw, sh), sw, sh, w, h)
+    local t = { type = prefix .. "partial_image", b64_json = core.b64encode(core.encode(coarse, w, h, fmt)),
+      partial_image_index = i }
+    for key, v in pairs(common) do t[key] = v end
+    events[#events + 1] = sse(prefix .. "partial_image", t)
+  end
+  local done = { type = prefix .. "completed", b64_json = core.b64encode(bytes), usage = use }
+  for key, v in pairs(common) do done[key] = v end
+  events[#events + 1] = sse(prefix .. "completed", done)
+  entry.output_sha256 = core.sha256(bytes)
+  entry.status = 200
+  entry.stream = true
+  return { status = 200, events = events, headers = { ["Content-Type"] = "text/event-stream",
+    ["Cache-Control"] = "no-cache", ["x-request-id"] = "req_emu_" .. entry.id }, stream_parts = k + 1 }
+end
+
+local function wants_stream(m, f)
+  return m.strict and (f.stream == true or f.stream == "true")
+end
+
 local function image_answer(m, f, bytes, fmt, use, entry)
   seq = seq + 1
   local item = {}
@@ -355,8 +399,10 @@ local function edits(req, entry)
   local w, h = output_size(f.size, infos[1])
   local datas = {}
   for i, p in ipairs(images) do datas[i] = p.data end
-  local bytes = picture(f.prompt, datas, mask and mask.data, w, h, fmt, f.output_compression)
-  return image_answer(m, f, bytes, fmt, usage(f.prompt, infos, w, h, f.quality), entry)
+  local bytes, px = picture(f.prompt, datas, mask and mask.data, w, h, fmt, f.output_compression)
+  local use = usage(f.prompt, infos, w, h, f.quality)
+  if wants_stream(m, f) then return stream_answer("edit", f, bytes, px, w, h, fmt, use, entry) end
+  return image_answer(m, f, bytes, fmt, use, entry)
 end
 
 local function generations(req, entry)
@@ -376,8 +422,10 @@ local function generations(req, entry)
   if err then return err end
   local fmt = m.strict and f.output_format or "png"
   local w, h = output_size(f.size)
-  local bytes = picture(f.prompt, {}, nil, w, h, fmt, f.output_compression)
-  return image_answer(m, f, bytes, fmt, usage(f.prompt, {}, w, h, f.quality), entry)
+  local bytes, px = picture(f.prompt, {}, nil, w, h, fmt, f.output_compression)
+  local use = usage(f.prompt, {}, w, h, f.quality)
+  if wants_stream(m, f) then return stream_answer("generate", f, bytes, px, w, h, fmt, use, entry) end
+  return image_answer(m, f, bytes, fmt, use, entry)
 end
 
 local function unhex(s)
@@ -436,6 +484,14 @@ local function api(req, entry)
     if fault.bad_base64 and a.status == 200 then
       a.body = a.body:gsub('"b64_json":"([^"]*)"', function(s) return '"b64_json":"' .. s:sub(1, 10) .. '!!!' .. s:sub(11) .. '"' end)
     end
+    if a.events then
+      if fault.cut_after then a.cut_after = fault.cut_after end
+      if fault.stream_error then
+        a.events[#a.events] = sse("error", { type = "error", error = { type = "image_generation_server_error",
+          code = fault.code or "server_error", message = fault.message or "the image could not be finished" } })
+      end
+      if fault.no_completed then a.events[#a.events] = nil end
+    end
     if fault.truncate then a.truncate = fault.truncate end
     if fault.stall then a.stall, a.stall_at = fault.stall, fault.stall_at or 64 end
     if fault.oversize then a.body = a.body .. string.rep(" ", fault.oversize) end
@@ -453,6 +509,10 @@ function M.handle(req)
     a = api(req, entry)
   end
   a.delay = a.delay or (req.listener == "api" and cfg.latency or 0)
+  if a.events then -- a stream answers at once, then spreads the wait over its events
+    a.event_delay = a.delay / #a.events
+    a.delay = 0
+  end
   entry.status = entry.status or a.status
   return a
 end

@@ -1,0 +1,102 @@
+/* Server-sent events, incrementally: lines end in CRLF, LF or CR (also when
+ * a CRLF is split across chunks); "field: value" lines build an event, a
+ * blank line dispatches it, ":" starts a comment, several data lines join
+ * with "\n". Line and event sizes are bounded. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "sse.h"
+
+void sse_init(sse *s, size_t max) {
+  memset(s, 0, sizeof *s);
+  s->max = max;
+}
+
+void sse_free(sse *s) {
+  free(s->line);
+  free(s->data);
+  s->line = s->data = NULL;
+  s->llen = s->lcap = s->dlen = s->dcap = 0;
+}
+
+static int grow(char **buf, size_t *cap, size_t need, size_t max) {
+  if (need <= *cap)
+    return 0;
+  if (need > max)
+    return -1;
+  size_t nc = *cap ? *cap : 256;
+  while (nc < need)
+    nc *= 2;
+  if (nc > max)
+    nc = max;
+  char *nb = realloc(*buf, nc);
+  if (!nb)
+    return -1;
+  *buf = nb, *cap = nc;
+  return 0;
+}
+
+static int line_done(sse *s, sse_emit emit, void *ud) {
+  const char *l = s->line ? s->line : "";
+  size_t n = s->llen;
+  s->llen = 0;
+  if (n == 0) { /* blank line: dispatch */
+    if (s->dlen > 0) {
+      size_t dl = s->dlen - 1; /* drop the last "\n" */
+      emit(ud, s->elen ? s->event : "message", s->elen ? s->elen : 7, s->data, dl);
+    }
+    s->dlen = 0;
+    s->elen = 0;
+    return 0;
+  }
+  if (l[0] == ':')
+    return 0; /* comment */
+  const char *colon = memchr(l, ':', n);
+  size_t flen = colon ? (size_t)(colon - l) : n;
+  const char *v = colon ? colon + 1 : l + n;
+  size_t vlen = colon ? n - flen - 1 : 0;
+  if (vlen > 0 && v[0] == ' ')
+    v++, vlen--;
+  if (flen == 4 && memcmp(l, "data", 4) == 0) {
+    if (grow(&s->data, &s->dcap, s->dlen + vlen + 1, s->max) != 0)
+      return -1;
+    memcpy(s->data + s->dlen, v, vlen);
+    s->dlen += vlen;
+    s->data[s->dlen++] = '\n';
+  } else if (flen == 5 && memcmp(l, "event", 5) == 0) {
+    if (vlen >= sizeof s->event)
+      vlen = sizeof s->event - 1; /* longer names are not ours anyway */
+    memcpy(s->event, v, vlen);
+    s->event[vlen] = '\0';
+    s->elen = vlen;
+  } /* id, retry and unknown fields are ignored */
+  return 0;
+}
+
+int sse_feed(sse *s, const char *p, size_t n, sse_emit emit, void *ud) {
+  if (s->failed)
+    return -1;
+  for (size_t i = 0; i < n; i++) {
+    char c = p[i];
+    if (c == '\n' && s->cr) { /* the LF of a CRLF */
+      s->cr = 0;
+      continue;
+    }
+    s->cr = c == '\r';
+    if (c == '\r' || c == '\n') {
+      if (line_done(s, emit, ud) != 0)
+        return s->failed = 1, -1;
+      continue;
+    }
+    /* Copy the run up to the next line end in one go. */
+    size_t j = i;
+    while (j < n && p[j] != '\r' && p[j] != '\n')
+      j++;
+    if (grow(&s->line, &s->lcap, s->llen + (j - i), s->max) != 0)
+      return s->failed = 1, -1;
+    memcpy(s->line + s->llen, p + i, j - i);
+    s->llen += j - i;
+    i = j - 1;
+  }
+  return 0;
+}
