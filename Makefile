@@ -75,10 +75,13 @@ bench-deps:
 bench: all bench-deps
 	@$(ENV) $(LUA) bench/fanout.lua
 
-# libFuzzer targets (clang, ASan, UBSan); issue-sized smoke runs from the seed corpus.
+# libFuzzer targets (clang, ASan, UBSan): make fuzz builds them, fuzz-smoke
+# runs each for FUZZ_SECONDS from the seed corpus in tests/fuzz/corpus/.
 FUZZ_CC    ?= clang
-FUZZ_FLAGS  = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE
-FUZZERS     = build/fuzz/sse
+FUZZ_FLAGS  = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE \
+              -fvisibility=hidden $(DEP_CFLAGS)
+FUZZ_LUA    = $(shell $(PKG_CONFIG) --libs $(LUA_PC))
+FUZZERS     = build/fuzz/sse build/fuzz/inspect build/fuzz/b64 build/fuzz/answer build/fuzz/mask
 
 fuzz: $(FUZZERS)
 
@@ -86,11 +89,23 @@ build/fuzz/sse: tests/fuzz/fuzz_sse.c src/sse.c src/sse.h
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_sse.c src/sse.c
 
+build/fuzz/inspect: tests/fuzz/fuzz_inspect.c src/inspect.c src/core.c $(CORE_SRC) $(HDRS)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_inspect.c $(CORE_SRC) $(CORE_LIBS) $(FUZZ_LUA)
+
+build/fuzz/b64 build/fuzz/answer build/fuzz/mask: tests/fuzz/fuzz_lua.c $(CORE_SRC) $(HDRS)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -DTARGET_CODE=$(if $(findstring b64,$@),0,$(if $(findstring answer,$@),1,2)) \
+	  -o $@ tests/fuzz/fuzz_lua.c $(CORE_SRC) $(CORE_LIBS) $(FUZZ_LUA)
+
 FUZZ_SECONDS ?= 30
 fuzz-smoke: fuzz
 	@for f in $(FUZZERS); do n=$$(basename $$f); mkdir -p build/fuzz/corpus-$$n; \
-	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/corpus-$$n tests/fuzz/corpus/$$n \
-	    2>&1 | grep -E 'stat::number_of_executed_units|cov:.*(DONE|INITED)|ERROR|SUMMARY' | tail -4 || exit 1; done
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=build/fuzz/crash-$$n- \
+	    build/fuzz/corpus-$$n tests/fuzz/corpus/$$n > build/fuzz/$$n.log 2>&1 \
+	    || { tail -30 build/fuzz/$$n.log; echo "fuzz $$n: FAILED"; exit 1; }; \
+	  echo "fuzz $$n: $$(grep -o 'stat::number_of_executed_units: [0-9]*' build/fuzz/$$n.log | grep -o '[0-9]*') runs," \
+	    "$$(grep -o 'cov: [0-9]*' build/fuzz/$$n.log | tail -1), no crash"; done
 
 check:
 	cppcheck --error-exitcode=1 --enable=warning,performance,portability --inline-suppr \
