@@ -33,15 +33,17 @@ HDRS     = src/imgedit.h src/sse.h
 
 BUSTED  ?= $(LUA) /usr/bin/busted
 
-.PHONY: all deps test demo bench bench-deps install uninstall clean check format fuzz fuzz-smoke
+.PHONY: all deps deps-hardening test test-asan test-valgrind demo bench bench-deps install uninstall clean check format fuzz fuzz-smoke
 
-all: build/imgedit/core.so build/imgedit/emulator.so
+BUILD ?= build
 
-build/imgedit/core.so: $(CORE_SRC) $(HDRS)
+all: $(BUILD)/imgedit/core.so $(BUILD)/imgedit/emulator.so
+
+$(BUILD)/imgedit/core.so: $(CORE_SRC) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(SHARED) -o $@ $(CORE_SRC) $(LDFLAGS) $(CORE_LIBS)
 
-build/imgedit/emulator.so: $(EMU_SRC) $(HDRS)
+$(BUILD)/imgedit/emulator.so: $(EMU_SRC) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(EMU_CFLAGS) $(SHARED) -o $@ $(EMU_SRC) $(LDFLAGS) $(EMU_LIBS)
 
@@ -58,10 +60,38 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# What the hardening targets add: clang and libFuzzer's runtime, valgrind.
+deps-hardening: deps
+	@missing=$$(for p in clang libclang-rt-14-dev valgrind; do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+	  grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
 ENV = LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;'
 
 test: all
 	@$(ENV) $(BUSTED) -o tests/summary.lua tests
+
+# The whole suite against an ASan+UBSan build of the C code. The sanitizer
+# runtimes are preloaded into the stock interpreter; any report fails the run.
+ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+ASAN_RT    = $(shell $(CC) -print-file-name=libasan.so) $(shell $(CC) -print-file-name=libubsan.so)
+test-asan:
+	@$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="$(ASAN_FLAGS)" all >/dev/null
+	@LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build-asan/?.so;;' IMGEDIT_TEST_SLOW=2 \
+	  LD_PRELOAD="$(ASAN_RT)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:exitcode=99 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  $(BUSTED) --cpath='build-asan/?.so' -o tests/summary.lua tests
+
+# The whole suite under valgrind's memcheck: zero errors, zero definite leaks.
+test-valgrind: all
+	@$(ENV) IMGEDIT_TEST_SLOW=30 valgrind -q --error-exitcode=99 --leak-check=full \
+	  --show-leak-kinds=definite --errors-for-leak-kinds=definite --trace-children=no \
+	  $(BUSTED) -o tests/summary.lua tests
 
 demo: all
 	@$(ENV) $(LUA) examples/pipeline.lua out
@@ -125,4 +155,4 @@ uninstall:
 	rm -rf $(DESTDIR)$(LUA_LMOD)/imgedit $(DESTDIR)$(LUA_CMOD)/imgedit $(DESTDIR)$(BINDIR)/imgedit
 
 clean:
-	rm -rf build out
+	rm -rf build build-asan out

@@ -46,7 +46,8 @@ typedef struct req_ctx {
   char *body;
   size_t blen, bcap, total;
   int too_big, oom, malformed;
-  emu *E; /* for the in-flight count when the request completes */
+  long drop_after; /* close the connection once this much upload arrived */
+  emu *E;          /* for the in-flight count when the request completes */
 } req_ctx;
 
 typedef struct handle {
@@ -448,12 +449,26 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
     if (++E->in_flight > E->max_in_flight)
       E->max_in_flight = E->in_flight;
     pthread_mutex_unlock(&E->wait_m);
+    c->drop_after = -1;
+    if (strcmp(listener, "api") == 0) {
+      /* Faults that strike before the body is read: ask the service now. */
+      answer early;
+      memset(&early, 0, sizeof early);
+      ask_service(E, "early", con, listener, url, method, c, &early);
+      int drop_now = early.drop;
+      c->drop_after = early.truncate; /* reused: upload bytes before the drop */
+      free_answer(&early);
+      if (drop_now)
+        return MHD_NO;
+    }
     const char *ct = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Content-Type");
     if (ct && strncasecmp(ct, "multipart/form-data", 19) == 0)
       c->pp = MHD_create_post_processor(con, 64 * 1024, on_part, c);
     return MHD_YES;
   }
   if (*upload_size > 0) {
+    if (c->drop_after >= 0 && c->total + *upload_size >= (size_t)c->drop_after)
+      return MHD_NO; /* a reset in the middle of the upload */
     c->total += *upload_size;
     if (c->total > MAX_BODY)
       c->too_big = 1;
@@ -512,7 +527,9 @@ static struct MHD_Daemon *listen_on(emu *E, unsigned port, MHD_AccessHandlerCall
   struct MHD_Daemon *d = MHD_start_daemon(
       MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD, (uint16_t)port, NULL, NULL,
       cb, E, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED,
-      on_completed, E, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_END);
+      on_completed, E, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+      /* room for the header floods that tests ask for */
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(1024 * 1024), MHD_OPTION_END);
   if (d) {
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
     *bound = info ? info->port : port;

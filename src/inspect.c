@@ -259,7 +259,7 @@ int ie_lua_inspect(lua_State *L) {
   if (from_bytes) {
     s.mem = (const unsigned char *)arg, s.size = len;
   } else {
-    s.fd = open(arg, O_RDONLY | O_CLOEXEC);
+    s.fd = open(arg, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block us */
     if (s.fd < 0)
       return ie_fail(L, "io", "cannot open: %s", strerror(errno));
     struct stat st;

@@ -228,7 +228,7 @@ describe("the imgedit command", function()
       pidf:close()
       local text = ""
       for _ = 1, 100 do
-        text = H.read(dir .. "/emu.txt")
+        text = H.exists(dir .. "/emu.txt") and H.read(dir .. "/emu.txt") or ""
         if text:find("export", 1, true) then break end
         os.execute("sleep 0.05")
       end

@@ -4,6 +4,18 @@ local core = require "imgedit.core"
 
 local H = {}
 
+-- Sanitizer and valgrind runs are slower: upper bounds on time scale by this.
+H.SLOW = tonumber(os.getenv("IMGEDIT_TEST_SLOW")) or 1
+
+-- Under `make test-asan` the sanitizer runtime is preloaded into this
+-- interpreter; the programs the tests start (script, make, sh) are not ours
+-- and must not inherit it.
+if os.getenv("LD_PRELOAD") then
+  local popen, execute = io.popen, os.execute
+  io.popen = function(cmd, ...) return popen("unset LD_PRELOAD; " .. cmd, ...) end
+  os.execute = function(cmd, ...) return execute(cmd and ("unset LD_PRELOAD; " .. cmd), ...) end
+end
+
 function H.tmpdir()
   local p = os.tmpname()
   os.remove(p)

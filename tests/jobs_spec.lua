@@ -39,7 +39,7 @@ describe("jobs", function()
     for i = 1, 8 do jobs[i] = c:submit("edit", small { images = { pic }, prompt = "variation " .. i }) end
     for _, j in ipairs(jobs) do assert.truthy(j:wait()) end
     local wall = core.now() - t0
-    assert.is_true(wall < 2, "wall time " .. wall)
+    assert.is_true(wall < 1 + H.SLOW, "wall time " .. wall)
     assert.are.equal(8, emu:stats().max_in_flight)
     assert.are.equal(8, emu:stats().requests)
   end)
@@ -70,7 +70,7 @@ describe("jobs", function()
     assert.is_true(core.now() - t0 >= 0.5)
     assert.is_true(polls > 10)
     -- a loose bound (the benchmark measures it): no poll(0) waited for the network
-    assert.is_true(worst < 0.1, "slowest poll(0): " .. worst)
+    assert.is_true(worst < 0.1 * H.SLOW, "slowest poll(0): " .. worst)
     for _, j in ipairs(jobs) do assert.truthy(j:result()) end
   end)
 
@@ -127,7 +127,7 @@ describe("jobs", function()
       local fast = c:submit("generate", small { prompt = "fast" })
       local t0 = core.now()
       assert.truthy(fast:wait())
-      assert.is_true(core.now() - t0 < 0.9)
+      assert.is_true(core.now() - t0 < 0.9 * H.SLOW)
       assert.is_false(slow:done())
       assert.truthy(slow:wait())
       assert.are.equal(2, slow.attempts)
@@ -221,7 +221,7 @@ describe("jobs", function()
       local _, err = all_client { idle_timeout = 0.5 }:generate(small())
       assert.are.equal("timeout", err.kind)
       assert.matches("stalled", err.message)
-      assert.is_true(core.now() - t0 < 1.9)
+      if H.SLOW == 1 then assert.is_true(core.now() - t0 < 1.9) end
       assert.are.equal(1, #emu:requests())
     end)
 

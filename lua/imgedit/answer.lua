@@ -77,6 +77,9 @@ function M.image(bytes, res, fields, body, url, key)
     request_id = res.request_id, revised_prompt = type(revised) == "string" and revised or nil,
   })
   if not img then return protocol("the answer is not a usable image: " .. msg, res, key) end
+  if not (img.format == "png" or img.format == "jpeg" or img.format == "webp") then
+    return protocol("the answer is a " .. img.format .. " image, not png, jpeg or webp", res, key)
+  end
   return img
 end
 

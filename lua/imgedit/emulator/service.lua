@@ -267,8 +267,14 @@ local function apply_fault(f, entry)
       body = "<html><head><title>" .. title .. "</title></head><body><center><h1>" .. title
         .. "</h1></center><hr><center>nginx</center></body></html>" }
   end
-  if f.status then
+  if f.header_flood then
     local h = { ["Content-Type"] = "application/json" }
+    for i = 1, f.header_flood do h["X-Flood-" .. i] = string.rep("x", 100) end
+    entry.status = 200
+    return { status = 200, headers = h, body = '{"data":[]}' }
+  end
+  if f.status then
+    local h = { ["Content-Type"] = f.content_type or "application/json" }
     if f.retry_after then h["Retry-After"] = tostring(f.retry_after) end
     if f.retry_after_ms then h["retry-after-ms"] = tostring(f.retry_after_ms) end
     for k, v in pairs(f.headers or {}) do h[k] = tostring(v) end
@@ -515,6 +521,18 @@ function M.handle(req)
   end
   entry.status = entry.status or a.status
   return a
+end
+
+-- Faults that strike while the request is still arriving: asked for when
+-- its headers are in, before any of the body is read.
+function M.early(req)
+  local f = faults[1]
+  if not f or not (f.drop_early or f.drop_upload) then return { status = 0 } end
+  table.remove(faults, 1)
+  local entry = record(req)
+  entry.status = 0
+  if f.drop_early then return { drop = true } end
+  return { truncate = f.drop_upload } -- drop once this many body bytes arrived
 end
 
 -- ---- control from the caller's state (JSON in, JSON out) ----
