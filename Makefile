@@ -103,7 +103,7 @@ bench-deps:
 	  echo "npm install failed: the openai SDK rows will read n/a"; fi
 
 bench: all bench-deps
-	@$(ENV) $(LUA) bench/fanout.lua
+	@$(ENV) LUA_PATH="lua/?.lua;lua/?/init.lua;./?.lua;;" $(LUA) bench/run.lua
 
 # libFuzzer targets (clang, ASan, UBSan): make fuzz builds them, fuzz-smoke
 # runs each for FUZZ_SECONDS from the seed corpus in tests/fuzz/corpus/.

@@ -74,6 +74,50 @@ static int l_dataurl_decode(lua_State *L) {
   return 2;
 }
 
+/* json_b64(body) -> bytes, open, close | nil
+ * The fast path for answers: find the one "b64_json" string in a JSON body
+ * and decode its base64 (raw, or a data: URL) straight from the body, with
+ * no copy of the string. open and close are the 1-based positions of its
+ * quotes, so Lua can decode the rest of the JSON without the big string and
+ * check that the value sat where it should. Anything unusual (no key, two
+ * keys, escapes inside the value) returns nil: the caller takes the plain
+ * path. Invalid base64 returns nil, message, reason. */
+static int l_json_b64(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  static const char key[] = "\"b64_json\"";
+  const char *k = memmem(s, n, key, sizeof key - 1);
+  if (!k || memmem(k + 1, n - (size_t)(k + 1 - s), key, sizeof key - 1))
+    return 0;
+  const char *p = k + sizeof key - 1, *end = s + n;
+  while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+    p++;
+  if (p >= end || *p++ != ':')
+    return 0;
+  while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+    p++;
+  if (p >= end || *p != '"')
+    return 0;
+  const char *open = p++;
+  const char *close = memchr(p, '"', (size_t)(end - p));
+  if (!close || memchr(p, '\\', (size_t)(close - p)))
+    return 0; /* escaped content: leave it to the JSON decoder */
+  size_t vlen = (size_t)(close - p);
+  const char *payload = p;
+  if (vlen >= 5 && strncasecmp(p, "data:", 5) == 0) {
+    const char *comma = memchr(p, ',', vlen < 256 ? vlen : 256);
+    if (!comma || comma - p < 12 || strncasecmp(comma - 7, ";base64", 7) != 0 || strncasecmp(p + 5, "image/", 6) != 0)
+      return ie_fail(L, "dataurl", "the data URL is not a base64 image");
+    payload = comma + 1;
+    vlen -= (size_t)(payload - p);
+  }
+  if (push_b64(L, payload, vlen) != 1)
+    return 3;
+  lua_pushinteger(L, (lua_Integer)(open - s) + 1);
+  lua_pushinteger(L, (lua_Integer)(close - s) + 1);
+  return 3;
+}
+
 static void push_hex(lua_State *L, const unsigned char *d, unsigned n) {
   static const char hex[] = "0123456789abcdef";
   char out[2 * EVP_MAX_MD_SIZE];
@@ -133,6 +177,7 @@ void ie_open_codec(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"b64decode", l_b64decode},         {"b64encode", l_b64encode},
       {"dataurl_decode", l_dataurl_decode}, {"sha256", l_sha256},
-      {"sha256_file", l_sha256_file},     {NULL, NULL}};
+      {"sha256_file", l_sha256_file},     {"json_b64", l_json_b64},
+      {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

@@ -30,6 +30,9 @@ typedef struct emu {
   pthread_cond_t wake;
   int stopping;
   int in_flight, max_in_flight; /* guarded by wait_m */
+  int sink;                     /* benchmarks: discard uploads, answer at once */
+  char *sink_body;
+  size_t sink_len;
   lua_State *S;
   unsigned api_port, cdn_port;
 } emu;
@@ -450,6 +453,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
       E->max_in_flight = E->in_flight;
     pthread_mutex_unlock(&E->wait_m);
     c->drop_after = -1;
+    if (E->sink)
+      return MHD_YES;
     if (strcmp(listener, "api") == 0) {
       /* Faults that strike before the body is read: ask the service now. */
       answer early;
@@ -465,6 +470,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
     if (ct && strncasecmp(ct, "multipart/form-data", 19) == 0)
       c->pp = MHD_create_post_processor(con, 64 * 1024, on_part, c);
     return MHD_YES;
+  }
+  if (E->sink) { /* count and forget: the client is what is measured */
+    c->total += *upload_size;
+    if (*upload_size > 0) {
+      *upload_size = 0;
+      return MHD_YES;
+    }
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(E->sink_len, E->sink_body, MHD_RESPMEM_PERSISTENT);
+    if (!r)
+      return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    enum MHD_Result ok = MHD_queue_response(con, 200, r);
+    MHD_destroy_response(r);
+    return ok;
   }
   if (*upload_size > 0) {
     if (c->drop_after >= 0 && c->total + *upload_size >= (size_t)c->drop_after)
@@ -552,6 +572,7 @@ static void emu_free(emu *E) {
     MHD_stop_daemon(E->cdn);
   if (E->S)
     lua_close(E->S);
+  free(E->sink_body);
   pthread_mutex_destroy(&E->lock);
   pthread_mutex_destroy(&E->wait_m);
   pthread_cond_destroy(&E->wake);
@@ -771,6 +792,21 @@ static int l_start(lua_State *L) {
     lua_pushstring(L, err);
     return 2;
   }
+  lua_getfield(L, 1, "sink");
+  if (lua_toboolean(L, -1)) {
+    /* A fixed answer, made once by the service, copied out of its state. */
+    call_json(L, E, "sink_body", NULL);
+    size_t n;
+    const char *b = lua_tolstring(L, -1, &n);
+    E->sink_body = malloc(n ? n : 1);
+    if (!E->sink_body)
+      return luaL_error(L, "out of memory");
+    memcpy(E->sink_body, b, n);
+    E->sink_len = n;
+    E->sink = 1;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
   E->api = listen_on(E, (unsigned)port, on_api, &E->api_port);
   E->cdn = E->api ? listen_on(E, (unsigned)cdn_port, on_cdn, &E->cdn_port) : NULL;
   if (!E->api || !E->cdn) {

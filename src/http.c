@@ -437,6 +437,9 @@ static int multi_start(lua_State *L) {
   if (strncasecmp(url, "https:", 6) == 0)
     curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+  /* Bigger reads and sends for file parts streamed from disk: a quarter of
+   * the system calls of the 64 KB default (measured in bench/). */
+  curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 256L * 1024);
   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t->max);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(opt_number(L, spec, "timeout", 600) * 1000));
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,

@@ -92,6 +92,7 @@ local function build()
     :epilog(EPILOG)
   emu:option("--port", "Port on 127.0.0.1 (default: any free one).", "0")
   emu:option("--latency", "Seconds each answer takes.", "0")
+  emu:flag("--sink", "Benchmark mode: discard uploads unread and answer a fixed small image at once.")
   return p
 end
 
@@ -318,7 +319,7 @@ end
 
 local function cmd_emulate(a)
   local emu, err = require("imgedit.emulator").start {
-    port = math.tointeger(number_opt(a.port, "port")), latency = number_opt(a.latency, "latency"),
+    port = math.tointeger(number_opt(a.port, "port")), latency = number_opt(a.latency, "latency"), sink = a.sink,
   }
   if not emu then return fail(1, err) end
   print("url " .. emu.url)

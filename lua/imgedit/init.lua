@@ -5,9 +5,6 @@ local client = require "imgedit.client"
 local errors = require "imgedit.errors"
 local image = require "imgedit.image"
 local rules = require "imgedit.rules"
-local pipeline = require "imgedit.pipeline"
-local mask = require "imgedit.mask"
-local fit = require "imgedit.fit"
 
 local M = {
   _VERSION = "imgedit " .. core.version,
@@ -20,10 +17,21 @@ local M = {
   errors = errors,
   is_image = image.is,
   is_error = errors.is,
-  pipeline = pipeline.new,
-  mask = mask,
-  fit = fit,
 }
+
+-- The helpers load on first use: a script that only edits pays for none.
+local lazy = {
+  pipeline = function() return require("imgedit.pipeline").new end,
+  mask = function() return require "imgedit.mask" end,
+  fit = function() return require "imgedit.fit" end,
+}
+setmetatable(M, { __index = function(t, k)
+  local load = lazy[k]
+  if not load then return nil end
+  local v = load()
+  rawset(t, k, v)
+  return v
+end })
 
 -- from_bytes(bytes [, filename]) -> Image | nil, err
 function M.from_bytes(bytes, filename)

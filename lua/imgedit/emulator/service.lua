@@ -523,6 +523,13 @@ function M.handle(req)
   return a
 end
 
+-- The fixed answer of sink mode (benchmarks): a small real PNG, raw base64.
+function M.sink_body()
+  local px = string.rep("\40\120\200\255", 16 * 16)
+  return cjson.encode { created = os.time(), data = { { b64_json = core.b64encode(core.encode(px, 16, 16, "png")) } },
+    usage = { input_tokens = 1, output_tokens = 1, total_tokens = 2 } }
+end
+
 -- Faults that strike while the request is still arriving: asked for when
 -- its headers are in, before any of the body is read.
 function M.early(req)

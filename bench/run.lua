@@ -1,0 +1,108 @@
+-- make bench: every benchmark, one table, with the references measured in
+-- the same run. Usage: lua5.4 bench/run.lua
+local cjson = require "cjson"
+local data = require "bench.data"
+
+local function sh(cmd)
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
+local function median(t)
+  table.sort(t)
+  return t[(#t + 1) // 2]
+end
+
+local paths = data.make()
+local rows = {}
+local function row(what, value, reference, target, ok)
+  rows[#rows + 1] = { what, value, reference or "", target or "", ok == nil and "" or (ok and "met" or "MISSED") }
+end
+
+-- ---- upload: one edit, five 9.5 MB PNGs and a mask, to a sink that answers at once ----
+local sink_log = data.dir .. "/sink.txt"
+local pid = sh("lua5.4 bin/imgedit emulate --sink > " .. sink_log .. " 2>&1 & echo $!"):match("%d+")
+local url, key
+for _ = 1, 100 do
+  local s = sh("cat " .. sink_log)
+  url, key = s:match("url (%S+)"), s:match("key (%S+)")
+  if url then break end
+  sh("sleep 0.05")
+end
+assert(url, "the sink did not start")
+local files = table.concat(paths.images, " ") .. " " .. paths.mask
+
+local function measure(cmd, runs)
+  local cpu, rss, wall = {}, {}, {}
+  for i = 1, runs do
+    local out = sh("/usr/bin/time -f 'TIME %e %U %S %M' " .. cmd .. " 2>&1 >/dev/null")
+    local e, u, s, m = out:match("TIME ([%d.]+) ([%d.]+) ([%d.]+) (%d+)")
+    if not e then return nil, out end
+    wall[i], cpu[i], rss[i] = tonumber(e), tonumber(u) + tonumber(s), tonumber(m) / 1024
+  end
+  return { cpu = median(cpu), rss = median(rss), wall = median(wall) }
+end
+
+local curl_parts = {}
+for _, p in ipairs(paths.images) do curl_parts[#curl_parts + 1] = "-F 'image[]=@" .. p .. ";type=image/png'" end
+local curl_cmd = string.format("curl -sS -o /dev/null -H 'Authorization: Bearer %s' -F model=gpt-image-2 "
+  .. "-F 'prompt=Fuse the five images' %s -F 'mask=@%s;type=image/png' %s/images/edits", key,
+  table.concat(curl_parts, " "), paths.mask, url)
+local runs = 5
+local mine = assert(measure(string.format("lua5.4 bench/upload.lua %s %s %s", url, key, files), runs))
+local curl = assert(measure(curl_cmd, runs))
+local sdk = (os.execute("test -d bench/node_modules/openai") and measure(string.format(
+  "node bench/upload.mjs %s %s %s", url, key, files), 3)) or nil
+os.execute("kill " .. pid)
+local total = 0
+for _, p in ipairs(paths.images) do total = total + tonumber(sh("stat -c %s " .. p)) end
+total = total + tonumber(sh("stat -c %s " .. paths.mask))
+row(string.format("upload %.1f MB: client CPU s", total / 1048576), string.format("%.3f", mine.cpu),
+  string.format("curl %.3f%s", curl.cpu, sdk and string.format(", sdk %.3f", sdk.cpu) or ""),
+  "<= 1.15x curl", mine.cpu <= 1.15 * curl.cpu)
+row("upload: peak RSS MB", string.format("%.1f", mine.rss),
+  string.format("curl %.1f%s", curl.rss, sdk and string.format(", sdk %.1f", sdk.rss) or ""),
+  "<= 1.2x curl, <= 1/3 sdk", mine.rss <= 1.2 * curl.rss and (not sdk or mine.rss <= sdk.rss / 3))
+row("upload: wall s", string.format("%.3f", mine.wall),
+  string.format("curl %.3f%s", curl.wall, sdk and string.format(", sdk %.3f", sdk.wall) or ""))
+
+-- ---- answer decode ----
+-- Large blocks straight from mmap, so that freed memory leaves the process
+-- and the peak measured is the true extra memory of one decode.
+local d = cjson.decode(sh("MALLOC_MMAP_THRESHOLD_=131072 lua5.4 bench/decode.lua " .. paths.answer))
+local mb = d.png_bytes / 1048576
+for _, k in ipairs { "raw", "dataurl" } do
+  local r = d[k]
+  row(string.format("decode %.1f MB PNG answer (%s): ms", mb, k == "raw" and "raw base64" or "data URL"),
+    string.format("%.1f", r.ms), "", "< 20 ms", r.ms < 20)
+  row(string.format("decode (%s): extra memory", k), string.format("%.2fx image", r.extra / d.png_bytes), "",
+    "<= 3x image", r.extra <= 3 * d.png_bytes)
+end
+
+-- ---- pipeline re-run ----
+local rr = cjson.decode(sh("lua5.4 bench/rerun.lua"))
+row("pipeline of 5 steps, first run: s", string.format("%.2f", rr.first), rr.first_requests .. " requests")
+row("pipeline re-run: s", string.format("%.3f", rr.second), rr.second_requests .. " requests (emulator saw "
+  .. rr.emulator_saw .. ")", "0 requests", rr.second_requests == 0 and rr.emulator_saw == 0)
+
+-- ---- the table ----
+local w = { 0, 0, 0, 0, 0 }
+local head = { "benchmark", "imgedit", "reference (same run)", "target", "" }
+for _, r in ipairs { head, table.unpack(rows) } do
+  for i = 1, 5 do w[i] = math.max(w[i], #r[i]) end
+end
+local function line(r)
+  local parts = {}
+  for i = 1, 5 do parts[i] = r[i] .. string.rep(" ", w[i] - #r[i]) end
+  print("| " .. table.concat(parts, " | ") .. " |")
+end
+line(head)
+local sep = {}
+for i = 1, 5 do sep[i] = string.rep("-", w[i]) end
+line(sep)
+for _, r in ipairs(rows) do line(r) end
+print()
+-- ---- fan-out, its own table ----
+io.write(sh("lua5.4 bench/fanout.lua"))
