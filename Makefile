@@ -9,6 +9,11 @@ LUA_LMOD    ?= $(PREFIX)/share/lua/$(LUA_VERSION)
 LUA_CMOD    ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
 BINDIR      ?= $(PREFIX)/bin
 
+# LuaJIT: make LUA=luajit (the 5.1 layout); other Lua: make LUA_VERSION=5.3
+ifeq ($(LUA),luajit)
+LUA_PC      = luajit
+LUA_VERSION = 5.1
+endif
 LUA_PC   ?= lua$(LUA_VERSION)
 CFLAGS   ?= -O2 -g
 WARN      = -Wall -Wextra -Werror -pedantic -Wmissing-prototypes -Wstrict-prototypes -Wshadow

@@ -43,7 +43,7 @@ function M.person()
     local s = {}
     s[#s + 1] = disc(384, 260, 120, y, skin)
     if y > 400 and y < 1000 then
-      local half = 130 + (y - 400) // 6
+      local half = 130 + math.floor((y - 400) / 6)
       s[#s + 1] = { 384 - half, 384 + half, coat }
     end
     return s
@@ -55,8 +55,8 @@ end
 function M.scene()
   local w, h = 1536, 1024
   local bytes = draw(w, h, function(y)
-    if y < 640 then return px(90 + y // 8, 150 + y // 10, 235) end
-    return px(70, 140 - (y - 640) // 8, 60)
+    if y < 640 then return px(90 + math.floor(y / 8), 150 + math.floor(y / 10), 235) end
+    return px(70, 140 - math.floor((y - 640) / 8), 60)
   end, function(y)
     return { disc(1150, 260, 110, y, px(255, 210, 80)) }
   end)

@@ -23,15 +23,15 @@ static int push_b64(lua_State *L, const char *s, size_t n) {
   const char *eq = memchr(s, '=', n);
   if (eq && (size_t)(eq - s) < n - pad)
     return ie_fail(L, "base64", "invalid base64 (padding inside the data)");
-  luaL_Buffer b;
-  unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, n / 4 * 3);
+  ie_buf b;
+  unsigned char *out = (unsigned char *)ie_buf_init(L, &b, n / 4 * 3);
   /* EVP_DecodeBlock trims surrounding whitespace; refuse it beforehand. */
   if ((unsigned char)s[0] <= ' ' || (unsigned char)s[n - 1 - pad] <= ' ')
     return ie_fail(L, "base64", "invalid base64 (whitespace)");
   int got = EVP_DecodeBlock(out, (const unsigned char *)s, (int)n);
   if (got < 0)
     return ie_fail(L, "base64", "invalid base64 (character outside the alphabet)");
-  luaL_pushresultsize(&b, (size_t)got - pad);
+  ie_buf_push(L, &b, (size_t)got - pad);
   return 1;
 }
 
@@ -45,10 +45,10 @@ static int l_b64encode(lua_State *L) {
   size_t n;
   const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
   luaL_argcheck(L, n <= (size_t)INT32_MAX / 4 * 3, 1, "too large");
-  luaL_Buffer b;
-  char *out = luaL_buffinitsize(L, &b, (n + 2) / 3 * 4 + 1);
+  ie_buf b;
+  char *out = ie_buf_init(L, &b, (n + 2) / 3 * 4 + 1);
   int got = EVP_EncodeBlock((unsigned char *)out, s, (int)n);
-  luaL_pushresultsize(&b, (size_t)got);
+  ie_buf_push(L, &b, (size_t)got);
   return 1;
 }
 

@@ -20,7 +20,7 @@ int ie_fail(lua_State *L, const char *reason, const char *fmt, ...) {
 IE_API int luaopen_imgedit_core(lua_State *L);
 
 int luaopen_imgedit_core(lua_State *L) {
-  luaL_checkversion(L);
+  ie_checkversion(L);
   lua_newtable(L);
   lua_pushcfunction(L, ie_lua_inspect);
   lua_setfield(L, -2, "inspect");

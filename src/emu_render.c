@@ -36,7 +36,7 @@ static int get_layer(lua_State *L, int t, const char *key, layer *out) {
 static void get_rgb(lua_State *L, int t, const char *key, unsigned char rgb[3]) {
   lua_getfield(L, t, key);
   for (int i = 0; i < 3; i++) {
-    lua_geti(L, -1, i + 1);
+    ie_rawgeti(L, -1, i + 1);
     rgb[i] = (unsigned char)luaL_optinteger(L, -1, 128);
     lua_pop(L, 1);
   }
@@ -74,8 +74,8 @@ static int l_compose(lua_State *L) {
   layer base, mask;
   int has_base = get_layer(L, 1, "base", &base);
   int has_mask = get_layer(L, 1, "mask", &mask);
-  luaL_Buffer b;
-  unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, (size_t)w * (size_t)h * 4);
+  ie_buf b;
+  unsigned char *out = (unsigned char *)ie_buf_init(L, &b, (size_t)w * (size_t)h * 4);
   for (int y = 0; y < h; y++) {
     for (int x = 0; x < w; x++) {
       unsigned char *o = out + ((size_t)y * (size_t)w + (size_t)x) * 4;
@@ -96,10 +96,10 @@ static int l_compose(lua_State *L) {
   lua_getfield(L, 1, "insets");
   if (lua_istable(L, -1)) {
     int it = lua_gettop(L);
-    lua_Integer n = luaL_len(L, it);
+    lua_Integer n = ie_len(L, it);
     int tw = w / 4, th = h / 4, pad = w / 64 + 1;
     for (lua_Integer i = 1; i <= n; i++) {
-      lua_geti(L, it, i);
+      ie_rawgeti(L, it, i);
       lua_pushvalue(L, -1);
       lua_setfield(L, 1, "_inset"); /* reuse get_layer's parsing */
       layer in;
@@ -122,7 +122,7 @@ static int l_compose(lua_State *L) {
     }
   }
   lua_pop(L, 1); /* balance the stack before finishing the buffer */
-  luaL_pushresultsize(&b, (size_t)w * (size_t)h * 4);
+  ie_buf_push(L, &b, (size_t)w * (size_t)h * 4);
   return 1;
 }
 

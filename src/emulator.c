@@ -218,7 +218,7 @@ static void take_answer(lua_State *S, answer *a) {
   lua_pop(S, 7);
   lua_getfield(S, -1, "events");
   if (lua_istable(S, -1)) {
-    size_t count = (size_t)lua_rawlen(S, -1);
+    size_t count = (size_t)ie_len(S, -1);
     a->events = calloc(count ? count : 1, sizeof *a->events);
     a->event_len = calloc(count ? count : 1, sizeof *a->event_len);
     for (size_t i = 0; a->events && a->event_len && i < count; i++) {
@@ -775,7 +775,7 @@ static int l_start(lua_State *L) {
   luaL_argcheck(L, port >= 0 && port < 65536 && cdn_port >= 0 && cdn_port < 65536, 1,
                 "port out of range");
   json_call(L, "encode", 1); /* the options, for the service */
-  handle *h = (handle *)lua_newuserdatauv(L, sizeof *h, 0);
+  handle *h = (handle *)ie_newuserdata(L, sizeof *h);
   h->E = NULL;
   luaL_setmetatable(L, EMU_MT);
   emu *E = calloc(1, sizeof *E);
@@ -824,7 +824,7 @@ static int l_start(lua_State *L) {
 IE_API int luaopen_imgedit_emulator(lua_State *L);
 
 int luaopen_imgedit_emulator(lua_State *L) {
-  luaL_checkversion(L);
+  ie_checkversion(L);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "cjson");
   lua_call(L, 1, 1); /* upvalue of the methods that pass tables across states */

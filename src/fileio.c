@@ -33,8 +33,8 @@ static int l_write_atomic(lua_State *L) {
   luaL_addstring(&b, ".tmp-XXXXXX");
   luaL_addchar(&b, '\0');
   luaL_pushresult(&b);
-  char *tmpl = (char *)lua_newuserdatauv(L, lua_rawlen(L, -1), 0);
-  memcpy(tmpl, lua_tostring(L, -2), lua_rawlen(L, -2));
+  char *tmpl = (char *)ie_newuserdata(L, ie_len(L, -1));
+  memcpy(tmpl, lua_tostring(L, -2), ie_len(L, -2));
   int fd = mkostemp(tmpl, O_CLOEXEC);
   if (fd < 0)
     return ie_fail(L, "io", "cannot create a file next to the target: %s", strerror(errno));
@@ -73,9 +73,9 @@ static int l_read_file(lua_State *L) {
     return ie_fail(L, "too_large", "file is %lld bytes, more than %lld", (long long)st.st_size,
                    (long long)max);
   /* Allocate before opening: a memory error raised here cannot leak the fd. */
-  luaL_Buffer b;
+  ie_buf b;
   size_t want = (size_t)st.st_size;
-  char *p = luaL_buffinitsize(L, &b, want);
+  char *p = ie_buf_init(L, &b, want);
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     return ie_fail(L, "io", "cannot open: %s", strerror(errno));
@@ -94,7 +94,7 @@ static int l_read_file(lua_State *L) {
     got += (size_t)r;
   }
   close(fd);
-  luaL_pushresultsize(&b, got);
+  ie_buf_push(L, &b, got);
   return 1;
 }
 
@@ -102,7 +102,7 @@ static int l_read_file(lua_State *L) {
 static int l_mkdir_p(lua_State *L) {
   size_t n;
   const char *path = luaL_checklstring(L, 1, &n);
-  char *p = (char *)lua_newuserdatauv(L, n + 1, 0); /* collected, never leaked */
+  char *p = (char *)ie_newuserdata(L, n + 1); /* collected, never leaked */
   memcpy(p, path, n + 1);
   for (size_t i = 1; i <= n; i++) {
     if (p[i] != '/' && p[i] != '\0')

@@ -318,9 +318,9 @@ static int opt_bool(lua_State *L, int spec, const char *key) {
 static void add_headers(lua_State *L, int spec, transfer *t) {
   lua_getfield(L, spec, "headers");
   if (lua_istable(L, -1)) {
-    lua_Integer n = luaL_len(L, -1);
+    lua_Integer n = ie_len(L, -1);
     for (lua_Integer i = 1; i <= n; i++) {
-      lua_geti(L, -1, i);
+      ie_rawgeti(L, -1, i);
       const char *h = luaL_checkstring(L, -1);
       if (strpbrk(h, "\r\n"))
         luaL_error(L, "header %d contains a line break", (int)i);
@@ -345,9 +345,9 @@ static void add_parts(lua_State *L, int spec, transfer *t) {
   t->mime = curl_mime_init(t->e);
   if (!t->mime)
     luaL_error(L, "out of memory");
-  lua_Integer n = luaL_len(L, parts);
+  lua_Integer n = ie_len(L, parts);
   for (lua_Integer i = 1; i <= n; i++) {
-    lua_geti(L, parts, i);
+    ie_rawgeti(L, parts, i);
     int p = lua_gettop(L);
     luaL_checktype(L, p, LUA_TTABLE);
     size_t len = 0;
@@ -374,9 +374,9 @@ static void add_parts(lua_State *L, int spec, transfer *t) {
         if (rc != CURLE_OK)
           free(ms);
         /* Anchor the string for as long as the transfer lives. */
-        lua_getiuservalue(L, 3, 1);
+        ie_getuservalue(L, 3);
         lua_getfield(L, p, "data");
-        lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+        lua_rawseti(L, -2, (lua_Integer)ie_len(L, -2) + 1);
         lua_pop(L, 1);
       }
     }
@@ -397,13 +397,13 @@ static int multi_start(lua_State *L) {
   multi *m = check_open_multi(L);
   luaL_checktype(L, 2, LUA_TTABLE);
   /* Create safely: an empty, finalisable object first, then the resources. */
-  transfer *t = (transfer *)lua_newuserdatauv(L, sizeof *t, 1);
+  transfer *t = (transfer *)ie_newuserdata1(L, sizeof *t);
   memset(t, 0, sizeof *t);
   luaL_setmetatable(L, XFER_MT);
   lua_newtable(L); /* anchors: the multi, and strings sent from memory */
   lua_pushvalue(L, 1);
   lua_setfield(L, -2, "multi");
-  lua_setiuservalue(L, -2, 1);
+  ie_setuservalue(L, -2);
   int spec = 2; /* stack: multi, spec, transfer */
   t->e = curl_easy_init();
   if (!t->e)
@@ -673,7 +673,7 @@ static int l_sse_parse(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_Integer max = luaL_optinteger(L, 2, 1 << 20);
   /* The parser's memory belongs to a userdata, so a Lua error cannot leak it. */
-  parse_box *b = (parse_box *)lua_newuserdatauv(L, sizeof *b, 0);
+  parse_box *b = (parse_box *)ie_newuserdata(L, sizeof *b);
   memset(b, 0, sizeof *b);
   lua_newtable(L);
   lua_pushcfunction(L, parse_box_gc);
@@ -681,9 +681,9 @@ static int l_sse_parse(lua_State *L) {
   lua_setmetatable(L, -2);
   sse_init(&b->parser, (size_t)max);
   int ok = 1;
-  lua_Integer n = luaL_len(L, 1);
+  lua_Integer n = ie_len(L, 1);
   for (lua_Integer i = 1; i <= n && ok; i++) {
-    lua_geti(L, 1, i);
+    ie_rawgeti(L, 1, i);
     size_t len;
     const char *chunk = luaL_checklstring(L, -1, &len);
     ok = sse_feed(&b->parser, chunk, len, collect_event, &b->c) == 0 && !b->c.oom;
@@ -723,7 +723,7 @@ static int multi_tostring(lua_State *L) {
 }
 
 static int l_multi(lua_State *L) {
-  multi *m = (multi *)lua_newuserdatauv(L, sizeof *m, 0);
+  multi *m = (multi *)ie_newuserdata(L, sizeof *m);
   memset(m, 0, sizeof *m);
   luaL_setmetatable(L, MULTI_MT);
   m->m = curl_multi_init();

@@ -10,6 +10,8 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "compat.h"
+
 #define IMGEDIT_VERSION "0.1.0"
 
 #if defined(__GNUC__)

@@ -1,6 +1,6 @@
 /* Mask pixels: shapes, alpha from grey levels, feathering and coverage.
  * Everything works on RGBA strings (4 bytes a pixel) that Lua owns; the
- * results are built in luaL_Buffers, so nothing leaks if Lua raises. */
+ * results are built in Lua-owned buffers, so nothing leaks if Lua raises. */
 #include <math.h>
 #include <string.h>
 
@@ -36,13 +36,13 @@ static int l_mask_shapes(lua_State *L) {
   int invert = lua_toboolean(L, 4);
   int w = (int)lw, h = (int)lh;
   size_t n = (size_t)w * (size_t)h;
-  luaL_Buffer b;
-  unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, n * 4);
+  ie_buf b;
+  unsigned char *out = (unsigned char *)ie_buf_init(L, &b, n * 4);
   for (size_t i = 0; i < n; i++)
     out[4 * i] = out[4 * i + 1] = out[4 * i + 2] = 0, out[4 * i + 3] = 255;
-  lua_Integer count = luaL_len(L, 3);
+  lua_Integer count = ie_len(L, 3);
   for (lua_Integer s = 1; s <= count; s++) {
-    lua_geti(L, 3, s);
+    ie_rawgeti(L, 3, s);
     int t = lua_gettop(L);
     luaL_checktype(L, t, LUA_TTABLE);
     lua_getfield(L, t, "kind");
@@ -71,7 +71,7 @@ static int l_mask_shapes(lua_State *L) {
   if (invert)
     for (size_t i = 0; i < n; i++)
       out[4 * i + 3] = (unsigned char)(255 - out[4 * i + 3]);
-  luaL_pushresultsize(&b, n * 4);
+  ie_buf_push(L, &b, n * 4);
   return 1;
 }
 
@@ -127,9 +127,9 @@ static int l_mask_from_gray(lua_State *L) {
   luaL_argcheck(L, feather >= 0 && feather <= 1000, 4, "feather out of range");
   size_t n = (size_t)w * (size_t)h;
   /* Scratch for the blur: a userdata, collected even if we raise. */
-  unsigned char *tmp = feather > 0 ? (unsigned char *)lua_newuserdatauv(L, n, 0) : NULL;
-  luaL_Buffer b;
-  unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, n * 4);
+  unsigned char *tmp = feather > 0 ? (unsigned char *)ie_newuserdata(L, n) : NULL;
+  ie_buf b;
+  unsigned char *out = (unsigned char *)ie_buf_init(L, &b, n * 4);
   for (size_t i = 0; i < n; i++) {
     const unsigned char *p = src + 4 * i;
     /* Rec. 601 luma, weighted by the source's own alpha over black. */
@@ -143,7 +143,7 @@ static int l_mask_from_gray(lua_State *L) {
   }
   if (feather > 0)
     blur_alpha(out, tmp, w, h, (int)feather);
-  luaL_pushresultsize(&b, n * 4);
+  ie_buf_push(L, &b, n * 4);
   return 1;
 }
 

@@ -31,7 +31,7 @@ static int box_gc(lua_State *L) {
 }
 
 static box *box_new(lua_State *L) {
-  box *b = (box *)lua_newuserdatauv(L, sizeof *b, 0);
+  box *b = (box *)ie_newuserdata(L, sizeof *b);
   memset(b, 0, sizeof *b);
   luaL_setmetatable(L, BOX_MT);
   return b;
@@ -158,11 +158,11 @@ static int l_resize(lua_State *L) {
   lua_Integer nw = luaL_checkinteger(L, 4), nh = luaL_checkinteger(L, 5);
   luaL_argcheck(L, nw > 0 && nw <= 65535, 4, "width out of range");
   luaL_argcheck(L, nh > 0 && nh <= 65535, 5, "height out of range");
-  luaL_Buffer b;
-  unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, (size_t)nw * (size_t)nh * 4);
+  ie_buf b;
+  unsigned char *out = (unsigned char *)ie_buf_init(L, &b, (size_t)nw * (size_t)nh * 4);
   if (!stbir_resize_uint8((const unsigned char *)px, w, h, 0, out, (int)nw, (int)nh, 0, 4))
     return ie_fail(L, "resize", "resize failed");
-  luaL_pushresultsize(&b, (size_t)nw * (size_t)nh * 4);
+  ie_buf_push(L, &b, (size_t)nw * (size_t)nh * 4);
   return 1;
 }
 

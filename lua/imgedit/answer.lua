@@ -1,5 +1,6 @@
 -- Reading what the service answered: a transfer's result becomes an Image,
 -- a url still to download, or a structured error.
+local compat = require "imgedit.compat"
 local core = require "imgedit.core"
 local cjson = require "cjson.safe"
 local errors = require "imgedit.errors"
@@ -68,7 +69,7 @@ function M.image(bytes, res, fields, body, url, key)
   local usage = type(body.usage) == "table" and body.usage or nil
   if usage then -- JSON numbers arrive as floats; token counts are integers
     for k, v in pairs(usage) do
-      if type(v) == "number" then usage[k] = math.tointeger(v) or v end
+      if type(v) == "number" then usage[k] = compat.tointeger(v) or v end
     end
   end
   local revised = body.data[1].revised_prompt

@@ -1,5 +1,6 @@
 -- The `imgedit` command line. bin/imgedit calls main(args) and exits with
 -- its result, so the commands can be tested from Lua as well as the shell.
+local compat = require "imgedit.compat"
 local argparse = require "argparse"
 local cjson = require "cjson"
 local core = require "imgedit.core"
@@ -173,7 +174,7 @@ local function cmd_request(a)
   if a.command == "edit" then req.images, req.mask = a.image, a.mask end
   if a.stream then
     req.stream = true
-    req.partial_images = math.tointeger(number_opt(a.partials, "partials"))
+    req.partial_images = compat.tointeger(number_opt(a.partials, "partials"))
     local stem = a.output:gsub("%.[%w]+$", "")
     req.on_partial = function(img, index)
       local path = string.format("%s.partial-%d.%s", stem, index, img.format == "jpeg" and "jpg" or img.format)
@@ -247,8 +248,8 @@ end
 local function box(s, what)
   local x, y, w, h = tostring(s):match("^(%-?%d+),(%-?%d+),(%d+),(%d+)$")
   if not x then error({ usage = what .. " expects X,Y,W,H, got '" .. tostring(s) .. "'" }) end
-  return { x = math.tointeger(tonumber(x)), y = math.tointeger(tonumber(y)), w = math.tointeger(tonumber(w)),
-    h = math.tointeger(tonumber(h)) }
+  return { x = compat.tointeger(tonumber(x)), y = compat.tointeger(tonumber(y)), w = compat.tointeger(tonumber(w)),
+    h = compat.tointeger(tonumber(h)) }
 end
 
 local function cmd_mask(a)
@@ -261,7 +262,7 @@ local function cmd_mask(a)
   if a.from_gray or a.from_alpha then
     local fn = a.from_gray and imgedit.mask.from_gray or imgedit.mask.from_alpha
     m, err = fn(a.from_gray or a.from_alpha, { invert = a.invert, threshold = number_opt(a.threshold, "threshold"),
-      feather = math.tointeger(number_opt(a.feather, "feather")) })
+      feather = compat.tointeger(number_opt(a.feather, "feather")) })
     if m and a.like then -- match the base's size
       local fitted
       fitted, m = imgedit.fit(a.like, { mask = m, max_bytes = math.huge })
@@ -274,7 +275,7 @@ local function cmd_mask(a)
     else
       local w, h = tostring(a.size):match("^(%d+)x(%d+)$")
       if not w then error({ usage = "shapes need --like BASE or --size WIDTHxHEIGHT" }) end
-      o.width, o.height = math.tointeger(tonumber(w)), math.tointeger(tonumber(h))
+      o.width, o.height = compat.tointeger(tonumber(w)), compat.tointeger(tonumber(h))
     end
     for _, s in ipairs(a.rect) do local b = box(s, "--rect"); b.kind = "rect"; o.shapes[#o.shapes + 1] = b end
     for _, s in ipairs(a.ellipse) do local b = box(s, "--ellipse"); b.kind = "ellipse"; o.shapes[#o.shapes + 1] = b end
@@ -305,12 +306,12 @@ local function cmd_run(a)
   for i, v in ipairs(a.args) do script_arg[i] = v end
   -- The script sees the library as `imgedit` and its own arguments as `arg`.
   local env = setmetatable({ imgedit = imgedit, arg = script_arg }, { __index = _G })
-  local chunk, lerr = loadfile(a.script, "t", env)
+  local chunk, lerr = compat.loadfile(a.script, env)
   if not chunk then
     if emu then emu:stop() end
     return fail(3, lerr)
   end
-  local ok, e = pcall(chunk, table.unpack(script_arg))
+  local ok, e = pcall(chunk, compat.unpack(script_arg))
   if emu then emu:stop() end
   if ok then return 0 end
   if imgedit.is_error(e) then return fail_err(e) end
@@ -319,7 +320,7 @@ end
 
 local function cmd_emulate(a)
   local emu, err = require("imgedit.emulator").start {
-    port = math.tointeger(number_opt(a.port, "port")), latency = number_opt(a.latency, "latency"), sink = a.sink,
+    port = compat.tointeger(number_opt(a.port, "port")), latency = number_opt(a.latency, "latency"), sink = a.sink,
   }
   if not emu then return fail(1, err) end
   print("url " .. emu.url)

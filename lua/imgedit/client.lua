@@ -2,6 +2,7 @@
 -- multipart or JSON body, runs it as a job on the C core's curl multi handle,
 -- and turns the answer into an Image or a structured error. The blocking
 -- calls are a submit plus a wait on the same jobs.
+local compat = require "imgedit.compat"
 local core = require "imgedit.core"
 local cjson = require "cjson.safe"
 local errors = require "imgedit.errors"
@@ -126,7 +127,7 @@ local function field_value(k, v)
   local t = type(v)
   if t == "string" then return v end
   if t == "number" then
-    return (math.type and math.type(v) == "integer" or v == math.floor(v)) and string.format("%d", v) or tostring(v)
+    return compat.is_integer(v) and string.format("%d", v) or tostring(v)
   end
   if t == "boolean" then return tostring(v) end
   error(string.format("bad request field '%s' (string, number or boolean expected, got %s)", k, t), 4)
@@ -248,7 +249,7 @@ end
 -- set, it polls without blocking and yields to the caller's scheduler.
 function Job:wait()
   local c = self.client
-  if c.yield and coroutine.isyieldable() then
+  if c.yield and compat.isyieldable() then
     while not self:done() do
       c:poll(0)
       if not self:done() then c.yield(self) end
@@ -323,7 +324,7 @@ function Client:_drain(job)
       if not img then
         job.stream_err = job.stream_err or errors.new("protocol", "a partial image is not usable: " .. tostring(msg), nil, key)
       else
-        local index = math.tointeger(data.partial_image_index) or job.partials
+        local index = compat.tointeger(data.partial_image_index) or job.partials
         img.partial_index = index
         job.partials = job.partials + 1
         if job.on_partial then job.on_partial(img, index) end

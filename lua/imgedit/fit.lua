@@ -1,6 +1,7 @@
 -- Fitting an input to a limit: downscale (stb_image_resize) and re-encode
 -- so it fits the service's 10 MB or a size the caller chooses. Smaller
 -- inputs upload faster and cost fewer vision tokens.
+local compat = require "imgedit.compat"
 local core = require "imgedit.core"
 local errors = require "imgedit.errors"
 local image = require "imgedit.image"
@@ -24,7 +25,7 @@ return function(src, o)
   if type(o) ~= "table" then error("bad argument #2 to 'fit' (table expected)", 2) end
   local max_bytes = o.max_bytes or 10 * MB
   local max_edge = o.max_edge
-  if max_edge ~= nil and (math.type(max_edge) ~= "integer" or max_edge < 1) then
+  if max_edge ~= nil and (not compat.is_integer(max_edge) or max_edge < 1) then
     error("bad option 'max_edge' (a positive whole number expected)", 2)
   end
   local info, err = image.inspect(src)

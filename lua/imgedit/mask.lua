@@ -1,5 +1,6 @@
 -- Masks for inpainting: a PNG whose alpha channel marks the area to edit
 -- (alpha 0 = edit here, 255 = keep), the size of the first image.
+local compat = require "imgedit.compat"
 local core = require "imgedit.core"
 local errors = require "imgedit.errors"
 local image = require "imgedit.image"
@@ -14,7 +15,7 @@ local function size_of(o, fn)
     if not info then return nil, nil, err end
     return info.width, info.height
   end
-  if math.type(o.width) ~= "integer" or math.type(o.height) ~= "integer" or o.width < 1 or o.height < 1 then
+  if not compat.is_integer(o.width) or not compat.is_integer(o.height) or o.width < 1 or o.height < 1 then
     error("bad argument #1 to '" .. fn .. "' (width and height, or like = a base image, expected)", 3)
   end
   return o.width, o.height
@@ -26,7 +27,7 @@ end
 
 local function shape(kind, t)
   for _, k in ipairs { "x", "y", "w", "h" } do
-    if math.type(t[k]) ~= "integer" then
+    if not compat.is_integer(t[k]) then
       error(string.format("bad shape (%s: integer %s expected)", kind, k), 4)
     end
   end
@@ -72,7 +73,7 @@ local function gray_opts(o, fn)
   if o.threshold ~= nil and (type(o.threshold) ~= "number" or o.threshold < 0 or o.threshold > 1) then
     error("bad option 'threshold' (number from 0 to 1 expected)", 3)
   end
-  if o.feather ~= nil and (math.type(o.feather) ~= "integer" or o.feather < 0) then
+  if o.feather ~= nil and (not compat.is_integer(o.feather) or o.feather < 0) then
     error("bad option 'feather' (pixels, a whole number, expected)", 3)
   end
   return o

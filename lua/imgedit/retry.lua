@@ -1,4 +1,5 @@
 -- Retry policy: which failures are worth another try, and how long to wait.
+local compat = require "imgedit.compat"
 local M = {}
 
 local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9, Oct = 10,
@@ -7,10 +8,10 @@ local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, 
 -- Days since 1970-01-01 for a civil date (proleptic Gregorian).
 local function days_from_civil(y, m, d)
   y = m <= 2 and y - 1 or y
-  local era = (y >= 0 and y or y - 399) // 400
+  local era = compat.idiv(y >= 0 and y or y - 399, 400)
   local yoe = y - era * 400
-  local doy = (153 * (m + (m > 2 and -3 or 9)) + 2) // 5 + d - 1
-  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+  local doy = compat.idiv(153 * (m + (m > 2 and -3 or 9)) + 2, 5) + d - 1
+  local doe = yoe * 365 + compat.idiv(yoe, 4) - compat.idiv(yoe, 100) + doy
   return era * 146097 + doe - 719468
 end
 

@@ -2,6 +2,7 @@
 -- A client can override any entry (`limits = {max_images = 16}`); a model
 -- that is not listed gets only the generic checks, so new models work
 -- without a release.
+local compat = require "imgedit.compat"
 local M = {}
 
 local MB = 1024 * 1024
@@ -43,13 +44,13 @@ function M.for_model(model, overrides)
 end
 
 local function mb(n)
-  if n < MB // 10 then return string.format("%d bytes", n) end
+  if n < MB / 10 then return string.format("%d bytes", n) end
   return string.format("%.1f MB", n / MB)
 end
 M.mb = mb
 
 local function limit_mb(n)
-  return (n % MB == 0 and n > 0) and string.format("%d MB", n // MB) or mb(n)
+  return (n % MB == 0 and n > 0) and string.format("%d MB", compat.idiv(n, MB)) or mb(n)
 end
 
 local function one_of(v, list)

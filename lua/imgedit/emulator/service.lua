@@ -486,7 +486,7 @@ local function api(req, entry)
       t.data[1] = { url = fault.url }
       a.body = cjson.encode(t)
     end
-    if fault.bad_json then a.body = a.body:sub(1, #a.body // 2) .. "<<not json" end
+    if fault.bad_json then a.body = a.body:sub(1, math.floor(#a.body / 2)) .. "<<not json" end
     if fault.bad_base64 and a.status == 200 then
       a.body = a.body:gsub('"b64_json":"([^"]*)"', function(s) return '"b64_json":"' .. s:sub(1, 10) .. '!!!' .. s:sub(11) .. '"' end)
     end
