@@ -50,6 +50,7 @@ typedef struct req_ctx {
   size_t blen, bcap, total;
   int too_big, oom, malformed;
   long drop_after; /* close the connection once this much upload arrived */
+  int counted;     /* still counted as in flight */
   emu *E;          /* for the in-flight count when the request completes */
 } req_ctx;
 
@@ -76,6 +77,17 @@ static int append(char **buf, size_t *len, size_t *cap, const char *p, size_t n)
 }
 
 static char *dupstr(const char *s) { return s ? strdup(s) : NULL; }
+
+/* A request stops counting as in flight once its answer is queued: the
+ * client can have it from then on, and may already send the next one. */
+static void uncount(req_ctx *c) {
+  if (!c->counted)
+    return;
+  c->counted = 0;
+  pthread_mutex_lock(&c->E->wait_m);
+  c->E->in_flight--;
+  pthread_mutex_unlock(&c->E->wait_m);
+}
 
 static void free_ctx(req_ctx *c) {
   if (!c)
@@ -448,6 +460,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
       return MHD_NO;
     *con_cls = c;
     c->E = E;
+    c->counted = 1;
     pthread_mutex_lock(&E->wait_m);
     if (++E->in_flight > E->max_in_flight)
       E->max_in_flight = E->in_flight;
@@ -482,6 +495,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
     if (!r)
       return MHD_NO;
     MHD_add_response_header(r, "Content-Type", "application/json");
+    uncount(c);
     enum MHD_Result ok = MHD_queue_response(con, 200, r);
     MHD_destroy_response(r);
     return ok;
@@ -507,6 +521,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
   memset(&a, 0, sizeof a);
   ask_service(E, "handle", con, listener, url, method, c, &a);
   emu_sleep(E, a.delay);
+  uncount(c);
   enum MHD_Result ok = a.drop ? MHD_NO : send_answer(E, con, &a);
   free_answer(&a);
   return ok;
@@ -528,11 +543,8 @@ static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
   (void)cls, (void)con, (void)toe;
   req_ctx *c = (req_ctx *)*con_cls;
-  if (c) {
-    pthread_mutex_lock(&c->E->wait_m);
-    c->E->in_flight--;
-    pthread_mutex_unlock(&c->E->wait_m);
-  }
+  if (c)
+    uncount(c);
   free_ctx(c);
   *con_cls = NULL;
 }

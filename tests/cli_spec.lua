@@ -3,11 +3,11 @@
 local H = require "helpers"
 local cjson = require "cjson"
 
-local BASE = "env -u IMGEDIT_API_KEY -u IMGEDIT_BASE_URL LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' "
+local BASE = "env -u IMGEDIT_API_KEY -u IMGEDIT_BASE_URL LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='" .. H.BUILD .. "/?.so;;' "
 
 local function sh(cmd)
   local p = io.popen(cmd .. " 2>&1; echo \"exit=$?\"")
-  local out = p:read("a")
+  local out = p:read("*a")
   p:close()
   return out:gsub("exit=%d+%s*$", ""), tonumber(out:match("exit=(%d+)%s*$"))
 end
@@ -18,7 +18,7 @@ describe("the imgedit command", function()
     emu = H.emulator()
     dir = H.tmpdir()
     pic = H.write(dir .. "/a.png", H.png(32, 32))
-    H.write(dir .. "/b.gif", "GIF89a" .. string.pack("<I2I2", 8, 8) .. string.rep("\0", 20))
+    H.write(dir .. "/b.gif", "GIF89a" .. H.pack("<I2I2", 8, 8) .. string.rep("\0", 20))
   end)
   lazy_teardown(function()
     emu:stop()
@@ -30,7 +30,7 @@ describe("the imgedit command", function()
   end)
 
   local function cli(args, key)
-    return sh(BASE .. "IMGEDIT_API_KEY=" .. (key or emu.key) .. " IMGEDIT_BASE_URL=" .. emu.url .. " lua5.4 bin/imgedit " .. args)
+    return sh(BASE .. "IMGEDIT_API_KEY=" .. (key or emu.key) .. " IMGEDIT_BASE_URL=" .. emu.url .. " " .. H.LUA .. " bin/imgedit " .. args)
   end
 
   local n = 0
@@ -91,7 +91,7 @@ describe("the imgedit command", function()
       local out, code = cli("generate -p x -o " .. out_path(), wrong)
       assert.are.equal(4, code)
       assert.is_nil(out:find(wrong, 1, true))
-      out, code = sh(BASE .. "IMGEDIT_BASE_URL=" .. emu.url .. " lua5.4 bin/imgedit generate -p x -o " .. out_path())
+      out, code = sh(BASE .. "IMGEDIT_BASE_URL=" .. emu.url .. " " .. H.LUA .. " bin/imgedit generate -p x -o " .. out_path())
       assert.are.equal(4, code)
       assert.matches("IMGEDIT_API_KEY", out)
     end)
@@ -103,7 +103,7 @@ describe("the imgedit command", function()
       assert.are.equal(6, select(2, cli("generate -p x --retries 0 -o " .. out_path())))
       emu:inject { bad_json = true }
       assert.are.equal(6, select(2, cli("generate -p x -o " .. out_path())))
-      local _, code = sh(BASE .. "IMGEDIT_API_KEY=k IMGEDIT_BASE_URL=http://127.0.0.1:1/v1 lua5.4 bin/imgedit "
+      local _, code = sh(BASE .. "IMGEDIT_API_KEY=k IMGEDIT_BASE_URL=http://127.0.0.1:1/v1 " .. H.LUA .. " bin/imgedit "
         .. "generate -p x --retries 0 -o " .. out_path())
       assert.are.equal(6, code)
       emu:inject { delay = 2 }
@@ -131,7 +131,7 @@ describe("the imgedit command", function()
       emu:configure { latency = 1.3 }
       local o = out_path()
       local cmd = BASE .. "IMGEDIT_API_KEY=" .. emu.key .. " IMGEDIT_BASE_URL=" .. emu.url
-        .. " lua5.4 bin/imgedit edit -p x -i " .. pic .. " -o " .. o
+        .. " " .. H.LUA .. " bin/imgedit edit -p x -i " .. pic .. " -o " .. o
       local out, code = sh("script -qec \"" .. cmd .. "\" /dev/null")
       assert.are.equal(0, code, out)
       assert.matches("upload   %[", out)
@@ -214,7 +214,7 @@ describe("the imgedit command", function()
         print(c.base_url)
         assert(c:generate { prompt = "x", size = "1x1" })
       ]])
-      local out, code = sh(BASE .. "lua5.4 bin/imgedit run --emulate " .. script)
+      local out, code = sh(BASE .. "" .. H.LUA .. " bin/imgedit run --emulate " .. script)
       assert.are.equal(3, code, out)
       assert.matches("http://127%.0%.0%.1:%d+/v1", out)
       assert.matches("invalid_request", out)
@@ -223,7 +223,7 @@ describe("the imgedit command", function()
 
   describe("emulate", function()
     it("serves the emulator and prints its url and key", function()
-      local pidf = io.popen(BASE .. "sh -c 'lua5.4 bin/imgedit emulate --latency 0 > " .. dir .. "/emu.txt 2>&1 & echo $!'")
+      local pidf = io.popen(BASE .. "sh -c '" .. H.LUA .. " bin/imgedit emulate --latency 0 > " .. dir .. "/emu.txt 2>&1 & echo $!'")
       local pid = pidf:read("l")
       pidf:close()
       local text = ""
@@ -235,7 +235,7 @@ describe("the imgedit command", function()
       local url, key = text:match("url (%S+)"), text:match("key (%S+)")
       assert.truthy(url and key, text)
       local out, code = sh(BASE .. "IMGEDIT_API_KEY=" .. key .. " IMGEDIT_BASE_URL=" .. url
-        .. " lua5.4 bin/imgedit generate -p x -o " .. out_path())
+        .. " " .. H.LUA .. " bin/imgedit generate -p x -o " .. out_path())
       os.execute("kill " .. pid)
       assert.are.equal(0, code, out)
     end)

@@ -4,8 +4,8 @@ local H = require "helpers"
 
 local function run(cmd)
   local p = io.popen("env -u IMGEDIT_API_KEY -u IMGEDIT_BASE_URL LUA_PATH='lua/?.lua;lua/?/init.lua;;' "
-    .. "LUA_CPATH='build/?.so;;' " .. cmd .. " 2>&1; echo \"exit=$?\"")
-  local out = p:read("a")
+    .. "LUA_CPATH='" .. H.BUILD .. "/?.so;;' " .. cmd .. " 2>&1; echo \"exit=$?\"")
+  local out = p:read("*a")
   p:close()
   return out, tonumber(out:match("exit=(%d+)%s*$"))
 end
@@ -13,7 +13,7 @@ end
 describe("examples", function()
   it("pipeline.lua fuses, inpaints and restyles into the output folder", function()
     local dir = H.tmpdir()
-    local out, code = run("lua5.4 examples/pipeline.lua '" .. dir .. "'")
+    local out, code = run("" .. H.LUA .. " examples/pipeline.lua '" .. dir .. "'")
     assert.are.equal(0, code, out)
     assert.matches("using the local emulator", out)
     for _, name in ipairs { "1-fused.png", "2-inpainted.png", "3-restyled.png", "mask.png" } do
@@ -28,7 +28,7 @@ end)
 describe("examples (non-blocking)", function()
   it("frameloop.lua keeps frames coming while edits run, with jobs and with a coroutine", function()
     local dir = H.tmpdir()
-    local out, code = run("lua5.4 examples/frameloop.lua '" .. dir .. "'")
+    local out, code = run("" .. H.LUA .. " examples/frameloop.lua '" .. dir .. "'")
     assert.are.equal(0, code, out)
     local frames = tonumber(out:match("jobs: (%d+) frames"))
     assert.is_true(frames >= 10, out)
@@ -41,7 +41,7 @@ end)
 describe("streaming example", function()
   it("stream.lua saves each partial image, then the final one", function()
     local dir = H.tmpdir()
-    local out, code = run("lua5.4 examples/stream.lua '" .. dir .. "'")
+    local out, code = run("" .. H.LUA .. " examples/stream.lua '" .. dir .. "'")
     assert.are.equal(0, code, out)
     for i = 0, 2 do assert.truthy(require("imgedit").inspect(dir .. "/partial-" .. i .. ".png")) end
     assert.truthy(require("imgedit").inspect(dir .. "/final.png"))
@@ -65,7 +65,7 @@ describe("pipeline examples", function()
     local name, files, requests = case[1], case[2], case[3]
     it(name .. ".lua runs, and a second run sends no request", function()
       local dir = H.tmpdir()
-      local cmd = "IMGEDIT_API_KEY=" .. emu.key .. " IMGEDIT_BASE_URL=" .. emu.url .. " lua5.4 examples/" .. name
+      local cmd = "IMGEDIT_API_KEY=" .. emu.key .. " IMGEDIT_BASE_URL=" .. emu.url .. " " .. H.LUA .. " examples/" .. name
         .. ".lua '" .. dir .. "'"
       emu:clear()
       local out, code = run(cmd)

@@ -4,6 +4,18 @@ local core = require "imgedit.core"
 
 local H = {}
 
+-- The interpreter and build the suite runs with (make test-all sets them),
+-- for the child processes the tests start.
+H.LUA = os.getenv("IMGEDIT_TEST_LUA") or "lua5.4"
+H.BUILD = os.getenv("IMGEDIT_TEST_BUILD") or "build"
+H.LUAV = os.getenv("IMGEDIT_TEST_LUAV") or "5.4"
+
+-- os.execute's result: true on success in 5.2+, 0 in 5.1.
+function H.ok(cmd)
+  local r = os.execute(cmd)
+  return r == true or r == 0
+end
+
 -- Sanitizer and valgrind runs are slower: upper bounds on time scale by this.
 H.SLOW = tonumber(os.getenv("IMGEDIT_TEST_SLOW")) or 1
 
@@ -19,7 +31,7 @@ end
 function H.tmpdir()
   local p = os.tmpname()
   os.remove(p)
-  assert(os.execute("mkdir -p '" .. p .. "'"))
+  assert(H.ok("mkdir -p '" .. p .. "'"))
   return p
 end
 
@@ -36,7 +48,7 @@ end
 
 function H.read(path)
   local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
+  local s = f:read("*a")
   f:close()
   return s
 end
@@ -62,7 +74,7 @@ function H.rgba(w, h, alpha)
   local t = {}
   for y = 0, h - 1 do
     for x = 0, w - 1 do
-      t[#t + 1] = string.char((x * 255) // math.max(w - 1, 1), (y * 255) // math.max(h - 1, 1), 128,
+      t[#t + 1] = string.char(math.floor(x * 255 / math.max(w - 1, 1)), math.floor(y * 255 / math.max(h - 1, 1)), 128,
         alpha and alpha(x, y) or 255)
     end
   end
@@ -75,19 +87,70 @@ function H.jpeg(w, h) return core.encode(H.rgba(w, h), w, h, "jpeg", 85) end
 -- ---- a small PNG writer for the variants stb cannot write ----
 -- (palette, tRNS, 16-bit, interlaced): stored deflate blocks, real CRCs.
 
+-- Arithmetic only, so that this file runs on Lua 5.1 and LuaJIT as well as
+-- 5.3 and 5.4: XOR a nibble at a time, packing by hand.
+local XOR4 = {}
+for a = 0, 15 do
+  XOR4[a] = {}
+  for b = 0, 15 do
+    local r, p, x, y = 0, 1, a, b
+    for _ = 1, 4 do
+      if x % 2 ~= y % 2 then r = r + p end
+      x, y, p = math.floor(x / 2), math.floor(y / 2), p * 2
+    end
+    XOR4[a][b] = r
+  end
+end
+
+local function bxor(a, b)
+  local r, p = 0, 1
+  while a > 0 or b > 0 do
+    r = r + XOR4[a % 16][b % 16] * p
+    a, b, p = math.floor(a / 16), math.floor(b / 16), p * 16
+  end
+  return r
+end
+
+-- pack(fmt, ...): the subset of string.pack the fixtures need: "<" or ">",
+-- then I1..I4 / i1..i4 (unsigned, signed) and B.
+function H.pack(fmt, ...)
+  local args, out, big, n = { ... }, {}, false, 0
+  for c, size in fmt:gmatch("([<>IiB])(%d*)") do
+    if c == "<" then
+      big = false
+    elseif c == ">" then
+      big = true
+    else
+      n = n + 1
+      local v, len = args[n], c == "B" and 1 or tonumber(size)
+      if v < 0 then v = v + 2 ^ (8 * len) end
+      local bytes = {}
+      for i = 1, len do
+        bytes[i] = string.char(v % 256)
+        v = math.floor(v / 256)
+      end
+      if big then
+        for i = 1, math.floor(len / 2) do bytes[i], bytes[len + 1 - i] = bytes[len + 1 - i], bytes[i] end
+      end
+      out[#out + 1] = table.concat(bytes)
+    end
+  end
+  return table.concat(out)
+end
+
 local crc_table = {}
 for i = 0, 255 do
   local c = i
   for _ = 1, 8 do
-    if c & 1 == 1 then c = 0xEDB88320 ~ (c >> 1) else c = c >> 1 end
+    if c % 2 == 1 then c = bxor(3988292384, math.floor(c / 2)) else c = math.floor(c / 2) end
   end
   crc_table[i] = c
 end
 
 local function crc32(s)
-  local c = 0xFFFFFFFF
-  for i = 1, #s do c = crc_table[(c ~ s:byte(i)) & 0xFF] ~ (c >> 8) end
-  return c ~ 0xFFFFFFFF
+  local c = 4294967295
+  for i = 1, #s do c = bxor(crc_table[bxor(c % 256, s:byte(i))], math.floor(c / 256)) end
+  return bxor(c, 4294967295)
 end
 
 local function adler32(s)
@@ -96,19 +159,19 @@ local function adler32(s)
     a = (a + s:byte(i)) % 65521
     b = (b + a) % 65521
   end
-  return (b << 16) | a
+  return b * 65536 + a
 end
 
-local function be32(n) return string.pack(">I4", n) end
+local function be32(n) return H.pack(">I4", n) end
 
 local function zlib_stored(data)
-  local out = { "\x78\x01" }
+  local out = { "\120\1" }
   local i = 1
   repeat
     local block = data:sub(i, i + 65534)
     i = i + #block
     local final = i > #data and 1 or 0
-    out[#out + 1] = string.char(final) .. string.pack("<I2I2", #block, (~#block) & 0xFFFF) .. block
+    out[#out + 1] = string.char(final) .. H.pack("<I2I2", #block, 65535 - #block) .. block
   until i > #data
   out[#out + 1] = be32(adler32(data))
   return table.concat(out)
@@ -124,14 +187,14 @@ local CHANNELS = { [0] = 1, [2] = 3, [3] = 1, [4] = 2, [6] = 4 }
 -- Raw scanlines (filter 0) for a sub-image of the pattern.
 local function scanlines(w, h, ctype, depth, pick)
   local rows = {}
-  local bps = depth // 8
+  local bps = math.floor(depth / 8)
   for y = 0, h - 1 do
     local r = { "\0" }
     for x = 0, w - 1 do
       for c = 1, CHANNELS[ctype] do
         local v = pick(x, y, c)
         if ctype == 3 then v = v % 4 end
-        r[#r + 1] = bps == 2 and string.pack(">I2", v * 257) or string.char(v)
+        r[#r + 1] = bps == 2 and H.pack(">I2", v * 257) or string.char(v)
       end
     end
     rows[#rows + 1] = table.concat(r)
@@ -150,7 +213,7 @@ function H.png_raw(o)
     local parts = {}
     for _, p in ipairs(ADAM7) do
       local x0, y0, dx, dy = p[1], p[2], p[3], p[4]
-      local pw, ph = (w - x0 + dx - 1) // dx, (h - y0 + dy - 1) // dy
+      local pw, ph = math.floor((w - x0 + dx - 1) / dx), math.floor((h - y0 + dy - 1) / dy)
       if pw > 0 and ph > 0 then
         parts[#parts + 1] = scanlines(pw, ph, ctype, depth, function(x, y, c)
           return pick(x0 + x * dx, y0 + y * dy, c)
@@ -161,8 +224,8 @@ function H.png_raw(o)
   else
     raw = scanlines(w, h, ctype, depth, pick)
   end
-  local out = { "\x89PNG\r\n\x1a\n",
-    chunk("IHDR", string.pack(">I4I4BBBBB", w, h, depth, ctype, 0, 0, o.interlace and 1 or 0)) }
+  local out = { "\137PNG\r\n\26\n",
+    chunk("IHDR", H.pack(">I4I4BBBBB", w, h, depth, ctype, 0, 0, o.interlace and 1 or 0)) }
   if o.plte then out[#out + 1] = chunk("PLTE", o.plte) end
   if o.trns then out[#out + 1] = chunk("tRNS", o.trns) end
   out[#out + 1] = chunk("IDAT", zlib_stored(raw))
@@ -174,8 +237,8 @@ end
 function H.jpeg_header(w, h, n, sof)
   local comps = {}
   for i = 1, n do comps[#comps + 1] = string.char(i, 0x11, 0) end
-  local body = string.char(8) .. string.pack(">I2I2", h, w) .. string.char(n) .. table.concat(comps)
-  return "\xFF\xD8" .. "\xFF" .. string.char(sof or 0xC0) .. string.pack(">I2", #body + 2) .. body .. "\xFF\xD9"
+  local body = string.char(8) .. H.pack(">I2I2", h, w) .. string.char(n) .. table.concat(comps)
+  return "\255\216" .. "\255" .. string.char(sof or 0xC0) .. H.pack(">I2", #body + 2) .. body .. "\255\217"
 end
 
 -- ---- the emulator and clients ----

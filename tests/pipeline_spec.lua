@@ -4,7 +4,7 @@ local cjson = require "cjson"
 local imgedit = require "imgedit"
 local tokens = require "imgedit.tokens"
 
-local ENV = "LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;'"
+local ENV = "LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='" .. H.BUILD .. "/?.so;;'"
 
 describe("pipelines", function()
   local emu, dir, pic, c
@@ -232,7 +232,7 @@ describe("pipelines", function()
       for i = 1, 5 do prev = assert(p:edit("s" .. i, { prompt = "step " .. i, images = { prev } })) end
       print("finished")
     ]], emu.url, emu.key, out, pic))
-    local pidf = assert(io.popen(ENV .. " sh -c 'lua5.4 " .. child .. " >/dev/null 2>&1 & echo $!'"))
+    local pidf = assert(io.popen(ENV .. " sh -c '" .. H.LUA .. " " .. child .. " >/dev/null 2>&1 & echo $!'"))
     local pid = pidf:read("l")
     pidf:close()
     -- kill it once two steps are in the journal
@@ -244,12 +244,12 @@ describe("pipelines", function()
       emu:requests() -- a cheap pause
       os.execute("sleep 0.05")
     end
-    assert.is_true(os.execute("kill -9 " .. pid))
+    assert.is_true(H.ok("kill -9 " .. pid))
     os.execute("sleep 0.2")
     local first = #emu:requests()
     assert.is_true(first >= 2 and first <= 3, "requests before the kill: " .. first)
-    local p = io.popen(ENV .. " lua5.4 " .. child .. " 2>&1")
-    local output = p:read("a")
+    local p = io.popen(ENV .. " " .. H.LUA .. " " .. child .. " 2>&1")
+    local output = p:read("*a")
     p:close()
     assert.matches("finished", output)
     local prompts = paths_of(emu:requests())

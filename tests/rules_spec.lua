@@ -65,7 +65,7 @@ describe("service rules", function()
   }
 
   for _, case in ipairs(cases) do
-    local name, make, param, service_param, pattern = table.unpack(case)
+    local name, make, param, service_param, pattern = (table.unpack or unpack)(case)
 
     it("refuses " .. name .. " locally, sending nothing", function()
       local req = make()
@@ -134,7 +134,7 @@ describe("service rules", function()
     end)
 
     it("still refuses files that are not png, jpeg or webp", function()
-      local gif = H.write(dir .. "/a.gif", "GIF89a" .. string.pack("<I2I2", 8, 8) .. string.rep("\0", 20))
+      local gif = H.write(dir .. "/a.gif", "GIF89a" .. H.pack("<I2I2", 8, 8) .. string.rep("\0", 20))
       local _, err = H.client(emu, { model = "gpt-image-2-all" }):edit { prompt = "x", images = { gif } }
       assert.are.equal("images", err.param)
       assert.are.equal(0, #emu:requests())

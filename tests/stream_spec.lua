@@ -205,10 +205,10 @@ describe("streamed answers", function()
 
   it("the command line writes each partial image", function()
     local o = dir .. "/cli.png"
-    local p = io.popen("env LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' IMGEDIT_API_KEY=" .. emu.key
-      .. " IMGEDIT_BASE_URL=" .. emu.url .. " lua5.4 bin/imgedit edit -p x -i " .. pic
+    local p = io.popen("env LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='" .. H.BUILD .. "/?.so;;' IMGEDIT_API_KEY=" .. emu.key
+      .. " IMGEDIT_BASE_URL=" .. emu.url .. " " .. H.LUA .. " bin/imgedit edit -p x -i " .. pic
       .. " --size 1024x1024 --stream --partials 2 -o " .. o .. " 2>&1; echo exit=$?")
-    local out = p:read("a")
+    local out = p:read("*a")
     p:close()
     assert.matches("exit=0", out)
     for i = 0, 1 do
