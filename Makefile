@@ -38,7 +38,7 @@ HDRS     = src/imgedit.h src/sse.h
 
 BUSTED  ?= $(LUA) /usr/bin/busted
 
-.PHONY: all deps deps-hardening test test-asan test-valgrind demo bench bench-deps install uninstall clean check format fuzz fuzz-smoke
+.PHONY: all deps deps-hardening deps-all test-all test test-asan test-valgrind demo bench bench-deps install uninstall clean check format fuzz fuzz-smoke
 
 BUILD ?= build
 
@@ -80,6 +80,31 @@ ENV = LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;'
 
 test: all
 	@$(ENV) $(BUSTED) -o tests/summary.lua tests
+
+# Every supported Lua: 5.4, 5.3, 5.1 and LuaJIT 2.1, each built into its own
+# folder and tested with its own interpreter (busted runs on all of them).
+LUA_TARGETS = 5.4 5.3 5.1 luajit
+deps-all: deps
+	@missing=$$(for p in lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev luajit libluajit-5.1-dev; do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+test-all:
+	@set -e; for t in $(LUA_TARGETS); do \
+	  if [ $$t = luajit ]; then vars="LUA=luajit"; lua=luajit; luav=5.1; \
+	  else vars="LUA_VERSION=$$t"; lua=lua$$t; luav=$$t; fi; \
+	  echo "== $$lua"; \
+	  $(MAKE) --no-print-directory BUILD=build-$$t $$vars all >/dev/null; \
+	  LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH="build-$$t/?.so;;" IMGEDIT_TEST_LUA=$$lua \
+	    IMGEDIT_TEST_BUILD=build-$$t IMGEDIT_TEST_LUAV=$$luav IMGEDIT_TEST_MAKEVARS="BUILD=build-$$t $$vars" \
+	    $$lua /usr/bin/busted --cpath="build-$$t/?.so" --lpath='lua/?.lua;lua/?/init.lua;tests/?.lua' \
+	    -o tests/summary.lua tests; \
+	done
 
 # The whole suite against an ASan+UBSan build of the C code. The sanitizer
 # runtimes are preloaded into the stock interpreter; any report fails the run.
@@ -153,7 +178,7 @@ install: all
 	install -d $(DESTDIR)$(LUA_LMOD)/imgedit/emulator $(DESTDIR)$(LUA_CMOD)/imgedit $(DESTDIR)$(BINDIR)
 	install -m 644 lua/imgedit/*.lua $(DESTDIR)$(LUA_LMOD)/imgedit/
 	install -m 644 lua/imgedit/emulator/*.lua $(DESTDIR)$(LUA_LMOD)/imgedit/emulator/
-	install -m 755 build/imgedit/core.so build/imgedit/emulator.so $(DESTDIR)$(LUA_CMOD)/imgedit/
+	install -m 755 $(BUILD)/imgedit/core.so $(BUILD)/imgedit/emulator.so $(DESTDIR)$(LUA_CMOD)/imgedit/
 	install -m 755 bin/imgedit $(DESTDIR)$(BINDIR)/imgedit
 
 uninstall:
