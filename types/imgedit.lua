@@ -1,0 +1,346 @@
+---@meta imgedit
+-- lua-language-server definitions for imgedit's public API. Point your
+-- editor's Lua.workspace.library at this folder for completion and type checks.
+
+---@alias imgedit.ErrorKind "invalid_request"|"moderation"|"auth"|"not_found"|"too_large"|"rate_limit"|"server"|"network"|"timeout"|"protocol"|"canceled"|"budget"
+
+---@class imgedit.Error
+---@field kind imgedit.ErrorKind
+---@field message string
+---@field status? integer
+---@field code? string
+---@field param? string
+---@field index? integer
+---@field type? string
+---@field request_id? string
+---@field retryable boolean
+---@field attempts integer
+---@field report? imgedit.MaskReport
+
+---@class imgedit.Usage
+---@field input_tokens integer
+---@field output_tokens integer
+---@field total_tokens integer
+
+---@class imgedit.Image
+---@field bytes string
+---@field format "png"|"jpeg"|"webp"
+---@field width integer
+---@field height integer
+---@field sha256 string
+---@field channels? integer
+---@field has_alpha? boolean
+---@field usage? imgedit.Usage
+---@field url? string
+---@field model? string
+---@field created? number
+---@field request_id? string
+---@field revised_prompt? string
+---@field filename? string
+---@field path? string
+---@field step? string
+---@field cached? boolean
+---@field partial? boolean
+---@field partial_index? integer
+local Image = {}
+
+---Write the image atomically (temp file, fsync, rename).
+---@param path string
+---@return string|nil path
+---@return imgedit.Error|nil err
+function Image:save(path) end
+
+---@alias imgedit.Source string|imgedit.Image|{bytes: string, filename?: string}
+
+---@class imgedit.Progress
+---@field phase "upload"|"wait"|"download"
+---@field uploaded integer
+---@field upload_total integer
+---@field downloaded integer
+---@field download_total integer
+---@field elapsed number
+---@field attempt integer
+
+---@class imgedit.RetryInfo
+---@field attempt integer
+---@field wait number
+---@field status? integer
+---@field kind imgedit.ErrorKind
+---@field error imgedit.Error
+---@field phase "api"|"download"
+
+---@class imgedit.Request
+---@field prompt string
+---@field images? imgedit.Source|imgedit.Source[]
+---@field mask? imgedit.Source
+---@field model? string
+---@field size? string
+---@field quality? "low"|"medium"|"high"|"auto"
+---@field output_format? "png"|"jpeg"|"webp"
+---@field output_compression? integer
+---@field background? "auto"|"opaque"
+---@field response_format? "url"|"b64_json"
+---@field stream? boolean
+---@field partial_images? integer
+---@field timeout? number
+---@field connect_timeout? number
+---@field idle_timeout? number
+---@field max_retries? integer
+---@field retry_timeouts? boolean
+---@field retry_protocol? boolean
+---@field refresh? boolean pipelines: force a new request
+---@field on_progress? fun(p: imgedit.Progress)
+---@field on_retry? fun(info: imgedit.RetryInfo)
+---@field on_partial? fun(img: imgedit.Image, index: integer)
+---@field [string] string|number|boolean|function|table|nil any other field of the service
+
+---@class imgedit.ClientOptions
+---@field api_key? string
+---@field base_url? string
+---@field model? string
+---@field timeout? number
+---@field connect_timeout? number
+---@field idle_timeout? number
+---@field max_retries? integer
+---@field retry_timeouts? boolean
+---@field retry_protocol? boolean
+---@field max_retry_after? number
+---@field retry_base? number
+---@field retry_cap? number
+---@field max_concurrency? integer
+---@field max_response_bytes? integer
+---@field max_download_bytes? integer
+---@field progress_interval? number
+---@field limits? table
+---@field on_progress? fun(p: imgedit.Progress)
+---@field on_retry? fun(info: imgedit.RetryInfo)
+---@field yield? boolean|fun(job: imgedit.Job)
+
+---@class imgedit.Job
+---@field attempts integer
+---@field state "queued"|"running"|"waiting"|"done"|"failed"
+local Job = {}
+
+---@return boolean
+function Job:done() end
+
+---@return imgedit.Image|nil img
+---@return imgedit.Error|nil err
+function Job:result() end
+
+---@return imgedit.Image|nil img
+---@return imgedit.Error|nil err
+function Job:wait() end
+
+---@return boolean canceled false when the job had already finished
+function Job:cancel() end
+
+---@class imgedit.Client
+---@field base_url string
+---@field model string
+local Client = {}
+
+---@param req imgedit.Request
+---@return imgedit.Image|nil img
+---@return imgedit.Error|nil err
+function Client:edit(req) end
+
+---@param req imgedit.Request
+---@return imgedit.Image|nil img
+---@return imgedit.Error|nil err
+function Client:generate(req) end
+
+---@param kind "edit"|"generate"
+---@param req imgedit.Request
+---@return imgedit.Job
+function Client:submit(kind, req) end
+
+---@param timeout? number seconds to wait for something to happen; 0 never blocks
+---@return integer running
+function Client:poll(timeout) end
+
+---@param reqs imgedit.Request[]
+---@param opts? {kind?: "edit"|"generate"}
+---@return (imgedit.Image|imgedit.Error)[]
+function Client:map(reqs, opts) end
+
+---@class imgedit.Info
+---@field format string
+---@field mime string
+---@field width? integer
+---@field height? integer
+---@field channels? integer
+---@field has_alpha boolean
+---@field bit_depth? integer
+---@field interlaced boolean
+---@field accepted boolean
+---@field bytes integer
+
+---@class imgedit.MaskReport
+---@field ok boolean
+---@field coverage? number
+---@field transparent? integer
+---@field opaque? integer
+---@field partial? integer
+---@field problems string[]
+---@field warnings string[]
+
+---@class imgedit.Shape
+---@field kind? "rect"|"ellipse"
+---@field x integer
+---@field y integer
+---@field w integer
+---@field h integer
+---@field keep? boolean
+
+---@class imgedit.MaskModule
+local mask = {}
+
+---@param opts {width?: integer, height?: integer, like?: imgedit.Source, x: integer, y: integer, w: integer, h: integer, invert?: boolean}
+---@return imgedit.Image|nil
+---@return imgedit.Error|nil
+function mask.rect(opts) end
+
+---@param opts {width?: integer, height?: integer, like?: imgedit.Source, x: integer, y: integer, w: integer, h: integer, invert?: boolean}
+---@return imgedit.Image|nil
+---@return imgedit.Error|nil
+function mask.ellipse(opts) end
+
+---@param opts {width?: integer, height?: integer, like?: imgedit.Source, shapes: imgedit.Shape[], invert?: boolean}
+---@return imgedit.Image|nil
+---@return imgedit.Error|nil
+function mask.compose(opts) end
+
+---@param src imgedit.Source
+---@param opts? {invert?: boolean, threshold?: number, feather?: integer}
+---@return imgedit.Image|nil
+---@return imgedit.Error|nil
+function mask.from_gray(src, opts) end
+
+---@param src imgedit.Source
+---@param opts? {invert?: boolean, threshold?: number, feather?: integer}
+---@return imgedit.Image|nil
+---@return imgedit.Error|nil
+function mask.from_alpha(src, opts) end
+
+---@param m imgedit.Source
+---@param base? imgedit.Source
+---@param opts? {model?: string, limits?: table}
+---@return imgedit.MaskReport|nil
+---@return imgedit.Error|nil
+function mask.check(m, base, opts) end
+
+---@class imgedit.Report
+---@field steps integer
+---@field hits integer
+---@field requests integer
+---@field tokens_in integer
+---@field tokens_out integer
+---@field tokens integer
+---@field seconds number
+---@field list table[]
+
+---@class imgedit.Pipeline
+local Pipeline = {}
+
+---@param name string
+---@param req imgedit.Request
+---@return imgedit.Image|nil
+---@return imgedit.Error|nil
+function Pipeline:edit(name, req) end
+
+---@param name string
+---@param req imgedit.Request
+---@return imgedit.Image|nil
+---@return imgedit.Error|nil
+function Pipeline:generate(name, req) end
+
+---@param name string
+---@param reqs imgedit.Request[]
+---@param opts? {kind?: "edit"|"generate"}
+---@return imgedit.Image[]|nil
+---@return imgedit.Error|nil
+function Pipeline:fan_out(name, reqs, opts) end
+
+---@param name string
+---@param start imgedit.Source
+---@param prompts string[]
+---@param extra? imgedit.Request
+---@return imgedit.Image|nil last
+---@return imgedit.Image[]|imgedit.Error all
+function Pipeline:iterate(name, start, prompts, extra) end
+
+---@param name string
+---@return imgedit.Pipeline
+function Pipeline:branch(name) end
+
+---@param opts? {quiet?: boolean}
+---@return imgedit.Report
+function Pipeline:report(opts) end
+
+---@class imgedit.Emulator
+---@field url string ends in /v1
+---@field key string
+---@field cdn_url string
+---@field port integer
+local Emulator = {}
+
+---@return table[]
+function Emulator:requests() end
+---@return {requests: integer, in_flight: integer, max_in_flight: integer}
+function Emulator:stats() end
+---@param ... table faults for the next requests, in order
+function Emulator:inject(...) end
+---@param opts {latency?: number}
+function Emulator:configure(opts) end
+function Emulator:clear() end
+function Emulator:stop() end
+
+---@class imgedit
+---@field version string
+---@field _VERSION string
+---@field rules table<string, table>
+---@field defaults {base_url?: string, api_key?: string}
+---@field errors table
+---@field mask imgedit.MaskModule
+local imgedit = {}
+
+---@param opts? imgedit.ClientOptions
+---@return imgedit.Client
+function imgedit.new(opts) end
+
+---@param path string
+---@return imgedit.Image|nil
+---@return imgedit.Error|nil
+function imgedit.open(path) end
+
+---@param bytes string
+---@param filename? string
+---@return imgedit.Image|nil
+---@return imgedit.Error|nil
+function imgedit.from_bytes(bytes, filename) end
+
+---@param src imgedit.Source
+---@return imgedit.Info|nil
+---@return imgedit.Error|nil
+function imgedit.inspect(src) end
+
+---@param src imgedit.Source
+---@param opts? {max_edge?: integer, max_bytes?: integer, format?: "png"|"jpeg"|"webp", quality?: integer, mask?: imgedit.Source}
+---@return imgedit.Image|nil
+---@return imgedit.Image|imgedit.Error|nil
+function imgedit.fit(src, opts) end
+
+---@param opts {client?: imgedit.Client, dir?: string, cache?: string|false, budget?: integer|{tokens?: integer, requests?: integer}, on_step?: fun(info: table), quiet?: boolean}
+---@return imgedit.Pipeline
+function imgedit.pipeline(opts) end
+
+---@param v any
+---@return boolean
+function imgedit.is_image(v) end
+
+---@param v any
+---@return boolean
+function imgedit.is_error(v) end
+
+return imgedit
