@@ -20,7 +20,7 @@ dependencies = {
   "argparse",
 }
 external_dependencies = {
-  CURL = { header = "curl/curl.h", library = "curl" },
+  CURL = { library = "curl" }, -- curl.h sits in a multiarch folder on Debian
   STB = { header = "stb/stb_image.h", library = "stb" },
   WEBP = { header = "webp/decode.h", library = "webp" },
   MICROHTTPD = { header = "microhttpd.h", library = "microhttpd" },

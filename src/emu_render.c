@@ -105,8 +105,10 @@ static int l_compose(lua_State *L) {
       layer in;
       get_layer(L, 1, "_inset", &in);
       int x0 = w - (int)i * (tw + pad), y0 = h - th - pad;
-      if (x0 < 0)
+      if (x0 < 0) { /* no room left: the stack must be balanced before the buffer ends */
+        lua_settop(L, it);
         break;
+      }
       for (int y = -2; y < th + 2; y++)
         for (int x = -2; x < tw + 2; x++) {
           int ox = x0 + x, oy = y0 + y;
