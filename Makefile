@@ -54,7 +54,7 @@ $(BUILD)/imgedit/emulator.so: $(EMU_SRC) $(HDRS)
 
 # Debian packages the build, the tests and the demo need; quiet when present.
 DEB_PKGS = gcc make pkg-config liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjson libstb-dev \
-           libwebp-dev libmicrohttpd-dev libssl-dev lua-busted lua-argparse libjpeg-turbo-progs
+           libwebp-dev libmicrohttpd-dev libssl-dev lua-busted lua-argparse libjpeg-turbo-progs luarocks
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
 	  grep -q 'install ok installed' || echo $$p; done); \
@@ -85,7 +85,7 @@ test: all
 # folder and tested with its own interpreter (busted runs on all of them).
 LUA_TARGETS = 5.4 5.3 5.1 luajit
 deps-all: deps
-	@missing=$$(for p in lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev luajit libluajit-5.1-dev; do \
+	@missing=$$(for p in lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev luajit libluajit-5.1-dev love xvfb xauth; do \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:" $$missing; \
