@@ -224,7 +224,7 @@ describe("the imgedit command", function()
   describe("emulate", function()
     it("serves the emulator and prints its url and key", function()
       local pidf = io.popen(BASE .. "sh -c '" .. H.LUA .. " bin/imgedit emulate --latency 0 > " .. dir .. "/emu.txt 2>&1 & echo $!'")
-      local pid = pidf:read("l")
+      local pid = pidf:read("*l")
       pidf:close()
       local text = ""
       for _ = 1, 100 do

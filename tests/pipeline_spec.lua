@@ -233,7 +233,7 @@ describe("pipelines", function()
       print("finished")
     ]], emu.url, emu.key, out, pic))
     local pidf = assert(io.popen(ENV .. " sh -c '" .. H.LUA .. " " .. child .. " >/dev/null 2>&1 & echo $!'"))
-    local pid = pidf:read("l")
+    local pid = pidf:read("*l")
     pidf:close()
     -- kill it once two steps are in the journal
     local journal = out .. "/.imgedit-journal.json"
