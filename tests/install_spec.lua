@@ -2,7 +2,7 @@
 -- standard layout, and the library loads from there alone.
 local H = require "helpers"
 
-describe("make install", function()
+describe("make install and uninstall", function()
   it("installs a tree that works on its own", function()
     local dir = H.tmpdir()
     local p = io.popen("make --no-print-directory install " .. (os.getenv("IMGEDIT_TEST_MAKEVARS") or "") .. " DESTDIR='" .. dir .. "' PREFIX=/usr/local 2>&1; echo exit=$?")
@@ -21,6 +21,16 @@ describe("make install", function()
     out = p:read("*a")
     p:close()
     assert.are.equal("png", out)
+    -- and make uninstall takes it all away again
+    p = io.popen("make --no-print-directory uninstall " .. (os.getenv("IMGEDIT_TEST_MAKEVARS") or "") .. " DESTDIR='"
+      .. dir .. "' PREFIX=/usr/local 2>&1; echo exit=$?")
+    out = p:read("*a")
+    p:close()
+    assert.matches("exit=0", out)
+    for _, f in ipairs { "/usr/local/share/lua/" .. H.LUAV .. "/imgedit", "/usr/local/lib/lua/" .. H.LUAV .. "/imgedit",
+      "/usr/local/bin/imgedit" } do
+      assert.is_false(H.exists(dir .. f), f)
+    end
     H.rmtree(dir)
   end)
 end)

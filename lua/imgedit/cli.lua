@@ -305,7 +305,12 @@ local function cmd_run(a)
   local script_arg = { [0] = a.script }
   for i, v in ipairs(a.args) do script_arg[i] = v end
   -- The script sees the library as `imgedit` and its own arguments as `arg`.
-  local env = setmetatable({ imgedit = imgedit, arg = script_arg }, { __index = _G })
+  -- assert passes an error table through on every Lua (5.1's wants a string).
+  local function assert_any(v, msg, ...)
+    if not v then error(msg == nil and "assertion failed!" or msg, 2) end
+    return v, msg, ...
+  end
+  local env = setmetatable({ imgedit = imgedit, arg = script_arg, assert = assert_any }, { __index = _G })
   local chunk, lerr = compat.loadfile(a.script, env)
   if not chunk then
     if emu then emu:stop() end
