@@ -55,8 +55,9 @@ $(BUILD)/imgedit/emulator.so: $(EMU_SRC) $(HDRS)
 # Debian packages the build, the tests and the demo need; quiet when present.
 DEB_PKGS = gcc make pkg-config liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjson libstb-dev \
            libwebp-dev libmicrohttpd-dev libssl-dev lua-busted lua-argparse libjpeg-turbo-progs luarocks
-deps:
-	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+# Installs the Debian packages in $(1) that are missing; quiet when none are.
+define install_missing
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
 	  grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:" $$missing; \
@@ -64,17 +65,14 @@ deps:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+deps:
+	$(call install_missing,$(DEB_PKGS))
 
 # What the hardening targets add: clang and libFuzzer's runtime, valgrind.
 deps-hardening: deps
-	@missing=$$(for p in clang libclang-rt-14-dev valgrind; do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
-	  grep -q 'install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:" $$missing; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
+	$(call install_missing,clang libclang-rt-14-dev valgrind)
 
 ENV = LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;'
 
@@ -85,14 +83,7 @@ test: all
 # folder and tested with its own interpreter (busted runs on all of them).
 LUA_TARGETS = 5.4 5.3 5.1 luajit
 deps-all: deps
-	@missing=$$(for p in lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev luajit libluajit-5.1-dev love xvfb xauth; do \
-	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:" $$missing; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
+	$(call install_missing,lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev luajit libluajit-5.1-dev love xvfb xauth)
 
 test-all:
 	@set -e; for t in $(LUA_TARGETS); do \

@@ -274,15 +274,20 @@ static int take_answer_l(lua_State *S) {
   return 0;
 }
 
+/* Push run_service, the service table and a function name onto S. */
+static void push_call(lua_State *S, const char *fn) {
+  lua_pushcfunction(S, run_service);
+  lua_getfield(S, LUA_REGISTRYINDEX, "imgedit.emulator.service");
+  lua_pushstring(S, fn);
+}
+
 /* Ask the service; on a Lua error, answer 500 with the message. */
 static void ask_service(emu *E, const char *fn, struct MHD_Connection *con, const char *listener,
                         const char *url, const char *method, req_ctx *c, answer *a) {
   pthread_mutex_lock(&E->lock);
   lua_State *S = E->S;
   int top = lua_gettop(S);
-  lua_pushcfunction(S, run_service);
-  lua_getfield(S, LUA_REGISTRYINDEX, "imgedit.emulator.service");
-  lua_pushstring(S, fn);
+  push_call(S, fn);
   push_request(S, con, listener, url, method, c);
   int ok = lua_pcall(S, 3, 1, 0) == LUA_OK && lua_istable(S, -1);
   if (ok) {
@@ -610,9 +615,7 @@ static int call_json(lua_State *L, emu *E, const char *fn, const char *arg) {
   pthread_mutex_lock(&E->lock);
   lua_State *S = E->S;
   int top = lua_gettop(S);
-  lua_pushcfunction(S, run_service);
-  lua_getfield(S, LUA_REGISTRYINDEX, "imgedit.emulator.service");
-  lua_pushstring(S, fn);
+  push_call(S, fn);
   lua_pushstring(S, arg ? arg : "null");
   int rc = lua_pcall(S, 3, 1, 0);
   size_t n = 0;
@@ -747,9 +750,7 @@ static lua_State *new_private_state(lua_State *L, const char *config, char *err,
     return NULL;
   }
   lua_setfield(S, LUA_REGISTRYINDEX, "imgedit.emulator.service");
-  lua_pushcfunction(S, run_service);
-  lua_getfield(S, LUA_REGISTRYINDEX, "imgedit.emulator.service");
-  lua_pushliteral(S, "configure_json");
+  push_call(S, "configure_json");
   lua_pushstring(S, config);
   if (lua_pcall(S, 3, 0, 0) != LUA_OK) {
     snprintf(err, errlen, "emulator configuration: %s", lua_tostring(S, -1));
@@ -764,9 +765,7 @@ static void configure_urls(emu *E) {
   snprintf(buf, sizeof buf, "{\"api_url\":\"http://127.0.0.1:%u/v1\",\"cdn_url\":\"http://127.0.0.1:%u\"}",
            E->api_port, E->cdn_port);
   pthread_mutex_lock(&E->lock);
-  lua_pushcfunction(E->S, run_service);
-  lua_getfield(E->S, LUA_REGISTRYINDEX, "imgedit.emulator.service");
-  lua_pushliteral(E->S, "configure_json");
+  push_call(E->S, "configure_json");
   lua_pushstring(E->S, buf);
   lua_pcall(E->S, 3, 0, 0);
   lua_settop(E->S, 0);
