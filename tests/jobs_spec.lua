@@ -45,7 +45,7 @@ describe("jobs", function()
   end)
 
   it("respects max_concurrency", function()
-    emu:configure { latency = 0.2 }
+    emu:configure { latency = 0.2 * H.SLOW }
     local c = all_client { max_concurrency = 2 }
     local res = c:map({ small(), small(), small(), small(), small() }, { kind = "generate" })
     assert.are.equal(5, #res)
@@ -54,7 +54,7 @@ describe("jobs", function()
   end)
 
   it("submit returns at once and poll(0) does not block", function()
-    emu:configure { latency = 0.5 }
+    emu:configure { latency = 0.5 * H.SLOW }
     local c = all_client()
     local t0 = core.now()
     local jobs = {}
@@ -268,7 +268,7 @@ describe("jobs", function()
 
   describe("progress", function()
     it("reports upload, wait and download, in order, with byte counts", function()
-      emu:configure { latency = 0.3 }
+      emu:configure { latency = 0.3 * H.SLOW }
       local seen = {}
       local big = H.write(dir .. "/big.png", H.png(400, 400, function(x, y) return (x * 7 + y * 13) % 256 end))
       local img = assert(H.client(emu):edit {
@@ -297,7 +297,7 @@ describe("jobs", function()
 
   describe("coroutines", function()
     it("lets a script read top to bottom while the frame loop keeps running", function()
-      emu:configure { latency = 0.2 }
+      emu:configure { latency = 0.2 * H.SLOW }
       local c = all_client { yield = true }
       local log = {}
       local co = coroutine.wrap(function()

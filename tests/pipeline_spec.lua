@@ -134,7 +134,7 @@ describe("pipelines", function()
   end)
 
   it("fans out in parallel, in order, and iterates", function()
-    emu:configure { latency = 0.3 }
+    emu:configure { latency = 0.3 * H.SLOW }
     local p = imgedit.pipeline { client = c, dir = fresh(), cache = fresh(), quiet = true }
     local shots = assert(p:fan_out("v", {
       { prompt = "one", images = { pic } }, { prompt = "two", images = { pic } }, { prompt = "three", images = { pic } },
@@ -222,7 +222,7 @@ describe("pipelines", function()
   end)
 
   it("resumes after SIGKILL without repeating any finished request", function()
-    emu:configure { latency = 0.4 }
+    emu:configure { latency = 0.4 * H.SLOW }
     local out = fresh()
     local child = H.write(dir .. "/child.lua", string.format([[
       local imgedit = require "imgedit"

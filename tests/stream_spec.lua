@@ -82,7 +82,7 @@ describe("streamed answers", function()
   end
 
   it("delivers partial images as they come, then the completed image", function()
-    emu:configure { latency = 0.6 }
+    emu:configure { latency = 0.6 * H.SLOW }
     local seen = {}
     local c = H.client(emu)
     local t0 = core.now()
@@ -114,7 +114,7 @@ describe("streamed answers", function()
   end)
 
   it("delivers partials during poll for jobs in parallel", function()
-    emu:configure { latency = 0.5 }
+    emu:configure { latency = 0.5 * H.SLOW }
     local c = H.client(emu)
     local got = { {}, {}, {} }
     local jobs = {}
