@@ -87,9 +87,9 @@ end
 
 -- ---- pipeline re-run ----
 local rr = cjson.decode(sh("lua5.4 bench/rerun.lua"))
-row("pipeline of 5 steps, first run: s", string.format("%.2f", rr.first), rr.first_requests .. " requests")
-row("pipeline re-run: s", string.format("%.3f", rr.second), rr.second_requests .. " requests (emulator saw "
-  .. rr.emulator_saw .. ")", "0 requests", rr.second_requests == 0 and rr.emulator_saw == 0)
+row("pipeline of 5 steps, first run: s", string.format("%.2f", rr.first), string.format("%d requests", rr.first_requests))
+row("pipeline re-run: s", string.format("%.3f", rr.second), string.format("%d requests (emulator saw %d)", rr.second_requests, rr.emulator_saw),
+  "0 requests", rr.second_requests == 0 and rr.emulator_saw == 0)
 
 -- ---- the table ----
 local w = { 0, 0, 0, 0, 0 }
