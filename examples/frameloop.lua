@@ -6,18 +6,11 @@
 package.path = "examples/?.lua;" .. package.path
 local imgedit = require "imgedit"
 local core = require "imgedit.core"
+local common = require "common"
 local inputs = require "inputs"
 
-local outdir = arg[1] or "out"
-assert(os.execute("mkdir -p '" .. outdir .. "'"))
-
-local client, emu
-if os.getenv("IMGEDIT_API_KEY") then
-  client = imgedit.new {}
-else
-  emu = assert(require("imgedit.emulator").start { latency = 0.5 }) -- pretend the model thinks
-  client = imgedit.new { base_url = emu.url, api_key = emu.key }
-end
+-- the emulator pretends the model thinks for half a second
+local client, outdir, finish, emu = common.setup("frameloop", nil, { latency = 0.5 })
 local paths = inputs.make(outdir)
 
 local FRAME = 1 / 60
@@ -60,4 +53,4 @@ while script() ~= "finished" do
   sleep_until(core.now() + FRAME)
 end
 print(string.format("coroutine: two chained edits over %d frames, saved %s", frames, outdir .. "/frameloop-2.png"))
-if emu then emu:stop() end
+finish()

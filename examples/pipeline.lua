@@ -4,21 +4,15 @@
 -- Usage: lua5.4 examples/pipeline.lua [OUTDIR]
 package.path = "examples/?.lua;" .. package.path
 local imgedit = require "imgedit"
+local common = require "common"
 local inputs = require "inputs"
 
-local outdir = arg[1] or "out"
-assert(os.execute("mkdir -p '" .. outdir .. "'"))
-
-local client, emu
-if os.getenv("IMGEDIT_API_KEY") then
-  client = imgedit.new {}
-  print("using the service at " .. client.base_url)
-else
-  emu = assert(require("imgedit.emulator").start {})
-  client = imgedit.new { base_url = emu.url, api_key = emu.key }
+local client, outdir, finish, emu = common.setup(nil)
+if emu then
   print("using the local emulator at " .. emu.url .. " (set IMGEDIT_API_KEY for the real service)")
+else
+  print("using the service at " .. client.base_url)
 end
-
 local paths = inputs.make(outdir)
 local total = 0
 
@@ -27,7 +21,7 @@ local function step(n, name, req)
   local img, err = client:edit(req)
   if not img then
     io.stderr:write(string.format("step %d (%s) failed: %s\n", n, name, tostring(err)))
-    if emu then emu:stop() end
+    finish()
     os.exit(1)
   end
   local path = string.format("%s/%d-%s.%s", outdir, n, name, img.format == "jpeg" and "jpg" or img.format)
@@ -54,4 +48,4 @@ local inpainted = step(2, "inpainted", {
 step(3, "restyled", { prompt = "Restyle the whole picture as a watercolour painting", images = { inpainted } })
 
 print(string.format("done: %d tokens in all; pictures in %s/", total, outdir))
-if emu then emu:stop() end
+finish()
