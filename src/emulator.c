@@ -526,7 +526,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
   memset(&a, 0, sizeof a);
   ask_service(E, "handle", con, listener, url, method, c, &a);
   emu_sleep(E, a.delay);
-  uncount(c);
+  if (!a.events) /* a stream is in flight until its last event is sent */
+    uncount(c);
   enum MHD_Result ok = a.drop ? MHD_NO : send_answer(E, con, &a);
   free_answer(&a);
   return ok;
