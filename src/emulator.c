@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <sys/socket.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -179,6 +180,7 @@ typedef struct answer {
   size_t len;
   double delay;
   int drop;           /* close the connection without answering */
+  int reset;          /* ... with a TCP reset rather than a close */
   long truncate;      /* send this many body bytes, then cut the connection */
   long stall_at;      /* after this many body bytes ... */
   double stall;       /* ... pause this long (a trickling answer) */
@@ -214,6 +216,9 @@ static void take_answer(lua_State *S, answer *a) {
   a->delay = luaL_optnumber(S, -1, 0);
   lua_getfield(S, -3, "drop");
   a->drop = lua_toboolean(S, -1);
+  lua_getfield(S, -4, "reset");
+  a->reset = lua_toboolean(S, -1);
+  lua_pop(S, 1);
   lua_getfield(S, -4, "truncate");
   a->truncate = (long)luaL_optinteger(S, -1, -1);
   lua_getfield(S, -5, "body");
@@ -452,6 +457,16 @@ static enum MHD_Result send_answer(emu *E, struct MHD_Connection *con, answer *a
   return ok;
 }
 
+/* A load balancer that gives up on a request resets the connection: linger
+ * zero makes MHD's close send RST instead of FIN. */
+static void reset_on_close(struct MHD_Connection *con) {
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(con, MHD_CONNECTION_INFO_CONNECTION_FD);
+  if (!ci)
+    return;
+  struct linger lg = {1, 0};
+  setsockopt(ci->connect_fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_size, void **con_cls,
@@ -528,6 +543,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
   emu_sleep(E, a.delay);
   if (!a.events) /* a stream is in flight until its last event is sent */
     uncount(c);
+  if (a.drop && a.reset)
+    reset_on_close(con);
   enum MHD_Result ok = a.drop ? MHD_NO : send_answer(E, con, &a);
   free_answer(&a);
   return ok;

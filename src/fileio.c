@@ -120,6 +120,21 @@ static int l_mkdir_p(lua_State *L) {
   return 1;
 }
 
+/* writable_dir(path) -> true | nil, message, "io": can files be created in
+ * this folder? Asked before a paid request, so that its answer has a home. */
+static int l_writable_dir(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct stat st;
+  if (stat(path, &st) != 0)
+    return ie_fail(L, "io", "the folder %s does not exist", path);
+  if (!S_ISDIR(st.st_mode))
+    return ie_fail(L, "io", "%s is not a folder", path);
+  if (access(path, W_OK | X_OK) != 0)
+    return ie_fail(L, "io", "the folder %s is not writable: %s", path, strerror(errno));
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* isatty(fd) -> boolean: is this descriptor (0, 1, 2) a terminal? */
 static int l_isatty(lua_State *L) {
   lua_Integer fd = luaL_checkinteger(L, 1);
@@ -132,6 +147,7 @@ void ie_open_fileio(lua_State *L) {
                                  {"read_file", l_read_file},
                                  {"mkdir_p", l_mkdir_p},
                                  {"isatty", l_isatty},
+                                 {"writable_dir", l_writable_dir},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

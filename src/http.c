@@ -49,11 +49,15 @@ struct transfer {
   size_t len, cap, max;
   size_t header_bytes;
   int done, too_large, header_flood, canceled, closed, idle, answering;
+  /* A billable request: libcurl may not send it again once the whole body
+   * went out (see on_prereq). */
+  int billable, sends, resend_blocked, has_body;
+  int sent_all; /* the whole body went out at least once: sticky across re-sends */
   double idle_limit, last_move; /* seconds; no bytes moving while sending or receiving */
   CURLcode code;
   long status;
   curl_off_t ul_now, ul_total, dl_now, dl_total;
-  char ctype[128], retry_after[64], retry_after_ms[32], request_id[128], location[8];
+  char ctype[128], retry_after[64], retry_after_ms[32], request_id[128], should_retry[8];
   char errbuf[CURL_ERROR_SIZE];
   /* Streaming answers: decided by the answer's content type. */
   int stream_wanted, mode_decided, sse_on, sse_bad;
@@ -170,7 +174,7 @@ static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
   if (len > 5 && strncmp(p, "HTTP/", 5) == 0) {
     t->answering = 1;
     /* A new response (after a redirect or 100-continue): forget the old headers. */
-    t->ctype[0] = t->retry_after[0] = t->retry_after_ms[0] = t->request_id[0] = '\0';
+    t->ctype[0] = t->retry_after[0] = t->retry_after_ms[0] = t->request_id[0] = t->should_retry[0] = '\0';
     return len;
   }
   if (header_is(p, len, "content-type", &v))
@@ -181,6 +185,8 @@ static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
     copy_value(t->retry_after_ms, sizeof t->retry_after_ms, p + v, len - v);
   else if (header_is(p, len, "x-request-id", &v))
     copy_value(t->request_id, sizeof t->request_id, p + v, len - v);
+  else if (header_is(p, len, "x-should-retry", &v))
+    copy_value(t->should_retry, sizeof t->should_retry, p + v, len - v);
   return len;
 }
 
@@ -201,12 +207,31 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
   if (dlnow != t->dl_now || ulnow != t->ul_now || t->last_move == 0)
     t->last_move = now;
   t->dl_total = dltotal, t->dl_now = dlnow, t->ul_total = ultotal, t->ul_now = ulnow;
+  if (ultotal > 0 && ulnow >= ultotal)
+    t->sent_all = 1;
   int sending = ultotal > 0 && ulnow < ultotal && !t->answering;
   if (t->idle_limit > 0 && (sending || t->answering) && now - t->last_move > t->idle_limit) {
     t->idle = 1;
     return 1;
   }
   return t->canceled; /* non-zero aborts the transfer */
+}
+
+/* libcurl sends a request again by itself when a reused connection dies
+ * before any answer: up to five more times, once per pooled connection. The
+ * service bills a request it received even if the answer never arrives, so a
+ * billable request goes out once per transfer; the caller's retry policy, in
+ * Lua, decides about another attempt and makes it visible. This runs before
+ * each send, on a new or a reused connection alike. */
+static int on_prereq(void *ud, char *ip, char *local_ip, int port, int local_port) {
+  transfer *t = (transfer *)ud;
+  (void)ip, (void)local_ip, (void)port, (void)local_port;
+  t->sends++;
+  if (t->sends > 1 && t->billable) {
+    t->resend_blocked = 1;
+    return CURL_PREREQFUNC_ABORT;
+  }
+  return CURL_PREREQFUNC_OK;
 }
 
 static size_t mem_read(char *buf, size_t sz, size_t n, void *arg) {
@@ -277,8 +302,12 @@ static transfer *check_open_transfer(lua_State *L) {
 
 static int multi_close(lua_State *L) {
   multi *m = (multi *)luaL_checkudata(L, 1, MULTI_MT);
-  while (m->head)
-    unlink_transfer(m->head);
+  while (m->head) { /* what was still running ends as canceled */
+    transfer *t = m->head;
+    if (!t->done)
+      t->canceled = 1, t->done = 1, t->code = CURLE_ABORTED_BY_CALLBACK;
+    unlink_transfer(t);
+  }
   if (m->m)
     curl_multi_cleanup(m->m);
   m->m = NULL;
@@ -414,6 +443,7 @@ static int multi_start(lua_State *L) {
   t->max = (size_t)opt_number(L, spec, "max_response_bytes", 64.0 * 1024 * 1024);
   t->idle_limit = opt_number(L, spec, "idle_timeout", 0);
   t->stream_wanted = opt_bool(L, spec, "stream");
+  t->billable = opt_bool(L, spec, "billable");
   CURL *e = t->e;
   curl_easy_setopt(e, CURLOPT_URL, url);
   curl_easy_setopt(e, CURLOPT_PRIVATE, t);
@@ -430,6 +460,8 @@ static int multi_start(lua_State *L) {
   curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
   curl_easy_setopt(e, CURLOPT_XFERINFODATA, t);
   curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
+  curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
+  curl_easy_setopt(e, CURLOPT_PREREQDATA, t);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   /* Over TLS, ALPN tells at handshake whether HTTP/2 multiplexing is there,
    * so waiting for it is cheap; over plain http it would hold every new
@@ -456,6 +488,7 @@ static int multi_start(lua_State *L) {
   } else {
     add_parts(L, spec, t);
   }
+  t->has_body = body != NULL || t->mime != NULL;
   CURLMcode mc = curl_multi_add_handle(m->m, e);
   if (mc != CURLM_OK)
     return luaL_error(L, "curl_multi_add_handle: %s", curl_multi_strerror(mc));
@@ -531,6 +564,8 @@ static const char *reason_of(const transfer *t) {
     return "headers";
   if (t->idle)
     return "idle";
+  if (t->resend_blocked)
+    return "lost";
   switch (t->code) {
   case CURLE_OK: return NULL;
   case CURLE_OPERATION_TIMEDOUT: return "timeout";
@@ -570,9 +605,10 @@ static int transfer_result(lua_State *L) {
   set_str(L, "retry_after", t->retry_after);
   set_str(L, "retry_after_ms", t->retry_after_ms);
   set_str(L, "request_id", t->request_id);
+  set_str(L, "should_retry", t->should_retry);
   lua_pushlstring(L, t->body ? t->body : "", t->len);
   lua_setfield(L, -2, "body");
-  lua_pushboolean(L, t->ul_total == 0 || t->ul_now >= t->ul_total);
+  lua_pushboolean(L, t->sent_all || !t->has_body);
   lua_setfield(L, -2, "sent_all");
   lua_pushinteger(L, (lua_Integer)t->ul_now);
   lua_setfield(L, -2, "bytes_up");

@@ -213,7 +213,7 @@ describe("bad input", function()
     os.remove(doomed)
     local img, err = job:wait()
     assert.is_nil(img)
-    assert.are.equal("invalid_request", err.kind)
+    assert.are.equal("io", err.kind)
     assert.matches("could not be read during the upload", err.message)
   end)
 

@@ -146,8 +146,8 @@ describe("jobs", function()
       assert.are.equal(3, #emu:requests())
     end)
 
-    it("retries 408, 409, 502 pages and dropped connections", function()
-      emu:inject({ status = 408 }, { status = 409 }, { status = 502, html = true }, { drop = true })
+    it("retries 408, 409, 502 pages and 500", function()
+      emu:inject({ status = 408 }, { status = 409 }, { status = 502, html = true }, { status = 500 })
       local c = all_client { max_retries = 4, retry_base = 0.01 }
       local img, err = c:generate(small())
       assert.is_nil(err)
@@ -237,12 +237,19 @@ describe("jobs", function()
       assert.is_nil(retry.hint { retry_after = "soon" })
     end)
 
-    it("caps a long Retry-After at max_retry_after", function()
+    it("fails at once on a Retry-After longer than max_retry_after, naming the wait", function()
       emu:inject { status = 503, retry_after = 3600 }
       local waits = {}
       local c = all_client { max_retry_after = 0.2, on_retry = function(i) waits[#waits + 1] = i.wait end }
-      assert.truthy(c:generate(small()))
-      assert.are.same({ 0.2 }, waits)
+      local t0 = core.now()
+      local img, err = c:generate(small())
+      assert.is_nil(img)
+      assert.are.equal("rate_limit", err.kind)
+      assert.are.equal(3600, err.retry_after)
+      assert.matches("3600 s", err.message)
+      assert.are.same({}, waits)
+      assert.is_true(core.now() - t0 < 1 * H.SLOW)
+      assert.are.equal(1, #emu:requests())
     end)
   end)
 

@@ -156,10 +156,18 @@ describe("streamed answers", function()
     assert.are.equal(1, #emu:requests())
   end)
 
-  it("retries a stream cut before any event", function()
+  it("does not send again a stream the service answered and then cut before any event", function()
+    -- The 200 and its headers arrived: the service has the edit and bills it.
     emu:inject { cut_after = 0 }
-    local img = assert(H.client(emu, { retry_base = 0.01 }):edit(req()))
-    assert.truthy(img)
+    local img, err = H.client(emu, { retry_base = 0.01 }):edit(req())
+    assert.is_nil(img)
+    assert.are.equal("network", err.kind)
+    assert.is_true(err.maybe_billed)
+    assert.is_false(err.retryable)
+    assert.are.equal(1, #emu:requests())
+    emu:clear()
+    emu:inject { cut_after = 0 }
+    assert.truthy(H.client(emu, { retry_base = 0.01, retry_unanswered = true }):edit(req()))
     assert.are.equal(2, #emu:requests())
   end)
 

@@ -8,21 +8,31 @@ local image = require "imgedit.image"
 
 local M = {}
 
+-- A broken answer: a 2xx one was paid for.
 local function protocol(msg, res, key)
-  return nil, errors.new("protocol", msg, { status = res.status, request_id = res.request_id }, key)
+  return nil, errors.new("protocol", msg, { status = res.status, request_id = res.request_id,
+    maybe_billed = res.status >= 200 and res.status <= 299 or nil }, key)
 end
+M.protocol = protocol
 
 -- What each failure reason of the C transport means to a caller.
 local TRANSPORT = {
-  timeout = { "timeout" }, idle = { "timeout" }, too_large = { "protocol" }, read = { "invalid_request" },
+  timeout = { "timeout" }, idle = { "timeout" }, too_large = { "protocol" }, read = { "io", false },
   canceled = { "canceled" }, headers = { "protocol" }, protocol = { "protocol" }, redirects = { "protocol" },
-  tls = { "network", false }, network = { "network" }, partial = { "protocol" },
+  tls = { "network", false }, network = { "network" }, partial = { "protocol" }, lost = { "network" },
 }
 
--- transport_error(res, what, max, key) -> nil, err
-function M.transport_error(res, what, max, key)
+-- Whether the service may have the request, and bill it, although no usable
+-- answer came: the whole body went out and no error status came back.
+function M.maybe_billed(res)
+  return res.sent_all == true and (res.status == 0 or (res.status >= 200 and res.status <= 299))
+end
+
+-- transport_error(res, what, max, key [, billable]) -> nil, err
+function M.transport_error(res, what, max, key, billable)
   local t = TRANSPORT[res.reason] or TRANSPORT.network
   local msg
+  local billed = billable and M.maybe_billed(res) and res.reason ~= "canceled" and res.reason ~= "read"
   if res.reason == "too_large" then
     msg = string.format("%s is larger than the %d-byte limit", what, max)
   elseif res.reason == "headers" then
@@ -35,11 +45,19 @@ function M.transport_error(res, what, max, key)
     msg = "a local file could not be read during the upload: " .. res.error
   elseif res.reason == "canceled" then
     msg = "canceled"
+  elseif res.reason == "lost" or (t[1] == "network" and billed and not res.answered) then
+    msg = what .. " failed: the connection was lost after the whole request was sent, before any answer"
   else
     msg = what .. " failed: " .. res.error
   end
+  if billed then
+    msg = msg .. "; the service may have received and billed it, so it was not sent again"
+  end
+  local retryable = t[2]
+  if billed then retryable = false end
   return nil, errors.new(t[1], msg, {
-    status = res.status ~= 0 and res.status or nil, retryable = t[2], sent_all = res.sent_all,
+    status = res.status ~= 0 and res.status or nil, retryable = retryable, sent_all = res.sent_all,
+    maybe_billed = billed or nil, request_id = res.request_id,
   }, key)
 end
 
@@ -87,7 +105,7 @@ end
 -- read(res, fields, key) -> Image | nil, err | nil, nil, url, body
 -- for the answer of an API request.
 function M.read(res, fields, max, key)
-  if not res.ok then return M.transport_error(res, "the request", max, key) end
+  if not res.ok then return M.transport_error(res, "the request", max, key, true) end
   if res.status >= 200 and res.status <= 299 then
     -- The fast path: decode the image straight from the body and parse only
     -- the small rest of the JSON; it must show the value where it belongs.
@@ -113,8 +131,10 @@ function M.read(res, fields, max, key)
   if bytes then return M.image(bytes, res, fields, body, type(body.data[1].url) == "string" and body.data[1].url or nil, key) end
   local scheme = url:match("^(%a[%w+.-]*):")
   if not scheme or (scheme:lower() ~= "http" and scheme:lower() ~= "https") then
-    return protocol("refusing to download the answer's url: scheme '" .. tostring(scheme)
+    local _, e = protocol("refusing to download the answer's url: scheme '" .. tostring(scheme)
       .. "' is not http or https", res, key)
+    e.url = url
+    return nil, e
   end
   return nil, nil, url, body
 end

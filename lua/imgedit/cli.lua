@@ -5,22 +5,25 @@ local argparse = require "argparse"
 local cjson = require "cjson"
 local core = require "imgedit.core"
 local imgedit = require "imgedit"
+local image = require "imgedit.image"
 
 local M = {}
 
-M.EXIT = { ok = 0, failure = 1, usage = 2, input = 3, auth = 4, limit = 5, service = 6, timeout = 7 }
+M.EXIT = { ok = 0, failure = 1, usage = 2, input = 3, auth = 4, limit = 5, service = 6, timeout = 7, unsaved = 8 }
 
 local EXIT_OF_KIND = {
   invalid_request = 3, not_found = 3, too_large = 3, moderation = 3, auth = 4, rate_limit = 5, budget = 5,
-  server = 6, network = 6, protocol = 6, timeout = 7, canceled = 1,
+  server = 6, network = 6, protocol = 6, timeout = 7, canceled = 1, io = 3, callback = 1,
 }
 M.EXIT_OF_KIND = EXIT_OF_KIND
 
 local EPILOG = [[
 Environment: IMGEDIT_API_KEY (the key), IMGEDIT_BASE_URL (default https://api.apiyi.com/v1).
 Exit codes: 0 success, 1 other failure, 2 usage error, 3 invalid input (a file, a mask,
-a rule of the service, an output that exists), 4 auth, 5 rate limit or budget,
-6 server, network or a broken answer, 7 timeout.]]
+a rule of the service, an output that exists or cannot be written), 4 auth, 5 rate
+limit or budget, 6 server, network or a broken answer, 7 timeout, 8 the picture was
+paid for but could not be written to the output: it was saved elsewhere (the path
+is printed).]]
 
 local function stderr(...) io.stderr:write(...) end
 
@@ -99,13 +102,47 @@ end
 
 -- ---- helpers ----
 
-local function fail(code, msg)
+-- ---- JSON on stdout: exactly one object per command, {"ok": ...} ----
+
+-- lua-cjson 2.1.0 writes an empty table as {}: lists are marked and their
+-- empty ones written as [].
+local EMPTY = "\1imgedit-empty-list\1"
+local function list(t)
+  if #t == 0 then return EMPTY end
+  return t
+end
+
+local function json_out(t)
+  local s = cjson.encode(t):gsub('"\\u0001imgedit%-empty%-list\\u0001"', "[]")
+  print(s)
+end
+M.json_out = json_out
+
+local ERROR_FIELDS = { "kind", "message", "param", "status", "code", "request_id", "url", "maybe_billed",
+  "retry_after", "attempts", "index", "saved_to" }
+
+local function error_object(err)
+  local e = {}
+  for _, k in ipairs(ERROR_FIELDS) do
+    if err[k] ~= nil then e[k] = err[k] end
+  end
+  return e
+end
+
+-- The current command's --json flag: failures print their JSON object too.
+local json_mode = false
+
+local function fail(code, msg, err)
   stderr("imgedit: ", msg, "\n")
+  if json_mode then
+    local e = err and error_object(err) or { kind = code == 2 and "usage" or "failure", message = msg }
+    json_out { ok = false, error = e }
+  end
   return code
 end
 
 local function fail_err(err)
-  return fail(EXIT_OF_KIND[err.kind] or 1, (tostring(err):gsub("^imgedit: ", "")))
+  return fail(EXIT_OF_KIND[err.kind] or 1, (tostring(err):gsub("^imgedit: ", "")), err)
 end
 
 local function number_opt(v, name)
@@ -157,21 +194,51 @@ local function progress_display()
   return on_progress, done
 end
 
+-- Whether `path` can be written, before anything is paid for: its folder
+-- exists and is writable, and an existing file is only replaced with --force.
+local function check_output(path, force)
+  local dir = path:match("^(.*)/[^/]*$") or "."
+  if dir == "" then dir = "/" end
+  if exists(path) and not force then return nil, path .. " exists; use --force to overwrite it" end
+  local ok, why = core.writable_dir(dir)
+  if not ok then return nil, string.format("cannot write %s: %s", path, why) end
+  return true
+end
+
+-- The picture is paid for, but the output could not be written: keep it
+-- in the current folder, else in the temporary folder, and say where.
+local function rescue(img)
+  local name = string.format("imgedit-rescued-%s.%s", img.sha256:sub(1, 12), image.EXT[img.format])
+  for _, dir in ipairs { ".", os.getenv("TMPDIR") or "/tmp" } do
+    local path = dir .. "/" .. name
+    if core.write_atomic(path, img.bytes) then return path end
+  end
+end
+
 -- ---- commands ----
 
 local function cmd_request(a)
-  if exists(a.output) and not a.force then
-    return fail(3, a.output .. " exists; use --force to overwrite it")
-  end
-  local client = imgedit.new {
+  local ok, why = check_output(a.output, a.force)
+  if not ok then return fail(3, why, { kind = "io", message = why, param = "output" }) end
+  local cok, client = pcall(imgedit.new, {
     model = a.model, timeout = number_opt(a.timeout, "timeout"), max_retries = number_opt(a.retries, "retries"),
-  }
+  })
+  if not cok then -- a value out of range (--timeout 0) or a bad IMGEDIT_BASE_URL
+    error({ usage = (tostring(client):gsub("^[^:]*:%d+: ", "")) })
+  end
   local req = {
     prompt = a.prompt, size = a.size, quality = a.quality, output_format = a.format,
     output_compression = number_opt(a.compression, "compression"), background = a.background,
     response_format = a.response_format,
   }
   if a.command == "edit" then req.images, req.mask = a.image, a.mask end
+  -- -o out.jpg asks the service for jpeg, where the model takes output_format;
+  -- otherwise save() converts, so the name and the bytes always agree.
+  local model = a.model or client.model
+  local enums = imgedit.rules[model] and imgedit.rules[model].enums
+  if req.output_format == nil and enums and enums.output_format then
+    req.output_format = image.format_of_name(a.output)
+  end
   if a.stream then
     req.stream = true
     req.partial_images = compat.tointeger(number_opt(a.partials, "partials"))
@@ -204,13 +271,26 @@ local function cmd_request(a)
   local img, err
   if a.command == "edit" then img, err = client:edit(req) else img, err = client:generate(req) end
   done()
-  if not img then return fail_err(err) end
-  local ok, serr = img:save(a.output)
-  if not ok then return fail_err(serr) end
+  if not img then
+    -- A callback or a download that failed after payment may still hold the picture.
+    local paid = err.image
+    if paid then err.saved_to = rescue(paid) end
+    if err.saved_to then stderr("imgedit: the paid picture was saved to ", err.saved_to, "\n") end
+    return fail_err(err)
+  end
+  local saved, serr = img:save(a.output)
+  if not saved then
+    serr.saved_to = rescue(img)
+    serr.message = serr.message .. (serr.saved_to and ("; the paid picture was saved to " .. serr.saved_to)
+      or "; the picture could not be saved anywhere")
+    serr.request_id = img.request_id
+    return fail(8, (tostring(serr):gsub("^imgedit: ", "")), serr)
+  end
   if a.json then
-    print(cjson.encode { path = a.output, format = img.format, width = img.width, height = img.height,
-      bytes = #img.bytes, sha256 = img.sha256, usage = img.usage or cjson.null, model = img.model,
-      url = img.url or cjson.null })
+    json_out { ok = true, path = a.output, format = image.format_of_name(a.output) or img.format,
+      width = img.width, height = img.height, bytes = #img.bytes, sha256 = img.sha256,
+      usage = img.usage or cjson.null, model = img.model, url = img.url or cjson.null,
+      request_id = img.request_id or cjson.null }
   elseif not a.quiet then
     print(string.format("%s: %s %dx%d, %s%s", a.output, img.format, img.width, img.height, human(#img.bytes),
       img.usage and string.format(", %d tokens", img.usage.total_tokens or 0) or ""))
@@ -222,7 +302,7 @@ local function cmd_inspect(a)
   local failed, rows = false, {}
   for _, f in ipairs(a.files) do
     local info, err = imgedit.inspect(f)
-    local row = info or { error = err.message }
+    local row = info or { error = error_object(err) }
     row.file = f
     if info then
       row.ok_as_image = info.accepted
@@ -241,7 +321,7 @@ local function cmd_inspect(a)
       end
     end
   end
-  if a.json then print(cjson.encode(rows)) end
+  if a.json then json_out { ok = not failed, files = list(rows) } end
   return failed and 3 or 0
 end
 
@@ -253,7 +333,8 @@ local function box(s, what)
 end
 
 local function cmd_mask(a)
-  if exists(a.output) and not a.force then return fail(3, a.output .. " exists; use --force to overwrite it") end
+  local okw, why = check_output(a.output, a.force)
+  if not okw then return fail(3, why, { kind = "io", message = why, param = "output" }) end
   local sources = (a.from_gray and 1 or 0) + (a.from_alpha and 1 or 0) + ((#a.rect + #a.ellipse > 0) and 1 or 0)
   if sources ~= 1 then
     error({ usage = "give shapes (--rect, --ellipse), --from-gray or --from-alpha: exactly one kind" })
@@ -287,8 +368,8 @@ local function cmd_mask(a)
   if not ok then return fail_err(serr) end
   local report = imgedit.mask.check(m, a.like)
   if a.json then
-    report.path = a.output
-    print(cjson.encode(report))
+    report.ok, report.path, report.warnings = true, a.output, list(report.warnings)
+    json_out(report)
   else
     print(string.format("%s: %dx%d mask, %.1f%% to edit", a.output, m.width, m.height, (report.coverage or 0) * 100))
   end
@@ -343,17 +424,18 @@ local COMMANDS = { edit = cmd_request, generate = cmd_request, inspect = cmd_ins
 -- main(args) -> exit code
 function M.main(args)
   local parser = build()
+  json_mode = false
+  for _, v in ipairs(args) do
+    if v == "--json" then json_mode = true end
+  end
   local ok, a = parser:pparse(args)
   if not ok then
-    stderr(parser:get_usage(), "\n\nimgedit: ", a, "\n")
-    return 2
+    stderr(parser:get_usage(), "\n")
+    return fail(2, a)
   end
   local rok, code = pcall(COMMANDS[a.command], a)
   if rok then return code end
-  if type(code) == "table" and code.usage then
-    stderr("imgedit: ", code.usage, "\n")
-    return 2
-  end
+  if type(code) == "table" and code.usage then return fail(2, code.usage) end
   error(code, 0)
 end
 

@@ -7,6 +7,7 @@ M.KINDS = {
   invalid_request = true, moderation = true, auth = true, not_found = true,
   too_large = true, rate_limit = true, server = true, network = true,
   timeout = true, protocol = true, canceled = true, budget = true,
+  io = true, callback = true,
 }
 
 local Error = {}
@@ -19,6 +20,7 @@ function Error.__tostring(e)
   if e.param then extra[#extra + 1] = "param " .. tostring(e.param) end
   if e.code then extra[#extra + 1] = "code " .. tostring(e.code) end
   if e.attempts and e.attempts > 1 then extra[#extra + 1] = e.attempts .. " attempts" end
+  if e.request_id then extra[#extra + 1] = "request " .. tostring(e.request_id) end
   local s = "imgedit: " .. e.kind .. ": " .. tostring(e.message)
   if #extra > 0 then s = s .. " (" .. table.concat(extra, ", ") .. ")" end
   return s
@@ -48,7 +50,7 @@ function M.new(kind, message, fields, secret)
   local e = setmetatable({ kind = kind, message = message, attempts = 1 }, Error)
   for k, v in pairs(fields or {}) do e[k] = v end
   if e.retryable == nil then e.retryable = RETRYABLE[kind] or false end
-  for _, k in ipairs { "message", "code", "param", "type", "request_id" } do
+  for _, k in ipairs { "message", "code", "param", "type", "request_id", "url" } do
     e[k] = scrub(e[k], secret)
   end
   return e

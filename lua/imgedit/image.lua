@@ -27,12 +27,47 @@ end
 local EXT = { png = "png", jpeg = "jpg", webp = "webp" }
 M.EXT = EXT
 
--- Write atomically: a temp file in the same folder, fsync, rename.
-function methods:save(path)
+-- The format a file name asks for, from its extension; nil for others.
+local FORMAT_OF_EXT = { png = "png", jpg = "jpeg", jpeg = "jpeg", webp = "webp" }
+
+function M.format_of_name(path)
+  local ext = tostring(path):match("%.(%w+)$")
+  return ext and FORMAT_OF_EXT[ext:lower()]
+end
+
+-- A file name without its extension.
+function M.stem(name)
+  return (name:gsub("%.[%w]+$", ""))
+end
+
+-- The bytes in another format: decoded and encoded again (JPEG has no
+-- alpha: a transparent pixel keeps its colour and loses its transparency).
+local function convert(img, fmt, quality)
+  local px, w, h = core.decode(img.bytes)
+  if not px then return nil, w end
+  return core.encode(px, w, h, fmt, quality or 90)
+end
+
+-- save(path [, {quality = 90}]) -> path | nil, err. Atomic: a temp file in
+-- the same folder, fsync, rename. A name that asks for another format
+-- (x.jpg for PNG bytes) gets the picture converted to it: a file's name and
+-- its bytes always agree. Other names get the bytes as they are.
+function methods:save(path, opts)
   if type(path) ~= "string" then error("bad argument #1 to 'save' (path expected)", 2) end
-  local ok, msg = core.write_atomic(path, self.bytes)
+  if opts ~= nil and type(opts) ~= "table" then error("bad argument #2 to 'save' (table expected)", 2) end
+  local bytes = self.bytes
+  local want = M.format_of_name(path)
+  if want and want ~= self.format then
+    local out, msg = convert(self, want, opts and opts.quality)
+    if not out then
+      return nil, errors.new("invalid_request", string.format("%s: cannot convert the %s picture to %s: %s", path,
+        self.format, want, tostring(msg)), { param = "path" })
+    end
+    bytes = out
+  end
+  local ok, msg = core.write_atomic(path, bytes)
   if not ok then
-    return nil, errors.new("invalid_request", path .. ": " .. msg, { param = "path" })
+    return nil, errors.new("io", path .. ": " .. msg, { param = "path" })
   end
   return path
 end

@@ -11,6 +11,7 @@
 local core = require "imgedit.core"
 local cjson = require "cjson"
 local client_mod = require "imgedit.client"
+local request = require "imgedit.request"
 local errors = require "imgedit.errors"
 local image = require "imgedit.image"
 local tokens = require "imgedit.tokens"
@@ -137,9 +138,7 @@ function Pipeline:_describe(kind, name, req)
   end
   local inputs, mask = {}, nil
   if kind == "edit" then
-    local list = req.images
-    if type(list) ~= "table" or image.is(list) or list.bytes then list = { list } end
-    for i, src in ipairs(list) do
+    for i, src in ipairs(request.image_list(req.images)) do
       local s, msg = source_of(src)
       if not s then
         return nil, errors.new("invalid_request", string.format("image %d: %s", i, msg), { param = "images", index = i })
@@ -204,11 +203,30 @@ function Pipeline:_store(item, img)
   return ok, msg
 end
 
+-- A picture that was paid for but whose download failed: its url is kept
+-- in the journal, so that a re-run fetches it instead of paying again.
+function Pipeline:_pending_url(item)
+  if item.req.refresh then return nil end
+  local j = self.journal.steps[item.name:sub(#self.prefix + 1)]
+  if type(j) == "table" and j.key == item.key and type(j.pending_url) == "string" then return j end
+end
+
+function Pipeline:_record_pending(item, err)
+  local name = item.name:sub(#self.prefix + 1)
+  if err.url then
+    self.journal.steps[name] = { key = item.key, pending_url = err.url, request_id = err.request_id,
+      model = item.model }
+  elseif type(self.journal.steps[name]) == "table" and self.journal.steps[name].pending_url then
+    self.journal.steps[name] = nil -- gone: the next run pays for a new one
+  end
+  write_json(self.dir .. "/" .. JOURNAL, self.journal)
+end
+
 -- Save the output and its sidecar, then record the step in the journal.
 function Pipeline:_finish(item, img, how, started, attempts)
   local path = item.file_base .. "." .. image.EXT[img.format]
   local ok, msg = core.write_atomic(path, img.bytes)
-  if not ok then return nil, errors.new("invalid_request", path .. ": " .. msg, { param = "dir" }) end
+  if not ok then return nil, errors.new("io", path .. ": " .. msg, { param = "dir", image = img }) end
   img.path, img.step = path, item.name
   local function src(s) return s and { sha256 = s.sha256, source = type(s.source) == "string" and s.source or nil } end
   local inputs = {}
@@ -225,8 +243,8 @@ function Pipeline:_finish(item, img, how, started, attempts)
     seconds = seconds, output = { file = path, sha256 = img.sha256, format = img.format, width = img.width,
       height = img.height }, request_id = img.request_id,
   })
-  if not ok then return nil, errors.new("invalid_request", item.file_base .. ".json: " .. msg, { param = "dir" }) end
-  if how == nil then self:_store(item, img) end
+  if not ok then return nil, errors.new("io", item.file_base .. ".json: " .. msg, { param = "dir", image = img }) end
+  if how == nil or how == "url" then self:_store(item, img) end
   self.journal.steps[item.name:sub(#self.prefix + 1)] = { key = item.key, file = path, sha256 = img.sha256,
     usage = usage, model = img.model }
   write_json(self.dir .. "/" .. JOURNAL, self.journal)
@@ -235,7 +253,16 @@ function Pipeline:_finish(item, img, how, started, attempts)
     tokens_out = how == nil and usage and usage.output_tokens or 0, file = path }
   local sh = self.shared
   sh.records[#sh.records + 1] = rec
-  if sh.on_step then sh.on_step { name = item.name, cache_hit = rec.hit, seconds = seconds, usage = usage, file = path, image = img } end
+  if sh.on_step then
+    -- The step is on disk and in the journal already: a raising on_step
+    -- fails the step as kind "callback", and a re-run gets it for free.
+    local cok, e = pcall(sh.on_step, { name = item.name, cache_hit = rec.hit, seconds = seconds, usage = usage,
+      file = path, image = img })
+    if not cok then
+      return nil, errors.new("callback", "on_step raised an error: " .. tostring(errors.is(e) and e.message or e),
+        { callback = "on_step", cause = e, image = img })
+    end
+  end
   return img
 end
 
@@ -302,26 +329,40 @@ function Pipeline:_run(items)
     return out
   end
   local jobs = {}
-  for _, i in ipairs(todo) do
+  local function submit(i)
+    local it, pend = items[i], self:_pending_url(items[i])
+    if pend then
+      return { job = self.client:submit("download", { url = pend.pending_url, request_id = pend.request_id,
+        model = pend.model }), started = core.now(), from_url = true }
+    end
     local req = {}
-    for k, v in pairs(items[i].req) do if not OWN[k] then req[k] = v end end
-    jobs[i] = { job = self.client:submit(items[i].kind, req), started = core.now() }
+    for k, v in pairs(it.req) do if not OWN[k] then req[k] = v end end
+    return { job = self.client:submit(it.kind, req), started = core.now() }
   end
+  for _, i in ipairs(todo) do jobs[i] = submit(i) end
   -- Record each result as it arrives, so that a crash loses only what was in flight.
   local left = #todo
   while left > 0 do
     for _, i in ipairs(todo) do
       local j = jobs[i]
       if j and not j.recorded and j.job:done() then
-        j.recorded = true
-        left = left - 1
         local img, e = j.job:result()
-        self:_spend(items[i], img, j.job.attempts)
-        if img then
-          local saved, serr = self:_finish(items[i], img, nil, j.started, j.job.attempts)
-          out[i] = saved or serr
+        if j.from_url and e and e.status and e.status >= 400 and e.status < 500 then
+          -- The url is gone (expired or unknown): the picture cannot be had
+          -- any more, so this run pays for a new one.
+          self:_record_pending(items[i], {})
+          jobs[i] = submit(i)
         else
-          out[i] = e
+          j.recorded = true
+          left = left - 1
+          if not j.from_url then self:_spend(items[i], img, j.job.attempts) end
+          if img then
+            local saved, serr = self:_finish(items[i], img, j.from_url and "url" or nil, j.started, j.job.attempts)
+            out[i] = saved or serr
+          else
+            self:_record_pending(items[i], e)
+            out[i] = e
+          end
         end
       end
     end

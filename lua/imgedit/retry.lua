@@ -43,20 +43,47 @@ function M.backoff(n, base, cap, rand)
   return w * (1 - 0.25 * (rand or math.random)())
 end
 
--- wait(err, res, job_opts) -> seconds to wait before the next try, or nil
--- when the failure is final. `tries` counts the attempts made so far.
+-- wait(err, res, o, tries) -> seconds to wait before the next try, or nil
+-- when the failure is final. `tries` counts the attempts made so far; `o`
+-- holds the job's options. It may turn `err` into a rate_limit error that
+-- names the server's wait (err.retry_after) when that wait is too long.
+--
+-- The order of the rules:
+--   1. max_retries bounds everything.
+--   2. The server's x-should-retry: true or false overrides the rest.
+--   3. A malformed 2xx answer (protocol) is retried only with retry_protocol.
+--   4. A request that may have been billed (sent in full, then no answer:
+--      a timeout, a reset, a close) only with retry_unanswered.
+--   5. Otherwise err.retryable decides (408, 409, 429, 5xx, connections
+--      lost before the body was sent).
+--   6. A server hint longer than max_retry_after fails at once.
 function M.wait(err, res, o, tries)
+  local hint = res and M.hint(res)
+  if hint then err.retry_after = hint end
   if tries > o.max_retries then return nil end
-  if err.kind == "protocol" then
-    if not o.retry_protocol then return nil end
-  elseif not err.retryable then
+  local says = res and type(res.should_retry) == "string" and res.should_retry:lower()
+  if says == "false" then
+    err.retryable = false
     return nil
   end
-  -- An edit is billed once the service has it: a timeout after everything
-  -- was sent is not retried unless the caller says so.
-  if err.kind == "timeout" and err.sent_all and not o.retry_timeouts then return nil end
-  local hint = M.hint(res)
-  if hint then return math.min(hint, o.max_retry_after) end
+  if says ~= "true" then
+    if err.kind == "protocol" then
+      if not o.retry_protocol then return nil end
+    elseif err.maybe_billed then
+      if not o.retry_unanswered then return nil end
+    elseif not err.retryable then
+      return nil
+    end
+  end
+  if hint then
+    if hint > o.max_retry_after then
+      err.kind, err.retryable = "rate_limit", true
+      err.message = string.format("%s (the service asks to wait %.0f s, more than max_retry_after = %g s)",
+        err.message, hint, o.max_retry_after)
+      return nil
+    end
+    return hint
+  end
   return M.backoff(tries - 1, o.retry_base, o.retry_cap)
 end
 

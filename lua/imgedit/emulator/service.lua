@@ -11,7 +11,7 @@ local M = {}
 
 local MB = 1024 * 1024
 local cfg = { latency = 0 }
-local log, faults, files = {}, {}, {}
+local log, faults, cdn_faults, files = {}, {}, {}, {}
 local seq = 0
 
 local MODELS = {
@@ -255,7 +255,9 @@ local function take_fault()
 end
 
 local function apply_fault(f, entry)
-  if f.drop then return { drop = true, delay = f.delay or f.latency } end
+  -- The whole request was read: the service has it (and bills it), but the
+  -- connection closes (drop) or resets (reset) before any answer.
+  if f.drop or f.reset then return { drop = true, reset = f.reset, delay = f.delay or f.latency } end
   if f.html then
     -- A gateway's own page, as nginx or a CDN would send it.
     local status = f.status or 502
@@ -439,6 +441,12 @@ local function unhex(s)
 end
 
 local function cdn(req, entry)
+  local f = table.remove(cdn_faults, 1)
+  if f then
+    if f.drop or f.reset then entry.status = 0 return { drop = true, reset = f.reset, delay = f.delay } end
+    entry.status = f.status or 503
+    return { status = entry.status, body = "unavailable", headers = { ["Content-Type"] = "text/plain" }, delay = f.delay }
+  end
   -- /redirect/<hex of a url>: a 302 there, for redirect-chain tests.
   local target = req.path:match("^/redirect/(%x+)$")
   if target then
@@ -553,12 +561,15 @@ function M.stats_json()
 end
 
 function M.inject_json(s)
-  faults[#faults + 1] = cjson.decode(s)
+  local f = cjson.decode(s)
+  -- {cdn = true, ...}: a fault of the url host (status or drop), for downloads.
+  local q = f.cdn and cdn_faults or faults
+  q[#q + 1] = f
   return "true"
 end
 
 function M.clear()
-  log, faults = {}, {}
+  log, faults, cdn_faults = {}, {}, {}
   return "true"
 end
 

@@ -1,0 +1,245 @@
+-- The job state machine. A job moves through
+--   queued (waiting for a transfer slot) -> running (a transfer in flight)
+--   -> waiting (backing off before a retry) -> queued ...
+-- and ends "done" or "failed". Everything happens inside client:poll(), in
+-- the caller's Lua state; libcurl never calls into Lua.
+--
+-- State changes happen in `finish`, `launch`, `retry_or_fail` and
+-- `Job:cancel`, and every callback of the caller is called through `call`,
+-- under pcall. A callback may call the library back (cancel any job, submit,
+-- poll, even wait): after each callback the machine looks again at what the
+-- job has become, and a cancel always wins.
+local compat = require "imgedit.compat"
+local core = require "imgedit.core"
+local errors = require "imgedit.errors"
+local answer = require "imgedit.answer"
+local retry = require "imgedit.retry"
+local stream = require "imgedit.stream"
+
+local M = {}
+
+local Job = {}
+Job.__index = Job
+M.Job = Job
+
+function Job.__tostring(j)
+  return string.format("imgedit.job(%s, %s)", j.kind, j.state)
+end
+
+function Job:done() return self.state == "done" or self.state == "failed" end
+
+-- result() -> Image | nil, err; nil, nil while the job runs.
+function Job:result()
+  if not self:done() then return nil, nil end
+  if self.err then return nil, self.err end
+  return self.image
+end
+
+-- wait() -> Image | nil, err. In a coroutine, with the client's `yield`
+-- set, it polls without blocking and yields to the caller's scheduler.
+function Job:wait()
+  local c = self.client
+  if self.state == "running" and not self.transfer then
+    -- Only while poll is handling this very job, inside its own callback.
+    error("wait() called from a callback of the same job", 2)
+  end
+  if c.yield and compat.isyieldable() then
+    while not self:done() do
+      c:poll(0)
+      if not self:done() then c.yield(self) end
+    end
+  else
+    while not self:done() do c:poll(1) end
+  end
+  return self:result()
+end
+
+local function finish(job, img, err)
+  if job:done() then return end
+  if job.cb_err then
+    -- A callback failed after the request could be billed: the job fails
+    -- as the callback's, but what was paid for comes along.
+    local e = job.cb_err
+    e.image = img
+    if err then e.url, e.cause_error = e.url or err.url, err end
+    img, err = nil, e
+  end
+  job.image, job.err = img, err
+  job.state = err and "failed" or "done"
+end
+
+-- Stop the transfer (if any) and free its slot.
+local function abort(job)
+  local t = job.transfer
+  if not t then return end
+  job.transfer = nil
+  t:cancel()
+  t:close()
+  job.client._inflight = job.client._inflight - 1
+end
+
+-- cancel() aborts the transfer at once; the job fails with kind "canceled".
+-- Returns false when the job had already finished.
+function Job:cancel(why)
+  if self:done() then return false end
+  abort(self)
+  self.state = "failed"
+  self.err = errors.new("canceled", why or "canceled by the caller", { attempts = self.attempts })
+  return true
+end
+
+-- Whether the service may already hold (and bill) what this job sent.
+local function billable_now(job)
+  if job.phase == "download" then return true end
+  local t = job.transfer
+  if not t then return false end
+  local up, up_total, _, _, answering = t:progress()
+  return answering or (up_total > 0 and up >= up_total)
+end
+
+-- A callback raised: the job ends as kind "callback". If nothing can have
+-- been billed yet it ends now; otherwise its transfer runs to the end (the
+-- service bills it either way) so that the picture is not lost, and the
+-- job fails then, with err.image.
+local function callback_failed(job, name, e)
+  if job:done() or job.cb_err then return end
+  local msg = type(e) == "string" and e or errors.is(e) and e.message or tostring(e)
+  job.cb_err = errors.new("callback", name .. " raised an error: " .. tostring(msg),
+    { callback = name, cause = e, attempts = job.attempts, retryable = false })
+  if billable_now(job) then
+    job.cb_err.maybe_billed = true
+    return
+  end
+  abort(job)
+  finish(job, nil, job.cb_err)
+end
+
+-- call(job, t, name, ...) -> whether the job goes on: it is not done, and if
+-- `t` is given, that transfer is still the job's.
+local function call(job, t, name, ...)
+  local fn = job[name]
+  if fn and not job.cb_err and not job:done() then
+    local ok, e = pcall(fn, ...)
+    if not ok then callback_failed(job, name, e) end
+  end
+  return not job:done() and (t == nil or job.transfer == t)
+end
+M.call = call
+
+local PHASES = { upload = 1, wait = 2, download = 3 }
+local PHASE_LIST = { "upload", "wait", "download" }
+
+-- Tell on_progress, at most every `progress_interval` seconds, but every
+-- phase at least once and in order, however fast the transfer. Returns
+-- whether the job goes on.
+local function report(job, phase, up, up_total, down, down_total, now, force)
+  if not job.on_progress or job.cb_err then return not job:done() end
+  local last = job.last_phase and PHASES[job.last_phase] or 0
+  if PHASES[phase] < last then return true end
+  if PHASES[phase] == last and not force and now - job.last_report < job.client.progress_interval then
+    return true
+  end
+  job.last_phase, job.last_report = phase, now
+  for i = last + 1, PHASES[phase] do
+    local p = { phase = PHASE_LIST[i], uploaded = up, upload_total = up_total, downloaded = 0, download_total = 0,
+      elapsed = now - job.t0, attempt = job.attempts }
+    if i == PHASES[phase] then p.downloaded, p.download_total = down, down_total end
+    if not call(job, nil, "on_progress", p) then return false end
+  end
+  return true
+end
+
+-- Schedule another try of the current phase, or fail for good.
+local function retry_or_fail(job, err, res)
+  local tries = job.phase == "download" and job.dl_attempts or job.attempts
+  err.attempts = tries
+  if job.phase == "download" then
+    -- The edit is paid for: say where the picture is, to fetch it later.
+    err.url, err.request_id, err.maybe_billed = job.url, job.request_id, true
+    err.message = err.message .. "; the picture is paid for and can still be downloaded from err.url"
+  end
+  local wait = not job.cb_err and retry.wait(err, res, job.opts, tries)
+  if not wait then return finish(job, nil, err) end
+  -- The state first: a cancel inside on_retry then wins over the retry.
+  job.state, job.retry_at = "waiting", core.now() + wait
+  call(job, nil, "on_retry", { attempt = tries, wait = wait, status = err.status, kind = err.kind, error = err,
+    phase = job.phase })
+end
+
+-- Move a job on once its transfer has finished.
+local function advance(job, t, now)
+  local c = job.client
+  local res = t:result()
+  t:close()
+  job.transfer = nil
+  c._inflight = c._inflight - 1
+  local key = c:_key()
+  if res.ok or job.phase == "download" then
+    -- The last report before the answer is read; a cancel here wins.
+    if not report(job, "download", res.bytes_up, res.bytes_up, res.bytes_down, res.bytes_down, now, true) then
+      return
+    end
+  end
+  if job.phase == "download" then
+    local img, err = answer.download(res, job.fields, job.body, job.url, c.max_download_bytes, key)
+    if img then
+      img.request_id = job.request_id or img.request_id
+      return finish(job, img)
+    end
+    return retry_or_fail(job, err, res)
+  end
+  if res.stream then
+    local img, err = stream.result(job, res, c.max_response_bytes, key)
+    if img then return finish(job, img) end
+    return retry_or_fail(job, err, res)
+  end
+  local img, err, url, body = answer.read(res, job.fields, c.max_response_bytes, key)
+  if img then return finish(job, img) end
+  if err then return retry_or_fail(job, err, res) end
+  -- A url answer: fetch it without the Authorization header, http(s) only.
+  -- The edit is paid for; from here on only the download is retried.
+  job.phase, job.body, job.url, job.dl_attempts, job.request_id = "download", body, url, 0, res.request_id
+  job.state = "queued"
+end
+
+function M.launch(job)
+  local c = job.client
+  if job.phase == "download" then
+    job.dl_attempts = job.dl_attempts + 1
+    job.transfer = c._multi:start {
+      url = job.url, follow = true, user_agent = c.user_agent, headers = { "Accept: image/*" },
+      timeout = job.opts.timeout, connect_timeout = job.opts.connect_timeout,
+      idle_timeout = job.opts.idle_timeout, max_response_bytes = c.max_download_bytes,
+    }
+  else
+    job.attempts = job.attempts + 1
+    job.transfer = c._multi:start(job.spec)
+    job.partials, job.completed, job.stream_err = job.partials or 0, nil, nil
+  end
+  job.state = "running"
+  c._inflight = c._inflight + 1
+end
+
+-- step(job, now): look at a running job after the transfers moved.
+function M.step(job, now)
+  local t = job.transfer
+  if not t or job:done() then return end
+  if job.spec and job.spec.stream and job.phase ~= "download" then
+    local key = job.client:_key()
+    stream.drain(job, t:events(), key, function(img, index)
+      return call(job, t, "on_partial", img, index)
+    end)
+    if job.transfer ~= t or job:done() then return end
+  end
+  if t:done() then return advance(job, t, now) end
+  if job.on_progress and not job.cb_err then
+    local up, up_total, down, down_total, answering = t:progress()
+    local phase = job.phase == "download" and "download"
+      or answering and "download" or (up_total > 0 and up >= up_total) and "wait" or "upload"
+    report(job, phase, up, up_total, down, down_total, now)
+  end
+end
+
+M.finish = finish
+
+return M

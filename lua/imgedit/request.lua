@@ -1,0 +1,280 @@
+-- Building a request: checking the options a caller gives (on the client and
+-- per request), resolving the images, checking the model's rules, and the
+-- multipart or JSON spec the C transport sends. Nothing here touches the
+-- network or the client's jobs, so a request that fails here leaves nothing
+-- behind.
+local compat = require "imgedit.compat"
+local core = require "imgedit.core"
+local cjson = require "cjson.safe"
+local errors = require "imgedit.errors"
+local image = require "imgedit.image"
+local rules = require "imgedit.rules"
+
+local M = {}
+
+-- ---- options ----
+-- Each option's check: a type, and a range where there is one. The messages
+-- name the option and what was given, like Lua's own argument errors.
+
+local function positive(v) return type(v) == "number" and v > 0 and v == v, "a number > 0" end
+local function nonneg(v) return type(v) == "number" and v >= 0 and v == v, "a number >= 0" end
+local function count(v) return compat.tointeger(v) ~= nil and v >= 0, "a whole number >= 0" end
+local function at_least_one(v) return compat.tointeger(v) ~= nil and v >= 1, "a whole number >= 1" end
+local function is(ty) return function(v) return type(v) == ty, ty end end
+local function url(v)
+  if type(v) ~= "string" then return false, "an http or https url" end
+  local scheme = v:match("^(%a[%w+.-]*)://[^/]")
+  scheme = scheme and scheme:lower()
+  return scheme == "http" or scheme == "https", "an http or https url"
+end
+
+-- Options a job reads, given on the client or per request.
+M.JOB_OPTIONS = {
+  timeout = positive, connect_timeout = positive, idle_timeout = nonneg,
+  max_retries = count, retry_unanswered = is "boolean", retry_timeouts = is "boolean",
+  retry_protocol = is "boolean", max_retry_after = nonneg, retry_base = nonneg, retry_cap = nonneg,
+  on_progress = is "function", on_retry = is "function",
+}
+
+-- Options of imgedit.new.
+M.CLIENT_OPTIONS = {
+  api_key = is "string", base_url = url, model = is "string", max_concurrency = at_least_one,
+  max_response_bytes = positive, max_download_bytes = positive, progress_interval = nonneg,
+  limits = is "table", yield = function(v) return v == true or type(v) == "function", "true or a function" end,
+}
+for k, check in pairs(M.JOB_OPTIONS) do M.CLIENT_OPTIONS[k] = check end
+
+-- Request keys that steer the client; everything else is a field for the service.
+M.CONTROL = { prompt = true, images = true, mask = true, model = true, on_partial = true, _no_checks = true }
+for k in pairs(M.JOB_OPTIONS) do M.CONTROL[k] = true end
+
+-- The edit distance of two short names, for "did you mean".
+local function distance(a, b)
+  local prev = {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    local cur = { [0] = i }
+    for j = 1, #b do
+      local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+    end
+    prev = cur
+  end
+  return prev[#b]
+end
+
+local function closest(name, known)
+  local best, best_d
+  for k in pairs(known) do
+    local d = distance(name, k)
+    if not best_d or d < best_d or (d == best_d and k < best) then best, best_d = k, d end
+  end
+  if best_d and best_d <= math.max(2, math.floor(#name / 3)) then return best end
+end
+
+-- check_option(name, value, checks, level): raises for a value of the wrong
+-- type or range; nil is always allowed (the default applies).
+function M.check_option(name, v, checks, level)
+  if v == nil then return v end
+  local ok, want = checks[name](v)
+  if not ok then
+    local got = type(v) == "number" and tostring(v) or type(v) == "string" and string.format("%q", v) or type(v)
+    error(string.format("bad option '%s' (%s expected, got %s)", name, want, got), level + 1)
+  end
+  return v
+end
+
+-- check_new(opts, level): every option of imgedit.new, and no unknown ones.
+function M.check_new(opts, level)
+  for k, v in pairs(opts) do
+    if type(k) ~= "string" or not M.CLIENT_OPTIONS[k] then
+      local hint = type(k) == "string" and closest(k, M.CLIENT_OPTIONS)
+      error(string.format("unknown option '%s' to imgedit.new%s", tostring(k),
+        hint and (" (did you mean '" .. hint .. "'?)") or ""), level + 1)
+    end
+    M.check_option(k, v, M.CLIENT_OPTIONS, level + 1)
+  end
+end
+
+-- job_options(client, req, level) -> the options a job runs with.
+function M.job_options(client, req, level)
+  local o = {}
+  for k in pairs(M.JOB_OPTIONS) do
+    local v = M.check_option(k, req[k], M.JOB_OPTIONS, level + 1)
+    if v == nil then v = client[k] end
+    o[k] = v
+  end
+  -- retry_timeouts is the older name of retry_unanswered.
+  o.retry_unanswered = o.retry_unanswered or o.retry_timeouts or false
+  if req.on_partial ~= nil and type(req.on_partial) ~= "function" then
+    error("bad option 'on_partial' (function expected, got " .. type(req.on_partial) .. ")", level + 1)
+  end
+  return o
+end
+
+-- ---- images ----
+
+local function fail(kind, message, fields, key)
+  return nil, errors.new(kind, message, fields, key)
+end
+
+-- Resolve one image source into {path|data, info, filename, label}.
+local function resolve(src, label, default_name)
+  local info, msg, entry
+  if type(src) == "string" then
+    info, msg = core.inspect(src)
+    entry = { path = src, filename = image.basename(src) }
+    label = string.format("%s (%s)", label, entry.filename)
+  elseif type(src) == "table" and type(src.bytes) == "string" then
+    info, msg = core.inspect(src.bytes, true)
+    entry = { data = src.bytes, filename = src.filename or default_name }
+    if src.filename then label = string.format("%s (%s)", label, src.filename) end
+  else
+    return nil, nil, true
+  end
+  if not info then return nil, label .. ": " .. msg end
+  if not info.accepted then
+    return nil, string.format("%s: %s images are not accepted; use png, jpeg or webp", label, info.format)
+  end
+  -- The part's name follows the bytes, not the caller's file name.
+  entry.filename = image.stem(entry.filename) .. "." .. image.EXT[info.format]
+  entry.info, entry.label = info, label
+  return entry
+end
+
+-- The list of image sources a request names: one source or a list of them.
+function M.image_list(list)
+  if type(list) ~= "table" or image.is(list) or list.bytes then return { list } end
+  return list
+end
+
+local function field_value(k, v)
+  local t = type(v)
+  if t == "string" then return v end
+  if t == "number" then
+    return compat.is_integer(v) and string.format("%d", v) or tostring(v)
+  end
+  if t == "boolean" then return tostring(v) end
+  error(string.format("bad request field '%s' (string, number or boolean expected, got %s)", k, t), 5)
+end
+
+-- Fields a JSON generation sends as numbers and booleans.
+local NUMBERS = { n = true, partial_images = true, output_compression = true }
+local BOOLEANS = { stream = true }
+
+-- The JSON value of a generation's field, or nil, message.
+local function json_value(k, v)
+  if NUMBERS[k] then
+    local n = tonumber(v)
+    if n == nil then return nil, string.format("%s must be a number, got '%s'", k, tostring(v)) end
+    return compat.tointeger(n) or n
+  end
+  if BOOLEANS[k] then
+    if v == true or v == "true" then return true end
+    if v == false or v == "false" then return false end
+    return nil, k .. " must be true or false"
+  end
+  return v
+end
+
+-- prepare(client, kind, req, key, level) -> spec, fields | nil, err
+function M.prepare(client, kind, req, key, level)
+  if req.prompt ~= nil and type(req.prompt) ~= "string" then
+    error("bad request field 'prompt' (string expected, got " .. type(req.prompt) .. ")", level + 1)
+  end
+  if req.model ~= nil and type(req.model) ~= "string" then
+    error("bad request field 'model' (string expected, got " .. type(req.model) .. ")", level + 1)
+  end
+  if kind == "generate" then
+    -- A generation takes no pictures: refuse rather than pay for a text-only one.
+    for _, k in ipairs { "images", "mask" } do
+      if req[k] ~= nil then
+        return fail("invalid_request", string.format("generate takes no %s; use edit to work from pictures", k),
+          { param = k })
+      end
+    end
+  end
+  if not key then
+    return fail("auth", "no API key: pass api_key to imgedit.new or set IMGEDIT_API_KEY", { param = "api_key" })
+  end
+  if key:find("%c") then
+    return fail("auth", "the API key contains control characters", { param = "api_key" })
+  end
+  local model = req.model or client.model
+  local fields = { model = model, prompt = req.prompt }
+  local names = {}
+  for k, v in pairs(req) do
+    if not M.CONTROL[k] and type(k) == "string" then
+      fields[k] = field_value(k, v)
+      names[#names + 1] = k
+    end
+  end
+  table.sort(names)
+  local images, mask = {}, nil
+  if kind == "edit" then
+    for i, src in ipairs(M.image_list(req.images)) do
+      local e, msg, bad = resolve(src, "image " .. i, "image-" .. i)
+      if bad then
+        error(string.format("bad request field 'images[%d]' (path, Image or {bytes=...} expected, got %s)", i,
+          type(src)), level + 1)
+      end
+      if not e then return fail("invalid_request", msg, { param = "images", index = i }, key) end
+      images[i] = e
+    end
+    if req.mask ~= nil then
+      local e, msg, bad = resolve(req.mask, "mask", "mask")
+      if bad then error("bad request field 'mask' (path, Image or {bytes=...} expected)", level + 1) end
+      if not e then return fail("invalid_request", msg, { param = "mask" }, key) end
+      mask = e
+    end
+  end
+  if not req._no_checks then
+    local r = rules.for_model(model, client.limits)
+    local msg, param, index = rules.check(r, kind, fields, images, mask)
+    if msg then return fail("invalid_request", msg, { param = param, index = index }, key) end
+  end
+  local r = rules.models[model]
+  if r and r.response_formats and next(r.response_formats) == nil and not req._no_checks then
+    fields.response_format = nil -- the model always answers base64
+  end
+  local stream = req.stream == true or req.stream == "true"
+  local spec = {
+    stream = stream,
+    headers = { "Authorization: Bearer " .. key, stream and "Accept: text/event-stream, application/json"
+      or "Accept: application/json", "Expect:" },
+    user_agent = client.user_agent,
+    max_response_bytes = client.max_response_bytes,
+    billable = true, -- sent once per attempt: libcurl may not re-send it on its own
+  }
+  if kind == "edit" then
+    spec.url = client.base_url .. "/images/edits"
+    local parts = { { name = "model", value = model }, { name = "prompt", value = fields.prompt } }
+    for _, k in ipairs(names) do
+      if fields[k] ~= nil then parts[#parts + 1] = { name = k, value = fields[k] } end
+    end
+    for _, e in ipairs(images) do
+      parts[#parts + 1] = { name = "image[]", path = e.path, data = e.data, filename = e.filename, type = e.info.mime }
+    end
+    if mask then
+      parts[#parts + 1] = { name = "mask", path = mask.path, data = mask.data, filename = mask.filename,
+        type = mask.info.mime }
+    end
+    spec.parts = parts
+  else
+    spec.url = client.base_url .. "/images/generations"
+    -- JSON keeps numbers numbers: "1" for n is sent as 1, not as a string.
+    local body = { model = model, prompt = fields.prompt }
+    for _, k in ipairs(names) do
+      if fields[k] ~= nil then
+        local v, msg = json_value(k, req[k])
+        if msg then return fail("invalid_request", msg, { param = k }, key) end
+        body[k] = v
+      end
+    end
+    spec.body = cjson.encode(body)
+    spec.headers[#spec.headers + 1] = "Content-Type: application/json"
+  end
+  return spec, fields
+end
+
+return M
