@@ -516,6 +516,12 @@ static int collect(multi *m) {
     t->code = msg->data.result;
     t->done = 1;
     curl_easy_getinfo(t->e, CURLINFO_RESPONSE_CODE, &t->status);
+    /* The last attempt's own count, as well as the progress callback's. */
+    curl_off_t up = 0, total = -1;
+    if (curl_easy_getinfo(t->e, CURLINFO_SIZE_UPLOAD_T, &up) == CURLE_OK &&
+        curl_easy_getinfo(t->e, CURLINFO_CONTENT_LENGTH_UPLOAD_T, &total) == CURLE_OK && total > 0 &&
+        up >= total)
+      t->sent_all = 1;
     unlink_transfer(t); /* the connection goes back to the multi's pool */
     n++;
   }

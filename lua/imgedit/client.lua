@@ -201,13 +201,18 @@ function Client:generate(req)
   return self:submit("generate", req):wait()
 end
 
--- download(url [, req]) -> Image | nil, err: fetch a picture the service
--- already made (a url answer whose download failed: err.url), without the
+-- download(url | err [, req]) -> Image | nil, err: fetch a picture the
+-- service already made, from its url (or from the error of a url answer
+-- whose download failed: its url and request id), without the
 -- Authorization header, with the download's retries.
 function Client:download(url, req)
   check_open(self, "download")
   local r = {}
   for k, v in pairs(req or {}) do r[k] = v end
+  if type(url) == "table" and url.url then
+    r.request_id = r.request_id or url.request_id
+    url = url.url
+  end
   r.url = url
   return self:submit("download", r):wait()
 end

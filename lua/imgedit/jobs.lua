@@ -153,13 +153,15 @@ end
 local function retry_or_fail(job, err, res)
   local tries = job.phase == "download" and job.dl_attempts or job.attempts
   err.attempts = tries
-  if job.phase == "download" then
-    -- The edit is paid for: say where the picture is, to fetch it later.
-    err.url, err.request_id, err.maybe_billed = job.url, job.request_id, true
-    err.message = err.message .. "; the picture is paid for and can still be downloaded from err.url"
-  end
   local wait = not job.cb_err and retry.wait(err, res, job.opts, tries)
-  if not wait then return finish(job, nil, err) end
+  if not wait then
+    if job.phase == "download" then
+      -- The edit is paid for: say where the picture is, to fetch it later.
+      err.url, err.request_id, err.maybe_billed = job.url, job.request_id, true
+      err.message = err.message .. "; the picture is paid for and can still be downloaded from err.url"
+    end
+    return finish(job, nil, err)
+  end
   -- The state first: a cancel inside on_retry then wins over the retry.
   job.state, job.retry_at = "waiting", core.now() + wait
   call(job, nil, "on_retry", { attempt = tries, wait = wait, status = err.status, kind = err.kind, error = err,

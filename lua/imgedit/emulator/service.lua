@@ -263,7 +263,7 @@ local function apply_fault(f, entry)
     local status = f.status or 502
     local title = status .. " " .. (REASONS[status] or "Error")
     entry.status = status
-    local h = { ["Content-Type"] = "text/html" }
+    local h = { ["Content-Type"] = "text/html", ["x-request-id"] = "req_emu_" .. entry.id }
     if f.retry_after then h["Retry-After"] = tostring(f.retry_after) end
     return { status = status, delay = f.delay, headers = h,
       body = "<html><head><title>" .. title .. "</title></head><body><center><h1>" .. title
@@ -276,7 +276,7 @@ local function apply_fault(f, entry)
     return { status = 200, headers = h, body = '{"data":[]}' }
   end
   if f.status then
-    local h = { ["Content-Type"] = f.content_type or "application/json" }
+    local h = { ["Content-Type"] = f.content_type or "application/json", ["x-request-id"] = "req_emu_" .. entry.id }
     if f.retry_after then h["Retry-After"] = tostring(f.retry_after) end
     if f.retry_after_ms then h["retry-after-ms"] = tostring(f.retry_after_ms) end
     for k, v in pairs(f.headers or {}) do h[k] = tostring(v) end
@@ -487,6 +487,9 @@ local function api(req, entry)
     a = fail(404, "Unknown request URL: " .. req.method .. " " .. req.path, nil, "unknown_url")
   end
   entry.status = entry.status or a.status
+  -- Every answer names its request, as the service's do.
+  a.headers = a.headers or {}
+  a.headers["x-request-id"] = a.headers["x-request-id"] or ("req_emu_" .. entry.id)
   if fault then
     -- Faults that bend an otherwise normal answer.
     if fault.url and a.status == 200 then
