@@ -39,8 +39,8 @@ end
 -- set, it polls without blocking and yields to the caller's scheduler.
 function Job:wait()
   local c = self.client
-  if self.state == "running" and not self.transfer then
-    -- Only while poll is handling this very job, inside its own callback.
+  if self._busy then
+    -- Inside one of this job's own callbacks: it cannot end while they run.
     error("wait() called from a callback of the same job", 2)
   end
   if c.yield and compat.isyieldable() then
@@ -90,7 +90,7 @@ end
 
 -- Whether the service may already hold (and bill) what this job sent.
 local function billable_now(job)
-  if job.phase == "download" then return true end
+  if job.phase == "download" or job.answered then return true end
   local t = job.transfer
   if not t then return false end
   local up, up_total, _, _, answering = t:progress()
@@ -178,9 +178,10 @@ local function advance(job, t, now)
   local key = c:_key()
   if res.ok or job.phase == "download" then
     -- The last report before the answer is read; a cancel here wins.
-    if not report(job, "download", res.bytes_up, res.bytes_up, res.bytes_down, res.bytes_down, now, true) then
-      return
-    end
+    job.answered = res.ok
+    local go = report(job, "download", res.bytes_up, res.bytes_up, res.bytes_down, res.bytes_down, now, true)
+    job.answered = nil
+    if not go then return end
   end
   if job.phase == "download" then
     local img, err = answer.download(res, job.fields, job.body, job.url, c.max_download_bytes, key)
@@ -222,8 +223,18 @@ function M.launch(job)
   c._inflight = c._inflight + 1
 end
 
--- step(job, now): look at a running job after the transfers moved.
+-- step(job, now): look at a running job after the transfers moved. A poll
+-- from inside one of the job's callbacks leaves the job to the outer one.
+local step
 function M.step(job, now)
+  if job._busy then return end
+  job._busy = true
+  local ok, e = pcall(step, job, now)
+  job._busy = nil
+  if not ok then error(e, 0) end
+end
+
+function step(job, now)
   local t = job.transfer
   if not t or job:done() then return end
   if job.spec and job.spec.stream and job.phase ~= "download" then

@@ -121,7 +121,7 @@ local ENUMS = {
 
 -- Checks shared by edits and generations for the strict model.
 local function check_options(f, m)
-  if f.n ~= nil and tostring(f.n) ~= "1" then
+  if f.n ~= nil and tonumber(f.n) ~= 1 then
     return invalid("n must be 1: this model returns one image per call", "n")
   end
   if f.response_format ~= nil and not m.response_formats[tostring(f.response_format)] then
