@@ -56,6 +56,25 @@ static int say(char *why, size_t len, int status, const char *fmt, ...) {
 
 /* ---- PNG: IHDR, then walk the chunks by their lengths to IEND ---- */
 
+/* deflate cannot shrink data by more than about 1032:1 (a 258-byte match in
+ * two bits, zlib's tech notes), so the IDAT bytes bound the pixels they can
+ * hold. A header that declares more (a decompression bomb, or a picture cut
+ * short) is refused from the chunk lengths alone, without inflating. */
+#define DEFLATE_MAX_RATIO 1032u
+
+static int png_data_holds(const ie_info *o, int ctype, uint64_t idat, char *why, size_t wl) {
+  static const int samples[] = {1, 0, 3, 1, 2, 0, 4};
+  uint64_t bits = (uint64_t)o->width * o->height * (uint64_t)samples[ctype] * (uint64_t)o->bit_depth;
+  uint64_t need = bits / 8;
+  if (idat == 0)
+    return say(why, wl, IE_CORRUPT, "corrupt PNG (no image data)");
+  if (need / DEFLATE_MAX_RATIO > idat)
+    return say(why, wl, IE_CORRUPT,
+               "corrupt PNG (declares %ux%u pixels, but its %llu bytes of image data cannot hold them)",
+               (unsigned)o->width, (unsigned)o->height, (unsigned long long)idat);
+  return IE_OK;
+}
+
 static int inspect_png(const ie_src *s, ie_info *o, char *why, size_t wl) {
   unsigned char h[8 + 8 + 13];
   if (src_read(s, 0, h, sizeof h) < sizeof h)
@@ -77,7 +96,7 @@ static int inspect_png(const ie_src *s, ie_info *o, char *why, size_t wl) {
   case 6: o->channels = 4; o->has_alpha = 1; break;
   default: return say(why, wl, IE_CORRUPT, "corrupt PNG (colour type %d)", ctype);
   }
-  uint64_t off = 8;
+  uint64_t off = 8, idat = 0;
   for (long n = 0; n < MAX_WALK; n++) {
     unsigned char c[8];
     if (src_read(s, off, c, 8) < 8)
@@ -92,8 +111,10 @@ static int inspect_png(const ie_src *s, ie_info *o, char *why, size_t wl) {
       o->has_alpha = 1;
       o->channels = ctype == 0 ? 2 : 4;
     }
+    if (memcmp(c + 4, "IDAT", 4) == 0)
+      idat += len;
     if (memcmp(c + 4, "IEND", 4) == 0)
-      return IE_OK;
+      return png_data_holds(o, ctype, idat, why, wl);
     off = end;
   }
   return say(why, wl, IE_CORRUPT, "corrupt PNG (too many chunks)");
@@ -110,6 +131,40 @@ static int jpeg_has_eoi(const ie_src *s) {
   while (n > 2 && (tail[n - 1] == 0 || tail[n - 1] == '\n' || tail[n - 1] == '\r' || tail[n - 1] == ' '))
     n--;
   return n >= 2 && tail[n - 2] == 0xFF && tail[n - 1] == 0xD9;
+}
+
+/* After the frame header: the segments up to the first scan (SOS), which
+ * must carry data before the end-of-image marker. A header with no scan
+ * declares pixels it does not hold. */
+static int jpeg_has_scan(const ie_src *s, uint64_t off, char *why, size_t wl) {
+  for (long n = 0; n < MAX_WALK; n++) {
+    unsigned char m[4];
+    if (src_read(s, off, m, 4) < 2)
+      break;
+    if (m[0] != 0xFF)
+      return say(why, wl, IE_CORRUPT, "corrupt JPEG (marker expected at byte %llu)", (unsigned long long)off);
+    if (m[1] == 0xFF) {
+      off += 1;
+      continue;
+    }
+    if (m[1] == 0xD9)
+      break;
+    if (m[1] == 0x01 || (m[1] >= 0xD0 && m[1] <= 0xD8)) {
+      off += 2;
+      continue;
+    }
+    uint32_t len = be16(m + 2);
+    if (len < 2)
+      return say(why, wl, IE_CORRUPT, "corrupt JPEG (segment length %u)", (unsigned)len);
+    if (m[1] == 0xDA) {
+      /* entropy-coded data, then at least the two bytes of EOI */
+      if (off + 2 + len + 2 >= s->size)
+        break;
+      return IE_OK;
+    }
+    off += 2 + len;
+  }
+  return say(why, wl, IE_CORRUPT, "corrupt JPEG (no scan data: the header declares pixels the file does not hold)");
 }
 
 static int inspect_jpeg(const ie_src *s, ie_info *o, char *why, size_t wl) {
@@ -152,7 +207,7 @@ static int inspect_jpeg(const ie_src *s, ie_info *o, char *why, size_t wl) {
         return say(why, wl, IE_CORRUPT, "corrupt JPEG (%d components)", o->channels);
       if (!jpeg_has_eoi(s))
         return say(why, wl, IE_TRUNCATED, "truncated JPEG (no end-of-image marker)");
-      return IE_OK;
+      return jpeg_has_scan(s, off + len, why, wl);
     }
     off += len;
   }
@@ -160,6 +215,39 @@ static int inspect_jpeg(const ie_src *s, ie_info *o, char *why, size_t wl) {
 }
 
 /* ---- WebP: RIFF size must match the file; features from libwebp ---- */
+
+/* The chunks after the header: a picture needs an image chunk (VP8 or VP8L,
+ * or animation frames), and a still one's bitstream must be the canvas's
+ * size. Only chunk headers and the first bytes of the bitstream are read. */
+static int webp_frame_holds(const ie_src *s, const ie_info *o, int animated, char *why, size_t wl) {
+  uint64_t off = 12;
+  for (long n = 0; n < MAX_WALK && off + 8 <= s->size; n++) {
+    unsigned char c[8 + 10];
+    size_t got = src_read(s, off, c, sizeof c);
+    uint32_t len = le32(c + 4);
+    if ((uint64_t)len > s->size - off - 8)
+      return say(why, wl, IE_TRUNCATED, "truncated WebP (chunk %.4s cut short)", (const char *)c);
+    uint32_t w = 0, h = 0;
+    if (memcmp(c, "ANMF", 4) == 0 && animated)
+      return IE_OK;
+    if (memcmp(c, "VP8 ", 4) == 0 && got >= 18 && len >= 10 && c[11] == 0x9d && c[12] == 0x01 && c[13] == 0x2a) {
+      w = le16(c + 14) & 0x3fff, h = le16(c + 16) & 0x3fff;
+    } else if (memcmp(c, "VP8L", 4) == 0 && got >= 13 && len >= 5 && c[8] == 0x2f) {
+      uint32_t bits = le32(c + 9);
+      w = (bits & 0x3fff) + 1, h = ((bits >> 14) & 0x3fff) + 1;
+    } else if (memcmp(c, "VP8 ", 4) == 0 || memcmp(c, "VP8L", 4) == 0) {
+      return say(why, wl, IE_CORRUPT, "corrupt WebP (bad %.4s bitstream header)", (const char *)c);
+    }
+    if (w || h) {
+      if (w != o->width || h != o->height)
+        return say(why, wl, IE_CORRUPT, "corrupt WebP (a %ux%u canvas, but its image is %ux%u)",
+                   (unsigned)o->width, (unsigned)o->height, (unsigned)w, (unsigned)h);
+      return IE_OK;
+    }
+    off += 8 + (uint64_t)len + (len & 1);
+  }
+  return say(why, wl, IE_CORRUPT, "corrupt WebP (no image data: the header declares pixels the file does not hold)");
+}
 
 static int inspect_webp(const ie_src *s, ie_info *o, char *why, size_t wl) {
   unsigned char h[64];
@@ -182,7 +270,7 @@ static int inspect_webp(const ie_src *s, ie_info *o, char *why, size_t wl) {
   o->has_alpha = f.has_alpha != 0;
   o->channels = f.has_alpha ? 4 : 3;
   o->bit_depth = 8;
-  return IE_OK;
+  return webp_frame_holds(s, o, f.has_animation, why, wl);
 }
 
 int ie_inspect(const ie_src *s, ie_info *o, char *why, size_t wl) {

@@ -233,12 +233,29 @@ function H.png_raw(o)
   return table.concat(out)
 end
 
--- A minimal JPEG header with `n` components, for inspection only (CMYK).
-function H.jpeg_header(w, h, n, sof)
-  local comps = {}
-  for i = 1, n do comps[#comps + 1] = string.char(i, 0x11, 0) end
+-- A minimal JPEG with `n` components, for inspection only (CMYK): a frame
+-- header, a scan header and two bytes of scan data. `scan = false` leaves
+-- the scan out.
+function H.jpeg_header(w, h, n, sof, scan)
+  local comps, sel = {}, {}
+  for i = 1, n do
+    comps[#comps + 1] = string.char(i, 0x11, 0)
+    sel[#sel + 1] = string.char(i, 0)
+  end
   local body = string.char(8) .. H.pack(">I2I2", h, w) .. string.char(n) .. table.concat(comps)
-  return "\255\216" .. "\255" .. string.char(sof or 0xC0) .. H.pack(">I2", #body + 2) .. body .. "\255\217"
+  local sos = string.char(n) .. table.concat(sel) .. string.char(0, 63, 0)
+  return "\255\216" .. "\255" .. string.char(sof or 0xC0) .. H.pack(">I2", #body + 2) .. body
+    .. (scan == false and "" or ("\255\218" .. H.pack(">I2", #sos + 2) .. sos .. "\0\0")) .. "\255\217"
+end
+
+-- A PNG whose header declares w x h 1-bit grey pixels with just enough
+-- IDAT bytes to hold them at deflate's best ratio: it passes inspection (a
+-- real bomb could), and only the decoder's pixel limit stops it. Or, with
+-- `idat`, that many bytes of image data.
+function H.png_bomb(w, h, idat)
+  local n = idat or math.ceil(w * h / 8 / 1032) + 16
+  return "\137PNG\r\n\26\n" .. chunk("IHDR", H.pack(">I4I4BBBBB", w, h, 1, 0, 0, 0, 0))
+    .. be32(n) .. "IDAT" .. string.rep("\0", n) .. "\0\0\0\0" .. chunk("IEND", "")
 end
 
 -- ---- the emulator and clients ----

@@ -128,14 +128,51 @@ describe("image inspection", function()
     assert.matches("RIFF", msg)
   end)
 
-  it("answers a 60000x60000 header without decoding, and decode refuses it", function()
-    local bomb = "\137PNG\r\n\26\n" .. H.png_chunk("IHDR", H.pack(">I4I4BBBBB", 60000, 60000, 8, 6, 0, 0, 0))
-      .. H.png_chunk("IDAT", "x") .. H.png_chunk("IEND", "")
+  it("answers a 9000x9000 header without decoding, and decode refuses it", function()
+    local bomb = H.png_bomb(9000, 9000)
     local info = assert(core.inspect(bomb, true))
-    assert.are.same({ 60000, 60000 }, { info.width, info.height })
+    assert.are.same({ 9000, 9000 }, { info.width, info.height })
     local px, msg, reason = core.decode(bomb)
     assert.is_nil(px)
     assert.are.equal("too_large", reason, msg)
+  end)
+
+  it("refuses a header whose data cannot hold its pixels, from the chunk lengths alone", function()
+    -- A 74-byte PNG that declares 60000x60000: deflate's 1032:1 needs 13 MB.
+    local bomb = "\137PNG\r\n\26\n" .. H.png_chunk("IHDR", H.pack(">I4I4BBBBB", 60000, 60000, 8, 6, 0, 0, 0))
+      .. H.png_chunk("IDAT", "x") .. H.png_chunk("IEND", "")
+    local info, msg, reason = core.inspect(bomb, true)
+    assert.is_nil(info)
+    assert.are.equal("corrupt", reason)
+    assert.matches("declares 60000x60000 pixels, but its 1 bytes of image data cannot hold them", msg)
+    -- One byte short of the bound is refused, the bound itself passes.
+    local need = math.ceil(9000 * 9000 / 8 / 1032)
+    assert.truthy(core.inspect(H.png_bomb(9000, 9000, need), true))
+    assert.is_nil(core.inspect(H.png_bomb(9000, 9000, need - 64), true))
+    -- No IDAT at all
+    info, msg = core.inspect("\137PNG\r\n\26\n" .. H.png_chunk("IHDR", H.pack(">I4I4BBBBB", 4, 4, 8, 6, 0, 0, 0))
+      .. H.png_chunk("IEND", ""), true)
+    assert.is_nil(info)
+    assert.matches("no image data", msg)
+    -- A JPEG with no scan
+    info, msg = core.inspect(H.jpeg_header(30000, 30000, 3, nil, false), true)
+    assert.is_nil(info)
+    assert.matches("no scan data", msg)
+    -- A WebP whose canvas (VP8X) is not its image's size, and one with no image at all
+    local real = core.encode(H.rgba(16, 8), 16, 8, "webp", 80)
+    local vp8x = "VP8X" .. H.pack("<I4", 10) .. string.char(0, 0, 0, 0) .. H.pack("<I2B<I2B", 20000 - 1, 0, 20000 - 1, 0)
+    local image_chunk = real:sub(13)
+    local function riff(body) return "RIFF" .. H.pack("<I4", 4 + #body) .. "WEBP" .. body end
+    info, msg = core.inspect(riff(vp8x .. image_chunk), true)
+    assert.is_nil(info)
+    assert.matches("corrupt WebP", msg) -- libwebp or the chunk walk, whichever sees it first
+    info, msg = core.inspect(riff(vp8x), true)
+    assert.is_nil(info)
+    assert.matches("no image data", msg)
+    -- and the cost does not grow with the declared size: one pass over chunk headers
+    local t0 = core.now()
+    for _ = 1, 200 do core.inspect(bomb, true) end
+    assert.is_true(core.now() - t0 < 0.5 * H.SLOW)
   end)
 
   it("reports a directory and a missing file", function()
