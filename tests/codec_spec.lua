@@ -65,6 +65,18 @@ describe("Image:save", function()
     assert.are.same({ "a.png" }, H.ls(dir))
   end)
 
+  it("never writes a picture under another format's name: it converts", function()
+    local img = assert(imgedit.from_bytes(H.png(8, 8, function(x) return x * 30 end)))
+    for _, case in ipairs { { "c.jpg", "jpeg" }, { "c.JPEG", "jpeg" }, { "c.webp", "webp" }, { "c.png", "png" },
+      { "c.bin", "png" } } do
+      assert(img:save(dir .. "/" .. case[1]))
+      assert.are.equal(case[2], imgedit.inspect(dir .. "/" .. case[1]).format, case[1])
+      os.remove(dir .. "/" .. case[1])
+    end
+    assert.are.equal(img.bytes, (function() img:save(dir .. "/same.png"); return H.read(dir .. "/same.png") end)())
+    os.remove(dir .. "/same.png")
+  end)
+
   it("fails cleanly when the target cannot be replaced, leaving no temp file", function()
     os.execute("mkdir -p '" .. dir .. "/taken/inner'")
     local img = assert(imgedit.from_bytes(H.png(8, 8)))

@@ -206,10 +206,11 @@ local function check_output(path, force)
 end
 
 -- The picture is paid for, but the output could not be written: keep it
--- in the current folder, else in the temporary folder, and say where.
-local function rescue(img)
+-- beside the output, else in the current folder, else in the temporary
+-- folder, and say where.
+local function rescue(img, output)
   local name = string.format("imgedit-rescued-%s.%s", img.sha256:sub(1, 12), image.EXT[img.format])
-  for _, dir in ipairs { ".", os.getenv("TMPDIR") or "/tmp" } do
+  for _, dir in ipairs { output and output:match("^(.*)/[^/]*$") or ".", ".", os.getenv("TMPDIR") or "/tmp" } do
     local path = dir .. "/" .. name
     if core.write_atomic(path, img.bytes) then return path end
   end
@@ -274,13 +275,13 @@ local function cmd_request(a)
   if not img then
     -- A callback or a download that failed after payment may still hold the picture.
     local paid = err.image
-    if paid then err.saved_to = rescue(paid) end
+    if paid then err.saved_to = rescue(paid, a.output) end
     if err.saved_to then stderr("imgedit: the paid picture was saved to ", err.saved_to, "\n") end
     return fail_err(err)
   end
   local saved, serr = img:save(a.output)
   if not saved then
-    serr.saved_to = rescue(img)
+    serr.saved_to = rescue(img, a.output)
     serr.message = serr.message .. (serr.saved_to and ("; the paid picture was saved to " .. serr.saved_to)
       or "; the picture could not be saved anywhere")
     serr.request_id = img.request_id
