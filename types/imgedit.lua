@@ -2,7 +2,7 @@
 -- lua-language-server definitions for imgedit's public API. Point your
 -- editor's Lua.workspace.library at this folder for completion and type checks.
 
----@alias imgedit.ErrorKind "invalid_request"|"moderation"|"auth"|"not_found"|"too_large"|"rate_limit"|"server"|"network"|"timeout"|"protocol"|"canceled"|"budget"
+---@alias imgedit.ErrorKind "invalid_request"|"moderation"|"auth"|"not_found"|"too_large"|"rate_limit"|"server"|"network"|"timeout"|"protocol"|"canceled"|"budget"|"io"|"callback"
 
 ---@class imgedit.Error
 ---@field kind imgedit.ErrorKind
@@ -14,6 +14,12 @@
 ---@field type? string
 ---@field request_id? string
 ---@field retryable boolean
+---@field maybe_billed? boolean the service may have received and billed the request
+---@field url? string where a made picture can still be downloaded (client:download)
+---@field retry_after? number seconds the server asked to wait
+---@field image? imgedit.Image a paid picture that arrived although the job failed
+---@field callback? string for kind "callback": which callback raised
+---@field cause? any for kind "callback": what it raised
 ---@field attempts integer
 ---@field report? imgedit.MaskReport
 
@@ -44,11 +50,13 @@
 ---@field partial_index? integer
 local Image = {}
 
----Write the image atomically (temp file, fsync, rename).
+---Write the image atomically (temp file, fsync, rename); a name that asks
+---for another format (.png, .jpg/.jpeg, .webp) gets the picture converted.
 ---@param path string
+---@param opts? {quality?: integer}
 ---@return string|nil path
 ---@return imgedit.Error|nil err
-function Image:save(path) end
+function Image:save(path, opts) end
 
 ---@alias imgedit.Source string|imgedit.Image|{bytes: string, filename?: string}
 
@@ -86,8 +94,12 @@ function Image:save(path) end
 ---@field connect_timeout? number
 ---@field idle_timeout? number
 ---@field max_retries? integer
----@field retry_timeouts? boolean
+---@field retry_unanswered? boolean send again a request that may have been billed (sent in full, no answer)
+---@field retry_timeouts? boolean older name of retry_unanswered
 ---@field retry_protocol? boolean
+---@field max_retry_after? number
+---@field retry_base? number
+---@field retry_cap? number
 ---@field refresh? boolean pipelines: force a new request
 ---@field on_progress? fun(p: imgedit.Progress)
 ---@field on_retry? fun(info: imgedit.RetryInfo)
@@ -102,7 +114,8 @@ function Image:save(path) end
 ---@field connect_timeout? number
 ---@field idle_timeout? number
 ---@field max_retries? integer
----@field retry_timeouts? boolean
+---@field retry_unanswered? boolean send again a request that may have been billed (sent in full, no answer)
+---@field retry_timeouts? boolean older name of retry_unanswered
 ---@field retry_protocol? boolean
 ---@field max_retry_after? number
 ---@field retry_base? number
@@ -150,10 +163,21 @@ function Client:edit(req) end
 ---@return imgedit.Error|nil err
 function Client:generate(req) end
 
----@param kind "edit"|"generate"
----@param req imgedit.Request
+---@param kind "edit"|"generate"|"download"
+---@param req imgedit.Request|{url: string, request_id?: string}
 ---@return imgedit.Job
 function Client:submit(kind, req) end
+
+---Fetch a picture the service already made, from its url or from the error
+---of a url answer whose download failed (err.url).
+---@param url string|imgedit.Error
+---@param req? imgedit.Request
+---@return imgedit.Image|nil img
+---@return imgedit.Error|nil err
+function Client:download(url, req) end
+
+---Cancel live jobs and free the connections; idempotent. Later calls raise.
+function Client:close() end
 
 ---@param timeout? number seconds to wait for something to happen; 0 never blocks
 ---@return integer running
