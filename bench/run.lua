@@ -91,6 +91,13 @@ row("pipeline of 5 steps, first run: s", string.format("%.2f", rr.first), string
 row("pipeline re-run: s", string.format("%.3f", rr.second), string.format("%d requests (emulator saw %d)", rr.second_requests, rr.emulator_saw),
   "0 requests", rr.second_requests == 0 and rr.emulator_saw == 0)
 
+-- ---- the guard against libcurl's silent re-send ----
+local g = cjson.decode(sh("lua5.4 bench/guard.lua"))
+row(string.format("%d sequential generations, re-send guard on: client CPU s", g.n), string.format("%.3f", g.cpu_on),
+  string.format("guard off %.3f", g.cpu_off), "<= 1.05x off", g.cpu_on <= 1.05 * g.cpu_off)
+row("50 sequential generations: connections opened", tostring(g.conns_on), string.format("guard off %d", g.conns_off),
+  "the same", g.conns_on == g.conns_off)
+
 -- ---- the table ----
 local w = { 0, 0, 0, 0, 0 }
 local head = { "benchmark", "imgedit", "reference (same run)", "target", "" }
