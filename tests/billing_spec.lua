@@ -5,11 +5,7 @@ local H = require "helpers"
 local core = require "imgedit.core"
 local cjson = require "cjson"
 
-local function small(extra)
-  local r = { prompt = "x", size = "64x64", response_format = "b64_json" }
-  for k, v in pairs(extra or {}) do r[k] = v end
-  return r
-end
+local small = H.small
 
 -- A PNG far larger than the loopback socket buffers, so that a connection
 -- dropped at the start of the upload is seen while the body is still

@@ -4,11 +4,7 @@
 local H = require "helpers"
 local imgedit = require "imgedit"
 
-local function small(extra)
-  local r = { prompt = "x", size = "64x64", response_format = "b64_json" }
-  for k, v in pairs(extra or {}) do r[k] = v end
-  return r
-end
+local small = H.small
 
 describe("careless calls", function()
   local emu, dir, pic
@@ -259,6 +255,21 @@ describe("careless calls", function()
         assert.matches("client is closed", msg)
       end
       assert.matches("closed", tostring(c))
+    end)
+
+    it("marks the transfers of a closed multi handle canceled", function()
+      emu:configure { latency = 2 }
+      local core = require "imgedit.core"
+      local m = core.multi()
+      local t = m:start { url = emu.url .. "/images/generations", body = "{}", timeout = 5 }
+      m:perform(0.05)
+      m:close()
+      m:close()
+      assert.is_true(t:done())
+      local res = t:result()
+      assert.is_false(res.ok)
+      assert.are.equal("canceled", res.reason)
+      t:close()
     end)
 
     it("is the client's __close, and a collected client frees its connections", function()

@@ -206,6 +206,7 @@ describe("the imgedit command", function()
       assert.are.equal("invalid_request", t.files[1].error.kind)
       json = cli_stdout("mask --size 64x64 --rect 0,0,32,32 --json -o " .. out_path())
       assert.matches('"warnings":%[%]', json)
+      assert.matches('"problems":%[%]', json)
       assert.is_true(cjson.decode(json).ok)
     end)
 

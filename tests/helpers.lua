@@ -260,6 +260,13 @@ end
 
 -- ---- the emulator and clients ----
 
+-- A small request, so that the emulator's drawing stays out of the timings.
+function H.small(extra)
+  local r = { prompt = "x", size = "64x64", response_format = "b64_json" }
+  for k, v in pairs(extra or {}) do r[k] = v end
+  return r
+end
+
 function H.emulator(opts)
   return assert(require("imgedit.emulator").start(opts or {}))
 end

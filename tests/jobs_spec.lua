@@ -2,12 +2,7 @@ local H = require "helpers"
 local core = require "imgedit.core"
 local retry = require "imgedit.retry"
 
--- Small answers keep the emulator's drawing out of the timings.
-local function small(extra)
-  local r = { prompt = "x", size = "64x64", response_format = "b64_json" }
-  for k, v in pairs(extra or {}) do r[k] = v end
-  return r
-end
+local small = H.small
 
 describe("jobs", function()
   local emu, dir, pic

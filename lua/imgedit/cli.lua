@@ -367,14 +367,18 @@ local function cmd_mask(a)
   if not m then return fail_err(err) end
   local ok, serr = m:save(a.output)
   if not ok then return fail_err(serr) end
-  local report = imgedit.mask.check(m, a.like)
+  local report, rerr = imgedit.mask.check(m, a.like)
+  if not report then return fail_err(rerr) end
+  local warnings = report.warnings
   if a.json then
-    report.ok, report.path, report.warnings = true, a.output, list(report.warnings)
-    json_out(report)
+    local t = {}
+    for k, v in pairs(report) do t[k] = v end
+    t.ok, t.path, t.warnings, t.problems = true, a.output, list(warnings), list(report.problems)
+    json_out(t)
   else
     print(string.format("%s: %dx%d mask, %.1f%% to edit", a.output, m.width, m.height, (report.coverage or 0) * 100))
   end
-  for _, w in ipairs(report.warnings) do stderr("imgedit: warning: ", w, "\n") end
+  for _, w in ipairs(warnings) do stderr("imgedit: warning: ", w, "\n") end
   return 0
 end
 

@@ -124,7 +124,6 @@ local function call(job, t, name, ...)
   end
   return not job:done() and (t == nil or job.transfer == t)
 end
-M.call = call
 
 local PHASES = { upload = 1, wait = 2, download = 3 }
 local PHASE_LIST = { "upload", "wait", "download" }
