@@ -120,17 +120,36 @@ static int l_mkdir_p(lua_State *L) {
   return 1;
 }
 
-/* writable_dir(path) -> true | nil, message, "io": can files be created in
- * this folder? Asked before a paid request, so that its answer has a home. */
-static int l_writable_dir(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+/* can_write(path) -> true | nil, message, "io": would write_atomic(path)
+ * work? Asked before a paid request, so that its answer has a home: the
+ * target is not a folder, and a temp file can be made beside it (the same
+ * name pattern, so long names, permissions, read-only and pseudo file
+ * systems all answer now). The probe is removed at once. */
+static int l_can_write(lua_State *L) {
+  size_t plen;
+  const char *path = luaL_checklstring(L, 1, &plen);
   struct stat st;
-  if (stat(path, &st) != 0)
-    return ie_fail(L, "io", "the folder %s does not exist", path);
-  if (!S_ISDIR(st.st_mode))
-    return ie_fail(L, "io", "%s is not a folder", path);
-  if (access(path, W_OK | X_OK) != 0)
-    return ie_fail(L, "io", "the folder %s is not writable: %s", path, strerror(errno));
+  if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+    return ie_fail(L, "io", "it is a folder; name the file to write");
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addlstring(&b, path, plen);
+  luaL_addstring(&b, ".tmp-XXXXXX");
+  luaL_addchar(&b, '\0');
+  luaL_pushresult(&b);
+  char *tmpl = (char *)ie_newuserdata(L, ie_len(L, -1));
+  memcpy(tmpl, lua_tostring(L, -2), ie_len(L, -2));
+  int fd = mkostemp(tmpl, O_CLOEXEC);
+  if (fd < 0) {
+    int e = errno;
+    if (e == ENOENT)
+      return ie_fail(L, "io", "its folder does not exist");
+    if (e == ENOTDIR)
+      return ie_fail(L, "io", "a part of its path is not a folder");
+    return ie_fail(L, "io", "cannot create a file in its folder: %s", strerror(e));
+  }
+  close(fd);
+  unlink(tmpl);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -147,7 +166,7 @@ void ie_open_fileio(lua_State *L) {
                                  {"read_file", l_read_file},
                                  {"mkdir_p", l_mkdir_p},
                                  {"isatty", l_isatty},
-                                 {"writable_dir", l_writable_dir},
+                                 {"can_write", l_can_write},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

@@ -72,6 +72,39 @@ describe("careless calls", function()
       assert.are.equal(1, #emu:requests())
     end)
 
+    it("refuses a misspelt request option, or a client's, rather than send it as a paid field", function()
+      local c = client()
+      for _, case in ipairs {
+        { { timout = 5 }, "unknown request option 'timout' %(did you mean 'timeout'%?%)" },
+        { { on_progres = function() end }, "did you mean 'on_progress'" },
+        { { image = { pic } }, "did you mean 'images'" },
+        { { base_url = "http://elsewhere/v1" }, "option 'base_url' belongs to imgedit.new" },
+        { { max_concurrency = 2 }, "belongs to imgedit.new" },
+      } do
+        local ok, msg = pcall(c.generate, c, small(case[1]))
+        assert.is_false(ok)
+        assert.matches(case[2], msg)
+      end
+      -- the service's own fields, known or new, still go out
+      assert.truthy(c:generate(small { user = "me", moderation = "low", some_new_field = "v" }))
+      assert.are.equal("v", emu:requests()[1].json.some_new_field)
+      assert.are.equal(1, #emu:requests())
+      local ok, msg = pcall(imgedit.new, { limits = { max_imgs = 3 } })
+      assert.is_false(ok)
+      assert.matches("unknown entry of limits 'max_imgs' %(did you mean 'max_images'%?%)", msg)
+    end)
+
+    it("points a bad call at the caller's line, and a dot for a colon gets a clear answer", function()
+      local c = client()
+      local ok, msg = pcall(function() local img = c:edit(small { timeout = "soon" }); return img end)
+      assert.is_false(ok)
+      assert.matches("careless_spec%.lua:%d+: bad option 'timeout'", msg)
+      ok, msg = pcall(c.edit, small())
+      assert.matches("call it as client:edit", msg)
+      ok, msg = pcall(c.download, c, { kind = "network" })
+      assert.matches("an error with err%.url", msg)
+    end)
+
     it("refuses images or a mask on generate, and sends JSON numbers", function()
       local c = client()
       local img, err = c:generate(small { images = { pic } })

@@ -165,22 +165,44 @@ describe("the imgedit command", function()
       assert.are.equal(0, #emu:requests())
     end)
 
-    it("saves a paid picture elsewhere when the output cannot take it, and exits 8", function()
-      -- An existing folder as the output, with --force: the check passes, the rename fails.
+    it("refuses a folder as the output before sending, even with --force", function()
       os.execute("mkdir -p '" .. dir .. "/taken/inner'")
-      local out, code = cli("generate -p 'rescue me' --force -o " .. dir .. "/taken")
-      assert.are.equal(8, code, out)
-      local saved = out:match("saved to (%S+imgedit%-rescued%-%x+%.png)")
-      assert.truthy(saved, out)
-      assert.are.equal("png", require("imgedit").inspect(saved).format)
-      assert.are.equal(1, #emu:requests())
-      local json
-      json, code = cli_stdout("generate -p 'rescue me' --force --json -o " .. dir .. "/taken")
+      local out, code = cli("generate -p x --force -o " .. dir .. "/taken")
+      assert.are.equal(3, code, out)
+      assert.matches("is a folder", out)
+      assert.are.equal(0, #emu:requests())
+    end)
+
+    it("saves a paid picture elsewhere when the output still cannot take it, and exits 8", function()
+      -- In this process, with the write of the output itself failing after
+      -- payment (a disk that fills up while the model works).
+      local core = require "imgedit.core"
+      local cli_mod = require "imgedit.cli"
+      local target = dir .. "/full.png"
+      local G = _G
+      local write, printed, old_print, old_stderr = core.write_atomic, {}, G.print, io.stderr
+      core.write_atomic = function(path, bytes)
+        if path == target then return nil, "cannot write: No space left on device", "io" end
+        return write(path, bytes)
+      end
+      G.print = function(s) printed[#printed + 1] = s end
+      io.stderr = { write = function() end }
+      local defaults = require("imgedit").defaults
+      defaults.base_url, defaults.api_key = emu.url, emu.key
+      local ok, code = pcall(cli_mod.main, { "generate", "-p", "rescue me", "-q", "--json", "-o", target })
+      core.write_atomic, G.print, io.stderr = write, old_print, old_stderr
+      defaults.base_url, defaults.api_key = nil, nil
+      assert.is_true(ok, tostring(code))
       assert.are.equal(8, code)
-      local t = cjson.decode(json)
+      assert.are.equal(1, #emu:requests())
+      local t = cjson.decode(printed[1])
       assert.is_false(t.ok)
       assert.are.equal("io", t.error.kind)
-      assert.truthy(t.error.saved_to)
+      assert.matches("No space left on device", t.error.message)
+      assert.are.equal(dir, t.error.saved_to:match("^(.*)/"))
+      assert.matches("imgedit%-rescued%-%x+%.png$", t.error.saved_to)
+      assert.are.equal("png", require("imgedit").inspect(t.error.saved_to).format)
+      assert.is_false(H.exists(target))
     end)
 
     it("prints exactly one JSON object on stdout, for success and for failure", function()
@@ -216,11 +238,19 @@ describe("the imgedit command", function()
       assert.are.equal(0, code, out)
       assert.are.equal("jpeg", emu:requests()[1].json.output_format)
       assert.are.equal("jpeg", require("imgedit").inspect(o).format)
-      -- gpt-image-2-all always answers PNG: the picture is converted
+      -- gpt-image-2-all always answers PNG: the picture is converted, and
+      -- what the command says is what it wrote
       o = out_path("jpg")
       out, code = cli("generate -p x --model gpt-image-2-all --response-format b64_json -o " .. o)
       assert.are.equal(0, code, out)
-      assert.are.equal("jpeg", require("imgedit").inspect(o).format)
+      local info = require("imgedit").inspect(o)
+      assert.are.equal("jpeg", info.format)
+      assert.matches(": jpeg 1024x1024, .*%(converted from png%)", out)
+      local json = cli_stdout("generate -p x --model gpt-image-2-all --response-format b64_json --force --json -o " .. o)
+      local t = cjson.decode(json)
+      assert.are.equal("jpeg", t.format)
+      assert.are.equal(require("imgedit").inspect(o).bytes, t.bytes)
+      assert.are.equal(require("imgedit.core").sha256_file(o), t.sha256)
     end)
   end)
 

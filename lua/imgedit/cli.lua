@@ -194,14 +194,13 @@ local function progress_display()
   return on_progress, done
 end
 
--- Whether `path` can be written, before anything is paid for: its folder
--- exists and is writable, and an existing file is only replaced with --force.
+-- Whether `path` can be written, before anything is paid for: not a
+-- folder, a file can be made beside it (the probe that the atomic write
+-- will make), and an existing file is only replaced with --force.
 local function check_output(path, force)
-  local dir = path:match("^(.*)/[^/]*$") or "."
-  if dir == "" then dir = "/" end
-  if exists(path) and not force then return nil, path .. " exists; use --force to overwrite it" end
-  local ok, why = core.writable_dir(dir)
+  local ok, why = core.can_write(path)
   if not ok then return nil, string.format("cannot write %s: %s", path, why) end
+  if exists(path) and not force then return nil, path .. " exists; use --force to overwrite it" end
   return true
 end
 
@@ -287,13 +286,17 @@ local function cmd_request(a)
     serr.request_id = img.request_id
     return fail(8, (tostring(serr):gsub("^imgedit: ", "")), serr)
   end
+  -- What was written (converted, if the name asked for another format).
+  local info = imgedit.inspect(a.output) or { format = img.format, bytes = #img.bytes }
+  local sha = core.sha256_file(a.output) or img.sha256
   if a.json then
-    json_out { ok = true, path = a.output, format = image.format_of_name(a.output) or img.format,
-      width = img.width, height = img.height, bytes = #img.bytes, sha256 = img.sha256,
-      usage = img.usage or cjson.null, model = img.model, url = img.url or cjson.null,
-      request_id = img.request_id or cjson.null }
+    json_out { ok = true, path = a.output, format = info.format, width = img.width, height = img.height,
+      bytes = info.bytes, sha256 = sha, usage = img.usage or cjson.null, model = img.model,
+      url = img.url or cjson.null, request_id = img.request_id or cjson.null,
+      converted_from = info.format ~= img.format and img.format or nil }
   elseif not a.quiet then
-    print(string.format("%s: %s %dx%d, %s%s", a.output, img.format, img.width, img.height, human(#img.bytes),
+    print(string.format("%s: %s %dx%d, %s%s%s", a.output, info.format, img.width, img.height, human(info.bytes),
+      info.format ~= img.format and (" (converted from " .. img.format .. ")") or "",
       img.usage and string.format(", %d tokens", img.usage.total_tokens or 0) or ""))
   end
   return 0
@@ -304,6 +307,7 @@ local function cmd_inspect(a)
   for _, f in ipairs(a.files) do
     local info, err = imgedit.inspect(f)
     local row = info or { error = error_object(err) }
+    if row.error then row.error.attempts = nil end
     row.file = f
     if info then
       row.ok_as_image = info.accepted

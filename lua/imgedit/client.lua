@@ -70,6 +70,9 @@ end
 function Client:_key() return secrets[self] end
 
 local function check_open(c, fn)
+  if getmetatable(c) ~= Client then
+    error(string.format("bad self to '%s' (a client expected: call it as client:%s(...))", fn, fn), 3)
+  end
   if c._closed then error("client is closed (" .. fn .. " after close)", 3) end
 end
 
@@ -120,35 +123,31 @@ local function enqueue(c, job)
   return job
 end
 
--- submit(kind, req) -> job. A request that fails the local checks gives a job
--- that is already failed (attempts = 0), so callers handle every failure in
--- one place; nothing is sent for it. Options of the wrong type raise, and
--- leave nothing behind in the client.
-function Client:submit(kind, req)
-  check_open(self, "submit")
+-- start(c, kind, req, level) -> job; `level` is the caller's frame as the
+-- caller of start sees it, so that errors point at the user's line.
+local function start(self, kind, req, level)
   if kind ~= "edit" and kind ~= "generate" and kind ~= "download" then
-    error("bad argument #1 to 'submit' ('edit', 'generate' or 'download' expected)", 2)
+    error("bad argument #1 to 'submit' ('edit', 'generate' or 'download' expected)", level + 1)
   end
   if type(req) ~= "table" then
-    error(string.format("bad argument #2 to 'submit' (table expected, got %s)", type(req)), 2)
+    error(string.format("bad argument #2 to '%s' (table expected, got %s)", kind, type(req)), level + 1)
   end
-  local opts = request.job_options(self, req, 2)
+  local opts = request.job_options(self, req, level + 1)
   local job = new_job(self, kind)
   job.opts = opts
   job.on_progress, job.on_retry, job.on_partial = opts.on_progress, opts.on_retry, req.on_partial
   if kind == "download" then
     -- A picture already paid for, fetched from the url its answer gave.
     local url = req.url
-    if type(url) ~= "string" then error("bad request field 'url' (string expected, got " .. type(url) .. ")", 2) end
-    local scheme = url:match("^(%a[%w+.-]*)://")
+    local scheme = type(url) == "string" and url:match("^(%a[%w+.-]*)://")
     if not scheme or (scheme:lower() ~= "http" and scheme:lower() ~= "https") then
-      error("bad request field 'url' (an http or https url expected)", 2)
+      error("bad argument #1 to 'download' (an http or https url, or an error with err.url, expected)", level + 1)
     end
     job.phase, job.url, job.dl_attempts, job.request_id = "download", url, 0, req.request_id
     job.fields, job.body = { model = req.model }, { data = { {} } }
     return enqueue(self, job)
   end
-  local spec, fields = request.prepare(self, kind, req, secrets[self], 2)
+  local spec, fields = request.prepare(self, kind, req, secrets[self], level + 1)
   if not spec then
     fields.attempts = 0
     jobs.finish(job, nil, fields)
@@ -157,6 +156,15 @@ function Client:submit(kind, req)
   spec.timeout, spec.connect_timeout, spec.idle_timeout = opts.timeout, opts.connect_timeout, opts.idle_timeout
   job.spec, job.fields = spec, fields
   return enqueue(self, job)
+end
+
+-- submit(kind, req) -> job. A request that fails the local checks gives a job
+-- that is already failed (attempts = 0), so callers handle every failure in
+-- one place; nothing is sent for it. Options of the wrong type raise, and
+-- leave nothing behind in the client.
+function Client:submit(kind, req)
+  check_open(self, "submit")
+  return start(self, kind, req, 2)
 end
 
 -- poll(timeout_s) drives every transfer, waiting up to timeout_s for
@@ -193,12 +201,12 @@ end
 
 function Client:edit(req)
   check_open(self, "edit")
-  return self:submit("edit", req):wait()
+  return start(self, "edit", req, 2):wait()
 end
 
 function Client:generate(req)
   check_open(self, "generate")
-  return self:submit("generate", req):wait()
+  return start(self, "generate", req, 2):wait()
 end
 
 -- download(url | err [, req]) -> Image | nil, err: fetch a picture the
@@ -214,7 +222,7 @@ function Client:download(url, req)
     url = url.url
   end
   r.url = url
-  return self:submit("download", r):wait()
+  return start(self, "download", r, 2):wait()
 end
 
 -- map(reqs [, {kind = "edit"|"generate"}]) runs the requests in parallel
@@ -225,7 +233,7 @@ function Client:map(reqs, opts)
   if type(reqs) ~= "table" then error("bad argument #1 to 'map' (table expected)", 2) end
   local kind = opts and opts.kind or "edit"
   local list, results = {}, {}
-  for i, r in ipairs(reqs) do list[i] = self:submit(kind, r) end
+  for i, r in ipairs(reqs) do list[i] = start(self, kind, r, 2) end
   for i, j in ipairs(list) do
     local img, err = j:wait()
     results[i] = img or err

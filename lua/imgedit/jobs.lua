@@ -157,7 +157,7 @@ local function retry_or_fail(job, err, res)
     if job.phase == "download" then
       -- The edit is paid for: say where the picture is, to fetch it later.
       err.url, err.request_id, err.maybe_billed = job.url, job.request_id, true
-      err.message = err.message .. "; the picture is paid for and can still be downloaded from err.url"
+      err.message = err.message .. "; the picture is paid for and can still be downloaded from " .. job.url
     end
     return finish(job, nil, err)
   end

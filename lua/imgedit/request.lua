@@ -84,20 +84,47 @@ function M.check_option(name, v, checks, level)
   return v
 end
 
+local function unknown(what, k, known, level, where)
+  local hint = type(k) == "string" and closest(k, known)
+  error(string.format("unknown %s '%s'%s%s", what, tostring(k), where or "",
+    hint and (" (did you mean '" .. hint .. "'?)") or ""), level + 1)
+end
+
+-- The entries a client's `limits` may override (rules.lua's tables).
+local RULE_KEYS = { min_images = true, max_images = true, max_image_bytes = true, mask = true, rejected = true,
+  enums = true, size = true, compression_formats = true, integers = true, booleans = true, response_formats = true,
+  images_per_answer = true }
+
 -- check_new(opts, level): every option of imgedit.new, and no unknown ones.
 function M.check_new(opts, level)
   for k, v in pairs(opts) do
     if type(k) ~= "string" or not M.CLIENT_OPTIONS[k] then
-      local hint = type(k) == "string" and closest(k, M.CLIENT_OPTIONS)
-      error(string.format("unknown option '%s' to imgedit.new%s", tostring(k),
-        hint and (" (did you mean '" .. hint .. "'?)") or ""), level + 1)
+      unknown("option", k, M.CLIENT_OPTIONS, level + 1, " to imgedit.new")
     end
     M.check_option(k, v, M.CLIENT_OPTIONS, level + 1)
   end
+  for k in pairs(opts.limits or {}) do
+    if not RULE_KEYS[k] then unknown("entry of limits", k, RULE_KEYS, level + 1) end
+  end
 end
+
+-- The service's fields that are known, so never taken for a misspelt option.
+local FIELDS = { size = true, quality = true, output_format = true, output_compression = true, background = true,
+  response_format = true, user = true, n = true, stream = true, partial_images = true, moderation = true,
+  input_fidelity = true, style = true }
 
 -- job_options(client, req, level) -> the options a job runs with.
 function M.job_options(client, req, level)
+  for k in pairs(req) do
+    if type(k) == "string" and not M.CONTROL[k] and not FIELDS[k] then
+      -- An option of the client is not a field to send; nor is a name one
+      -- typo away from an option (it would be sent, paid for and ignored).
+      if M.CLIENT_OPTIONS[k] then
+        error(string.format("option '%s' belongs to imgedit.new, not to a request", k), level + 1)
+      end
+      if closest(k, M.CONTROL) then unknown("request option", k, M.CONTROL, level + 1) end
+    end
+  end
   local o = {}
   for k in pairs(M.JOB_OPTIONS) do
     local v = M.check_option(k, req[k], M.JOB_OPTIONS, level + 1)
@@ -148,14 +175,14 @@ function M.image_list(list)
   return list
 end
 
-local function field_value(k, v)
+local function field_value(k, v, level)
   local t = type(v)
   if t == "string" then return v end
   if t == "number" then
     return compat.is_integer(v) and string.format("%d", v) or tostring(v)
   end
   if t == "boolean" then return tostring(v) end
-  error(string.format("bad request field '%s' (string, number or boolean expected, got %s)", k, t), 5)
+  error(string.format("bad request field '%s' (string, number or boolean expected, got %s)", k, t), level + 1)
 end
 
 -- Fields a JSON generation sends as numbers and booleans.
@@ -205,7 +232,7 @@ function M.prepare(client, kind, req, key, level)
   local names = {}
   for k, v in pairs(req) do
     if not M.CONTROL[k] and type(k) == "string" then
-      fields[k] = field_value(k, v)
+      fields[k] = field_value(k, v, level + 1)
       names[#names + 1] = k
     end
   end
