@@ -21,21 +21,22 @@ static int write_all(int fd, const char *p, size_t n) {
   return 0;
 }
 
+/* A new temp file beside `path` (path.tmp-XXXXXX), or -1 with errno set.
+ * Its name lives in a userdata left on the stack, so an error cannot leak it. */
+static int temp_beside(lua_State *L, const char *path, size_t plen, char **tmpl) {
+  *tmpl = (char *)ie_newuserdata(L, plen + sizeof ".tmp-XXXXXX");
+  memcpy(*tmpl, path, plen);
+  memcpy(*tmpl + plen, ".tmp-XXXXXX", sizeof ".tmp-XXXXXX");
+  return mkostemp(*tmpl, O_CLOEXEC);
+}
+
 /* write_atomic(path, bytes) -> true | nil, message, "io" */
 static int l_write_atomic(lua_State *L) {
   size_t plen, n;
   const char *path = luaL_checklstring(L, 1, &plen);
   const char *data = luaL_checklstring(L, 2, &n);
-  /* The template lives in a Lua string buffer so an error cannot leak it. */
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  luaL_addlstring(&b, path, plen);
-  luaL_addstring(&b, ".tmp-XXXXXX");
-  luaL_addchar(&b, '\0');
-  luaL_pushresult(&b);
-  char *tmpl = (char *)ie_newuserdata(L, ie_len(L, -1));
-  memcpy(tmpl, lua_tostring(L, -2), ie_len(L, -2));
-  int fd = mkostemp(tmpl, O_CLOEXEC);
+  char *tmpl;
+  int fd = temp_beside(L, path, plen, &tmpl);
   if (fd < 0)
     return ie_fail(L, "io", "cannot create a file next to the target: %s", strerror(errno));
   int err = 0;
@@ -131,15 +132,8 @@ static int l_can_write(lua_State *L) {
   struct stat st;
   if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
     return ie_fail(L, "io", "it is a folder; name the file to write");
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  luaL_addlstring(&b, path, plen);
-  luaL_addstring(&b, ".tmp-XXXXXX");
-  luaL_addchar(&b, '\0');
-  luaL_pushresult(&b);
-  char *tmpl = (char *)ie_newuserdata(L, ie_len(L, -1));
-  memcpy(tmpl, lua_tostring(L, -2), ie_len(L, -2));
-  int fd = mkostemp(tmpl, O_CLOEXEC);
+  char *tmpl;
+  int fd = temp_beside(L, path, plen, &tmpl);
   if (fd < 0) {
     int e = errno;
     if (e == ENOENT)
