@@ -736,10 +736,11 @@ static int l_sse_parse(lua_State *L) {
   return 2;
 }
 
-/* transfer:cancel(): abort at once and free the connection. */
+/* transfer:cancel(): abort at once and free the connection. Harmless on a
+ * closed transfer, like close: a client's __gc may run after its transfers'. */
 static int transfer_cancel(lua_State *L) {
-  transfer *t = check_open_transfer(L);
-  if (!t->done) {
+  transfer *t = (transfer *)luaL_checkudata(L, 1, XFER_MT);
+  if (!t->closed && !t->done) {
     t->canceled = 1;
     t->done = 1;
     t->code = CURLE_ABORTED_BY_CALLBACK;

@@ -321,15 +321,25 @@ describe("careless calls", function()
         local _, err = job:result()
         assert.are.equal("canceled", err.kind)
       end
+      emu:configure { latency = 0 }
       local weak = setmetatable({}, { __mode = "k" })
       do
         local c = client()
         assert(c:generate(small()))
         weak[c] = true
+        -- and one with a job still running when it is collected: its
+        -- transfers are finalised before it, and nothing may raise
+        emu:configure { latency = 2 }
+        local live = client()
+        live:submit("generate", small())
+        live:poll(0.05)
+        weak[live] = true
       end
       collectgarbage()
       collectgarbage()
       assert.is_nil(next(weak))
+      emu:configure { latency = 0 }
+      assert.truthy(client():generate(small()))
     end)
   end)
 end)

@@ -233,17 +233,24 @@ function M.step(job, now)
   if not ok then error(e, 0) end
 end
 
+-- Hand the stream's new events on; false once the job must stop.
+local function drain(job, t)
+  stream.drain(job, t:events(), job.client:_key(), function(img, index)
+    return call(job, t, "on_partial", img, index)
+  end)
+  return job.transfer == t and not job:done()
+end
+
 function step(job, now)
   local t = job.transfer
   if not t or job:done() then return end
-  if job.spec and job.spec.stream and job.phase ~= "download" then
-    local key = job.client:_key()
-    stream.drain(job, t:events(), key, function(img, index)
-      return call(job, t, "on_partial", img, index)
-    end)
-    if job.transfer ~= t or job:done() then return end
+  local streaming = job.spec and job.spec.stream and job.phase ~= "download"
+  if streaming and not drain(job, t) then return end
+  if t:done() then
+    -- The transfer may have ended while callbacks ran: its last events too.
+    if streaming and not drain(job, t) then return end
+    return advance(job, t, now)
   end
-  if t:done() then return advance(job, t, now) end
   if job.on_progress and not job.cb_err then
     local up, up_total, down, down_total, answering = t:progress()
     local phase = job.phase == "download" and "download"
