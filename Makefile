@@ -42,7 +42,15 @@ BUSTED  ?= $(LUA) /usr/bin/busted
 
 BUILD ?= build
 
-all: $(BUILD)/imgedit/core.so $(BUILD)/imgedit/emulator.so
+# The emulator needs libmicrohttpd; a client-only build (no libmicrohttpd
+# found) skips it. The tests, the demo and the CLI's emulate need it.
+HAVE_MHD := $(shell $(PKG_CONFIG) --exists libmicrohttpd && echo yes)
+MODULES   = $(BUILD)/imgedit/core.so $(if $(HAVE_MHD),$(BUILD)/imgedit/emulator.so)
+
+all: $(MODULES)
+ifneq ($(HAVE_MHD),yes)
+	@echo "imgedit: libmicrohttpd not found: built the client only (no imgedit.emulator)"
+endif
 
 $(BUILD)/imgedit/core.so: $(CORE_SRC) $(HDRS)
 	@mkdir -p $(@D)
@@ -165,15 +173,17 @@ check:
 format:
 	clang-format -i src/*.c src/*.h
 
+# The installed command names the interpreter it was built for.
 install: all
 	install -d $(DESTDIR)$(LUA_LMOD)/imgedit/emulator $(DESTDIR)$(LUA_CMOD)/imgedit $(DESTDIR)$(BINDIR)
 	install -m 644 lua/imgedit/*.lua $(DESTDIR)$(LUA_LMOD)/imgedit/
 	install -m 644 lua/imgedit/emulator/*.lua $(DESTDIR)$(LUA_LMOD)/imgedit/emulator/
-	install -m 755 $(BUILD)/imgedit/core.so $(BUILD)/imgedit/emulator.so $(DESTDIR)$(LUA_CMOD)/imgedit/
-	install -m 755 bin/imgedit $(DESTDIR)$(BINDIR)/imgedit
+	install -m 755 $(MODULES) $(DESTDIR)$(LUA_CMOD)/imgedit/
+	sed '1s|.*|#!/usr/bin/env $(LUA)|' bin/imgedit > $(DESTDIR)$(BINDIR)/imgedit
+	chmod 755 $(DESTDIR)$(BINDIR)/imgedit
 
 uninstall:
 	rm -rf $(DESTDIR)$(LUA_LMOD)/imgedit $(DESTDIR)$(LUA_CMOD)/imgedit $(DESTDIR)$(BINDIR)/imgedit
 
 clean:
-	rm -rf build build-asan out
+	rm -rf build build-* out

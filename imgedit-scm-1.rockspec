@@ -2,7 +2,7 @@ rockspec_format = "3.0"
 package = "imgedit"
 version = "scm-1"
 source = {
-  url = "git+file:///path/to/imgedit", -- a local checkout: build it with `luarocks make`
+  url = "git+https://github.com/imgedit/imgedit.git", -- or a checkout: `luarocks make`
 }
 description = {
   summary = "Edit and fuse images through OpenAI-compatible image APIs",
@@ -10,12 +10,13 @@ description = {
     A C core (libcurl, stb_image, libwebp, OpenSSL) with a thin Lua API for the
     image edit and generation endpoints: multipart uploads streamed from disk,
     image checks before sending, structured errors, and a local emulator of the
-    service (libmicrohttpd) for tests and demos.
+    service (libmicrohttpd, optional: without it the client alone is built)
+    for tests and demos.
   ]],
   license = "MIT",
 }
 dependencies = {
-  "lua >= 5.4",
+  "lua >= 5.1",
   "lua-cjson",
   "argparse",
 }
@@ -23,7 +24,6 @@ external_dependencies = {
   CURL = { library = "curl" }, -- curl.h sits in a multiarch folder on Debian
   STB = { header = "stb/stb_image.h", library = "stb" },
   WEBP = { header = "webp/decode.h", library = "webp" },
-  MICROHTTPD = { header = "microhttpd.h", library = "microhttpd" },
   OPENSSL = { header = "openssl/evp.h", library = "crypto" },
 }
 build = {

@@ -13,6 +13,10 @@ describe("make install and uninstall", function()
       "/usr/local/lib/lua/" .. H.LUAV .. "/imgedit/core.so", "/usr/local/lib/lua/" .. H.LUAV .. "/imgedit/emulator.so", "/usr/local/bin/imgedit" } do
       assert.is_true(H.exists(dir .. f), f)
     end
+    -- the installed command names the interpreter it was built for
+    local f = assert(io.open(dir .. "/usr/local/bin/imgedit"))
+    assert.are.equal("#!/usr/bin/env " .. H.LUA, f:read("*l"))
+    f:close()
     local root = dir .. "/usr/local"
     p = io.popen("cd / && LUA_PATH='" .. root .. "/share/lua/" .. H.LUAV .. "/?.lua;" .. root .. "/share/lua/" .. H.LUAV .. "/?/init.lua;;' "
       .. "LUA_CPATH='" .. root .. "/lib/lua/" .. H.LUAV .. "/?.so;;' " .. H.LUA .. " -e '"

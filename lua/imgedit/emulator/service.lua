@@ -25,10 +25,14 @@ local MODELS = {
   },
 }
 
+-- A key of its own for every emulator: from the system's random source
+-- (math.random is not seeded on 5.1, 5.3 and LuaJIT, so it would repeat).
 local function random_key()
-  local t = {}
-  for i = 1, 24 do t[i] = string.format("%x", math.random(0, 15)) end
-  return "sk-emu-" .. table.concat(t)
+  local f = io.open("/dev/urandom", "rb")
+  local seed = f and f:read(16) or ""
+  if f then f:close() end
+  seed = seed .. tostring(os.time()) .. tostring(os.clock()) .. tostring({})
+  return "sk-emu-" .. core.sha256(seed):sub(1, 24)
 end
 
 function M.configure_json(s)
