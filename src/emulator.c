@@ -260,7 +260,9 @@ static void take_answer(lua_State *S, answer *a) {
   if (lua_istable(S, -1)) {
     lua_pushnil(S);
     while (lua_next(S, -2)) {
-      const char *k = lua_tostring(S, -2), *v = lua_tostring(S, -1);
+      /* lua_tostring on a number key would change it under lua_next */
+      const char *k = lua_type(S, -2) == LUA_TSTRING ? lua_tostring(S, -2) : NULL;
+      const char *v = lua_tostring(S, -1);
       if (k && v) {
         append(&a->headers, &a->hlen, &a->hcap, k, strlen(k) + 1);
         append(&a->headers, &a->hlen, &a->hcap, v, strlen(v) + 1);

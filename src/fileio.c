@@ -2,6 +2,7 @@
  * reader never sees half an image, and an old file survives a failed write. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -19,6 +20,25 @@ static int write_all(int fd, const char *p, size_t n) {
     p += w, n -= (size_t)w;
   }
   return 0;
+}
+
+/* The process's umask, read without changing it: umask(0) then umask(old)
+ * would race with other threads creating files (the emulator's). Linux
+ * shows it in /proc/self/status since 4.7; elsewhere the usual 022. */
+static mode_t current_umask(void) {
+  mode_t um = 022;
+  FILE *f = fopen("/proc/self/status", "re");
+  if (!f)
+    return um;
+  char line[128];
+  unsigned v;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "Umask: %o", &v) == 1) {
+      um = (mode_t)v;
+      break;
+    }
+  fclose(f);
+  return um;
 }
 
 /* A new temp file beside `path` (path.tmp-XXXXXX), or -1 with errno set.
@@ -43,12 +63,8 @@ static int l_write_atomic(lua_State *L) {
   if (write_all(fd, data, n) != 0 || fsync(fd) != 0)
     err = errno;
   /* Ordinary file permissions, as a plain open() would give. */
-  if (!err) {
-    mode_t um = umask(0);
-    umask(um);
-    if (fchmod(fd, 0666 & ~um) != 0)
-      err = errno;
-  }
+  if (!err && fchmod(fd, 0666 & ~current_umask()) != 0)
+    err = errno;
   if (close(fd) != 0 && !err)
     err = errno;
   if (!err && rename(tmpl, path) != 0)

@@ -323,27 +323,6 @@ static multi *check_open_multi(lua_State *L) {
 
 /* ---- building a request from a spec table ---- */
 
-static const char *opt_string(lua_State *L, int spec, const char *key, size_t *len) {
-  lua_getfield(L, spec, key);
-  const char *s = lua_isnil(L, -1) ? NULL : luaL_checklstring(L, -1, len);
-  lua_pop(L, 1); /* the spec table keeps the string alive */
-  return s;
-}
-
-static lua_Number opt_number(lua_State *L, int spec, const char *key, lua_Number dflt) {
-  lua_getfield(L, spec, key);
-  lua_Number v = luaL_optnumber(L, -1, dflt);
-  lua_pop(L, 1);
-  return v;
-}
-
-static int opt_bool(lua_State *L, int spec, const char *key) {
-  lua_getfield(L, spec, key);
-  int v = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  return v;
-}
-
 static void add_headers(lua_State *L, int spec, transfer *t) {
   lua_getfield(L, spec, "headers");
   if (lua_istable(L, -1)) {
@@ -380,13 +359,13 @@ static void add_parts(lua_State *L, int spec, transfer *t) {
     int p = lua_gettop(L);
     luaL_checktype(L, p, LUA_TTABLE);
     size_t len = 0;
-    const char *name = opt_string(L, p, "name", &len);
-    const char *value = opt_string(L, p, "value", &len);
-    const char *path = opt_string(L, p, "path", NULL);
+    const char *name = ie_opt_lstring(L, p, "name", &len);
+    const char *value = ie_opt_lstring(L, p, "value", &len);
+    const char *path = ie_opt_lstring(L, p, "path", NULL);
     size_t dlen = 0;
-    const char *data = opt_string(L, p, "data", &dlen);
-    const char *filename = opt_string(L, p, "filename", NULL);
-    const char *type = opt_string(L, p, "type", NULL);
+    const char *data = ie_opt_lstring(L, p, "data", &dlen);
+    const char *filename = ie_opt_lstring(L, p, "filename", NULL);
+    const char *type = ie_opt_lstring(L, p, "type", NULL);
     curl_mimepart *part = curl_mime_addpart(t->mime);
     CURLcode rc = part ? curl_mime_name(part, name) : CURLE_OUT_OF_MEMORY;
     if (rc == CURLE_OK && value)
@@ -438,12 +417,12 @@ static int multi_start(lua_State *L) {
   if (!t->e)
     return luaL_error(L, "curl_easy_init failed");
   size_t n;
-  const char *url = opt_string(L, spec, "url", &n);
+  const char *url = ie_opt_lstring(L, spec, "url", &n);
   luaL_argcheck(L, url != NULL, 2, "spec.url required");
-  t->max = (size_t)opt_number(L, spec, "max_response_bytes", 64.0 * 1024 * 1024);
-  t->idle_limit = opt_number(L, spec, "idle_timeout", 0);
-  t->stream_wanted = opt_bool(L, spec, "stream");
-  t->billable = opt_bool(L, spec, "billable");
+  t->max = (size_t)ie_opt_number(L, spec, "max_response_bytes", 64.0 * 1024 * 1024);
+  t->idle_limit = ie_opt_number(L, spec, "idle_timeout", 0);
+  t->stream_wanted = ie_opt_bool(L, spec, "stream");
+  t->billable = ie_opt_bool(L, spec, "billable");
   CURL *e = t->e;
   curl_easy_setopt(e, CURLOPT_URL, url);
   curl_easy_setopt(e, CURLOPT_PRIVATE, t);
@@ -451,7 +430,7 @@ static int multi_start(lua_State *L) {
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, opt_bool(L, spec, "follow") ? 1L : 0L);
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, ie_opt_bool(L, spec, "follow") ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_MAXREDIRS, 5L);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
@@ -473,15 +452,15 @@ static int multi_start(lua_State *L) {
    * the system calls of the 64 KB default (measured in bench/). */
   curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 256L * 1024);
   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t->max);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(opt_number(L, spec, "timeout", 600) * 1000));
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(ie_opt_number(L, spec, "timeout", 600) * 1000));
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
-                   (long)(opt_number(L, spec, "connect_timeout", 15) * 1000));
-  const char *ua = opt_string(L, spec, "user_agent", NULL);
+                   (long)(ie_opt_number(L, spec, "connect_timeout", 15) * 1000));
+  const char *ua = ie_opt_lstring(L, spec, "user_agent", NULL);
   if (ua)
     curl_easy_setopt(e, CURLOPT_USERAGENT, ua);
   add_headers(L, spec, t);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
-  const char *body = opt_string(L, spec, "body", &n);
+  const char *body = ie_opt_lstring(L, spec, "body", &n);
   if (body) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)n);
     curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body);

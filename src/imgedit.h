@@ -62,6 +62,50 @@ IE_LOCAL void ie_open_http(lua_State *L);
 /* ---- emulator (emulator.c, emu_render.c) ---- */
 IE_LOCAL void emu_open_render(lua_State *L);
 
+/* ---- small helpers shared by the C files (both modules) ---- */
+
+/* RGBA pixels at idx, with width and height at idx+1 and idx+2. */
+static inline const char *ie_check_rgba(lua_State *L, int idx, int *w, int *h) {
+  size_t n;
+  const char *px = luaL_checklstring(L, idx, &n);
+  lua_Integer lw = luaL_checkinteger(L, idx + 1), lh = luaL_checkinteger(L, idx + 2);
+  luaL_argcheck(L, lw > 0 && lw <= 65535, idx + 1, "width out of range");
+  luaL_argcheck(L, lh > 0 && lh <= 65535, idx + 2, "height out of range");
+  luaL_argcheck(L, n == (size_t)lw * (size_t)lh * 4, idx, "not width*height RGBA pixels");
+  *w = (int)lw, *h = (int)lh;
+  return px;
+}
+
+/* Optional fields of the table at t: the default when absent, and a Lua
+ * error when of the wrong type. A string stays anchored by the table. */
+static inline lua_Integer ie_opt_integer(lua_State *L, int t, const char *k, lua_Integer dflt) {
+  lua_getfield(L, t, k);
+  lua_Integer v = luaL_optinteger(L, -1, dflt);
+  lua_pop(L, 1);
+  return v;
+}
+
+static inline lua_Number ie_opt_number(lua_State *L, int t, const char *k, lua_Number dflt) {
+  lua_getfield(L, t, k);
+  lua_Number v = luaL_optnumber(L, -1, dflt);
+  lua_pop(L, 1);
+  return v;
+}
+
+static inline const char *ie_opt_lstring(lua_State *L, int t, const char *k, size_t *len) {
+  lua_getfield(L, t, k);
+  const char *s = lua_isnil(L, -1) ? NULL : luaL_checklstring(L, -1, len);
+  lua_pop(L, 1);
+  return s;
+}
+
+static inline int ie_opt_bool(lua_State *L, int t, const char *k) {
+  lua_getfield(L, t, k);
+  int v = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
 /* Push nil, message, reason: the run-time failure convention of the core. */
 IE_LOCAL int ie_fail(lua_State *L, const char *reason, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -6,22 +6,17 @@
 
 #include "imgedit.h"
 
-static const char *check_rgba(lua_State *L, int idx, int *w, int *h) {
-  size_t n;
-  const char *px = luaL_checklstring(L, idx, &n);
-  lua_Integer lw = luaL_checkinteger(L, idx + 1), lh = luaL_checkinteger(L, idx + 2);
-  luaL_argcheck(L, lw > 0 && lw <= 65535, idx + 1, "width out of range");
-  luaL_argcheck(L, lh > 0 && lh <= 65535, idx + 2, "height out of range");
-  luaL_argcheck(L, n == (size_t)lw * (size_t)lh * 4, idx, "not width*height RGBA pixels");
-  *w = (int)lw, *h = (int)lh;
-  return px;
-}
+static lua_Integer clip_lo(lua_Integer v, int size) { return v < 0 ? 0 : v > size ? size : v; }
 
-static lua_Integer field_int(lua_State *L, int t, const char *k, lua_Integer dflt) {
-  lua_getfield(L, t, k);
-  lua_Integer v = luaL_optinteger(L, -1, dflt);
-  lua_pop(L, 1);
-  return v;
+/* min(v + len, size), clipped at 0, for any v and len */
+static lua_Integer clip_hi(lua_Integer v, lua_Integer len, int size) {
+  if (len <= 0 || v >= size)
+    return 0;
+  if (v < 0) {
+    lua_Integer e = v + len; /* opposite signs: cannot overflow */
+    return e < 0 ? 0 : e > size ? size : e;
+  }
+  return len >= size - v ? size : v + len;
 }
 
 /* mask_shapes(w, h, shapes [, invert]) -> rgba. Starts all kept (alpha 255);
@@ -51,13 +46,15 @@ static int l_mask_shapes(lua_State *L) {
     lua_getfield(L, t, "keep");
     unsigned char a = lua_toboolean(L, -1) ? 255 : 0;
     lua_pop(L, 1);
-    lua_Integer x0 = field_int(L, t, "x", 0), y0 = field_int(L, t, "y", 0);
-    lua_Integer sw = field_int(L, t, "w", 0), sh = field_int(L, t, "h", 0);
+    lua_Integer x0 = ie_opt_integer(L, t, "x", 0), y0 = ie_opt_integer(L, t, "y", 0);
+    lua_Integer sw = ie_opt_integer(L, t, "w", 0), sh = ie_opt_integer(L, t, "h", 0);
     lua_pop(L, 1); /* balanced before the next buffer use */
     double cx = (double)x0 + (double)sw / 2, cy = (double)y0 + (double)sh / 2;
     double rx = (double)sw / 2, ry = (double)sh / 2;
-    lua_Integer ya = y0 < 0 ? 0 : y0, yb = y0 + sh > h ? h : y0 + sh;
-    lua_Integer xa = x0 < 0 ? 0 : x0, xb = x0 + sw > w ? w : x0 + sw;
+    /* The shape clipped to the picture, without ever adding two caller
+     * values (x + w may not fit in a lua_Integer). */
+    lua_Integer ya = clip_lo(y0, h), yb = clip_hi(y0, sh, h);
+    lua_Integer xa = clip_lo(x0, w), xb = clip_hi(x0, sw, w);
     for (lua_Integer y = ya; y < yb; y++)
       for (lua_Integer x = xa; x < xb; x++) {
         if (ellipse) { /* pixel centres inside the ellipse */
@@ -108,7 +105,7 @@ static void blur_alpha(unsigned char *px, unsigned char *tmp, int w, int h, int 
  * edit: it gets alpha 0. Without a threshold, grey levels give soft alpha. */
 static int l_mask_from_gray(lua_State *L) {
   int w, h;
-  const unsigned char *src = (const unsigned char *)check_rgba(L, 1, &w, &h);
+  const unsigned char *src = (const unsigned char *)ie_check_rgba(L, 1, &w, &h);
   int opts = lua_istable(L, 4) ? 4 : 0;
   int invert = 0, use_alpha = 0;
   double threshold = -1;
@@ -121,7 +118,7 @@ static int l_mask_from_gray(lua_State *L) {
     lua_getfield(L, opts, "threshold");
     threshold = luaL_optnumber(L, -1, -1);
     lua_pop(L, 3);
-    feather = field_int(L, opts, "feather", 0);
+    feather = ie_opt_integer(L, opts, "feather", 0);
   }
   luaL_argcheck(L, threshold < 0 || threshold <= 1, 4, "threshold must be within 0..1");
   luaL_argcheck(L, feather >= 0 && feather <= 1000, 4, "feather out of range");

@@ -3,6 +3,7 @@
  * Buffers that C libraries allocate are held by a "box" userdata while Lua
  * copies them, so an out-of-memory error raised by Lua cannot leak them. */
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
 
 #include <stb_image.h>
@@ -74,6 +75,8 @@ static int l_decode(lua_State *L) {
     b->release = webp_free_fn;
   } else {
     int c;
+    if (n > INT_MAX) /* stb takes an int length */
+      return ie_fail(L, "too_large", "%zu bytes is more than the decoder takes", n);
     b->p = stbi_load_from_memory(s, (int)n, &w, &h, &c, 4);
     b->release = stbi_free_fn;
   }
@@ -109,21 +112,10 @@ static void grow_write(void *ctx, void *data, int size) {
   b->len += (size_t)size;
 }
 
-static const char *check_rgba(lua_State *L, int *w, int *h) {
-  size_t n;
-  const char *px = luaL_checklstring(L, 1, &n);
-  lua_Integer lw = luaL_checkinteger(L, 2), lh = luaL_checkinteger(L, 3);
-  luaL_argcheck(L, lw > 0 && lw <= 65535, 2, "width out of range");
-  luaL_argcheck(L, lh > 0 && lh <= 65535, 3, "height out of range");
-  luaL_argcheck(L, n == (size_t)lw * (size_t)lh * 4, 1, "not width*height RGBA pixels");
-  *w = (int)lw, *h = (int)lh;
-  return px;
-}
-
 /* encode(rgba, w, h, format [, quality [, lossless]]) -> bytes */
 static int l_encode(lua_State *L) {
   int w, h;
-  const char *px = check_rgba(L, &w, &h);
+  const char *px = ie_check_rgba(L, 1, &w, &h);
   static const char *const fmts[] = {"png", "jpeg", "webp", NULL};
   int fmt = luaL_checkoption(L, 4, "png", fmts);
   int quality = (int)luaL_optinteger(L, 5, 90);
@@ -154,7 +146,7 @@ static int l_encode(lua_State *L) {
 /* resize(rgba, w, h, new_w, new_h) -> rgba */
 static int l_resize(lua_State *L) {
   int w, h;
-  const char *px = check_rgba(L, &w, &h);
+  const char *px = ie_check_rgba(L, 1, &w, &h);
   lua_Integer nw = luaL_checkinteger(L, 4), nh = luaL_checkinteger(L, 5);
   luaL_argcheck(L, nw > 0 && nw <= 65535, 4, "width out of range");
   luaL_argcheck(L, nh > 0 && nh <= 65535, 5, "height out of range");

@@ -242,7 +242,7 @@ local function cmd_request(a)
   if a.stream then
     req.stream = true
     req.partial_images = compat.tointeger(number_opt(a.partials, "partials"))
-    local stem = a.output:gsub("%.[%w]+$", "")
+    local stem = image.stem(a.output)
     req.on_partial = function(img, index)
       local path = string.format("%s.partial-%d.%s", stem, index, img.format == "jpeg" and "jpg" or img.format)
       local ok = img:save(path)

@@ -13,7 +13,7 @@ local function encode(px, w, h, fmt, quality)
 end
 
 local function name_for(name, fmt)
-  return (name or "image"):gsub("%.%w+$", "") .. "." .. image.EXT[fmt]
+  return image.stem(name or "image") .. "." .. image.EXT[fmt]
 end
 
 -- fit(src, {max_edge=, max_bytes=10 MB, format=, quality=90, mask=}) -> Image [, mask Image] | nil, err

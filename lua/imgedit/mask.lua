@@ -88,7 +88,7 @@ function M.from_gray(src, o)
   local px, w, h, _, name = image.pixels(src, "mask")
   if not px then return nil, w end
   return as_image(core.mask_from_gray(px, w, h, { invert = o.invert, threshold = o.threshold,
-    feather = o.feather }), w, h, name and (name:gsub("%.%w+$", "") .. "-mask.png"))
+    feather = o.feather }), w, h, name and (image.stem(name) .. "-mask.png"))
 end
 
 -- from_alpha(src, {invert=, threshold=, feather=}) -> Image | nil, err
@@ -100,7 +100,7 @@ function M.from_alpha(src, o)
   if not px then return nil, w end
   -- use_alpha maps transparent to "edit": the same alpha comes out.
   return as_image(core.mask_from_gray(px, w, h, { use_alpha = true, invert = o.invert, threshold = o.threshold,
-    feather = o.feather }), w, h, name and (name:gsub("%.%w+$", "") .. "-mask.png"))
+    feather = o.feather }), w, h, name and (image.stem(name) .. "-mask.png"))
 end
 
 -- check(mask, base [, {model=, limits=}]) -> report | nil, err (err.report)
