@@ -34,11 +34,11 @@ SHARED    = -shared
 
 CORE_SRC = src/core.c src/inspect.c src/codec.c src/fileio.c src/pixels.c src/mask.c src/sse.c src/http.c
 EMU_SRC  = src/emulator.c src/emu_render.c
-HDRS     = src/imgedit.h src/sse.h
+HDRS     = src/imgedit.h src/sse.h src/compat.h
 
 BUSTED  ?= $(LUA) /usr/bin/busted
 
-.PHONY: all deps deps-hardening deps-all test-all test test-asan test-valgrind demo bench bench-deps install uninstall clean check format fuzz fuzz-smoke
+.PHONY: testhooks all deps deps-hardening deps-all test-all test test-asan test-valgrind demo bench bench-deps install uninstall clean check format fuzz fuzz-smoke
 
 BUILD ?= build
 
@@ -59,6 +59,13 @@ $(BUILD)/imgedit/core.so: $(CORE_SRC) $(HDRS)
 $(BUILD)/imgedit/emulator.so: $(EMU_SRC) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(EMU_CFLAGS) $(SHARED) -o $@ $(EMU_SRC) $(LDFLAGS) $(EMU_LIBS)
+
+# Test-only C hooks (never installed): imgedit_test.sse drives the SSE parser.
+testhooks: $(BUILD)/imgedit_test/sse.so
+
+$(BUILD)/imgedit_test/sse.so: tests/sse_hook.c src/sse.c $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(SHARED) -o $@ tests/sse_hook.c src/sse.c $(LDFLAGS)
 
 # Debian packages the build, the tests and the demo need; quiet when present.
 DEB_PKGS = gcc make pkg-config liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjson libstb-dev \
@@ -84,7 +91,7 @@ deps-hardening: deps
 
 ENV = LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;'
 
-test: all
+test: all testhooks
 	@$(ENV) $(BUSTED) -o tests/summary.lua tests
 
 # Every supported Lua: 5.4, 5.3, 5.1 and LuaJIT 2.1, each built into its own
@@ -98,7 +105,7 @@ test-all:
 	  if [ $$t = luajit ]; then vars="LUA=luajit"; lua=luajit; luav=5.1; \
 	  else vars="LUA_VERSION=$$t"; lua=lua$$t; luav=$$t; fi; \
 	  echo "== $$lua"; \
-	  $(MAKE) --no-print-directory BUILD=build-$$t $$vars all >/dev/null; \
+	  $(MAKE) --no-print-directory BUILD=build-$$t $$vars all testhooks >/dev/null; \
 	  LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH="build-$$t/?.so;;" IMGEDIT_TEST_LUA=$$lua \
 	    IMGEDIT_TEST_BUILD=build-$$t IMGEDIT_TEST_LUAV=$$luav IMGEDIT_TEST_MAKEVARS="BUILD=build-$$t $$vars" \
 	    $$lua /usr/bin/busted --cpath="build-$$t/?.so" --lpath='lua/?.lua;lua/?/init.lua;tests/?.lua' \
@@ -110,14 +117,14 @@ test-all:
 ASAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 ASAN_RT    = $(shell $(CC) -print-file-name=libasan.so) $(shell $(CC) -print-file-name=libubsan.so)
 test-asan: all
-	@$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="$(ASAN_FLAGS)" all >/dev/null
+	@$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="$(ASAN_FLAGS)" all testhooks >/dev/null
 	@LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build-asan/?.so;;' IMGEDIT_TEST_SLOW=2 \
 	  LD_PRELOAD="$(ASAN_RT)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:exitcode=99 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  $(BUSTED) --cpath='build-asan/?.so' -o tests/summary.lua tests
 
 # The whole suite under valgrind's memcheck: zero errors, zero definite leaks.
-test-valgrind: all
+test-valgrind: all testhooks
 	@$(ENV) IMGEDIT_TEST_SLOW=30 valgrind -q --error-exitcode=99 --leak-check=full \
 	  --show-leak-kinds=definite --errors-for-leak-kinds=definite --trace-children=no \
 	  $(BUSTED) -o tests/summary.lua tests

@@ -33,12 +33,6 @@ typedef struct memsrc {
   size_t len, pos;
 } memsrc;
 
-/* One server-sent event waiting for Lua to take it. */
-typedef struct event {
-  char *name, *data;
-  size_t nlen, dlen;
-} event;
-
 struct transfer {
   CURL *e;
   curl_mime *mime;
@@ -60,51 +54,12 @@ struct transfer {
   char ctype[128], retry_after[64], retry_after_ms[32], request_id[128], should_retry[8];
   char errbuf[CURL_ERROR_SIZE];
   /* Streaming answers: decided by the answer's content type. */
-  int stream_wanted, mode_decided, sse_on, sse_bad;
+  int stream_wanted, mode_decided, sse_on;
   sse parser;
-  event *ev;
-  size_t nev, evcap, ev_bytes;
+  sse_queue events;
 };
 
 /* ---- libcurl callbacks: C only ---- */
-
-static void queue_event(void *ud, const char *name, size_t nlen, const char *data, size_t dlen) {
-  transfer *t = (transfer *)ud;
-  if (t->sse_bad)
-    return;
-  if (t->ev_bytes + dlen > t->max) { /* Lua is not draining: too much at once */
-    t->sse_bad = 1;
-    return;
-  }
-  if (t->nev == t->evcap) {
-    size_t nc = t->evcap ? t->evcap * 2 : 8;
-    event *ne = realloc(t->ev, nc * sizeof *ne);
-    if (!ne) {
-      t->sse_bad = 1;
-      return;
-    }
-    t->ev = ne, t->evcap = nc;
-  }
-  event *e = &t->ev[t->nev];
-  e->name = malloc(nlen + 1);
-  e->data = malloc(dlen + 1);
-  if (!e->name || !e->data) {
-    free(e->name), free(e->data);
-    t->sse_bad = 1;
-    return;
-  }
-  memcpy(e->name, name, nlen), e->name[nlen] = '\0', e->nlen = nlen;
-  memcpy(e->data, data, dlen), e->data[dlen] = '\0', e->dlen = dlen;
-  t->nev++;
-  t->ev_bytes += dlen;
-}
-
-static void free_events(transfer *t) {
-  for (size_t i = 0; i < t->nev; i++)
-    free(t->ev[i].name), free(t->ev[i].data);
-  t->nev = 0;
-  t->ev_bytes = 0;
-}
 
 static size_t on_body(char *p, size_t sz, size_t n, void *ud) {
   transfer *t = (transfer *)ud;
@@ -113,11 +68,13 @@ static size_t on_body(char *p, size_t sz, size_t n, void *ud) {
     /* A stream only if the service answers with one (an error is JSON). */
     t->mode_decided = 1;
     t->sse_on = strncasecmp(t->ctype, "text/event-stream", 17) == 0;
-    if (t->sse_on)
+    if (t->sse_on) {
       sse_init(&t->parser, t->max);
+      sse_queue_init(&t->events, t->max);
+    }
   }
   if (t->sse_on) {
-    if (sse_feed(&t->parser, p, len, queue_event, t) != 0 || t->sse_bad) {
+    if (sse_feed(&t->parser, p, len, sse_queue_push, &t->events) != 0 || t->events.failed) {
       t->too_large = 1;
       return 0;
     }
@@ -277,11 +234,11 @@ static void transfer_release(transfer *t) {
   curl_mime_free(t->mime);
   curl_slist_free_all(t->headers);
   free(t->body);
-  if (t->sse_on)
+  if (t->sse_on) {
     sse_free(&t->parser);
-  free_events(t);
-  free(t->ev);
-  t->ev = NULL, t->evcap = 0, t->sse_on = 0;
+    sse_queue_free(&t->events);
+  }
+  t->sse_on = 0;
   t->e = NULL, t->mime = NULL, t->headers = NULL, t->body = NULL;
   t->len = t->cap = 0;
 }
@@ -514,13 +471,17 @@ static int multi_perform(lua_State *L) {
   multi *m = check_open_multi(L);
   lua_Number timeout = luaL_optnumber(L, 2, 0);
   int running = 0;
-  curl_multi_perform(m->m, &running);
-  int finished = collect(m);
-  if (timeout > 0 && finished == 0) {
-    curl_multi_poll(m->m, NULL, 0, (int)(timeout * 1000), NULL);
-    curl_multi_perform(m->m, &running);
-    collect(m);
+  CURLMcode mc = curl_multi_perform(m->m, &running);
+  int finished = mc == CURLM_OK ? collect(m) : 0;
+  if (mc == CURLM_OK && timeout > 0 && finished == 0) {
+    mc = curl_multi_poll(m->m, NULL, 0, (int)(timeout * 1000), NULL);
+    if (mc == CURLM_OK)
+      mc = curl_multi_perform(m->m, &running);
+    if (mc == CURLM_OK)
+      collect(m);
   }
+  if (mc != CURLM_OK) /* out of memory or a broken handle: not a transfer's failure */
+    return luaL_error(L, "curl multi: %s", curl_multi_strerror(mc));
   lua_pushinteger(L, m->count);
   return 1;
 }
@@ -621,98 +582,13 @@ static int transfer_progress(lua_State *L) {
   return 5;
 }
 
-static void push_events(lua_State *L, const event *ev, size_t n) {
-  lua_createtable(L, (int)n, 0);
-  for (size_t i = 0; i < n; i++) {
-    lua_createtable(L, 0, 2);
-    lua_pushlstring(L, ev[i].name, ev[i].nlen);
-    lua_setfield(L, -2, "event");
-    lua_pushlstring(L, ev[i].data, ev[i].dlen);
-    lua_setfield(L, -2, "data");
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
-  }
-}
-
 /* transfer:events() -> the server-sent events that arrived since the last
  * call, as {event=, data=} tables, oldest first. */
 static int transfer_events(lua_State *L) {
   transfer *t = check_open_transfer(L);
-  push_events(L, t->ev, t->nev);
-  free_events(t); /* only after Lua has its copies */
+  ie_push_events(L, &t->events);
+  sse_queue_clear(&t->events); /* only after Lua has its copies */
   return 1;
-}
-
-/* sse_parse(chunks [, max]) -> events, ok: feeds the chunks in order (for
- * tests: every split of a stream must give the same events). */
-typedef struct collected {
-  event *ev;
-  size_t n, cap;
-  int oom;
-} collected;
-
-static void collect_event(void *ud, const char *name, size_t nlen, const char *data, size_t dlen) {
-  collected *c = (collected *)ud;
-  if (c->oom)
-    return;
-  if (c->n == c->cap) {
-    size_t nc = c->cap ? c->cap * 2 : 8;
-    event *ne = realloc(c->ev, nc * sizeof *ne);
-    if (!ne) {
-      c->oom = 1;
-      return;
-    }
-    c->ev = ne, c->cap = nc;
-  }
-  event *e = &c->ev[c->n];
-  e->name = malloc(nlen + 1), e->data = malloc(dlen + 1);
-  if (!e->name || !e->data) {
-    free(e->name), free(e->data);
-    c->oom = 1;
-    return;
-  }
-  memcpy(e->name, name, nlen), e->nlen = nlen;
-  memcpy(e->data, data, dlen), e->dlen = dlen;
-  c->n++;
-}
-
-typedef struct parse_box {
-  sse parser;
-  collected c;
-} parse_box;
-
-static int parse_box_gc(lua_State *L) {
-  parse_box *b = (parse_box *)lua_touserdata(L, 1);
-  sse_free(&b->parser);
-  for (size_t i = 0; i < b->c.n; i++)
-    free(b->c.ev[i].name), free(b->c.ev[i].data);
-  free(b->c.ev);
-  memset(&b->c, 0, sizeof b->c);
-  return 0;
-}
-
-static int l_sse_parse(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
-  lua_Integer max = luaL_optinteger(L, 2, 1 << 20);
-  /* The parser's memory belongs to a userdata, so a Lua error cannot leak it. */
-  parse_box *b = (parse_box *)ie_newuserdata(L, sizeof *b);
-  memset(b, 0, sizeof *b);
-  lua_newtable(L);
-  lua_pushcfunction(L, parse_box_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_setmetatable(L, -2);
-  sse_init(&b->parser, (size_t)max);
-  int ok = 1;
-  lua_Integer n = ie_len(L, 1);
-  for (lua_Integer i = 1; i <= n && ok; i++) {
-    ie_rawgeti(L, 1, i);
-    size_t len;
-    const char *chunk = luaL_checklstring(L, -1, &len);
-    ok = sse_feed(&b->parser, chunk, len, collect_event, &b->c) == 0 && !b->c.oom;
-    lua_pop(L, 1);
-  }
-  push_events(L, b->c.ev, b->c.n);
-  lua_pushboolean(L, ok);
-  return 2;
 }
 
 /* transfer:cancel(): abort at once and free the connection. Harmless on a
@@ -783,12 +659,17 @@ static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, l
 }
 
 void ie_open_http(lua_State *L) {
-  /* Process-wide and not thread-safe in old libcurl: done once, on first load. */
-  static int curl_ready = 0;
-  if (!curl_ready) {
+  /* Once per Lua state (libcurl counts its inits), remembered in the
+   * registry rather than a C global. Not thread-safe in older libcurl: load
+   * imgedit.core in one thread before others do. */
+  lua_getfield(L, LUA_REGISTRYINDEX, "imgedit.curl_ready");
+  int ready = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (!ready) {
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
       luaL_error(L, "curl_global_init failed");
-    curl_ready = 1;
+    lua_pushboolean(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "imgedit.curl_ready");
   }
   static const luaL_Reg multi_methods[] = {
       {"start", multi_start}, {"perform", multi_perform}, {NULL, NULL}};
@@ -801,7 +682,6 @@ void ie_open_http(lua_State *L) {
   new_class(L, MULTI_MT, multi_methods, multi_close, multi_tostring);
   new_class(L, XFER_MT, xfer_methods, transfer_close, transfer_tostring);
   static const luaL_Reg fns[] = {
-      {"multi", l_multi}, {"curl_version", l_curl_version}, {"now", l_now},
-      {"sse_parse", l_sse_parse}, {NULL, NULL}};
+      {"multi", l_multi}, {"curl_version", l_curl_version}, {"now", l_now}, {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

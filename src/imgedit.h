@@ -11,6 +11,7 @@
 #include <lua.h>
 
 #include "compat.h"
+#include "sse.h"
 
 #define IMGEDIT_VERSION "0.1.0"
 
@@ -104,6 +105,19 @@ static inline int ie_opt_bool(lua_State *L, int t, const char *k) {
   int v = lua_toboolean(L, -1);
   lua_pop(L, 1);
   return v;
+}
+
+/* The queued server-sent events as a list of {event=, data=} tables. */
+static inline void ie_push_events(lua_State *L, const sse_queue *q) {
+  lua_createtable(L, (int)q->n, 0);
+  for (size_t i = 0; i < q->n; i++) {
+    lua_createtable(L, 0, 2);
+    lua_pushlstring(L, q->ev[i].name, q->ev[i].nlen);
+    lua_setfield(L, -2, "event");
+    lua_pushlstring(L, q->ev[i].data, q->ev[i].dlen);
+    lua_setfield(L, -2, "data");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
 }
 
 /* Push nil, message, reason: the run-time failure convention of the core. */

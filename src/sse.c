@@ -100,3 +100,55 @@ int sse_feed(sse *s, const char *p, size_t n, sse_emit emit, void *ud) {
   }
   return 0;
 }
+
+/* ---- the queue of parsed events ---- */
+
+void sse_queue_init(sse_queue *q, size_t max) {
+  memset(q, 0, sizeof *q);
+  q->max = max;
+}
+
+void sse_queue_push(void *ud, const char *name, size_t nlen, const char *data, size_t dlen) {
+  sse_queue *q = (sse_queue *)ud;
+  if (q->failed)
+    return;
+  if (q->bytes + dlen > q->max) { /* the reader is not draining: too much at once */
+    q->failed = 1;
+    return;
+  }
+  if (q->n == q->cap) {
+    size_t nc = q->cap ? q->cap * 2 : 8;
+    sse_event *ne = realloc(q->ev, nc * sizeof *ne);
+    if (!ne) {
+      q->failed = 1;
+      return;
+    }
+    q->ev = ne, q->cap = nc;
+  }
+  sse_event *e = &q->ev[q->n];
+  e->name = malloc(nlen + 1);
+  e->data = malloc(dlen + 1);
+  if (!e->name || !e->data) {
+    free(e->name), free(e->data);
+    q->failed = 1;
+    return;
+  }
+  memcpy(e->name, name, nlen), e->name[nlen] = '\0', e->nlen = nlen;
+  memcpy(e->data, data, dlen), e->data[dlen] = '\0', e->dlen = dlen;
+  q->n++;
+  q->bytes += dlen;
+}
+
+void sse_queue_clear(sse_queue *q) {
+  for (size_t i = 0; i < q->n; i++)
+    free(q->ev[i].name), free(q->ev[i].data);
+  q->n = 0;
+  q->bytes = 0;
+}
+
+void sse_queue_free(sse_queue *q) {
+  sse_queue_clear(q);
+  free(q->ev);
+  q->ev = NULL;
+  q->cap = 0;
+}

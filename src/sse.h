@@ -17,6 +17,25 @@ typedef struct sse {
   int failed; /* over the size limit or out of memory: stays failed */
 } sse;
 
+/* Events waiting for their reader, oldest first: an sse_emit target. */
+typedef struct sse_event {
+  char *name, *data;
+  size_t nlen, dlen;
+} sse_event;
+
+typedef struct sse_queue {
+  sse_event *ev;
+  size_t n, cap, bytes, max; /* max bounds the data bytes waiting at once */
+  int failed;                /* over max or out of memory: stays failed */
+} sse_queue;
+
+void sse_queue_init(sse_queue *q, size_t max);
+/* An sse_emit: ud is the queue. */
+void sse_queue_push(void *ud, const char *event, size_t elen, const char *data, size_t dlen);
+/* Forget the events taken (the queue stays usable); free releases it all. */
+void sse_queue_clear(sse_queue *q);
+void sse_queue_free(sse_queue *q);
+
 /* max bounds one line and one event's data, in bytes. */
 void sse_init(sse *s, size_t max);
 /* Returns 0, or -1 once the stream is over the limit or memory ran out. */

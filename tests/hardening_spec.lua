@@ -1,6 +1,7 @@
 -- Hostile servers, bad input and secrets: each case ends in a clear error of
 -- the right kind, never a crash, and the key never shows.
 local H = require "helpers"
+local sse_hook = require "imgedit_test.sse"
 local core = require "imgedit.core"
 local cjson = require "cjson"
 local imgedit = require "imgedit"
@@ -165,7 +166,7 @@ describe("bad input", function()
       function() core.mask_shapes(0, 5, {}) end, function() core.mask_from_gray("abcd", 1, 1, { threshold = 9 }) end,
       function() core.sha256(nil) end, function() core.b64decode({}) end, function() core.write_atomic(1) end,
       function() core.multi():start(5) end, function() core.multi():start { url = {} } end,
-      function() core.sse_parse(5) end, function() require("imgedit.emulator").start("x") end,
+      function() sse_hook.parse(5) end, function() require("imgedit.emulator").start("x") end,
       function() emu:inject(1) end, function() emu:configure(1) end,
     }
     for i, fn in ipairs(calls) do

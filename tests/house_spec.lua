@@ -31,6 +31,11 @@ describe("the house", function()
     H.rmtree(dir)
   end)
 
+  it("keeps test hooks out of the production module", function()
+    assert.is_nil(require("imgedit.core").sse_parse)
+    assert.is_function(require("imgedit_test.sse").parse)
+  end)
+
   it("clips mask shapes at any coordinates, without overflow", function()
     local core = require "imgedit.core"
     local big = math.maxinteger or 2 ^ 62

@@ -1,4 +1,5 @@
 local H = require "helpers"
+local sse_hook = require "imgedit_test.sse"
 local core = require "imgedit.core"
 local imgedit = require "imgedit"
 
@@ -28,32 +29,32 @@ local WANT = {
 
 describe("the SSE parser", function()
   it("parses a recorded stream", function()
-    local ev, ok = core.sse_parse { RECORDED }
+    local ev, ok = sse_hook.parse { RECORDED }
     assert.is_true(ok)
     assert.are.same(WANT, ev)
   end)
 
   it("gives the same events for every split point, and byte by byte", function()
     for i = 0, #RECORDED do
-      local ev = core.sse_parse { RECORDED:sub(1, i), RECORDED:sub(i + 1) }
+      local ev = sse_hook.parse { RECORDED:sub(1, i), RECORDED:sub(i + 1) }
       assert.are.same(WANT, ev, "split at " .. i)
     end
     for i = 1, #RECORDED - 1, 7 do
       for j = i + 1, #RECORDED, 11 do
-        local ev = core.sse_parse { RECORDED:sub(1, i), RECORDED:sub(i + 1, j), RECORDED:sub(j + 1) }
+        local ev = sse_hook.parse { RECORDED:sub(1, i), RECORDED:sub(i + 1, j), RECORDED:sub(j + 1) }
         assert.are.same(WANT, ev, "splits at " .. i .. ", " .. j)
       end
     end
     local bytes = {}
     for i = 1, #RECORDED do bytes[i] = RECORDED:sub(i, i) end
-    assert.are.same(WANT, (core.sse_parse(bytes)))
+    assert.are.same(WANT, (sse_hook.parse(bytes)))
   end)
 
   it("drops an event that never ends, and bounds its buffers", function()
-    local ev, ok = core.sse_parse { "data: unfinished" }
+    local ev, ok = sse_hook.parse { "data: unfinished" }
     assert.are.same({}, ev)
     assert.is_true(ok)
-    ev, ok = core.sse_parse({ "data: " .. string.rep("x", 5000) .. "\n\n" }, 1024)
+    ev, ok = sse_hook.parse({ "data: " .. string.rep("x", 5000) .. "\n\n" }, 1024)
     assert.is_false(ok)
     assert.are.same({}, ev)
   end)
