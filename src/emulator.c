@@ -305,19 +305,25 @@ static void ask_service(emu *E, const char *fn, struct MHD_Connection *con, cons
     ok = lua_pcall(S, 2, 0, 0) == LUA_OK;
   }
   if (!ok) {
-    const char *msg = lua_tostring(S, -1);
-    char buf[600];
-    snprintf(buf, sizeof buf, "{\"error\":{\"message\":\"emulator failure: %.500s\",\"type\":\"server_error\"}}",
-             msg ? msg : "?");
-    for (char *q = buf + 40; *q; q++) /* keep the JSON valid */
-      if (*q == '"' && q[1] != ',' && q[1] != '}')
-        *q = '\'';
-    a->status = 500;
+    /* The service failed: it still encodes the 500 itself (cjson escapes
+     * the message properly); a constant body if even that fails. */
+    int err = lua_gettop(S);
+    push_call(S, "failure_json");
+    lua_pushvalue(S, err);
+    size_t n = 0;
+    const char *body = lua_pcall(S, 3, 1, 0) == LUA_OK ? lua_tolstring(S, -1, &n) : NULL;
+    if (!body) {
+      body = "{\"error\":{\"message\":\"emulator failure\",\"type\":\"server_error\"}}";
+      n = strlen(body);
+    }
     free_answer(a);
     memset(a, 0, sizeof *a);
     a->status = 500;
-    a->body = strdup(buf);
-    a->len = a->body ? strlen(a->body) : 0;
+    a->truncate = a->stall_at = a->cut_after = -1; /* a whole answer, not a cut one */
+    if ((a->body = malloc(n ? n : 1)) != NULL) {
+      memcpy(a->body, body, n);
+      a->len = n;
+    }
     append(&a->headers, &a->hlen, &a->hcap, "Content-Type\0application/json\0", 30);
     append(&a->headers, &a->hlen, &a->hcap, "", 1);
   }

@@ -61,6 +61,17 @@ describe("the house", function()
     emu:stop()
   end)
 
+  it("escapes the message of a failing service as JSON must", function()
+    local emu = H.emulator()
+    local msg = 'a "quote", a back\\slash, a new\nline, a tab\t and \1'
+    emu:inject { fail = msg }
+    local _, err = H.client(emu, { max_retries = 0, model = "gpt-image-2-all" }):generate(H.small())
+    assert.are.equal("server", err.kind)
+    assert.are.equal(500, err.status)
+    assert.are.equal("emulator failure: " .. msg, err.message)
+    emu:stop()
+  end)
+
   it("saves files with the permissions the umask gives", function()
     local dir = H.tmpdir()
     for _, case in ipairs { { "077", "600" }, { "022", "644" }, { "002", "664" } } do

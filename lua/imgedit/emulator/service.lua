@@ -469,6 +469,8 @@ end
 
 local function api(req, entry)
   local fault = take_fault()
+  -- {fail = "message"}: the service itself fails, to test that path
+  if fault and fault.fail then error(fault.fail, 0) end
   if fault then
     local a = apply_fault(fault, entry)
     if a then return a end
@@ -555,6 +557,11 @@ function M.early(req)
   entry.status = 0
   if f.drop_early then return { drop = true } end
   return { truncate = f.drop_upload } -- drop once this many body bytes arrived
+end
+
+-- The answer when the service itself failed: its message, JSON-escaped.
+function M.failure_json(msg)
+  return cjson.encode { error = { message = "emulator failure: " .. tostring(msg), type = "server_error" } }
 end
 
 -- ---- control from the caller's state (JSON in, JSON out) ----
