@@ -8,18 +8,9 @@ local small = H.small
 
 describe("careless calls", function()
   local emu, dir, pic
-  lazy_setup(function()
-    emu = H.emulator()
-    dir = H.tmpdir()
+  H.world(function(e, d)
+    emu, dir = e, d
     pic = H.write(dir .. "/p.png", H.png(64, 64))
-  end)
-  lazy_teardown(function()
-    emu:stop()
-    H.rmtree(dir)
-  end)
-  before_each(function()
-    emu:configure { latency = 0 }
-    emu:clear()
   end)
 
   local function client(opts)

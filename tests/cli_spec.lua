@@ -14,19 +14,10 @@ end
 
 describe("the imgedit command", function()
   local emu, dir, pic
-  lazy_setup(function()
-    emu = H.emulator()
-    dir = H.tmpdir()
+  H.world(function(e, d)
+    emu, dir = e, d
     pic = H.write(dir .. "/a.png", H.png(32, 32))
     H.write(dir .. "/b.gif", "GIF89a" .. H.pack("<I2I2", 8, 8) .. string.rep("\0", 20))
-  end)
-  lazy_teardown(function()
-    emu:stop()
-    H.rmtree(dir)
-  end)
-  before_each(function()
-    emu:clear()
-    emu:configure { latency = 0 }
   end)
 
   local function cli(args, key)

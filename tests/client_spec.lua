@@ -6,17 +6,11 @@ local function hex(s) return (s:gsub(".", function(c) return string.format("%02x
 
 describe("the edit call end to end", function()
   local emu, dir, person, scene
-  lazy_setup(function()
-    emu = H.emulator()
-    dir = H.tmpdir()
+  H.world(function(e, d)
+    emu, dir = e, d
     person = H.write(dir .. "/person.png", H.png(64, 96, function(x) return x < 32 and 255 or 200 end))
     scene = H.write(dir .. "/scene.jpg", H.jpeg(96, 64))
   end)
-  lazy_teardown(function()
-    emu:stop()
-    H.rmtree(dir)
-  end)
-  before_each(function() emu:clear() end)
 
   describe("gpt-image-2", function()
     it("edits: fields, parts in order, content types from the bytes, usage", function()

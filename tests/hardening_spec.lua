@@ -10,16 +10,10 @@ local function hex(s) return (s:gsub(".", function(c) return string.format("%02x
 
 describe("hostile servers", function()
   local emu, dir, pic
-  lazy_setup(function()
-    emu = H.emulator()
-    dir = H.tmpdir()
+  H.world(function(e, d)
+    emu, dir = e, d
     pic = H.write(dir .. "/p.png", H.png(64, 64, function(x, y) return (x + y) % 256 end))
   end)
-  lazy_teardown(function()
-    emu:stop()
-    H.rmtree(dir)
-  end)
-  before_each(function() emu:clear() end)
 
   local function gen(fault, opts)
     if fault then emu:inject(fault) end
@@ -131,17 +125,11 @@ end)
 
 describe("bad input", function()
   local emu, dir, pic, c
-  lazy_setup(function()
-    emu = H.emulator()
-    dir = H.tmpdir()
+  H.world(function(e, d)
+    emu, dir = e, d
     pic = H.write(dir .. "/p.png", H.png(64, 64))
     c = H.client(emu)
   end)
-  lazy_teardown(function()
-    emu:stop()
-    H.rmtree(dir)
-  end)
-  before_each(function() emu:clear() end)
 
   it("raises a clear Lua error for wrong types in every public function", function()
     local img = assert(imgedit.open(pic))

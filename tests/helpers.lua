@@ -277,6 +277,28 @@ function H.client(emu, opts)
   return require("imgedit").new(o)
 end
 
+-- world(setup): a spec's emulator and temporary folder, made once before
+-- its tests (lazy_setup) and removed after them; before each test the
+-- emulator forgets its log and faults and answers at once again.
+-- setup(emu, dir) keeps them in the spec's locals and adds its fixtures.
+function H.world(setup)
+  local busted = require "busted" -- the DSL lives in the specs' environment
+  local lazy_setup, lazy_teardown, before_each = busted.lazy_setup, busted.lazy_teardown, busted.before_each
+  local emu, dir
+  lazy_setup(function()
+    emu, dir = H.emulator(), H.tmpdir()
+    setup(emu, dir)
+  end)
+  lazy_teardown(function()
+    emu:stop()
+    H.rmtree(dir)
+  end)
+  before_each(function()
+    emu:configure { latency = 0 }
+    emu:clear()
+  end)
+end
+
 -- Requests the emulator saw on its API listener.
 function H.api_requests(emu)
   local out = {}

@@ -6,18 +6,9 @@ local small = H.small
 
 describe("jobs", function()
   local emu, dir, pic
-  lazy_setup(function()
-    emu = H.emulator()
-    dir = H.tmpdir()
+  H.world(function(e, d)
+    emu, dir = e, d
     pic = H.write(dir .. "/p.png", H.png(32, 32))
-  end)
-  lazy_teardown(function()
-    emu:stop()
-    H.rmtree(dir)
-  end)
-  before_each(function()
-    emu:configure { latency = 0 }
-    emu:clear()
   end)
 
   local function all_client(opts)

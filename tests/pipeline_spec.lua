@@ -8,19 +8,10 @@ local ENV = "LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='" .. H.BUILD .. "/
 
 describe("pipelines", function()
   local emu, dir, pic, c
-  lazy_setup(function()
-    emu = H.emulator()
-    dir = H.tmpdir()
+  H.world(function(e, d)
+    emu, dir = e, d
     pic = H.write(dir .. "/p.png", H.png(64, 64))
     c = H.client(emu)
-  end)
-  lazy_teardown(function()
-    emu:stop()
-    H.rmtree(dir)
-  end)
-  before_each(function()
-    emu:configure { latency = 0 }
-    emu:clear()
   end)
 
   local n = 0

@@ -6,9 +6,8 @@ local core = require "imgedit.core"
 
 describe("service rules", function()
   local emu, dir, img, big, jpgmask, flatmask, smallmask, goodmask
-  lazy_setup(function()
-    emu = H.emulator()
-    dir = H.tmpdir()
+  H.world(function(e, d)
+    emu, dir = e, d
     img = H.write(dir .. "/base.png", H.png(64, 48))
     local f = assert(io.open("/dev/urandom", "rb"))
     local noise = f:read(1700 * 1600 * 4)
@@ -19,11 +18,6 @@ describe("service rules", function()
     smallmask = H.write(dir .. "/small.png", H.png(32, 32, function() return 0 end))
     goodmask = H.write(dir .. "/good.png", H.png(64, 48, function(x) return x < 10 and 0 or 255 end))
   end)
-  lazy_teardown(function()
-    emu:stop()
-    H.rmtree(dir)
-  end)
-  before_each(function() emu:clear() end)
 
   local function six() return { img, img, img, img, img, img } end
 

@@ -62,18 +62,9 @@ end)
 
 describe("streamed answers", function()
   local emu, dir, pic
-  lazy_setup(function()
-    emu = H.emulator()
-    dir = H.tmpdir()
+  H.world(function(e, d)
+    emu, dir = e, d
     pic = H.write(dir .. "/g.png", H.png(96, 96, function(x, y) return (x * y) % 256 end))
-  end)
-  lazy_teardown(function()
-    emu:stop()
-    H.rmtree(dir)
-  end)
-  before_each(function()
-    emu:clear()
-    emu:configure { latency = 0 }
   end)
 
   local function req(extra)
