@@ -31,6 +31,24 @@ describe("the house", function()
     H.rmtree(dir)
   end)
 
+  it("builds the client alone where libmicrohttpd is absent", function()
+    local dir = H.tmpdir()
+    -- pkg-config that does not know libmicrohttpd, and the sources alone
+    H.write(dir .. "/pkg-config", "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = libmicrohttpd ] && exit 1; done\n"
+      .. "exec pkg-config \"$@\"\n")
+    assert.is_true(H.ok("chmod +x '" .. dir .. "/pkg-config' && mkdir '" .. dir .. "/src' && cp -r src lua bin Makefile '"
+      .. dir .. "/src'"))
+    local p = io.popen("cd '" .. dir .. "/src' && make --no-print-directory PKG_CONFIG='" .. dir .. "/pkg-config' "
+      .. (os.getenv("IMGEDIT_TEST_MAKEVARS") or ""):gsub("BUILD=%S+", "") .. " all 2>&1; echo exit=$?")
+    local out = p:read("*a")
+    p:close()
+    assert.matches("exit=0", out)
+    assert.matches("libmicrohttpd not found: built the client only", out)
+    assert.is_true(H.exists(dir .. "/src/build/imgedit/core.so"))
+    assert.is_false(H.exists(dir .. "/src/build/imgedit/emulator.so"))
+    H.rmtree(dir)
+  end)
+
   it("keeps test hooks out of the production module", function()
     assert.is_nil(require("imgedit.core").sse_parse)
     assert.is_function(require("imgedit_test.sse").parse)
