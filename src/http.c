@@ -434,18 +434,12 @@ static int multi_start(lua_State *L) {
     m->head->prev = t;
   m->head = t;
   m->count++;
-  /* perform() hands finished transfers back: find the object from the pointer */
-  ie_getuservalue(L, 1);
-  lua_pushlightuserdata(L, t);
-  lua_pushvalue(L, 3);
-  lua_rawset(L, -3);
   lua_settop(L, 3);
   return 1;
 }
 
-/* Record finished transfers, appending their objects to the list at `list`
- * (the multi's weak map at `map` finds them); returns how many finished. */
-static int collect(lua_State *L, multi *m, int map, int list) {
+/* Record finished transfers; returns how many finished. */
+static int collect(multi *m) {
   CURLMsg *msg;
   int left, n = 0;
   while ((msg = curl_multi_info_read(m->m, &left))) {
@@ -466,43 +460,30 @@ static int collect(lua_State *L, multi *m, int map, int list) {
       t->sent_all = 1;
     unlink_transfer(t); /* the connection goes back to the multi's pool */
     n++;
-    lua_pushlightuserdata(L, t);
-    lua_rawget(L, map);
-    if (lua_isnil(L, -1))
-      lua_pop(L, 1); /* collected already: nobody waits for it */
-    else
-      lua_rawseti(L, list, (lua_Integer)ie_len(L, list) + 1);
   }
   return n;
 }
 
-/* multi:perform(timeout_s) -> running, finished, now: how many transfers
- * are still running, the list of those that finished in this call, and the
- * monotonic time after it, all in one call. Waits up to timeout_s for
- * activity unless something already finished; with nothing in flight it
- * simply sleeps, which is what a caller waiting to retry wants. */
+/* multi:perform(timeout_s) -> number of transfers still running. Waits up to
+ * timeout_s for activity unless something already finished; with nothing in
+ * flight it simply sleeps, which is what a caller waiting to retry wants. */
 static int multi_perform(lua_State *L) {
   multi *m = check_open_multi(L);
   lua_Number timeout = luaL_optnumber(L, 2, 0);
-  lua_settop(L, 2);
-  ie_getuservalue(L, 1); /* 3: the weak map from pointers to objects */
-  lua_newtable(L);       /* 4: the finished transfers */
   int running = 0;
   CURLMcode mc = curl_multi_perform(m->m, &running);
-  int finished = mc == CURLM_OK ? collect(L, m, 3, 4) : 0;
+  int finished = mc == CURLM_OK ? collect(m) : 0;
   if (mc == CURLM_OK && timeout > 0 && finished == 0) {
     mc = curl_multi_poll(m->m, NULL, 0, (int)(timeout * 1000), NULL);
     if (mc == CURLM_OK)
       mc = curl_multi_perform(m->m, &running);
     if (mc == CURLM_OK)
-      collect(L, m, 3, 4);
+      collect(m);
   }
   if (mc != CURLM_OK) /* out of memory or a broken handle: not a transfer's failure */
     return luaL_error(L, "curl multi: %s", curl_multi_strerror(mc));
   lua_pushinteger(L, m->count);
-  lua_pushvalue(L, 4);
-  lua_pushnumber(L, now_s());
-  return 3;
+  return 1;
 }
 
 /* ---- transfer methods ---- */
@@ -590,17 +571,6 @@ static int transfer_result(lua_State *L) {
   return 1;
 }
 
-/* transfer:take() -> the result table, and the transfer is closed: what a
- * finished transfer is for, in one call. */
-static int transfer_take(lua_State *L) {
-  transfer *t = check_open_transfer(L);
-  luaL_argcheck(L, t->done, 1, "the transfer has not finished");
-  transfer_result(L);
-  transfer_release(t);
-  t->closed = 1;
-  return 1;
-}
-
 /* transfer:progress() -> ul_now, ul_total, dl_now, dl_total, answering */
 static int transfer_progress(lua_State *L) {
   transfer *t = check_open_transfer(L);
@@ -651,15 +621,9 @@ static int multi_tostring(lua_State *L) {
 }
 
 static int l_multi(lua_State *L) {
-  multi *m = (multi *)ie_newuserdata1(L, sizeof *m);
+  multi *m = (multi *)ie_newuserdata(L, sizeof *m);
   memset(m, 0, sizeof *m);
   luaL_setmetatable(L, MULTI_MT);
-  lua_newtable(L); /* pointer -> transfer, weak: it never keeps one alive */
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "v");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  ie_setuservalue(L, -2);
   m->m = curl_multi_init();
   if (!m->m)
     return luaL_error(L, "curl_multi_init failed");
@@ -711,7 +675,6 @@ void ie_open_http(lua_State *L) {
       {"start", multi_start}, {"perform", multi_perform}, {NULL, NULL}};
   static const luaL_Reg xfer_methods[] = {{"done", transfer_done},
                                           {"result", transfer_result},
-                                          {"take", transfer_take},
                                           {"progress", transfer_progress},
                                           {"events", transfer_events},
                                           {"cancel", transfer_cancel},

@@ -53,33 +53,6 @@ describe("the house", function()
     H.rmtree(dir)
   end)
 
-  it("hands back what finished and the time in one perform, and take() reads and closes", function()
-    local core = require "imgedit.core"
-    local emu = H.emulator()
-    local m = core.multi()
-    local url = emu.url .. "/images/generations"
-    local t = m:start { url = url, body = "{}", timeout = 5 }
-    local forgotten = m:start { url = url, body = "{}", timeout = 5 } -- dropped: never handed back
-    forgotten = nil -- luacheck: ignore
-    collectgarbage()
-    local got, now
-    for _ = 1, 100 do
-      local running, done, at = m:perform(0.1)
-      assert.is_number(running)
-      now = at
-      if done[1] then got = done end
-      if got then break end
-    end
-    assert.are.equal(1, #got)
-    assert.are.equal(t, got[1])
-    assert.is_true(math.abs(now - core.now()) < 1)
-    local res = t:take()
-    assert.are.equal(401, res.status) -- no key: the emulator's answer, read in full
-    assert.has_error(function() t:result() end)
-    m:close()
-    emu:stop()
-  end)
-
   it("keeps test hooks out of the production module", function()
     assert.is_nil(require("imgedit.core").sse_parse)
     assert.is_function(require("imgedit_test.sse").parse)
