@@ -27,11 +27,7 @@ describe("billing", function()
     pic = H.write(dir .. "/p.png", H.png(64, 64))
   end)
 
-  local function client(opts)
-    local o = { model = "gpt-image-2-all" }
-    for k, v in pairs(opts or {}) do o[k] = v end
-    return H.client(emu, o)
-  end
+  local function client(opts) return H.all_client(emu, opts) end
 
   -- A client whose connection to the emulator is open and idle (keep-alive).
   local function warm(opts)

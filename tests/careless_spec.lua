@@ -14,9 +14,9 @@ describe("careless calls", function()
   end)
 
   local function client(opts)
-    local o = { model = "gpt-image-2-all", retry_base = 0.01 }
+    local o = { retry_base = 0.01 }
     for k, v in pairs(opts or {}) do o[k] = v end
-    return H.client(emu, o)
+    return H.all_client(emu, o)
   end
 
   describe("options", function()

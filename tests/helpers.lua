@@ -299,6 +299,13 @@ function H.world(setup)
   end)
 end
 
+-- A client of gpt-image-2-all, which takes small sizes: quick answers.
+function H.all_client(emu, opts)
+  local o = { model = "gpt-image-2-all" }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return H.client(emu, o)
+end
+
 -- Requests the emulator saw on its API listener.
 function H.api_requests(emu)
   local out = {}

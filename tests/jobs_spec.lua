@@ -11,11 +11,7 @@ describe("jobs", function()
     pic = H.write(dir .. "/p.png", H.png(32, 32))
   end)
 
-  local function all_client(opts)
-    local o = { model = "gpt-image-2-all" }
-    for k, v in pairs(opts or {}) do o[k] = v end
-    return H.client(emu, o)
-  end
+  local function all_client(opts) return H.all_client(emu, opts) end
 
   it("runs eight edits at once: eight 1-second edits take under two seconds", function()
     emu:configure { latency = 1 }
