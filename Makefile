@@ -33,8 +33,9 @@ LDFLAGS  ?=
 SHARED    = -shared
 
 CORE_SRC = src/core.c src/inspect.c src/codec.c src/fileio.c src/pixels.c src/mask.c src/sse.c src/http.c
-EMU_SRC  = src/emulator.c src/emu_render.c
+EMU_SRC  = src/emulator/module.c src/emulator/server.c src/emulator/bridge.c src/emulator/render.c
 HDRS     = src/imgedit.h src/sse.h src/compat.h
+EMU_HDRS = $(HDRS) src/emulator/emulator.h
 
 BUSTED  ?= $(LUA) /usr/bin/busted
 
@@ -45,27 +46,27 @@ BUILD ?= build
 # The emulator needs libmicrohttpd; a client-only build (no libmicrohttpd
 # found) skips it. The tests, the demo and the CLI's emulate need it.
 HAVE_MHD := $(shell $(PKG_CONFIG) --exists libmicrohttpd && echo yes)
-MODULES   = $(BUILD)/imgedit/core.so $(if $(HAVE_MHD),$(BUILD)/imgedit/emulator.so)
+MODULES   = $(BUILD)/imgedit/core.so $(if $(HAVE_MHD),$(BUILD)/imgedit/emulator/core.so)
 
 all: $(MODULES)
 ifneq ($(HAVE_MHD),yes)
-	@echo "imgedit: libmicrohttpd not found: built the client only (no imgedit.emulator)"
+	@echo "imgedit: libmicrohttpd not found: built the client only (no imgedit.emulator.core)"
 endif
 
 $(BUILD)/imgedit/core.so: $(CORE_SRC) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(SHARED) -o $@ $(CORE_SRC) $(LDFLAGS) $(CORE_LIBS)
 
-$(BUILD)/imgedit/emulator.so: $(EMU_SRC) $(HDRS)
+$(BUILD)/imgedit/emulator/core.so: $(EMU_SRC) $(EMU_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(EMU_CFLAGS) $(SHARED) -o $@ $(EMU_SRC) $(LDFLAGS) $(EMU_LIBS)
 
 # Test-only C hooks (never installed): imgedit_test.sse drives the SSE parser.
 testhooks: $(BUILD)/imgedit_test/sse.so
 
-$(BUILD)/imgedit_test/sse.so: tests/sse_hook.c src/sse.c $(HDRS)
+$(BUILD)/imgedit_test/sse.so: tests/fuzz/sse_hook.c src/sse.c $(HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) $(SHARED) -o $@ tests/sse_hook.c src/sse.c $(LDFLAGS)
+	$(CC) $(ALL_CFLAGS) $(SHARED) -o $@ tests/fuzz/sse_hook.c src/sse.c $(LDFLAGS)
 
 # Debian packages the build, the tests and the demo need; quiet when present.
 DEB_PKGS = gcc make pkg-config liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjson libstb-dev \
@@ -178,14 +179,18 @@ check:
 	  --suppress=missingIncludeSystem -q -D__GNUC__ -DLLONG_MAX=9223372036854775807LL $(LUA_CFLAGS) src
 
 format:
-	clang-format -i src/*.c src/*.h
+	clang-format -i src/*.c src/*.h src/emulator/*.c src/emulator/*.h
 
 # The installed command names the interpreter it was built for.
 install: all
 	install -d $(DESTDIR)$(LUA_LMOD)/imgedit/emulator $(DESTDIR)$(LUA_CMOD)/imgedit $(DESTDIR)$(BINDIR)
 	install -m 644 lua/imgedit/*.lua $(DESTDIR)$(LUA_LMOD)/imgedit/
 	install -m 644 lua/imgedit/emulator/*.lua $(DESTDIR)$(LUA_LMOD)/imgedit/emulator/
-	install -m 755 $(MODULES) $(DESTDIR)$(LUA_CMOD)/imgedit/
+	install -m 755 $(BUILD)/imgedit/core.so $(DESTDIR)$(LUA_CMOD)/imgedit/
+ifeq ($(HAVE_MHD),yes)
+	install -d $(DESTDIR)$(LUA_CMOD)/imgedit/emulator
+	install -m 755 $(BUILD)/imgedit/emulator/core.so $(DESTDIR)$(LUA_CMOD)/imgedit/emulator/
+endif
 	sed '1s|.*|#!/usr/bin/env $(LUA)|' bin/imgedit > $(DESTDIR)$(BINDIR)/imgedit
 	chmod 755 $(DESTDIR)$(BINDIR)/imgedit
 

@@ -1,4 +1,4 @@
-/* Internal interface shared by the C files of imgedit.core and imgedit.emulator.
+/* Internal interface shared by the C files of imgedit.core and imgedit.emulator.core.
  * Nothing here is exported from the shared objects: only luaopen_* are. */
 #ifndef IMGEDIT_H
 #define IMGEDIT_H
@@ -59,9 +59,6 @@ IE_LOCAL void ie_open_fileio(lua_State *L);
 
 /* ---- HTTP transfers (http.c) ---- */
 IE_LOCAL void ie_open_http(lua_State *L);
-
-/* ---- emulator (emulator.c, emu_render.c) ---- */
-IE_LOCAL void emu_open_render(lua_State *L);
 
 /* ---- small helpers shared by the C files (both modules) ---- */
 

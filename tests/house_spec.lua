@@ -49,8 +49,63 @@ describe("the house", function()
     assert.matches("exit=0", out)
     assert.matches("libmicrohttpd not found: built the client only", out)
     assert.is_true(H.exists(dir .. "/src/build/imgedit/core.so"))
-    assert.is_false(H.exists(dir .. "/src/build/imgedit/emulator.so"))
+    assert.is_false(H.exists(dir .. "/src/build/imgedit/emulator/core.so"))
+    -- the client works there; asking for the emulator says what is missing
+    p = io.popen("cd '" .. dir .. "/src' && LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' " .. H.LUA
+      .. " -e 'assert(require(\"imgedit\").new{api_key=\"k\"}) local ok, e = pcall(require, \"imgedit.emulator\")"
+      .. " io.write(tostring(ok), \" \", e)' 2>&1")
+    out = p:read("*a")
+    p:close()
+    assert.matches("^false imgedit.emulator is not built %(it needs libmicrohttpd%-dev", out)
     H.rmtree(dir)
+  end)
+
+  it("keeps the emulator's C part to start, stop and calling its service", function()
+    local ecore = require "imgedit.emulator.core"
+    local names = {}
+    for k in pairs(ecore) do names[#names + 1] = k end
+    table.sort(names)
+    assert.are.same({ "_compose", "start" }, names)
+    local h = assert(ecore.start("{}", 0, 0, false))
+    local methods = {}
+    for k in pairs(getmetatable(h).__index) do methods[#methods + 1] = k end
+    table.sort(methods)
+    assert.are.same({ "call", "in_flight", "ports", "reset_peak", "stop", "stopped" }, methods)
+    assert.matches("^sk%-emu%-", h:call("key"))
+    assert.has_error(function() h:call("no_such_function") end)
+    h:stop()
+    h:stop()
+    assert.is_true(h:stopped())
+    assert.has_error(function() h:call("key") end, "attempt to use a stopped emulator")
+  end)
+
+  it("checks the emulator's options, naming a misspelt one", function()
+    local emulator = require "imgedit.emulator"
+    assert.has_error(function() emulator.start { latancy = 1 } end,
+      "unknown option 'latancy' to imgedit.emulator.start (did you mean 'latency'?)")
+    assert.has_error(function() emulator.start { port = 70000 } end)
+    assert.has_error(function() emulator.start { latency = "1" } end)
+    local emu = H.emulator()
+    assert.has_error(function() emu:configure { port = 1 } end)
+    assert.has_error(function() emu:inject({}, 5) end, "bad argument #2 to 'inject' (table expected, got number)")
+    emu:configure { latency = 0, key = "sk-mine" }
+    assert.are.equal("sk-mine", emu.key)
+    emu:stop()
+    assert.is_nil(emu.url)
+  end)
+
+  it("keeps an injected status a whole number on every Lua", function()
+    local emu = H.emulator()
+    emu:inject { status = 503, html = true }
+    local m = require("imgedit.core").multi()
+    local t = m:start { url = emu.url .. "/images/generations", body = "{}", timeout = 5 }
+    while not t:done() do m:perform(0.05) end
+    local res = t:result()
+    t:close()
+    m:close()
+    assert.are.equal(503, res.status)
+    assert.matches("<title>503 Service Unavailable</title>", res.body, 1, true)
+    emu:stop()
   end)
 
   it("keeps test hooks out of the production module", function()

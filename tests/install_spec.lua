@@ -10,7 +10,7 @@ describe("make install and uninstall", function()
     p:close()
     assert.matches("exit=0", out)
     for _, f in ipairs { "/usr/local/share/lua/" .. H.LUAV .. "/imgedit/init.lua", "/usr/local/share/lua/" .. H.LUAV .. "/imgedit/emulator/service.lua",
-      "/usr/local/lib/lua/" .. H.LUAV .. "/imgedit/core.so", "/usr/local/lib/lua/" .. H.LUAV .. "/imgedit/emulator.so", "/usr/local/bin/imgedit" } do
+      "/usr/local/lib/lua/" .. H.LUAV .. "/imgedit/core.so", "/usr/local/lib/lua/" .. H.LUAV .. "/imgedit/emulator/core.so", "/usr/local/bin/imgedit" } do
       assert.is_true(H.exists(dir .. f), f)
     end
     -- the installed command names the interpreter it was built for

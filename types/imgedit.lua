@@ -315,7 +315,7 @@ function Emulator:requests() end
 function Emulator:stats() end
 ---@param ... table faults for the next requests, in order
 function Emulator:inject(...) end
----@param opts {latency?: number}
+---@param opts {latency?: number, key?: string}
 function Emulator:configure(opts) end
 function Emulator:clear() end
 function Emulator:stop() end

@@ -28,6 +28,9 @@ local function url(v)
   return scheme == "http" or scheme == "https", "an http or https url"
 end
 
+-- The checks, for other option tables (the emulator's).
+M.checks = { positive = positive, nonneg = nonneg, count = count, is = is }
+
 -- Options a job reads, given on the client or per request.
 M.JOB_OPTIONS = {
   timeout = positive, connect_timeout = positive, idle_timeout = nonneg,
@@ -95,14 +98,18 @@ local RULE_KEYS = { min_images = true, max_images = true, max_image_bytes = true
   enums = true, size = true, compression_formats = true, integers = true, booleans = true, response_formats = true,
   images_per_answer = true }
 
+-- check_options(opts, checks, fn, level): every key of opts is one of checks
+-- (name -> check) with a value it accepts; fn names the function taking them.
+function M.check_options(opts, checks, fn, level)
+  for k, v in pairs(opts) do
+    if type(k) ~= "string" or not checks[k] then unknown("option", k, checks, level + 1, " to " .. fn) end
+    M.check_option(k, v, checks, level + 1)
+  end
+end
+
 -- check_new(opts, level): every option of imgedit.new, and no unknown ones.
 function M.check_new(opts, level)
-  for k, v in pairs(opts) do
-    if type(k) ~= "string" or not M.CLIENT_OPTIONS[k] then
-      unknown("option", k, M.CLIENT_OPTIONS, level + 1, " to imgedit.new")
-    end
-    M.check_option(k, v, M.CLIENT_OPTIONS, level + 1)
-  end
+  M.check_options(opts, M.CLIENT_OPTIONS, "imgedit.new", level + 1)
   for k in pairs(opts.limits or {}) do
     if not RULE_KEYS[k] then unknown("entry of limits", k, RULE_KEYS, level + 1) end
   end

@@ -4,7 +4,7 @@
  * gives the same events. Built by `make testhooks`, never installed. */
 #include <string.h>
 
-#include "../src/imgedit.h"
+#include "../../src/imgedit.h"
 
 typedef struct box {
   sse parser;

@@ -5,7 +5,7 @@
  * cheap and exactly reproducible. */
 #include <string.h>
 
-#include "imgedit.h"
+#include "emulator.h"
 
 typedef struct layer {
   const unsigned char *px;
