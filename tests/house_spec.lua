@@ -108,6 +108,35 @@ describe("the house", function()
     emu:stop()
   end)
 
+  it("marks what finished and gives the time in one perform, and take() reads and closes", function()
+    local core = require "imgedit.core"
+    local emu = H.emulator()
+    local m = core.multi()
+    local url = emu.url .. "/images/generations"
+    local t = m:start { url = url, body = "{}", timeout = 5 }
+    local forgotten = m:start { url = url, body = "{}", timeout = 5 } -- dropped: never handed back
+    forgotten = nil -- luacheck: ignore
+    collectgarbage()
+    local finished, count, now = {}, 0, nil
+    for _ = 1, 100 do
+      local running, at, n = m:perform(0.1, finished)
+      assert.is_number(running)
+      now, count = at, count + n
+      if count >= 1 then break end
+    end
+    assert.are.equal(1, count) -- the collected one left the multi with its object
+    local marked = {}
+    for k, v in pairs(finished) do marked[#marked + 1] = k assert.is_true(v) end
+    assert.are.same({ t }, marked)
+    assert.is_true(math.abs(now - core.now()) < 1)
+    local res = t:take()
+    assert.are.equal(401, res.status) -- no key: the emulator's answer, read in full
+    assert.has_error(function() t:result() end)
+    assert.has_error(function() m:perform(0, 5) end)
+    m:close()
+    emu:stop()
+  end)
+
   it("keeps test hooks out of the production module", function()
     assert.is_nil(require("imgedit.core").sse_parse)
     assert.is_function(require("imgedit_test.sse").parse)

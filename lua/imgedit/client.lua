@@ -53,7 +53,10 @@ function M.new(opts)
     if not ok then error((tostring(msg):gsub("^[^:]*:%d+: ", "")) .. " (from IMGEDIT_BASE_URL)", 2) end
   end
   local c = { base_url = (base:gsub("/+$", "")), user_agent = USER_AGENT, limits = opts.limits,
-    on_progress = opts.on_progress, on_retry = opts.on_retry, _jobs = {}, _inflight = 0 }
+    on_progress = opts.on_progress, on_retry = opts.on_retry, _jobs = {}, _inflight = 0,
+    -- transfers that finished and wait for their job to read them: kept
+    -- here, so that one finished inside a nested poll is not missed
+    _finished = setmetatable({}, { __mode = "k" }) }
   for k, v in pairs(DEFAULTS) do
     if opts[k] ~= nil then c[k] = opts[k] else c[k] = v end
   end
@@ -175,22 +178,23 @@ function Client:poll(timeout)
   if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
     error("bad argument #1 to 'poll' (number >= 0 expected)", 2)
   end
-  local now = core.now()
-  local wake = self:_pump(now)
+  local wake = self:_pump(core.now())
   local wait = timeout or 0
   if wake and wake < wait then wait = wake end
-  self._multi:perform(wait)
-  now = core.now()
-  -- A copy: callbacks may submit or cancel while the list is walked.
+  local finished = self._finished
+  local _, now = self._multi:perform(wait, finished)
+  -- A copy: callbacks may submit or cancel while the list is walked. Only
+  -- jobs with something to do cost a call into C.
   local list = {}
   for i, job in ipairs(self._jobs) do list[i] = job end
   for _, job in ipairs(list) do
     if self._closed then return 0 end
-    jobs.step(job, now)
+    local t = job.transfer
+    if t and (finished[t] or job.on_progress or job.spec and job.spec.stream) then jobs.step(job, now, finished) end
   end
   if self._closed then return 0 end
   local _, started = self:_pump(now)
-  if started then self._multi:perform(0) end
+  if started then self._multi:perform(0, finished) end
   local live = {}
   for _, job in ipairs(self._jobs) do
     if not job:done() then live[#live + 1] = job end

@@ -168,10 +168,10 @@ local function retry_or_fail(job, err, res)
 end
 
 -- Move a job on once its transfer has finished.
-local function advance(job, t, now)
+local function advance(job, t, now, finished)
   local c = job.client
-  local res = t:result()
-  t:close()
+  finished[t] = nil
+  local res = t:take()
   job.transfer = nil
   c._inflight = c._inflight - 1
   local key = c:_key()
@@ -222,13 +222,14 @@ function M.launch(job)
   c._inflight = c._inflight + 1
 end
 
--- step(job, now): look at a running job after the transfers moved. A poll
--- from inside one of the job's callbacks leaves the job to the outer one.
+-- step(job, now, finished): look at a running job after the transfers
+-- moved; `finished` holds the transfers known to have finished. A poll from
+-- inside one of the job's callbacks leaves the job to the outer one.
 local step
-function M.step(job, now)
+function M.step(job, now, finished)
   if job._busy then return end
   job._busy = true
-  local ok, e = pcall(step, job, now)
+  local ok, e = pcall(step, job, now, finished)
   job._busy = nil
   if not ok then error(e, 0) end
 end
@@ -241,15 +242,15 @@ local function drain(job, t)
   return job.transfer == t and not job:done()
 end
 
-function step(job, now)
+function step(job, now, finished)
   local t = job.transfer
   if not t or job:done() then return end
   local streaming = job.spec and job.spec.stream and job.phase ~= "download"
   if streaming and not drain(job, t) then return end
-  if t:done() then
+  if finished[t] then
     -- The transfer may have ended while callbacks ran: its last events too.
     if streaming and not drain(job, t) then return end
-    return advance(job, t, now)
+    return advance(job, t, now, finished)
   end
   if job.on_progress and not job.cb_err then
     local up, up_total, down, down_total, answering = t:progress()

@@ -1,0 +1,68 @@
+/* Internal interface of the HTTP transport: http.c drives transfers on
+ * libcurl's multi handle and gives Lua their objects; transfer.c builds one
+ * transfer's easy handle from a spec, records what libcurl hands it (plain C
+ * callbacks, never Lua), and reads its result. */
+#ifndef IMGEDIT_HTTP_H
+#define IMGEDIT_HTTP_H
+
+#include <curl/curl.h>
+
+#include "imgedit.h"
+#include "sse.h"
+
+#define MAX_HEADER_BYTES (64 * 1024)
+
+typedef struct transfer transfer;
+
+typedef struct multi {
+  CURLM *m;
+  transfer *head; /* transfers currently added to m */
+  int count;
+} multi;
+
+/* An in-memory file part: points into a Lua string that the transfer anchors. */
+typedef struct memsrc {
+  const char *p;
+  size_t len, pos;
+} memsrc;
+
+struct transfer {
+  CURL *e;
+  curl_mime *mime;
+  struct curl_slist *headers;
+  multi *owner;
+  transfer *next, *prev;
+  char *body;
+  size_t len, cap, max;
+  size_t header_bytes;
+  int done, too_large, header_flood, canceled, closed, idle, answering;
+  /* A billable request: libcurl may not send it again once the whole body
+   * went out (see on_prereq). */
+  int billable, sends, resend_blocked, has_body;
+  int sent_all; /* the whole body went out at least once: sticky across re-sends */
+  double idle_limit, last_move; /* seconds; no bytes moving while sending or receiving */
+  CURLcode code;
+  long status;
+  curl_off_t ul_now, ul_total, dl_now, dl_total;
+  char ctype[128], retry_after[64], retry_after_ms[32], request_id[128], should_retry[8];
+  char errbuf[CURL_ERROR_SIZE];
+  /* Streaming answers: decided by the answer's content type. */
+  int stream_wanted, mode_decided, sse_on;
+  sse parser;
+  sse_queue events;
+};
+
+/* transfer.c */
+
+/* Build t's easy handle from the spec table at index spec; strings sent
+ * from memory are anchored in the uservalue of the transfer object at self.
+ * Raises on a bad spec; t is freed by its owner's release either way. */
+IE_LOCAL void ie_transfer_setup(lua_State *L, int spec, int self, transfer *t);
+
+/* Push the result table of a finished transfer. */
+IE_LOCAL void ie_transfer_push_result(lua_State *L, const transfer *t);
+
+/* Monotonic seconds. */
+IE_LOCAL double ie_now(void);
+
+#endif

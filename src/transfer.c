@@ -1,0 +1,372 @@
+/* One transfer: its easy handle built from a spec table (url, headers, a
+ * body or multipart parts streamed from disk or memory, limits), the libcurl
+ * callbacks that record its bytes and counters, and its result.
+ *
+ * Every callback here is plain C that only records: no Lua function is ever
+ * called from inside libcurl, so no Lua error can longjmp through it. */
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "http.h"
+
+/* ---- libcurl callbacks: C only ---- */
+
+static size_t on_body(char *p, size_t sz, size_t n, void *ud) {
+  transfer *t = (transfer *)ud;
+  size_t len = sz * n;
+  if (t->stream_wanted && !t->mode_decided) {
+    /* A stream only if the service answers with one (an error is JSON). */
+    t->mode_decided = 1;
+    t->sse_on = strncasecmp(t->ctype, "text/event-stream", 17) == 0;
+    if (t->sse_on) {
+      sse_init(&t->parser, t->max);
+      sse_queue_init(&t->events, t->max);
+    }
+  }
+  if (t->sse_on) {
+    if (sse_feed(&t->parser, p, len, sse_queue_push, &t->events) != 0 || t->events.failed) {
+      t->too_large = 1;
+      return 0;
+    }
+    return len;
+  }
+  if (t->len + len > t->max) {
+    t->too_large = 1;
+    return 0; /* CURLE_WRITE_ERROR */
+  }
+  if (t->len + len > t->cap) {
+    size_t cap = t->cap ? t->cap : 16384;
+    while (cap < t->len + len)
+      cap *= 2;
+    if (cap > t->max)
+      cap = t->max;
+    char *nb = realloc(t->body, cap);
+    if (!nb)
+      return 0;
+    t->body = nb, t->cap = cap;
+  }
+  memcpy(t->body + t->len, p, len);
+  t->len += len;
+  return len;
+}
+
+static void copy_value(char *dst, size_t dstlen, const char *v, size_t n) {
+  while (n > 0 && (*v == ' ' || *v == '\t'))
+    v++, n--;
+  while (n > 0 && (v[n - 1] == '\r' || v[n - 1] == '\n' || v[n - 1] == ' '))
+    n--;
+  if (n >= dstlen)
+    n = dstlen - 1;
+  memcpy(dst, v, n);
+  dst[n] = '\0';
+}
+
+static int header_is(const char *line, size_t n, const char *name, size_t *vstart) {
+  size_t k = strlen(name);
+  if (n > k && strncasecmp(line, name, k) == 0 && line[k] == ':') {
+    *vstart = k + 1;
+    return 1;
+  }
+  return 0;
+}
+
+static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
+  transfer *t = (transfer *)ud;
+  size_t len = sz * n, v;
+  t->header_bytes += len;
+  if (t->header_bytes > MAX_HEADER_BYTES) {
+    t->header_flood = 1;
+    return 0;
+  }
+  if (len > 5 && strncmp(p, "HTTP/", 5) == 0) {
+    t->answering = 1;
+    /* A new response (after a redirect or 100-continue): forget the old headers. */
+    t->ctype[0] = t->retry_after[0] = t->retry_after_ms[0] = t->request_id[0] = t->should_retry[0] = '\0';
+    return len;
+  }
+  if (header_is(p, len, "content-type", &v))
+    copy_value(t->ctype, sizeof t->ctype, p + v, len - v);
+  else if (header_is(p, len, "retry-after", &v))
+    copy_value(t->retry_after, sizeof t->retry_after, p + v, len - v);
+  else if (header_is(p, len, "retry-after-ms", &v))
+    copy_value(t->retry_after_ms, sizeof t->retry_after_ms, p + v, len - v);
+  else if (header_is(p, len, "x-request-id", &v))
+    copy_value(t->request_id, sizeof t->request_id, p + v, len - v);
+  else if (header_is(p, len, "x-should-retry", &v))
+    copy_value(t->should_retry, sizeof t->should_retry, p + v, len - v);
+  return len;
+}
+
+double ie_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Records byte counts, and enforces the idle limit: while the request is
+ * being sent or the answer received, bytes must keep moving. The wait for
+ * the model in between (everything sent, no answer yet) may be long and is
+ * governed by the whole-attempt timeout alone. */
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow) {
+  transfer *t = (transfer *)ud;
+  double now = ie_now();
+  if (dlnow != t->dl_now || ulnow != t->ul_now || t->last_move == 0)
+    t->last_move = now;
+  t->dl_total = dltotal, t->dl_now = dlnow, t->ul_total = ultotal, t->ul_now = ulnow;
+  if (ultotal > 0 && ulnow >= ultotal)
+    t->sent_all = 1;
+  int sending = ultotal > 0 && ulnow < ultotal && !t->answering;
+  if (t->idle_limit > 0 && (sending || t->answering) && now - t->last_move > t->idle_limit) {
+    t->idle = 1;
+    return 1;
+  }
+  return t->canceled; /* non-zero aborts the transfer */
+}
+
+/* libcurl sends a request again by itself when a reused connection dies
+ * before any answer: up to five more times, once per pooled connection. The
+ * service bills a request it received even if the answer never arrives, so a
+ * billable request goes out once per transfer; the caller's retry policy, in
+ * Lua, decides about another attempt and makes it visible. This runs before
+ * each send, on a new or a reused connection alike. */
+static int on_prereq(void *ud, char *ip, char *local_ip, int port, int local_port) {
+  transfer *t = (transfer *)ud;
+  (void)ip, (void)local_ip, (void)port, (void)local_port;
+  t->sends++;
+  if (t->sends > 1 && t->billable) {
+    t->resend_blocked = 1;
+    return CURL_PREREQFUNC_ABORT;
+  }
+  return CURL_PREREQFUNC_OK;
+}
+
+static size_t mem_read(char *buf, size_t sz, size_t n, void *arg) {
+  memsrc *m = (memsrc *)arg;
+  size_t k = sz * n;
+  if (k > m->len - m->pos)
+    k = m->len - m->pos;
+  memcpy(buf, m->p + m->pos, k);
+  m->pos += k;
+  return k;
+}
+
+static int mem_seek(void *arg, curl_off_t off, int origin) {
+  memsrc *m = (memsrc *)arg;
+  if (origin != SEEK_SET || off < 0 || (size_t)off > m->len)
+    return CURL_SEEKFUNC_CANTSEEK;
+  m->pos = (size_t)off;
+  return CURL_SEEKFUNC_OK;
+}
+
+/* ---- building a request from a spec table ---- */
+
+static void add_headers(lua_State *L, int spec, transfer *t) {
+  lua_getfield(L, spec, "headers");
+  if (lua_istable(L, -1)) {
+    lua_Integer n = ie_len(L, -1);
+    for (lua_Integer i = 1; i <= n; i++) {
+      ie_rawgeti(L, -1, i);
+      const char *h = luaL_checkstring(L, -1);
+      if (strpbrk(h, "\r\n"))
+        luaL_error(L, "header %d contains a line break", (int)i);
+      struct curl_slist *nl = curl_slist_append(t->headers, h);
+      if (!nl)
+        luaL_error(L, "out of memory");
+      t->headers = nl;
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+}
+
+/* parts = { {name=, value=} | {name=, path=, filename=, type=} | {name=, data=, filename=, type=} } */
+static void add_parts(lua_State *L, int spec, int self, transfer *t) {
+  lua_getfield(L, spec, "parts");
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  int parts = lua_gettop(L);
+  t->mime = curl_mime_init(t->e);
+  if (!t->mime)
+    luaL_error(L, "out of memory");
+  lua_Integer n = ie_len(L, parts);
+  for (lua_Integer i = 1; i <= n; i++) {
+    ie_rawgeti(L, parts, i);
+    int p = lua_gettop(L);
+    luaL_checktype(L, p, LUA_TTABLE);
+    size_t len = 0;
+    const char *name = ie_opt_lstring(L, p, "name", &len);
+    const char *value = ie_opt_lstring(L, p, "value", &len);
+    const char *path = ie_opt_lstring(L, p, "path", NULL);
+    size_t dlen = 0;
+    const char *data = ie_opt_lstring(L, p, "data", &dlen);
+    const char *filename = ie_opt_lstring(L, p, "filename", NULL);
+    const char *type = ie_opt_lstring(L, p, "type", NULL);
+    curl_mimepart *part = curl_mime_addpart(t->mime);
+    CURLcode rc = part ? curl_mime_name(part, name) : CURLE_OUT_OF_MEMORY;
+    if (rc == CURLE_OK && value)
+      rc = curl_mime_data(part, value, len);
+    else if (rc == CURLE_OK && path)
+      rc = curl_mime_filedata(part, path); /* streamed from disk at send time */
+    else if (rc == CURLE_OK && data) {
+      memsrc *ms = malloc(sizeof *ms);
+      if (!ms)
+        rc = CURLE_OUT_OF_MEMORY;
+      else {
+        ms->p = data, ms->len = dlen, ms->pos = 0;
+        rc = curl_mime_data_cb(part, (curl_off_t)dlen, mem_read, mem_seek, free, ms);
+        if (rc != CURLE_OK)
+          free(ms);
+        /* Anchor the string for as long as the transfer lives. */
+        ie_getuservalue(L, self);
+        lua_getfield(L, p, "data");
+        lua_rawseti(L, -2, (lua_Integer)ie_len(L, -2) + 1);
+        lua_pop(L, 1);
+      }
+    }
+    if (rc == CURLE_OK && (path || data))
+      rc = curl_mime_filename(part, filename);
+    if (rc == CURLE_OK && type)
+      rc = curl_mime_type(part, type);
+    if (rc != CURLE_OK)
+      luaL_error(L, "cannot build part %d: %s", (int)i, curl_easy_strerror(rc));
+    lua_settop(L, parts);
+  }
+  lua_pop(L, 1);
+  curl_easy_setopt(t->e, CURLOPT_MIMEPOST, t->mime);
+}
+
+void ie_transfer_setup(lua_State *L, int spec, int self, transfer *t) {
+  t->e = curl_easy_init();
+  if (!t->e)
+    luaL_error(L, "curl_easy_init failed");
+  size_t n;
+  const char *url = ie_opt_lstring(L, spec, "url", &n);
+  luaL_argcheck(L, url != NULL, spec, "spec.url required");
+  t->max = (size_t)ie_opt_number(L, spec, "max_response_bytes", 64.0 * 1024 * 1024);
+  t->idle_limit = ie_opt_number(L, spec, "idle_timeout", 0);
+  t->stream_wanted = ie_opt_bool(L, spec, "stream");
+  t->billable = ie_opt_bool(L, spec, "billable");
+  CURL *e = t->e;
+  curl_easy_setopt(e, CURLOPT_URL, url);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, t);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, ie_opt_bool(L, spec, "follow") ? 1L : 0L);
+  curl_easy_setopt(e, CURLOPT_MAXREDIRS, 5L);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
+  curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
+  curl_easy_setopt(e, CURLOPT_XFERINFODATA, t);
+  curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
+  curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
+  curl_easy_setopt(e, CURLOPT_PREREQDATA, t);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  /* Over TLS, ALPN tells at handshake whether HTTP/2 multiplexing is there,
+   * so waiting for it is cheap; over plain http it would hold every new
+   * transfer until the first answer arrived. */
+  if (strncasecmp(url, "https:", 6) == 0)
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+  /* Bigger reads and sends for file parts streamed from disk: a quarter of
+   * the system calls of the 64 KB default (measured in bench/). */
+  curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 256L * 1024);
+  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t->max);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(ie_opt_number(L, spec, "timeout", 600) * 1000));
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                   (long)(ie_opt_number(L, spec, "connect_timeout", 15) * 1000));
+  const char *ua = ie_opt_lstring(L, spec, "user_agent", NULL);
+  if (ua)
+    curl_easy_setopt(e, CURLOPT_USERAGENT, ua);
+  add_headers(L, spec, t);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
+  const char *body = ie_opt_lstring(L, spec, "body", &n);
+  if (body) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)n);
+    curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body);
+  } else {
+    add_parts(L, spec, self, t);
+  }
+  t->has_body = body != NULL || t->mime != NULL;
+}
+
+/* ---- the result ---- */
+
+static void set_str(lua_State *L, const char *k, const char *v) {
+  if (v && *v) {
+    lua_pushstring(L, v);
+    lua_setfield(L, -2, k);
+  }
+}
+
+static const char *reason_of(const transfer *t) {
+  if (t->canceled)
+    return "canceled";
+  if (t->too_large || t->code == CURLE_FILESIZE_EXCEEDED)
+    return "too_large";
+  if (t->header_flood)
+    return "headers";
+  if (t->idle)
+    return "idle";
+  if (t->resend_blocked)
+    return "lost";
+  switch (t->code) {
+  case CURLE_OK: return NULL;
+  case CURLE_OPERATION_TIMEDOUT: return "timeout";
+  case CURLE_READ_ERROR: return "read";
+  case CURLE_PARTIAL_FILE: return "partial";
+  case CURLE_UNSUPPORTED_PROTOCOL: return "protocol";
+  case CURLE_TOO_MANY_REDIRECTS: return "redirects";
+  case CURLE_PEER_FAILED_VERIFICATION:
+  case CURLE_SSL_CONNECT_ERROR:
+  case CURLE_SSL_CERTPROBLEM: return "tls";
+  default: return "network";
+  }
+}
+
+void ie_transfer_push_result(lua_State *L, const transfer *t) {
+  lua_createtable(L, 0, 16);
+  const char *reason = reason_of(t);
+  lua_pushboolean(L, reason == NULL);
+  lua_setfield(L, -2, "ok");
+  if (reason) {
+    lua_pushstring(L, reason);
+    lua_setfield(L, -2, "reason");
+    lua_pushstring(L, t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->code));
+    lua_setfield(L, -2, "error");
+    lua_pushinteger(L, t->code);
+    lua_setfield(L, -2, "curl_code");
+  }
+  lua_pushinteger(L, t->status);
+  lua_setfield(L, -2, "status");
+  set_str(L, "content_type", t->ctype);
+  set_str(L, "retry_after", t->retry_after);
+  set_str(L, "retry_after_ms", t->retry_after_ms);
+  set_str(L, "request_id", t->request_id);
+  set_str(L, "should_retry", t->should_retry);
+  lua_pushlstring(L, t->body ? t->body : "", t->len);
+  lua_setfield(L, -2, "body");
+  lua_pushboolean(L, t->sent_all || !t->has_body);
+  lua_setfield(L, -2, "sent_all");
+  lua_pushinteger(L, (lua_Integer)t->ul_now);
+  lua_setfield(L, -2, "bytes_up");
+  lua_pushboolean(L, t->answering);
+  lua_setfield(L, -2, "answered");
+  /* A stream that was cut before its first byte is still a stream. */
+  lua_pushboolean(L, t->sse_on || (t->stream_wanted && strncasecmp(t->ctype, "text/event-stream", 17) == 0));
+  lua_setfield(L, -2, "stream");
+  lua_pushinteger(L, (lua_Integer)t->dl_now);
+  lua_setfield(L, -2, "bytes_down");
+  char *eff = NULL;
+  if (t->e && curl_easy_getinfo(t->e, CURLINFO_EFFECTIVE_URL, &eff) == CURLE_OK && eff)
+    set_str(L, "url", eff);
+}
+
