@@ -113,7 +113,8 @@ describe("the house", function()
     local emu = H.emulator()
     local m = core.multi()
     local url = emu.url .. "/images/generations"
-    local t = m:start { url = url, body = "{}", timeout = 5 }
+    local t = m:start({ url = url, body = "{}", timeout = 5 }, "an extra argument, ignored")
+    assert.matches("^imgedit.transfer", tostring(t))
     local forgotten = m:start { url = url, body = "{}", timeout = 5 } -- dropped: never handed back
     forgotten = nil -- luacheck: ignore
     collectgarbage()
