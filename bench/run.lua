@@ -98,6 +98,11 @@ row(string.format("%d sequential generations, re-send guard on: client CPU s", g
 row("50 sequential generations: connections opened", tostring(g.conns_on), string.format("guard off %d", g.conns_off),
   "the same", g.conns_on == g.conns_off)
 
+-- ---- a frame loop's poll ----
+local pl = cjson.decode(sh("lua5.4 bench/poll.lua"))
+row(string.format("poll(0) with %d transfers in flight: calls into imgedit.core", pl.n), string.format("%.0f", pl.core_calls),
+  string.format("median %.0f us a poll", pl.median_us), "not one per transfer", pl.core_calls <= 2)
+
 -- ---- the table ----
 local w = { 0, 0, 0, 0, 0 }
 local head = { "benchmark", "imgedit", "reference (same run)", "target", "" }
