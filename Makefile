@@ -23,9 +23,9 @@ LUA_CFLAGS = -I$(LUA_INCDIR)
 else
 LUA_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null)
 endif
-DEP_CFLAGS := $(LUA_CFLAGS) $(shell $(PKG_CONFIG) --cflags libcurl stb libwebp libcrypto 2>/dev/null)
+DEP_CFLAGS := $(LUA_CFLAGS) $(shell $(PKG_CONFIG) --cflags libcurl stb libwebp libssl libcrypto 2>/dev/null)
 EMU_CFLAGS := $(shell $(PKG_CONFIG) --cflags libmicrohttpd 2>/dev/null)
-CORE_LIBS  := $(shell $(PKG_CONFIG) --libs libcurl stb libwebp libcrypto 2>/dev/null) -lm
+CORE_LIBS  := $(shell $(PKG_CONFIG) --libs libcurl stb libwebp libssl libcrypto 2>/dev/null) -lm
 EMU_LIBS   := $(shell $(PKG_CONFIG) --libs libmicrohttpd 2>/dev/null) -lpthread
 ALL_CFLAGS = -std=c99 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) $(DEP_CFLAGS) $(CFLAGS)
 # Lua modules link without -llua: the interpreter exports its symbols.
@@ -39,7 +39,7 @@ EMU_HDRS = $(HDRS) src/emulator/emulator.h
 
 BUSTED  ?= $(LUA) /usr/bin/busted
 
-.PHONY: testhooks all deps deps-hardening deps-all test-all test test-asan test-valgrind demo bench bench-deps install uninstall clean check format fuzz fuzz-smoke
+.PHONY: testhooks all deps deps-test deps-hardening deps-all test-all test test-asan test-valgrind demo bench bench-deps install uninstall clean check format fuzz fuzz-smoke
 
 BUILD ?= build
 
@@ -86,8 +86,15 @@ endef
 deps:
 	$(call install_missing,$(DEB_PKGS))
 
+# The real network components the tests run against (a TLS and HTTP/2 front,
+# a forward proxy, openssl for their certificates). For the tests only, and
+# optional: where they cannot be installed, those tests are skipped and counted.
+NET_PKGS = nghttp2-proxy tinyproxy openssl
+deps-test: deps
+	-$(call install_missing,$(NET_PKGS))
+
 # What the hardening targets add: clang and libFuzzer's runtime, valgrind.
-deps-hardening: deps
+deps-hardening: deps-test
 	$(call install_missing,clang libclang-rt-14-dev valgrind)
 
 ENV = LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;'
@@ -98,7 +105,7 @@ test: all testhooks
 # Every supported Lua: 5.4, 5.3, 5.1 and LuaJIT 2.1, each built into its own
 # folder and tested with its own interpreter (busted runs on all of them).
 LUA_TARGETS = 5.4 5.3 5.1 luajit
-deps-all: deps
+deps-all: deps-test
 	$(call install_missing,lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev luajit libluajit-5.1-dev love xvfb xauth)
 
 test-all:

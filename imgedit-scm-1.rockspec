@@ -25,6 +25,7 @@ external_dependencies = {
   STB = { header = "stb/stb_image.h", library = "stb" },
   WEBP = { header = "webp/decode.h", library = "webp" },
   OPENSSL = { header = "openssl/evp.h", library = "crypto" },
+  OPENSSL_SSL = { header = "openssl/ssl.h", library = "ssl" },
 }
 build = {
   type = "make",

@@ -27,6 +27,8 @@ static void unlink_transfer(transfer *t) {
   t->next = t->prev = NULL;
   t->owner = NULL;
   m->count--;
+  /* Out of the multi, out of its share: the multi may close first. */
+  curl_easy_setopt(t->e, CURLOPT_SHARE, NULL);
 }
 
 static void transfer_release(transfer *t) {
@@ -70,6 +72,11 @@ static int multi_close(lua_State *L) {
   if (m->m)
     curl_multi_cleanup(m->m);
   m->m = NULL;
+  if (m->share)
+    curl_share_cleanup(m->share);
+  m->share = NULL;
+  free(m->net.ca_file), free(m->net.ca_path), free(m->net.proxy);
+  memset(&m->net, 0, sizeof m->net);
   return 0;
 }
 
@@ -93,7 +100,7 @@ static int multi_start(lua_State *L) {
   lua_pushvalue(L, 1);
   lua_setfield(L, -2, "multi");
   ie_setuservalue(L, -2);
-  ie_transfer_setup(L, 2, 3, t);
+  ie_transfer_setup(L, 2, 3, t, m);
   CURLMcode mc = curl_multi_add_handle(m->m, t->e);
   if (mc != CURLM_OK)
     return luaL_error(L, "curl_multi_add_handle: %s", curl_multi_strerror(mc));
@@ -261,7 +268,23 @@ static int multi_tostring(lua_State *L) {
   return 1;
 }
 
+/* A copy of the optional string field k of the options at 1, or NULL. */
+static char *opt_copy(lua_State *L, const char *k) {
+  const char *v = lua_istable(L, 1) ? ie_opt_lstring(L, 1, k, NULL) : NULL;
+  if (!v)
+    return NULL;
+  char *c = strdup(v);
+  if (!c)
+    luaL_error(L, "out of memory");
+  return c;
+}
+
+/* multi([{ca_file=, ca_path=, proxy=}]) -> a multi handle: one connection
+ * pool, one TLS session cache, one set of network settings. */
 static int l_multi(lua_State *L) {
+  if (!lua_isnoneornil(L, 1))
+    luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
   multi *m = (multi *)ie_newuserdata1(L, sizeof *m);
   memset(m, 0, sizeof *m);
   luaL_setmetatable(L, MULTI_MT);
@@ -274,6 +297,15 @@ static int l_multi(lua_State *L) {
   m->m = curl_multi_init();
   if (!m->m)
     return luaL_error(L, "curl_multi_init failed");
+  m->net.ca_file = opt_copy(L, "ca_file");
+  m->net.ca_path = opt_copy(L, "ca_path");
+  m->net.proxy = opt_copy(L, "proxy");
+  /* New connections to a host resume its TLS session: a shorter handshake. */
+  m->share = curl_share_init();
+  if (m->share) {
+    curl_share_setopt(m->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    curl_share_setopt(m->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+  }
   return 1;
 }
 

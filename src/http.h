@@ -14,10 +14,24 @@
 
 typedef struct transfer transfer;
 
+/* The network settings every transfer of a multi shares. */
+typedef struct ie_net {
+  char *ca_file, *ca_path; /* the caller's CAs, added to the system's */
+  char *proxy;             /* NULL: libcurl reads the *_proxy variables */
+} ie_net;
+
+#define IE_MAX_SOCKS 256
+
 typedef struct multi {
   CURLM *m;
+  CURLSH *share;  /* TLS sessions and DNS, shared by the multi's transfers */
   transfer *head; /* transfers currently added to m */
   int count;
+  ie_net net;
+  /* the sockets of its connections (beyond the bound, not tracked: then a
+   * resend is blocked, the safe side) */
+  curl_socket_t socks[IE_MAX_SOCKS];
+  int nsocks;
 } multi;
 
 /* An in-memory file part: points into a Lua string that the transfer anchors. */
@@ -39,6 +53,7 @@ struct transfer {
   /* A billable request: libcurl may not send it again once the whole body
    * went out (see on_prereq). */
   int billable, sends, resend_blocked, has_body;
+  int sent_to_closed; /* this send went into a connection the server had closed */
   int sent_all; /* the whole body went out at least once: sticky across re-sends */
   double idle_limit, last_move; /* seconds; no bytes moving while sending or receiving */
   CURLcode code;
@@ -55,9 +70,10 @@ struct transfer {
 /* transfer.c */
 
 /* Build t's easy handle from the spec table at index spec; strings sent
- * from memory are anchored in the uservalue of the transfer object at self.
+ * from memory are anchored in the uservalue of the transfer object at self;
+ * the network settings and the share come from the multi m.
  * Raises on a bad spec; t is freed by its owner's release either way. */
-IE_LOCAL void ie_transfer_setup(lua_State *L, int spec, int self, transfer *t);
+IE_LOCAL void ie_transfer_setup(lua_State *L, int spec, int self, transfer *t, multi *m);
 
 /* Push the result table of a finished transfer. */
 IE_LOCAL void ie_transfer_push_result(lua_State *L, const transfer *t);
