@@ -20,7 +20,28 @@ local TRANSPORT = {
   timeout = { "timeout" }, idle = { "timeout" }, too_large = { "protocol" }, read = { "io", false },
   canceled = { "canceled" }, headers = { "protocol" }, protocol = { "protocol" }, redirects = { "protocol" },
   tls = { "network", false }, network = { "network" }, partial = { "protocol" }, lost = { "network" },
+  proxy = { "network" },
 }
+
+-- Gateway timeouts: 504, and Cloudflare's 524 ("a timeout occurred").
+local GATEWAY_TIMEOUT = { [504] = true, [524] = true }
+
+-- What failed in a TLS handshake, said for a person (res.tls from the core).
+local TLS = {
+  unknown_ca = "its certificate is signed by an unknown certificate authority"
+    .. " (behind a TLS-inspecting proxy? give its CA with ca_file or ca_path)",
+  expired = "its certificate has expired",
+  not_yet_valid = "its certificate is not valid yet (is this machine's clock right?)",
+  host_mismatch = "its certificate is not for this host name",
+  revoked = "its certificate has been revoked",
+  untrusted = "its certificate is not trusted",
+  ca_file = "the certificate authorities in ca_file or ca_path could not be loaded",
+}
+
+-- "host:port" of a url, for messages.
+local function host_of(url)
+  return tostring(url or ""):match("^%a[%w+.-]*://([^/?#]+)") or "the server"
+end
 
 -- Whether the service may have the request, and bill it, although no usable
 -- answer came: the whole body went out and no error status came back.
@@ -45,6 +66,11 @@ function M.transport_error(res, what, max, key, billable)
     msg = "a local file could not be read during the upload: " .. res.error
   elseif res.reason == "canceled" then
     msg = "canceled"
+  elseif res.reason == "tls" then
+    local why = TLS[res.tls] or ("the TLS handshake failed: " .. res.error)
+    msg = string.format("%s failed: cannot trust %s over TLS: %s", what, host_of(res.url), why)
+  elseif res.reason == "proxy" then
+    msg = what .. " failed: the proxy could not be used: " .. res.error
   elseif res.reason == "lost" or (t[1] == "network" and billed and not res.answered) then
     msg = what .. " failed: the connection was lost after the whole request was sent, before any answer"
   else
@@ -57,7 +83,7 @@ function M.transport_error(res, what, max, key, billable)
   if billed then retryable = false end
   return nil, errors.new(t[1], msg, {
     status = res.status ~= 0 and res.status or nil, retryable = retryable, sent_all = res.sent_all,
-    maybe_billed = billed or nil, request_id = res.request_id,
+    maybe_billed = billed or nil, request_id = res.request_id, tls = res.tls,
   }, key)
 end
 
@@ -120,7 +146,15 @@ function M.read(res, fields, max, key)
   end
   local body = cjson.decode(res.body)
   if res.status < 200 or res.status > 299 then
-    return nil, errors.from_status(res.status, body, res, key)
+    local err = errors.from_status(res.status, body, res, key)
+    if GATEWAY_TIMEOUT[res.status] and res.sent_all then
+      -- A gateway gave up waiting for the service after the whole request
+      -- went through it: the service may be making (and billing) the image.
+      err.maybe_billed, err.retryable = true, false
+      err.message = err.message .. "; a gateway timed out after the whole request was sent: the service may"
+        .. " have received and billed it, so it was not sent again"
+    end
+    return nil, err
   end
   if type(body) ~= "table" then return protocol("the answer is not JSON", res, key) end
   if type(body.data) ~= "table" or type(body.data[1]) ~= "table" then

@@ -63,7 +63,8 @@ function M.new(opts)
   local y = opts.yield
   if y == true then y = coroutine.yield end
   c.yield = y
-  c._multi = core.multi()
+  -- The network settings belong to the connection pool: every transfer shares them.
+  c._multi = core.multi { ca_file = opts.ca_file, ca_path = opts.ca_path, proxy = opts.proxy }
   setmetatable(c, Client)
   local key = opts.api_key or M.defaults.api_key or os.getenv("IMGEDIT_API_KEY")
   secrets[c] = key ~= "" and key or nil

@@ -28,6 +28,25 @@ local function url(v)
   return scheme == "http" or scheme == "https", "an http or https url"
 end
 
+-- "file", "dir", or nil for a path that cannot be opened.
+local function kind_of(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local got, _, code = f:read(1)
+  f:close()
+  if got == nil and code == 21 then return "dir" end -- EISDIR
+  return "file"
+end
+local function file(v) return type(v) == "string" and kind_of(v) == "file", "a readable file" end
+local function folder(v) return type(v) == "string" and kind_of(v) == "dir", "a readable folder" end
+local PROXY_SCHEMES = { http = true, https = true, socks4 = true, socks4a = true, socks5 = true, socks5h = true }
+local function proxy(v)
+  if type(v) ~= "string" then return false, "a proxy url (http, https, socks4, socks5) or \"\"" end
+  local scheme = v:match("^(%a[%w+.-]*)://[^/]")
+  local ok = v == "" or (scheme ~= nil and PROXY_SCHEMES[scheme:lower()] == true)
+  return ok, "a proxy url (http, https, socks4, socks5) or \"\""
+end
+
 -- The checks, for other option tables (the emulator's).
 M.checks = { positive = positive, nonneg = nonneg, count = count, is = is }
 
@@ -44,6 +63,7 @@ M.CLIENT_OPTIONS = {
   api_key = is "string", base_url = url, model = is "string", max_concurrency = at_least_one,
   max_response_bytes = positive, max_download_bytes = positive, progress_interval = nonneg,
   limits = is "table", yield = function(v) return v == true or type(v) == "function", "true or a function" end,
+  ca_file = file, ca_path = folder, proxy = proxy,
 }
 for k, check in pairs(M.JOB_OPTIONS) do M.CLIENT_OPTIONS[k] = check end
 
