@@ -1,0 +1,214 @@
+-- The real network: HTTPS through nghttpx (a TLS and HTTP/2 front of the
+-- emulator, with a certificate authority made by openssl for the test) and
+-- a forward proxy (tinyproxy). Skipped, and counted, where they are missing.
+local H = require "helpers"
+local N = require "net"
+local imgedit = require "imgedit"
+
+local missing = N.missing()
+
+local function lines(s)
+  local t = {}
+  for l in s:gmatch("[^\n]+") do t[#t + 1] = l end
+  return t
+end
+
+if missing then
+  describe("the real network", function()
+    pending("needs the Debian packages " .. missing)
+  end)
+  return
+end
+
+describe("the real network", function()
+  local emu, dir, certs, front
+  H.world(function(e, d) emu, dir = e, d end)
+
+  lazy_setup(function()
+    certs = N.make_ca(dir)
+    front = N.nghttpx(dir, { backend = emu.port, cert = certs.cert, key = certs.key })
+  end)
+  lazy_teardown(function() if front then front:stop() end end)
+
+  -- proxy = "": this machine's own proxy variables stay out of these tests.
+  local function client(opts)
+    local o = { base_url = front.url, api_key = emu.key, model = "gpt-image-2-all", retry_base = 0.01, proxy = "" }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    return imgedit.new(o)
+  end
+  local function edit(c)
+    return c:edit { prompt = "tls", images = { H.write(dir .. "/in.png", H.png(64, 64)) }, size = "64x64",
+      response_format = "b64_json" }
+  end
+
+  describe("HTTPS", function()
+    it("edits with the caller's CA file", function()
+      local img = assert(edit(client { ca_file = certs.ca }))
+      assert.are.equal("png", img.format)
+      assert.are.equal(1, #H.api_requests(emu))
+    end)
+
+    it("edits with the caller's CA folder (hashed as openssl rehash makes it)", function()
+      local cas = dir .. "/cas"
+      assert.is_true(H.ok("mkdir -p '" .. cas .. "' && cp '" .. certs.ca .. "' '" .. cas .. "/' && openssl rehash '"
+        .. cas .. "' >/dev/null 2>&1"))
+      assert(edit(client { ca_path = cas }))
+    end)
+
+    it("refuses a server whose CA it does not know, saying so, and sends nothing", function()
+      local img, err = edit(client())
+      assert.is_nil(img)
+      assert.are.equal("network", err.kind)
+      assert.are.equal("unknown_ca", err.tls)
+      assert.matches("cannot trust localhost:%d+ over TLS: its certificate is signed by an unknown certificate"
+        .. " authority", err.message)
+      assert.matches("ca_file", err.message)
+      assert.is_false(err.retryable)
+      assert.are.equal(1, err.attempts)
+      assert.are.equal(0, #H.api_requests(emu))
+    end)
+
+    it("refuses a certificate that is not for the host name", function()
+      local img, err = edit(client { ca_file = certs.ca, base_url = front.url:gsub("localhost", "127.0.0.1") })
+      assert.is_nil(img)
+      assert.are.equal("network", err.kind)
+      assert.are.equal("host_mismatch", err.tls)
+      assert.matches("cannot trust 127%.0%.0%.1:%d+ over TLS: its certificate is not for this host name", err.message)
+      assert.are.equal(0, #H.api_requests(emu))
+    end)
+
+    it("refuses an expired certificate", function()
+      local old = N.nghttpx(dir, { backend = emu.port, cert = certs.expired, key = certs.key })
+      local img, err = edit(client { ca_file = certs.ca, base_url = old.url })
+      old:stop()
+      assert.is_nil(img)
+      assert.are.equal("expired", err.tls)
+      assert.matches("its certificate has expired", err.message)
+      assert.are.equal(0, #H.api_requests(emu))
+    end)
+
+    it("checks the CA options where they are given", function()
+      assert.has_error(function() client { ca_file = dir .. "/none.pem" } end,
+        "bad option 'ca_file' (a readable file expected, got \"" .. dir .. "/none.pem\")")
+      assert.has_error(function() client { ca_file = dir } end)
+      assert.has_error(function() client { ca_path = certs.ca } end)
+      assert.has_error(function() client { proxy = "ftp://x" } end)
+      assert.has_error(function() client { prox = "http://x" } end, "unknown option 'prox' to imgedit.new"
+        .. " (did you mean 'proxy'?)")
+    end)
+  end)
+
+  describe("HTTP/2", function()
+    it("sends parallel edits as streams of one connection", function()
+      local before = #lines(front:log())
+      local c = client { ca_file = certs.ca }
+      local input = H.write(dir .. "/par.png", H.png(64, 64))
+      local jobs = {}
+      for i = 1, 8 do
+        jobs[i] = c:submit("edit", { prompt = "p" .. i, images = { input }, size = "64x64", response_format = "b64_json" })
+      end
+      for _, j in ipairs(jobs) do assert(j:wait()) end
+      local log = lines(front:log())
+      assert.are.equal(before + 8, #log)
+      local ports = {}
+      for i = before + 1, #log do
+        local alpn, port, status = log[i]:match("^(%S+) (%d+) (%d+)")
+        assert.are.equal("h2", alpn)
+        assert.are.equal("200", status)
+        ports[port] = true
+      end
+      local n = 0
+      for _ in pairs(ports) do n = n + 1 end
+      assert.are.equal(1, n, front:log())
+      assert.are.equal(8, #H.api_requests(emu))
+    end)
+  end)
+
+  describe("HTTP/1.1 over TLS", function()
+    it("resumes the TLS session when a new connection is needed", function()
+      local h1 = N.nghttpx(dir, { backend = emu.port, cert = certs.cert, key = certs.key, alpn = "http/1.1",
+        keep_alive = "300ms" })
+      local c = client { ca_file = certs.ca, base_url = h1.url }
+      assert(c:generate { prompt = "one", size = "64x64", response_format = "b64_json" })
+      H.ok("sleep 0.8") -- the front closes the idle connection
+      assert(c:generate { prompt = "two", size = "64x64", response_format = "b64_json" })
+      local log = lines(h1:log())
+      h1:stop()
+      assert.are.equal(2, #log)
+      local a1, p1, _, r1 = log[1]:match("^(%S+) (%d+) (%d+) (%S+)")
+      local a2, p2, _, r2 = log[2]:match("^(%S+) (%d+) (%d+) (%S+)")
+      assert.are.equal("http/1.1", a1)
+      assert.are.equal("http/1.1", a2)
+      assert.are_not.equal(p1, p2) -- two connections
+      assert.are.equal(".", r1)    -- a full handshake
+      assert.are.equal("r", r2)    -- then a resumed one
+    end)
+  end)
+
+  describe("a gateway that gives up", function()
+    it("after the whole request went through: not sent again, and said to be maybe billed", function()
+      local slow = N.nghttpx(dir, { backend = emu.port, cert = certs.cert, key = certs.key,
+        backend_read_timeout = "500ms" })
+      emu:configure { latency = 1.5 }
+      local img, err = edit(client { ca_file = certs.ca, base_url = slow.url })
+      slow:stop()
+      assert.is_nil(img)
+      assert.are.equal(504, err.status)
+      assert.is_true(err.maybe_billed)
+      assert.matches("not sent again", err.message)
+      assert.are.equal(1, err.attempts)
+      assert.are.equal(1, #H.api_requests(emu))
+    end)
+
+    it("is tried again when the caller opts in with retry_unanswered", function()
+      local slow = N.nghttpx(dir, { backend = emu.port, cert = certs.cert, key = certs.key,
+        backend_read_timeout = "500ms" })
+      emu:configure { latency = 1.5 }
+      local _, err = edit(client { ca_file = certs.ca, base_url = slow.url, retry_unanswered = true, max_retries = 1 })
+      slow:stop()
+      assert.are.equal(2, err.attempts)
+      assert.are.equal(2, #H.api_requests(emu))
+    end)
+  end)
+
+  describe("a forward proxy", function()
+    local proxy
+    lazy_setup(function() proxy = N.tinyproxy(dir) end)
+    lazy_teardown(function() if proxy then proxy:stop() end end)
+
+    it("carries an https edit through CONNECT", function()
+      assert(edit(client { ca_file = certs.ca, proxy = proxy.url }))
+      assert.matches("CONNECT localhost:" .. front.port, proxy:log())
+      assert.are.equal(1, #H.api_requests(emu))
+    end)
+
+    it("is taken from HTTPS_PROXY, and NO_PROXY still works", function()
+      local function child(env)
+        local script = H.write(dir .. "/child.lua", string.format([[
+          local imgedit = require "imgedit"
+          local c = imgedit.new { base_url = %q, api_key = %q, model = "gpt-image-2-all", ca_file = %q, max_retries = 0 }
+          local img, err = c:generate { prompt = "env", size = "64x64", response_format = "b64_json" }
+          io.write(img and "ok" or tostring(err))
+        ]], front.url, emu.key, certs.ca))
+        local p = io.popen("env -u https_proxy -u HTTPS_PROXY -u all_proxy -u ALL_PROXY -u no_proxy -u NO_PROXY " .. env .. " LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='"
+          .. H.BUILD .. "/?.so;;' " .. H.LUA .. " '" .. script .. "' 2>&1")
+        local out = p:read("*a")
+        p:close()
+        return out
+      end
+      local seen = select(2, proxy:log():gsub("CONNECT localhost", ""))
+      assert.are.equal("ok", child("HTTPS_PROXY=" .. proxy.url))
+      assert.are.equal(seen + 1, select(2, proxy:log():gsub("CONNECT localhost", "")))
+      -- a dead proxy, bypassed for localhost
+      local dead = "http://127.0.0.1:" .. N.free_port()
+      assert.are.equal("ok", child("HTTPS_PROXY=" .. dead .. " NO_PROXY=localhost"))
+      assert.matches("network", child("HTTPS_PROXY=" .. dead))
+    end)
+
+    it("is not used with proxy = \"\", whatever the environment says", function()
+      local seen = select(2, proxy:log():gsub("CONNECT localhost", ""))
+      assert(edit(client { ca_file = certs.ca, proxy = "" }))
+      assert.are.equal(seen, select(2, proxy:log():gsub("CONNECT localhost", "")))
+    end)
+  end)
+end)
