@@ -183,26 +183,46 @@ static int peer_closed(const transfer *t, int local_port) {
   return 0;
 }
 
+/* Whether this send goes out as an HTTP/2 stream: the ALPN its TLS
+ * connection agreed on. */
+static int on_h2(CURL *e) {
+  struct curl_tlssessioninfo *ti = NULL;
+  if (curl_easy_getinfo(e, CURLINFO_TLS_SSL_PTR, &ti) != CURLE_OK || !ti ||
+      ti->backend != CURLSSLBACKEND_OPENSSL || !ti->internals)
+    return 0;
+  const unsigned char *p = NULL;
+  unsigned n = 0;
+  SSL_get0_alpn_selected((SSL *)ti->internals, &p, &n);
+  return n == 2 && memcmp(p, "h2", 2) == 0;
+}
+
 /* libcurl sends a request again by itself when a reused connection dies
  * before any answer: up to five more times, once per pooled connection. The
  * service bills a request it received even if the answer never arrives, so a
  * billable request goes out once per transfer; the caller's retry policy, in
- * Lua, decides about another attempt and makes it visible. The one resend
- * let through is after a send into a connection the server had closed
- * before it: nothing of that send can have reached the service. This runs
- * before each send, on a new or a reused connection alike. */
+ * Lua, decides about another attempt and makes it visible. Two resends are
+ * let through, because nothing of the send before can have been acted on:
+ *  - it went into a connection the server had closed while it sat idle;
+ *  - it was an HTTP/2 stream the server refused (REFUSED_STREAM, or above
+ *    the last stream id of a GOAWAY), which HTTP/2 promises was not
+ *    processed. libcurl retries those silently (no error message), while a
+ *    stream lost with its connection carries one ("Recv failure: ...").
+ * This runs before each send, on a new or a reused connection alike. */
 static int on_prereq(void *ud, char *ip, char *local_ip, int port, int local_port) {
   transfer *t = (transfer *)ud;
   (void)ip, (void)local_ip, (void)port;
   t->sends++;
   if (t->sends > 1 && t->billable) {
-    if (!t->sent_to_closed) {
+    int refused = t->sent_on_h2 && t->errbuf[0] == '\0' && !t->answering;
+    if (!t->sent_to_closed && !refused) {
       t->resend_blocked = 1;
       return CURL_PREREQFUNC_ABORT;
     }
-    t->sent_all = 0; /* what went into the closed connection never arrived */
+    t->sent_all = 0; /* what went before never reached the service */
+    t->refused += refused;
   }
   t->sent_to_closed = peer_closed(t, local_port);
+  t->sent_on_h2 = on_h2(t->e);
   return CURL_PREREQFUNC_OK;
 }
 
@@ -496,6 +516,8 @@ void ie_transfer_push_result(lua_State *L, const transfer *t) {
   lua_setfield(L, -2, "bytes_up");
   lua_pushboolean(L, t->answering);
   lua_setfield(L, -2, "answered");
+  lua_pushinteger(L, t->refused);
+  lua_setfield(L, -2, "refused_streams");
   /* A stream that was cut before its first byte is still a stream. */
   lua_pushboolean(L, t->sse_on || (t->stream_wanted && strncasecmp(t->ctype, "text/event-stream", 17) == 0));
   lua_setfield(L, -2, "stream");
