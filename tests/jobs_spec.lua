@@ -128,13 +128,24 @@ describe("jobs", function()
       assert.are.equal(3, #emu:requests())
     end)
 
-    it("retries 408, 409, 502 pages and 500", function()
-      emu:inject({ status = 408 }, { status = 409 }, { status = 502, html = true }, { status = 500 })
+    it("retries 408, 409 and 500; a gateway's 502 page only with retry_unanswered", function()
+      emu:inject({ status = 408 }, { status = 409 }, { status = 500 })
       local c = all_client { max_retries = 4, retry_base = 0.01 }
       local img, err = c:generate(small())
       assert.is_nil(err)
       assert.truthy(img)
-      assert.are.equal(5, #emu:requests())
+      assert.are.equal(4, #emu:requests())
+      -- a 502 after the whole request went through: the service may have it
+      emu:clear()
+      emu:inject { status = 502, html = true }
+      img, err = c:generate(small())
+      assert.is_nil(img)
+      assert.is_true(err.maybe_billed)
+      assert.are.equal(1, #emu:requests())
+      emu:clear()
+      emu:inject { status = 502, html = true }
+      assert(all_client({ max_retries = 4, retry_base = 0.01, retry_unanswered = true }):generate(small()))
+      assert.are.equal(2, #emu:requests())
     end)
 
     it("treats other 4xx, moderation and an HTML 413 as final", function()

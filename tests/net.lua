@@ -98,6 +98,7 @@ function N.nghttpx(dir, o)
     "--backend-read-timeout=" .. (o.backend_read_timeout or "60s"),
     o.alpn and ("--npn-list=" .. o.alpn) or "",
     o.keep_alive and ("--frontend-keep-alive-timeout=" .. o.keep_alive) or "",
+    o.max_streams and ("--frontend-http2-max-concurrent-streams=" .. o.max_streams) or "",
     "'" .. o.key .. "'", "'" .. o.cert .. "'",
   }
   local log = dir .. "/nghttpx-" .. port .. ".out"

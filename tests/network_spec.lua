@@ -87,6 +87,28 @@ describe("the real network", function()
       assert.are.equal(0, #H.api_requests(emu))
     end)
 
+    it("takes --ca-file and --proxy on the command line", function()
+      local proxy = N.tinyproxy(dir)
+      local out = dir .. "/cli.png"
+      local p = io.popen("env -u IMGEDIT_API_KEY -u IMGEDIT_BASE_URL LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='"
+        .. H.BUILD .. "/?.so;;' IMGEDIT_API_KEY=" .. emu.key .. " IMGEDIT_BASE_URL=" .. front.url .. " " .. H.LUA
+        .. " bin/imgedit generate -q --model gpt-image-2-all --size 64x64 --response-format b64_json -p cli -o '"
+        .. out .. "' --ca-file '" .. certs.ca .. "' --proxy " .. proxy.url .. " 2>&1; echo exit=$?")
+      local text = p:read("*a")
+      p:close()
+      proxy:stop()
+      assert.matches("exit=0", text)
+      assert.is_true(H.exists(out))
+      assert.matches("CONNECT localhost:" .. front.port, proxy:log())
+      p = io.popen("env -u IMGEDIT_API_KEY LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='" .. H.BUILD .. "/?.so;;' "
+        .. "IMGEDIT_API_KEY=k IMGEDIT_BASE_URL=" .. front.url .. " " .. H.LUA .. " bin/imgedit generate -p x -o '"
+        .. dir .. "/no.png' --ca-file '" .. dir .. "/none.pem' 2>&1; echo exit=$?")
+      text = p:read("*a")
+      p:close()
+      assert.matches("ca_file", text)
+      assert.matches("exit=2", text)
+    end)
+
     it("checks the CA options where they are given", function()
       assert.has_error(function() client { ca_file = dir .. "/none.pem" } end,
         "bad option 'ca_file' (a readable file expected, got \"" .. dir .. "/none.pem\")")
@@ -124,6 +146,41 @@ describe("the real network", function()
     end)
   end)
 
+  describe("HTTP/2 streams the server refuses", function()
+    it("are sent again: the server promises it did nothing with them", function()
+      -- One stream at a time: the streams libcurl opens before the server's
+      -- SETTINGS arrive are refused (RST_STREAM REFUSED_STREAM).
+      local narrow = N.nghttpx(dir, { backend = emu.port, cert = certs.cert, key = certs.key, max_streams = 1 })
+      emu:configure { latency = 0.2 }
+      local c = client { ca_file = certs.ca, base_url = narrow.url, max_retries = 0 }
+      local jobs = {}
+      for i = 1, 8 do jobs[i] = c:submit("generate", { prompt = "r" .. i, size = "64x64", response_format = "b64_json" }) end
+      for _, j in ipairs(jobs) do assert(j:wait()) end
+      local log = lines(narrow:log())
+      narrow:stop()
+      assert.are.equal(8, #log)
+      assert.are.equal(8, #H.api_requests(emu)) -- each reached the service once
+    end)
+
+    it("but not a stream lost with its connection after it was sent", function()
+      local doomed = N.nghttpx(dir, { backend = emu.port, cert = certs.cert, key = certs.key })
+      emu:configure { latency = 1.0 }
+      local c = client { ca_file = certs.ca, base_url = doomed.url }
+      local jobs = {}
+      for i = 1, 4 do jobs[i] = c:submit("generate", { prompt = "d" .. i, size = "64x64", response_format = "b64_json" }) end
+      local t0 = require("imgedit.core").now()
+      while #H.api_requests(emu) < 4 and require("imgedit.core").now() - t0 < 5 do c:poll(0.05) end
+      assert.are.equal(4, #H.api_requests(emu))
+      doomed:stop() -- SIGTERM: nghttpx drops its connections at once
+      for _, j in ipairs(jobs) do
+        local img, err = j:wait()
+        assert.is_nil(img)
+        assert.is_true(err.maybe_billed, tostring(err))
+      end
+      assert.are.equal(4, #H.api_requests(emu)) -- none sent again
+    end)
+  end)
+
   describe("HTTP/1.1 over TLS", function()
     it("resumes the TLS session when a new connection is needed", function()
       local h1 = N.nghttpx(dir, { backend = emu.port, cert = certs.cert, key = certs.key, alpn = "http/1.1",
@@ -156,6 +213,16 @@ describe("the real network", function()
       assert.are.equal(504, err.status)
       assert.is_true(err.maybe_billed)
       assert.matches("not sent again", err.message)
+      assert.are.equal(1, err.attempts)
+      assert.are.equal(1, #H.api_requests(emu))
+    end)
+
+    it("because the service dropped the request it read: not sent again either (HTTP 502)", function()
+      emu:inject { drop = true }
+      local img, err = edit(client { ca_file = certs.ca })
+      assert.is_nil(img)
+      assert.are.equal(502, err.status)
+      assert.is_true(err.maybe_billed)
       assert.are.equal(1, err.attempts)
       assert.are.equal(1, #H.api_requests(emu))
     end)

@@ -23,8 +23,10 @@ local TRANSPORT = {
   proxy = { "network" },
 }
 
--- Gateway timeouts: 504, and Cloudflare's 524 ("a timeout occurred").
-local GATEWAY_TIMEOUT = { [504] = true, [524] = true }
+-- A gateway's word that it lost the service's answer: 502 (bad gateway),
+-- 504 (gateway timeout) and Cloudflare's 524 (a timeout occurred). After the
+-- whole request went through, the service may be making the image.
+local GATEWAY = { [502] = true, [504] = true, [524] = true }
 
 -- What failed in a TLS handshake, said for a person (res.tls from the core).
 local TLS = {
@@ -147,11 +149,9 @@ function M.read(res, fields, max, key)
   local body = cjson.decode(res.body)
   if res.status < 200 or res.status > 299 then
     local err = errors.from_status(res.status, body, res, key)
-    if GATEWAY_TIMEOUT[res.status] and res.sent_all then
-      -- A gateway gave up waiting for the service after the whole request
-      -- went through it: the service may be making (and billing) the image.
+    if GATEWAY[res.status] and res.sent_all then
       err.maybe_billed, err.retryable = true, false
-      err.message = err.message .. "; a gateway timed out after the whole request was sent: the service may"
+      err.message = err.message .. "; a gateway lost the answer after the whole request was sent: the service may"
         .. " have received and billed it, so it was not sent again"
     end
     return nil, err

@@ -50,6 +50,9 @@ local function build()
     cmd:option("--response-format", "url or b64_json (gpt-image-2-all).")
     cmd:option("--timeout", "Seconds for one attempt (default 600).")
     cmd:option("--retries", "Retries on 429, 5xx and dropped connections (default 2).")
+    cmd:option("--ca-file", "PEM file of certificate authorities to trust, besides the system's.")
+    cmd:option("--ca-path", "Folder of certificate authorities (hashed by openssl rehash), besides the system's.")
+    cmd:option("--proxy", "Proxy URL (http, https, socks5); default: HTTPS_PROXY and NO_PROXY.")
     cmd:flag("--stream", "Stream the answer (gpt-image-2): partial images as they form.")
     cmd:option("--partials", "With --stream: how many partial images, 0-3; each is written to OUT.partial-N.EXT.")
     cmd:flag("-f --force", "Overwrite the output if it exists.")
@@ -222,6 +225,7 @@ local function cmd_request(a)
   if not ok then return fail(3, why, { kind = "io", message = why, param = "output" }) end
   local cok, client = pcall(imgedit.new, {
     model = a.model, timeout = number_opt(a.timeout, "timeout"), max_retries = number_opt(a.retries, "retries"),
+    ca_file = a.ca_file, ca_path = a.ca_path, proxy = a.proxy,
   })
   if not cok then -- a value out of range (--timeout 0) or a bad IMGEDIT_BASE_URL
     error({ usage = (tostring(client):gsub("^[^:]*:%d+: ", "")) })
