@@ -103,6 +103,18 @@ local pl = cjson.decode(sh("lua5.4 bench/poll.lua"))
 row(string.format("poll(0) with %d transfers in flight: calls into imgedit.core", pl.n), string.format("%.0f", pl.core_calls),
   string.format("median %.0f us a poll", pl.median_us), "not one per transfer", pl.core_calls <= 2)
 
+-- ---- connections and TLS handshakes through a real TLS front ----
+local nw = cjson.decode(sh("lua5.4 bench/network.lua"))
+if nw.h1 then
+  local function hs(r) return string.format("%d conn, %d full + %d resumed", r.connections, r.full, r.resumed) end
+  for _, mode in ipairs { "sequential", "parallel" } do
+    row(string.format("%d edits over TLS, %s: HTTP/2", nw.edits, mode == "parallel" and "submitted at once" or "one by one"),
+      hs(nw.h2[mode]), "HTTP/1.1: " .. hs(nw.h1[mode]), "h2: 1 connection", nw.h2[mode].connections == 1)
+  end
+else
+  row("edits over TLS (nghttpx)", "n/a", "nghttp2-proxy or openssl missing")
+end
+
 -- ---- the table ----
 local w = { 0, 0, 0, 0, 0 }
 local head = { "benchmark", "imgedit", "reference (same run)", "target", "" }
