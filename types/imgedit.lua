@@ -20,6 +20,7 @@
 ---@field image? imgedit.Image a paid picture that arrived although the job failed
 ---@field callback? string for kind "callback": which callback raised
 ---@field cause? any for kind "callback": what it raised
+---@field tls? "unknown_ca"|"host_mismatch"|"expired"|"not_yet_valid"|"revoked"|"untrusted"|"ca_file"|"handshake"
 ---@field attempts integer
 ---@field report? imgedit.MaskReport
 
@@ -128,6 +129,9 @@ function Image:save(path, opts) end
 ---@field on_progress? fun(p: imgedit.Progress)
 ---@field on_retry? fun(info: imgedit.RetryInfo)
 ---@field yield? boolean|fun(job: imgedit.Job)
+---@field ca_file? string PEM certificate authorities trusted in addition to the system's
+---@field ca_path? string a folder of them, hashed by `openssl rehash`
+---@field proxy? string http, https, socks4 or socks5 url; "" for none (default: the *_PROXY variables)
 
 ---@class imgedit.Job
 ---@field attempts integer
