@@ -83,4 +83,19 @@ IE_LOCAL void ie_transfer_push_result(lua_State *L, const transfer *t);
 /* Monotonic seconds. */
 IE_LOCAL double ie_now(void);
 
+/* net.c */
+
+/* Verification, the caller's CAs, the proxy, the share and socket tracking
+ * for one easy handle of m. */
+IE_LOCAL void ie_net_setup(CURL *e, multi *m);
+
+/* Whether the server closed (FIN) the connection of m at local_port. */
+IE_LOCAL int ie_net_peer_closed(const multi *m, int local_port);
+
+/* Whether the TLS connection e is about to send on agreed on HTTP/2. */
+IE_LOCAL int ie_net_on_h2(CURL *e);
+
+/* What failed in t's TLS handshake: "unknown_ca", "expired", ... */
+IE_LOCAL const char *ie_net_tls_problem(const transfer *t);
+
 #endif

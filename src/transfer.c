@@ -7,15 +7,10 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
-
-#include <openssl/ssl.h>
-#include <openssl/x509_vfy.h>
 
 #include "http.h"
 
@@ -134,68 +129,6 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
   return t->canceled; /* non-zero aborts the transfer */
 }
 
-/* The multi keeps the sockets of its connections (libcurl opens and closes
- * them through these two callbacks), so that a send can find its own by the
- * local port libcurl names before it. */
-static curl_socket_t open_sock(void *ud, curlsocktype purpose, struct curl_sockaddr *a) {
-  multi *m = (multi *)ud;
-  (void)purpose;
-  curl_socket_t fd = socket(a->family, a->socktype, a->protocol);
-  if (fd != CURL_SOCKET_BAD && m->nsocks < IE_MAX_SOCKS)
-    m->socks[m->nsocks++] = fd;
-  return fd;
-}
-
-static int close_sock(void *ud, curl_socket_t fd) {
-  multi *m = (multi *)ud;
-  for (int i = 0; i < m->nsocks; i++)
-    if (m->socks[i] == fd) {
-      m->socks[i] = m->socks[--m->nsocks];
-      break;
-    }
-  return close(fd);
-}
-
-static int local_port_of(curl_socket_t fd) {
-  struct sockaddr_storage ss;
-  socklen_t n = sizeof ss;
-  if (getsockname(fd, (struct sockaddr *)&ss, &n) != 0)
-    return -1;
-  if (ss.ss_family == AF_INET)
-    return ntohs(((struct sockaddr_in *)&ss)->sin_port);
-  if (ss.ss_family == AF_INET6)
-    return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-  return -1;
-}
-
-/* Whether the server had already closed the connection this send is about
- * to use (it sent FIN while the connection sat idle in the pool): then the
- * request cannot reach it. libcurl's own liveness check misses this over
- * TLS, where the close_notify bytes waiting to be read look like data. */
-static int peer_closed(const transfer *t, int local_port) {
-  const multi *m = t->owner;
-  for (int i = 0; m && i < m->nsocks; i++) {
-    if (local_port_of(m->socks[i]) != local_port)
-      continue;
-    struct pollfd p = {m->socks[i], POLLRDHUP, 0};
-    return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP)) != 0;
-  }
-  return 0;
-}
-
-/* Whether this send goes out as an HTTP/2 stream: the ALPN its TLS
- * connection agreed on. */
-static int on_h2(CURL *e) {
-  struct curl_tlssessioninfo *ti = NULL;
-  if (curl_easy_getinfo(e, CURLINFO_TLS_SSL_PTR, &ti) != CURLE_OK || !ti ||
-      ti->backend != CURLSSLBACKEND_OPENSSL || !ti->internals)
-    return 0;
-  const unsigned char *p = NULL;
-  unsigned n = 0;
-  SSL_get0_alpn_selected((SSL *)ti->internals, &p, &n);
-  return n == 2 && memcmp(p, "h2", 2) == 0;
-}
-
 /* libcurl sends a request again by itself when a reused connection dies
  * before any answer: up to five more times, once per pooled connection. The
  * service bills a request it received even if the answer never arrives, so a
@@ -221,8 +154,8 @@ static int on_prereq(void *ud, char *ip, char *local_ip, int port, int local_por
     t->sent_all = 0; /* what went before never reached the service */
     t->refused += refused;
   }
-  t->sent_to_closed = peer_closed(t, local_port);
-  t->sent_on_h2 = on_h2(t->e);
+  t->sent_to_closed = ie_net_peer_closed(t->owner, local_port);
+  t->sent_on_h2 = ie_net_on_h2(t->e);
   return CURL_PREREQFUNC_OK;
 }
 
@@ -323,38 +256,6 @@ static void add_parts(lua_State *L, int spec, int self, transfer *t) {
   curl_easy_setopt(t->e, CURLOPT_MIMEPOST, t->mime);
 }
 
-/* The caller's certificate authorities go into the store libcurl already
- * filled from the system's: in addition, never instead. Runs in libcurl,
- * plain C. */
-static CURLcode add_cas(CURL *e, void *sslctx, void *ud) {
-  const ie_net *net = (const ie_net *)ud;
-  (void)e;
-  X509_STORE *store = SSL_CTX_get_cert_store((SSL_CTX *)sslctx);
-  if (!store || X509_STORE_load_locations(store, net->ca_file, net->ca_path) != 1)
-    return CURLE_SSL_CACERT_BADFILE;
-  return CURLE_OK;
-}
-
-/* Verification always on; the caller's CAs, the proxy and the share. */
-static void set_network(CURL *e, multi *m) {
-  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
-  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-  curl_easy_setopt(e, CURLOPT_PROXY_SSL_VERIFYPEER, 1L);
-  curl_easy_setopt(e, CURLOPT_PROXY_SSL_VERIFYHOST, 2L);
-  if (m->net.ca_file || m->net.ca_path) {
-    curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, add_cas);
-    curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, (void *)&m->net);
-  }
-  if (m->net.proxy)
-    curl_easy_setopt(e, CURLOPT_PROXY, m->net.proxy);
-  if (m->share)
-    curl_easy_setopt(e, CURLOPT_SHARE, m->share);
-  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_sock);
-  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, m);
-  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_sock);
-  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, m);
-}
-
 void ie_transfer_setup(lua_State *L, int spec, int self, transfer *t, multi *m) {
   t->e = curl_easy_init();
   if (!t->e)
@@ -385,7 +286,7 @@ void ie_transfer_setup(lua_State *L, int spec, int self, transfer *t, multi *m) 
   curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
   curl_easy_setopt(e, CURLOPT_PREREQDATA, t);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-  set_network(e, m);
+  ie_net_setup(e, m);
   /* Over TLS, ALPN tells at handshake whether HTTP/2 multiplexing is there,
    * so waiting for it is cheap; over plain http it would hold every new
    * transfer until the first answer arrived. */
@@ -455,37 +356,6 @@ static const char *reason_of(const transfer *t) {
   }
 }
 
-/* What failed in a TLS handshake, in a word Lua turns into a sentence:
- * from OpenSSL's verdict on the chain, else from libcurl's own host name
- * check (which reports through its message only). */
-static const char *tls_problem(const transfer *t) {
-  if (t->code == CURLE_PEER_FAILED_VERIFICATION && strstr(t->errbuf, "subject name"))
-    return "host_mismatch";
-  long v = X509_V_OK;
-  if (t->e && curl_easy_getinfo(t->e, CURLINFO_SSL_VERIFYRESULT, &v) != CURLE_OK)
-    v = X509_V_OK;
-  if (v == X509_V_OK && t->e && curl_easy_getinfo(t->e, CURLINFO_PROXY_SSL_VERIFYRESULT, &v) != CURLE_OK)
-    v = X509_V_OK;
-  switch (v) {
-  case X509_V_ERR_CERT_HAS_EXPIRED: return "expired";
-  case X509_V_ERR_CERT_NOT_YET_VALID: return "not_yet_valid";
-  case X509_V_ERR_HOSTNAME_MISMATCH:
-  case X509_V_ERR_IP_ADDRESS_MISMATCH: return "host_mismatch";
-  case X509_V_ERR_CERT_REVOKED: return "revoked";
-  case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
-  case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
-  case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
-  case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
-  case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
-  case X509_V_ERR_CERT_UNTRUSTED: return "unknown_ca";
-  case X509_V_OK: break;
-  default: return "untrusted";
-  }
-  if (t->code == CURLE_SSL_CACERT_BADFILE)
-    return "ca_file";
-  return "handshake";
-}
-
 void ie_transfer_push_result(lua_State *L, const transfer *t) {
   lua_createtable(L, 0, 16);
   const char *reason = reason_of(t);
@@ -499,7 +369,7 @@ void ie_transfer_push_result(lua_State *L, const transfer *t) {
     lua_pushinteger(L, t->code);
     lua_setfield(L, -2, "curl_code");
     if (strcmp(reason, "tls") == 0)
-      set_str(L, "tls", tls_problem(t));
+      set_str(L, "tls", ie_net_tls_problem(t));
   }
   lua_pushinteger(L, t->status);
   lua_setfield(L, -2, "status");
