@@ -56,6 +56,7 @@ struct transfer {
   int sent_to_closed; /* this send went into a connection the server had closed */
   int sent_on_h2;     /* ... as an HTTP/2 stream */
   int refused;        /* HTTP/2 streams the server refused, sent again */
+  int via_proxy;      /* through the caller's proxy option */
   int sent_all; /* the whole body went out at least once: sticky across re-sends */
   double idle_limit, last_move; /* seconds; no bytes moving while sending or receiving */
   CURLcode code;

@@ -98,8 +98,13 @@ void ie_net_setup(CURL *e, multi *m) {
     curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, add_cas);
     curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, (void *)&m->net);
   }
-  if (m->net.proxy)
+  if (m->net.proxy) {
     curl_easy_setopt(e, CURLOPT_PROXY, m->net.proxy);
+    /* The caller's proxy takes every request: NO_PROXY is for the
+     * environment's proxy, not a chosen one. */
+    if (*m->net.proxy)
+      curl_easy_setopt(e, CURLOPT_NOPROXY, "");
+  }
   if (m->share)
     curl_easy_setopt(e, CURLOPT_SHARE, m->share);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_sock);
@@ -112,8 +117,17 @@ void ie_net_setup(CURL *e, multi *m) {
  * from OpenSSL's verdict on the chain, else from libcurl's own host name
  * check (which reports through its message only). */
 const char *ie_net_tls_problem(const transfer *t) {
+  if (t->code == CURLE_SSL_CACERT_BADFILE)
+    return "ca_file";
   if (t->code == CURLE_PEER_FAILED_VERIFICATION && strstr(t->errbuf, "subject name"))
     return "host_mismatch";
+  /* OpenSSL's verdict means something only when verification failed:
+   * libcurl leaves it non-zero from the start of every handshake. */
+  if (t->code != CURLE_PEER_FAILED_VERIFICATION && t->code != CURLE_SSL_ISSUER_ERROR) {
+    if (strstr(t->errbuf, "wrong version number") || strstr(t->errbuf, "packet length too long"))
+      return "not_tls";
+    return "handshake";
+  }
   long v = X509_V_OK;
   if (t->e && curl_easy_getinfo(t->e, CURLINFO_SSL_VERIFYRESULT, &v) != CURLE_OK)
     v = X509_V_OK;
@@ -131,10 +145,6 @@ const char *ie_net_tls_problem(const transfer *t) {
   case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
   case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
   case X509_V_ERR_CERT_UNTRUSTED: return "unknown_ca";
-  case X509_V_OK: break;
   default: return "untrusted";
   }
-  if (t->code == CURLE_SSL_CACERT_BADFILE)
-    return "ca_file";
-  return "handshake";
 }

@@ -287,6 +287,7 @@ void ie_transfer_setup(lua_State *L, int spec, int self, transfer *t, multi *m) 
   curl_easy_setopt(e, CURLOPT_PREREQDATA, t);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   ie_net_setup(e, m);
+  t->via_proxy = m->net.proxy && *m->net.proxy;
   /* Over TLS, ALPN tells at handshake whether HTTP/2 multiplexing is there,
    * so waiting for it is cheap; over plain http it would hold every new
    * transfer until the first answer arrived. */
@@ -335,6 +336,12 @@ static const char *reason_of(const transfer *t) {
     return "idle";
   if (t->resend_blocked)
     return "lost";
+  if (t->via_proxy && (t->code == CURLE_COULDNT_CONNECT || t->code == CURLE_COULDNT_RESOLVE_PROXY))
+    return "proxy"; /* the caller's proxy could not be reached */
+  long connect_code = 0; /* a proxy's answer to CONNECT */
+  if (t->code != CURLE_OK && t->e && curl_easy_getinfo(t->e, CURLINFO_HTTP_CONNECTCODE, &connect_code) == CURLE_OK &&
+      connect_code >= 300)
+    return "proxy";
   switch (t->code) {
   case CURLE_OK: return NULL;
   case CURLE_OPERATION_TIMEDOUT: return "timeout";
@@ -370,6 +377,11 @@ void ie_transfer_push_result(lua_State *L, const transfer *t) {
     lua_setfield(L, -2, "curl_code");
     if (strcmp(reason, "tls") == 0)
       set_str(L, "tls", ie_net_tls_problem(t));
+    long cc = 0;
+    if (t->e && curl_easy_getinfo(t->e, CURLINFO_HTTP_CONNECTCODE, &cc) == CURLE_OK && cc > 0) {
+      lua_pushinteger(L, cc);
+      lua_setfield(L, -2, "proxy_status");
+    }
   }
   lua_pushinteger(L, t->status);
   lua_setfield(L, -2, "status");

@@ -96,6 +96,18 @@ describe("billing", function()
       assert.is_true(seen[1].error.maybe_billed)
     end)
 
+    it("says so when it was sent again as asked and still failed", function()
+      local c = warm { retry_unanswered = true, retry_base = 0.01, max_retries = 2 }
+      for _ = 1, 3 do emu:inject { drop = true } end
+      local img, err = c:edit(small { images = { pic } })
+      assert.is_nil(img)
+      assert.are.equal(3, #H.api_requests(emu))
+      assert.are.equal(3, err.attempts)
+      assert.is_true(err.maybe_billed)
+      assert.is_nil(err.message:find("not sent again", 1, true))
+      assert.matches("sent again as asked %(3 attempts in all, each may be billed%)", err.message)
+    end)
+
     it("in a soak of 40 generations with every fifth reset, sends each exactly once", function()
       local c = warm { max_concurrency = 4, retry_base = 0.01 }
       local reqs = {}

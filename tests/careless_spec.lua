@@ -71,14 +71,18 @@ describe("careless calls", function()
         { { image = { pic } }, "did you mean 'images'" },
         { { base_url = "http://elsewhere/v1" }, "option 'base_url' belongs to imgedit.new" },
         { { max_concurrency = 2 }, "belongs to imgedit.new" },
+        { { qualty = "low" }, "unknown request field 'qualty' %(did you mean 'quality'%?%)" },
+        { { output_fromat = "png" }, "did you mean 'output_format'" },
+        { { size = 64 }, "bad field 'size' %(string expected, got number%)" },
       } do
         local ok, msg = pcall(c.generate, c, small(case[1]))
         assert.is_false(ok)
         assert.matches(case[2], msg)
       end
       -- the service's own fields, known or new, still go out
-      assert.truthy(c:generate(small { user = "me", moderation = "low", some_new_field = "v" }))
+      assert.truthy(c:generate(small { user = "me", moderation = "low", some_new_field = "v", seed = 7 }))
       assert.are.equal("v", emu:requests()[1].json.some_new_field)
+      assert.are.equal(7, emu:requests()[1].json.seed) -- two letters from 'size': a field of its own
       assert.are.equal(1, #emu:requests())
       local ok, msg = pcall(imgedit.new, { limits = { max_imgs = 3 } })
       assert.is_false(ok)

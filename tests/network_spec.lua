@@ -105,18 +105,73 @@ describe("the real network", function()
         .. dir .. "/no.png' --ca-file '" .. dir .. "/none.pem' 2>&1; echo exit=$?")
       text = p:read("*a")
       p:close()
-      assert.matches("ca_file", text)
-      assert.matches("exit=2", text)
+      assert.matches("%-%-ca%-file: .*none%.pem: No such file or directory", text)
+      assert.matches("exit=3", text)
+      -- the hint names the flags
+      p = io.popen("env -u IMGEDIT_API_KEY LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='" .. H.BUILD .. "/?.so;;' "
+        .. "IMGEDIT_API_KEY=k IMGEDIT_BASE_URL=" .. front.url .. " " .. H.LUA .. " bin/imgedit generate -q -p x -o '"
+        .. dir .. "/no.png' --proxy '' 2>&1; echo exit=$?")
+      text = p:read("*a")
+      p:close()
+      assert.matches("unknown certificate authority", text)
+      assert.matches("give its CA with %-%-ca%-file or %-%-ca%-path", text)
+      assert.matches("exit=6", text)
     end)
 
     it("checks the CA options where they are given", function()
       assert.has_error(function() client { ca_file = dir .. "/none.pem" } end,
-        "bad option 'ca_file' (a readable file expected, got \"" .. dir .. "/none.pem\")")
+        "bad option 'ca_file' (a readable PEM file of certificates expected, got \"" .. dir .. "/none.pem\")")
+      assert.has_error(function() client { ca_file = H.write(dir .. "/empty.pem", "") } end)
+      assert.has_error(function() client { ca_file = certs.key } end) -- a key, no certificate
       assert.has_error(function() client { ca_file = dir } end)
       assert.has_error(function() client { ca_path = certs.ca } end)
       assert.has_error(function() client { proxy = "ftp://x" } end)
       assert.has_error(function() client { prox = "http://x" } end, "unknown option 'prox' to imgedit.new"
         .. " (did you mean 'proxy'?)")
+    end)
+  end)
+
+  describe("mistakes", function()
+    it("an https url for a plain http server says so", function()
+      local img, err = edit(client { base_url = emu.url:gsub("^http:", "https:") })
+      assert.is_nil(img)
+      assert.are.equal("not_tls", err.tls)
+      assert.matches("does not speak TLS on this port", err.message)
+      assert.are.equal(0, #H.api_requests(emu))
+    end)
+
+    it("a proxy that cannot be reached, or refuses the tunnel, is named as the proxy, and not retried", function()
+      local dead = "http://127.0.0.1:" .. N.free_port()
+      local img, err = edit(client { ca_file = certs.ca, proxy = dead })
+      assert.is_nil(img)
+      assert.are.equal("network", err.kind)
+      assert.matches("the proxy could not be reached", err.message)
+      assert.are.equal(1, err.attempts)
+      -- tinyproxy allowed only CONNECT to another port: a 403 for this one
+      local strict = N.tinyproxy(dir, { connect_port = 1 })
+      img, err = edit(client { ca_file = certs.ca, proxy = strict.url })
+      strict:stop()
+      assert.is_nil(img)
+      assert.matches("the proxy refused the tunnel to localhost:%d+ with HTTP 403", err.message)
+      assert.are.equal(1, err.attempts)
+      assert.are.equal(0, #H.api_requests(emu))
+    end)
+
+    it("NO_PROXY does not bypass a proxy the caller chose", function()
+      local proxy = N.tinyproxy(dir)
+      local script = H.write(dir .. "/np.lua", string.format([[
+        local imgedit = require "imgedit"
+        local c = imgedit.new { base_url = %q, api_key = %q, model = "gpt-image-2-all", ca_file = %q, proxy = %q }
+        local img, err = c:generate { prompt = "np", size = "64x64", response_format = "b64_json" }
+        io.write(img and "ok" or tostring(err))
+      ]], front.url, emu.key, certs.ca, proxy.url))
+      local p = io.popen("env NO_PROXY=localhost LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='" .. H.BUILD
+        .. "/?.so;;' " .. H.LUA .. " '" .. script .. "' 2>&1")
+      local out = p:read("*a")
+      p:close()
+      proxy:stop()
+      assert.are.equal("ok", out)
+      assert.matches("CONNECT localhost:" .. front.port, proxy:log())
     end)
   end)
 

@@ -20,7 +20,7 @@
 ---@field image? imgedit.Image a paid picture that arrived although the job failed
 ---@field callback? string for kind "callback": which callback raised
 ---@field cause? any for kind "callback": what it raised
----@field tls? "unknown_ca"|"host_mismatch"|"expired"|"not_yet_valid"|"revoked"|"untrusted"|"ca_file"|"handshake"
+---@field tls? "unknown_ca"|"host_mismatch"|"expired"|"not_yet_valid"|"revoked"|"untrusted"|"not_tls"|"ca_file"|"handshake"
 ---@field attempts integer
 ---@field report? imgedit.MaskReport
 

@@ -20,7 +20,7 @@ local TRANSPORT = {
   timeout = { "timeout" }, idle = { "timeout" }, too_large = { "protocol" }, read = { "io", false },
   canceled = { "canceled" }, headers = { "protocol" }, protocol = { "protocol" }, redirects = { "protocol" },
   tls = { "network", false }, network = { "network" }, partial = { "protocol" }, lost = { "network" },
-  proxy = { "network" },
+  proxy = { "network", false },
 }
 
 -- A gateway's word that it lost the service's answer: 502 (bad gateway),
@@ -38,6 +38,13 @@ local TLS = {
   revoked = "its certificate has been revoked",
   untrusted = "its certificate is not trusted",
   ca_file = "the certificate authorities in ca_file or ca_path could not be loaded",
+  not_tls = "it does not speak TLS on this port (an https:// url for a plain http server?)",
+}
+
+-- A proxy's refusal of the tunnel, by its status.
+local PROXY = {
+  [407] = "it wants credentials (give them in the url: http://user:password@host:port)",
+  [403] = "it does not allow this host or port",
 }
 
 -- "host:port" of a url, for messages.
@@ -71,8 +78,11 @@ function M.transport_error(res, what, max, key, billable)
   elseif res.reason == "tls" then
     local why = TLS[res.tls] or ("the TLS handshake failed: " .. res.error)
     msg = string.format("%s failed: cannot trust %s over TLS: %s", what, host_of(res.url), why)
+  elseif res.reason == "proxy" and res.proxy_status then
+    msg = string.format("%s failed: the proxy refused the tunnel to %s with HTTP %d: %s", what, host_of(res.url),
+      res.proxy_status, PROXY[res.proxy_status] or res.error)
   elseif res.reason == "proxy" then
-    msg = what .. " failed: the proxy could not be used: " .. res.error
+    msg = what .. " failed: the proxy could not be reached: " .. res.error
   elseif res.reason == "lost" or (t[1] == "network" and billed and not res.answered) then
     msg = what .. " failed: the connection was lost after the whole request was sent, before any answer"
   else

@@ -52,7 +52,7 @@ local function build()
     cmd:option("--retries", "Retries on 429, 5xx and dropped connections (default 2).")
     cmd:option("--ca-file", "PEM file of certificate authorities to trust, besides the system's.")
     cmd:option("--ca-path", "Folder of certificate authorities (hashed by openssl rehash), besides the system's.")
-    cmd:option("--proxy", "Proxy URL (http, https, socks5); default: HTTPS_PROXY and NO_PROXY.")
+    cmd:option("--proxy", "Proxy URL (http, https, socks4, socks5, socks5h); default: HTTPS_PROXY and NO_PROXY.")
     cmd:flag("--stream", "Stream the answer (gpt-image-2): partial images as they form.")
     cmd:option("--partials", "With --stream: how many partial images, 0-3; each is written to OUT.partial-N.EXT.")
     cmd:flag("-f --force", "Overwrite the output if it exists.")
@@ -145,7 +145,9 @@ local function fail(code, msg, err)
 end
 
 local function fail_err(err)
-  return fail(EXIT_OF_KIND[err.kind] or 1, (tostring(err):gsub("^imgedit: ", "")), err)
+  -- The library's hints name its options; here they are flags.
+  local text = tostring(err):gsub("^imgedit: ", ""):gsub("ca_file or ca_path", "--ca-file or --ca-path")
+  return fail(EXIT_OF_KIND[err.kind] or 1, text, err)
 end
 
 local function number_opt(v, name)
@@ -223,6 +225,13 @@ end
 local function cmd_request(a)
   local ok, why = check_output(a.output, a.force)
   if not ok then return fail(3, why, { kind = "io", message = why, param = "output" }) end
+  for _, o in ipairs { { a.ca_file, "--ca-file" }, { a.ca_path, "--ca-path" } } do
+    if o[1] then
+      local f, e = io.open(o[1], "rb")
+      if not f then return fail(3, o[2] .. ": " .. e, { kind = "io", message = e, param = o[2] }) end
+      f:close()
+    end
+  end
   local cok, client = pcall(imgedit.new, {
     model = a.model, timeout = number_opt(a.timeout, "timeout"), max_retries = number_opt(a.retries, "retries"),
     ca_file = a.ca_file, ca_path = a.ca_path, proxy = a.proxy,

@@ -38,13 +38,23 @@ local function kind_of(path)
   return "file"
 end
 local function file(v) return type(v) == "string" and kind_of(v) == "file", "a readable file" end
+-- A PEM file that holds at least one certificate: an empty or wrong file
+-- would otherwise show up later as the server's fault.
+local function pem(v)
+  local want = "a readable PEM file of certificates"
+  if not file(v) then return false, want end
+  local f = io.open(v, "rb")
+  local text = f:read("*a")
+  f:close()
+  return text:find("-----BEGIN CERTIFICATE-----", 1, true) ~= nil, want
+end
 local function folder(v) return type(v) == "string" and kind_of(v) == "dir", "a readable folder" end
 local PROXY_SCHEMES = { http = true, https = true, socks4 = true, socks4a = true, socks5 = true, socks5h = true }
 local function proxy(v)
-  if type(v) ~= "string" then return false, "a proxy url (http, https, socks4, socks5) or \"\"" end
+  if type(v) ~= "string" then return false, "a proxy url (http, https, socks4, socks4a, socks5, socks5h) or \"\"" end
   local scheme = v:match("^(%a[%w+.-]*)://[^/]")
   local ok = v == "" or (scheme ~= nil and PROXY_SCHEMES[scheme:lower()] == true)
-  return ok, "a proxy url (http, https, socks4, socks5) or \"\""
+  return ok, "a proxy url (http, https, socks4, socks4a, socks5, socks5h) or \"\""
 end
 
 -- The checks, for other option tables (the emulator's).
@@ -63,7 +73,7 @@ M.CLIENT_OPTIONS = {
   api_key = is "string", base_url = url, model = is "string", max_concurrency = at_least_one,
   max_response_bytes = positive, max_download_bytes = positive, progress_interval = nonneg,
   limits = is "table", yield = function(v) return v == true or type(v) == "function", "true or a function" end,
-  ca_file = file, ca_path = folder, proxy = proxy,
+  ca_file = pem, ca_path = folder, proxy = proxy,
 }
 for k, check in pairs(M.JOB_OPTIONS) do M.CLIENT_OPTIONS[k] = check end
 
@@ -86,13 +96,15 @@ local function distance(a, b)
   return prev[#b]
 end
 
-local function closest(name, known)
+-- The known name nearest to name, if within `within` edits (default: a
+-- third of the name, at least 2).
+local function closest(name, known, within)
   local best, best_d
   for k in pairs(known) do
     local d = distance(name, k)
     if not best_d or d < best_d or (d == best_d and k < best) then best, best_d = k, d end
   end
-  if best_d and best_d <= math.max(2, math.floor(#name / 3)) then return best end
+  if best_d and best_d <= (within or math.max(2, math.floor(#name / 3))) then return best end
 end
 
 -- check_option(name, value, checks, level): raises for a value of the wrong
@@ -136,6 +148,9 @@ function M.check_new(opts, level)
 end
 
 -- The service's fields that are known, so never taken for a misspelt option.
+-- Fields whose values are words, never numbers or tables.
+local TEXT_FIELDS = { size = true, quality = true, output_format = true, background = true, response_format = true,
+  moderation = true, input_fidelity = true, style = true, user = true }
 local FIELDS = { size = true, quality = true, output_format = true, output_compression = true, background = true,
   response_format = true, user = true, n = true, stream = true, partial_images = true, moderation = true,
   input_fidelity = true, style = true }
@@ -150,6 +165,11 @@ function M.job_options(client, req, level)
         error(string.format("option '%s' belongs to imgedit.new, not to a request", k), level + 1)
       end
       if closest(k, M.CONTROL) then unknown("request option", k, M.CONTROL, level + 1) end
+      -- One letter off a field the service knows: a typo, not a new field
+      -- (other services' own fields are passed through untouched).
+      if closest(k, FIELDS, #k >= 10 and 2 or 1) then unknown("request field", k, FIELDS, level + 1) end
+    elseif TEXT_FIELDS[k] and req[k] ~= nil and type(req[k]) ~= "string" then
+      error(string.format("bad field '%s' (string expected, got %s)", k, type(req[k])), level + 1)
     end
   end
   local o = {}
