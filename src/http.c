@@ -222,6 +222,20 @@ static int transfer_take(lua_State *L) {
 /* transfer:progress() -> ul_now, ul_total, dl_now, dl_total, answering */
 static int transfer_progress(lua_State *L) {
   transfer *t = check_open_transfer(L);
+  /* Fresh from the handle: libcurl calls the progress callback as rarely as
+   * once a second while nothing moves, and a small upload on a warm
+   * connection is over before it does. */
+  curl_off_t v;
+  if (!t->done && t->e) {
+    if (curl_easy_getinfo(t->e, CURLINFO_SIZE_UPLOAD_T, &v) == CURLE_OK && v > t->ul_now)
+      t->ul_now = v;
+    if (curl_easy_getinfo(t->e, CURLINFO_CONTENT_LENGTH_UPLOAD_T, &v) == CURLE_OK && v > t->ul_total)
+      t->ul_total = v;
+    if (curl_easy_getinfo(t->e, CURLINFO_SIZE_DOWNLOAD_T, &v) == CURLE_OK && v > t->dl_now)
+      t->dl_now = v;
+    if (t->ul_total > 0 && t->ul_now >= t->ul_total)
+      t->sent_all = 1;
+  }
   lua_pushinteger(L, (lua_Integer)t->ul_now);
   lua_pushinteger(L, (lua_Integer)t->ul_total);
   lua_pushinteger(L, (lua_Integer)t->dl_now);

@@ -288,6 +288,18 @@ describe("jobs", function()
       for i = 2, #seen do assert.is_true(seen[i].elapsed >= seen[i - 1].elapsed) end
     end)
 
+    it("reports the wait for the model while it lasts, on a warm connection too", function()
+      local c = all_client()
+      assert(c:generate(small())) -- the connection is warm now
+      emu:configure { latency = 1.0 * H.SLOW }
+      local waited
+      assert(c:generate(small { on_progress = function(p)
+        if p.phase == "wait" and not waited then waited = p.elapsed end
+      end }))
+      assert.is_number(waited)
+      assert.is_true(waited < 0.5 * H.SLOW, "the first wait report came at " .. tostring(waited))
+    end)
+
     it("reports every phase even when the answer comes at once", function()
       local phases = {}
       assert(all_client():generate(small { on_progress = function(p) phases[#phases + 1] = p.phase end }))

@@ -112,6 +112,11 @@ function Client:_pump(now)
       jobs.launch(job)
       started = true
     end
+    -- A job that reports progress must be looked at every progress_interval,
+    -- even while nothing arrives (the wait for the model).
+    if job.state == "running" and job.on_progress then
+      next_wake = math.min(next_wake or math.huge, math.max(self.progress_interval, 0.02))
+    end
   end
   return next_wake, started
 end
