@@ -50,6 +50,8 @@ static void push_request(lua_State *S, const emu_request *r) {
   set_string(S, "authorization", r->authorization);
   set_string(S, "content_type", r->content_type);
   set_string(S, "user_agent", r->user_agent);
+  set_string(S, "api_key", r->api_key);
+  set_string(S, "api_version", r->api_version);
   /* The client's port tells which connection carried the request, so tests
    * can see keep-alive at work. */
   if (r->client_port > 0)

@@ -35,6 +35,7 @@ typedef struct emu_part {
 typedef struct emu_request {
   const char *listener, *path, *method;
   const char *authorization, *content_type, *user_agent; /* NULL when absent */
+  const char *api_key, *api_version; /* Azure's key header and ?api-version= */
   int client_port;                                       /* 0 when unknown */
   const emu_part *parts;
   size_t nparts;

@@ -255,6 +255,8 @@ static void describe(struct MHD_Connection *con, const char *listener, const cha
   r->authorization = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Authorization");
   r->content_type = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Content-Type");
   r->user_agent = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "User-Agent");
+  r->api_key = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "api-key");
+  r->api_version = MHD_lookup_connection_value(con, MHD_GET_ARGUMENT_KIND, "api-version");
   const union MHD_ConnectionInfo *ci = MHD_get_connection_info(con, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
   if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET)
     r->client_port = ntohs(((const struct sockaddr_in *)ci->client_addr)->sin_port);

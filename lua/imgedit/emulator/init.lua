@@ -21,7 +21,7 @@ local function port(v)
 end
 
 -- Settings the service takes, at start and later through configure.
-local SETTINGS = { latency = checks.nonneg, key = checks.is "string" }
+local SETTINGS = { latency = checks.nonneg, key = checks.is "string", provider = request.CLIENT_OPTIONS.provider }
 local START = { port = port, cdn_port = port, sink = checks.is "boolean" }
 for k, check in pairs(SETTINGS) do START[k] = check end
 
@@ -38,7 +38,9 @@ function Emulator.__index(self, k)
   local h = h_of(self)
   if h:stopped() then return nil end
   local api, cdn = h:ports()
-  if k == "url" then return "http://127.0.0.1:" .. api .. "/v1" end
+  -- Azure's base url is the resource endpoint; the others' end in /v1.
+  if k == "url" then return "http://127.0.0.1:" .. api .. (rawget(self, "_azure") and "" or "/v1") end
+  if k == "provider" then return rawget(self, "_provider") end
   if k == "cdn_url" then return "http://127.0.0.1:" .. cdn end
   if k == "port" then return api end
   if k == "key" then return h:call("key") end
@@ -88,10 +90,12 @@ function methods.clear(self)
   h:reset_peak()
 end
 
--- configure{latency=, key=}: change settings while running.
+-- configure{latency=, key=}: change settings while running (the provider is
+-- chosen at start, as its urls depend on it).
 function methods.configure(self, opts)
   if type(opts) ~= "table" then error("bad argument #1 to 'configure' (table expected, got " .. type(opts) .. ")", 2) end
   request.check_options(opts, SETTINGS, "configure", 2)
+  if opts.provider ~= nil then error("the provider is chosen at start", 2) end
   h_of(self):call("configure_json", cjson.encode(opts))
 end
 
@@ -108,7 +112,7 @@ function M.start(opts)
   -- The service writes url answers on its CDN: it needs to know where it is.
   h:call("configure_json", cjson.encode { api_url = "http://127.0.0.1:" .. api .. "/v1",
     cdn_url = "http://127.0.0.1:" .. cdn })
-  return setmetatable({ _h = h }, Emulator)
+  return setmetatable({ _h = h, _provider = opts.provider or "apiyi", _azure = opts.provider == "azure" }, Emulator)
 end
 
 return M

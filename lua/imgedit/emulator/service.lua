@@ -41,7 +41,7 @@ function M.key() return cfg.key end
 local function record(req)
   local e = {
     id = #log + 1, listener = req.listener, method = req.method, path = req.path,
-    authorization = req.authorization ~= nil,
+    authorization = req.authorization ~= nil, api_key = req.api_key ~= nil, api_version = req.api_version,
     user_agent = req.user_agent, content_type = req.content_type, client_port = req.client_port,
     fields = {}, field_order = {}, files = {},
   }
@@ -187,6 +187,7 @@ local function edits(req, entry)
   end
   if req.malformed then return invalid("Malformed multipart body", nil, "invalid_body") end
   local f, images, mask = parts_of(req)
+  f.model = f.model or req.deployment
   if not f.model then return invalid("Missing required parameter: 'model'.", "model", "missing_required_parameter") end
   local m = MODELS[f.model]
   if not m then return invalid("Invalid model '" .. f.model .. "' for image edits", "model", "model_not_found") end
@@ -228,6 +229,7 @@ local function generations(req, entry)
     return invalid("We could not parse the JSON body of your request.", nil, "invalid_json")
   end
   for k, v in pairs(f) do if v == cjson.null then f[k] = nil end end
+  f.model = f.model or req.deployment
   if type(f.model) ~= "string" then return invalid("Missing required parameter: 'model'.", "model", "missing_required_parameter") end
   local m = MODELS[f.model]
   if not m then return invalid("Invalid model '" .. f.model .. "' for image generation", "model", "model_not_found") end
@@ -272,6 +274,28 @@ local function cdn(req, entry)
   return { status = 200, body = file.bytes, headers = { ["Content-Type"] = file.type } }
 end
 
+-- Azure OpenAI's shape: the key in an api-key header (Bearer is not it),
+-- the deployment in the path, the api-version in the query, and its own
+-- error bodies ({"error": {"code", "message"}}).
+local function azure_error(status, code, message)
+  return json_answer(status, { error = { code = code, message = message } })
+end
+
+local function azure(req, entry)
+  if req.api_key ~= cfg.key then
+    return azure_error(401, "401", "Access denied due to invalid subscription key or wrong API endpoint. Make sure"
+      .. " to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.")
+  end
+  local deployment, what = req.path:match("^/openai/deployments/([^/]+)/images/(%a+)$")
+  if not deployment or not req.api_version then return azure_error(404, "404", "Resource not found") end
+  if req.method ~= "POST" then return azure_error(405, "405", "Method not allowed") end
+  entry.deployment = deployment
+  req.deployment = deployment -- the model a request names none of
+  if what == "edits" then return edits(req, entry) end
+  if what == "generations" then return generations(req, entry) end
+  return azure_error(404, "404", "Resource not found")
+end
+
 local function api(req, entry)
   local fault = faults.take()
   -- {fail = "message"}: the service itself fails, to test that path
@@ -283,6 +307,8 @@ local function api(req, entry)
   local a
   if req.too_big then
     a = fail(413, "Request body too large", nil, "request_too_large")
+  elseif cfg.provider == "azure" then
+    a = azure(req, entry)
   elseif req.authorization ~= "Bearer " .. cfg.key then
     local given = (req.authorization or ""):match("^Bearer%s+(.*)$")
     -- Like the real service: name the problem, show only the key's ends.
