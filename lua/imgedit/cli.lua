@@ -50,6 +50,8 @@ local function build()
     cmd:option("--response-format", "url or b64_json (gpt-image-2-all).")
     cmd:option("--timeout", "Seconds for one attempt (default 600).")
     cmd:option("--retries", "Retries on 429, 5xx and dropped connections (default 2).")
+    cmd:option("--provider", "apiyi, openai, azure or compatible (default: from the base url's host).")
+    cmd:option("--deployment", "Azure: the deployment's name (default: the model).")
     cmd:option("--ca-file", "PEM file of certificate authorities to trust, besides the system's.")
     cmd:option("--ca-path", "Folder of certificate authorities (hashed by openssl rehash), besides the system's.")
     cmd:option("--proxy", "Proxy URL (http, https, socks4, socks5, socks5h); default: HTTPS_PROXY and NO_PROXY.")
@@ -100,6 +102,7 @@ local function build()
   emu:option("--port", "Port on 127.0.0.1 (default: any free one).", "0")
   emu:option("--latency", "Seconds each answer takes.", "0")
   emu:flag("--sink", "Benchmark mode: discard uploads unread and answer a fixed small image at once.")
+  emu:option("--provider", "Play this provider: apiyi (default), openai, azure or compatible.")
   return p
 end
 
@@ -234,7 +237,7 @@ local function cmd_request(a)
   end
   local cok, client = pcall(imgedit.new, {
     model = a.model, timeout = number_opt(a.timeout, "timeout"), max_retries = number_opt(a.retries, "retries"),
-    ca_file = a.ca_file, ca_path = a.ca_path, proxy = a.proxy,
+    ca_file = a.ca_file, ca_path = a.ca_path, proxy = a.proxy, provider = a.provider, deployment = a.deployment,
   })
   if not cok then -- a value out of range (--timeout 0) or a bad IMGEDIT_BASE_URL
     error({ usage = (tostring(client):gsub("^[^:]*:%d+: ", "")) })
@@ -427,12 +430,18 @@ local function cmd_run(a)
 end
 
 local function cmd_emulate(a)
-  local emu, err = require("imgedit.emulator").start {
+  local started, emu, err = pcall(require("imgedit.emulator").start, {
     port = compat.tointeger(number_opt(a.port, "port")), latency = number_opt(a.latency, "latency"), sink = a.sink,
-  }
+    provider = a.provider,
+  })
+  if not started then error({ usage = (tostring(emu):gsub("^[^:]*:%d+: ", "")) }) end
   if not emu then return fail(1, err) end
   print("url " .. emu.url)
   print("key " .. emu.key)
+  print("provider " .. emu.provider .. " (a client on 127.0.0.1 needs --provider " .. emu.provider .. ")")
+  if emu.provider == "azure" then
+    print(string.format("export AZURE_OPENAI_ENDPOINT=%s AZURE_OPENAI_API_KEY=%s", emu.url, emu.key))
+  end
   print(string.format("export IMGEDIT_BASE_URL=%s IMGEDIT_API_KEY=%s", emu.url, emu.key))
   io.stdout:flush()
   -- Serve until interrupted; the emulator runs in its own threads.

@@ -4,6 +4,7 @@
 -- reading a stream stream.lua's. The blocking calls are a submit plus a
 -- wait on the same jobs.
 local core = require "imgedit.core"
+local providers = require "imgedit.providers"
 local request = require "imgedit.request"
 local jobs = require "imgedit.jobs"
 
@@ -46,13 +47,23 @@ function M.new(opts)
   end
   opts = opts or {}
   request.check_new(opts, 2)
-  local base = opts.base_url or M.defaults.base_url or os.getenv("IMGEDIT_BASE_URL")
-  if base == nil or base == "" then base = DEFAULT_BASE_URL end
-  if opts.base_url == nil then -- from the environment: checked all the same
-    local ok, msg = pcall(request.check_option, "base_url", base, request.CLIENT_OPTIONS, 1)
-    if not ok then error((tostring(msg):gsub("^[^:]*:%d+: ", "")) .. " (from IMGEDIT_BASE_URL)", 2) end
+  local named = opts.provider and providers.list[opts.provider]
+  local base, from = opts.base_url or M.defaults.base_url, nil
+  if base == nil then base, from = os.getenv("IMGEDIT_BASE_URL"), "IMGEDIT_BASE_URL" end
+  if (base == nil or base == "") and named then -- the provider's own address
+    base, from = named.base_url, nil
+    if not base and named.endpoint_env then base, from = os.getenv(named.endpoint_env), named.endpoint_env end
+    if base == nil or base == "" then
+      error("provider '" .. opts.provider .. "' needs base_url (its resource endpoint) or " .. named.endpoint_env, 2)
+    end
   end
-  local c = { base_url = (base:gsub("/+$", "")), user_agent = USER_AGENT, limits = opts.limits,
+  if base == nil or base == "" then base, from = DEFAULT_BASE_URL, nil end
+  if from then -- from the environment: checked all the same
+    local ok, msg = pcall(request.check_option, "base_url", base, request.CLIENT_OPTIONS, 1)
+    if not ok then error((tostring(msg):gsub("^[^:]*:%d+: ", "")) .. " (from " .. from .. ")", 2) end
+  end
+  local provider = opts.provider or providers.detect(base)
+  local c = { base_url = (base:gsub("/+$", "")), user_agent = USER_AGENT, limits = opts.limits, provider = provider,
     on_progress = opts.on_progress, on_retry = opts.on_retry, _jobs = {}, _inflight = 0,
     -- transfers that finished and wait for their job to read them: kept
     -- here, so that one finished inside a nested poll is not missed
@@ -66,7 +77,13 @@ function M.new(opts)
   -- The network settings belong to the connection pool: every transfer shares them.
   c._multi = core.multi { ca_file = opts.ca_file, ca_path = opts.ca_path, proxy = opts.proxy }
   setmetatable(c, Client)
+  if provider == "azure" then
+    c.deployment = opts.deployment
+    c.api_version = opts.api_version or os.getenv("OPENAI_API_VERSION") or providers.AZURE_API_VERSION
+  end
   local key = opts.api_key or M.defaults.api_key or os.getenv("IMGEDIT_API_KEY")
+  local key_env = providers.list[provider].key_env
+  if (key == nil or key == "") and key_env then key = os.getenv(key_env) end
   secrets[c] = key ~= "" and key or nil
   return c
 end

@@ -8,6 +8,7 @@ local core = require "imgedit.core"
 local cjson = require "cjson.safe"
 local errors = require "imgedit.errors"
 local image = require "imgedit.image"
+local providers = require "imgedit.providers"
 local rules = require "imgedit.rules"
 
 local M = {}
@@ -74,6 +75,9 @@ M.CLIENT_OPTIONS = {
   max_response_bytes = positive, max_download_bytes = positive, progress_interval = nonneg,
   limits = is "table", yield = function(v) return v == true or type(v) == "function", "true or a function" end,
   ca_file = pem, ca_path = folder, proxy = proxy,
+  provider = function(v) return v == "apiyi" or v == "openai" or v == "azure" or v == "compatible",
+    "\"apiyi\", \"openai\", \"azure\" or \"compatible\"" end,
+  deployment = is "string", api_version = is "string",
 }
 for k, check in pairs(M.JOB_OPTIONS) do M.CLIENT_OPTIONS[k] = check end
 
@@ -269,7 +273,9 @@ function M.prepare(client, kind, req, key, level)
     end
   end
   if not key then
-    return fail("auth", "no API key: pass api_key to imgedit.new or set IMGEDIT_API_KEY", { param = "api_key" })
+    local env = providers.list[client.provider].key_env
+    return fail("auth", "no API key: pass api_key to imgedit.new or set IMGEDIT_API_KEY"
+      .. (env and (" or " .. env) or ""), { param = "api_key" })
   end
   if key:find("%c") then
     return fail("auth", "the API key contains control characters", { param = "api_key" })
@@ -314,14 +320,14 @@ function M.prepare(client, kind, req, key, level)
   local stream = req.stream == true or req.stream == "true"
   local spec = {
     stream = stream,
-    headers = { "Authorization: Bearer " .. key, stream and "Accept: text/event-stream, application/json"
+    headers = { providers.auth(client, key), stream and "Accept: text/event-stream, application/json"
       or "Accept: application/json", "Expect:" },
     user_agent = client.user_agent,
     max_response_bytes = client.max_response_bytes,
     billable = true, -- sent once per attempt: libcurl may not re-send it on its own
   }
   if kind == "edit" then
-    spec.url = client.base_url .. "/images/edits"
+    spec.url = providers.url(client, "edits", model)
     local parts = { { name = "model", value = model }, { name = "prompt", value = fields.prompt } }
     for _, k in ipairs(names) do
       if fields[k] ~= nil then parts[#parts + 1] = { name = k, value = fields[k] } end
@@ -335,7 +341,7 @@ function M.prepare(client, kind, req, key, level)
     end
     spec.parts = parts
   else
-    spec.url = client.base_url .. "/images/generations"
+    spec.url = providers.url(client, "generations", model)
     -- JSON keeps numbers numbers: "1" for n is sent as 1, not as a string.
     local body = { model = model, prompt = fields.prompt }
     for _, k in ipairs(names) do
