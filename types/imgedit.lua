@@ -129,6 +129,9 @@ function Image:save(path, opts) end
 ---@field on_progress? fun(p: imgedit.Progress)
 ---@field on_retry? fun(info: imgedit.RetryInfo)
 ---@field yield? boolean|fun(job: imgedit.Job)
+---@field provider? "apiyi"|"openai"|"azure"|"compatible" default: from the base url's host
+---@field deployment? string Azure: the deployment (default: the model)
+---@field api_version? string Azure: the api-version (default OPENAI_API_VERSION, else 2025-04-01-preview)
 ---@field ca_file? string PEM certificate authorities trusted in addition to the system's
 ---@field ca_path? string a folder of them, hashed by `openssl rehash`
 ---@field proxy? string http, https, socks4 or socks5 url; "" for none (default: the *_PROXY variables)
@@ -155,6 +158,7 @@ function Job:cancel() end
 ---@class imgedit.Client
 ---@field base_url string
 ---@field model string
+---@field provider "apiyi"|"openai"|"azure"|"compatible"
 local Client = {}
 
 ---@param req imgedit.Request
