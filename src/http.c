@@ -334,23 +334,6 @@ static int l_curl_version(lua_State *L) {
   return 1;
 }
 
-static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction close,
-                      lua_CFunction tostring) {
-  luaL_newmetatable(L, name);
-  lua_newtable(L);
-  luaL_setfuncs(L, methods, 0);
-  lua_pushcfunction(L, close);
-  lua_setfield(L, -2, "close");
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, close);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, close);
-  lua_setfield(L, -2, "__close");
-  lua_pushcfunction(L, tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pop(L, 1);
-}
-
 void ie_open_http(lua_State *L) {
   /* Once per Lua state (libcurl counts its inits), remembered in the
    * registry rather than a C global. Not thread-safe in older libcurl: load
@@ -373,8 +356,8 @@ void ie_open_http(lua_State *L) {
                                           {"events", transfer_events},
                                           {"cancel", transfer_cancel},
                                           {NULL, NULL}};
-  new_class(L, MULTI_MT, multi_methods, multi_close, multi_tostring);
-  new_class(L, XFER_MT, xfer_methods, transfer_close, transfer_tostring);
+  ie_new_class(L, MULTI_MT, multi_methods, multi_close, "close", multi_tostring);
+  ie_new_class(L, XFER_MT, xfer_methods, transfer_close, "close", transfer_tostring);
   static const luaL_Reg fns[] = {
       {"multi", l_multi}, {"curl_version", l_curl_version}, {"now", l_now}, {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);

@@ -117,6 +117,33 @@ static inline void ie_push_events(lua_State *L, const sse_queue *q) {
   }
 }
 
+/* A class metatable `name`: the methods as __index, `close` as __gc and
+ * __close (and as a method called close_name, when given), and __tostring
+ * when given. Made once per Lua state. */
+static inline void ie_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction close,
+                                const char *close_name, lua_CFunction tostring) {
+  if (!luaL_newmetatable(L, name)) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
+  if (close_name) {
+    lua_pushcfunction(L, close);
+    lua_setfield(L, -2, close_name);
+  }
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, close);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, close);
+  lua_setfield(L, -2, "__close");
+  if (tostring) {
+    lua_pushcfunction(L, tostring);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+}
+
 /* Push nil, message, reason: the run-time failure convention of the core. */
 IE_LOCAL int ie_fail(lua_State *L, const char *reason, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

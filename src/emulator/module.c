@@ -144,20 +144,11 @@ IE_API int luaopen_imgedit_emulator_core(lua_State *L);
 
 int luaopen_imgedit_emulator_core(lua_State *L) {
   ie_checkversion(L);
-  if (luaL_newmetatable(L, EMU_MT)) {
-    static const luaL_Reg methods[] = {
-        {"call", h_call},           {"ports", h_ports}, {"in_flight", h_in_flight},
-        {"reset_peak", h_reset_peak}, {"stopped", h_stopped}, {"stop", h_stop},
-        {NULL, NULL}};
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, h_stop);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, h_stop);
-    lua_setfield(L, -2, "__close");
-  }
-  lua_pop(L, 1);
+  static const luaL_Reg methods[] = {
+      {"call", h_call},           {"ports", h_ports}, {"in_flight", h_in_flight},
+      {"reset_peak", h_reset_peak}, {"stopped", h_stopped}, {"stop", h_stop},
+      {NULL, NULL}};
+  ie_new_class(L, EMU_MT, methods, h_stop, NULL, NULL);
   lua_newtable(L);
   lua_pushcfunction(L, l_start);
   lua_setfield(L, -2, "start");
