@@ -23,6 +23,19 @@ local TRANSPORT = {
   proxy = { "network", false },
 }
 
+-- What a maybe-billed error says of its resending; sent_again() rewrites it
+-- when the caller asked for the request to be sent again after all.
+local NOT_AGAIN = "so it was not sent again"
+
+-- sent_again(err, tries): the error of a request sent `tries` times as asked.
+function M.sent_again(err, tries)
+  local a, b = err.message:find(NOT_AGAIN, 1, true)
+  if a then
+    err.message = err.message:sub(1, a - 1) .. "and it was sent again as asked (" .. tries
+      .. " attempts in all, each may be billed)" .. err.message:sub(b + 1)
+  end
+end
+
 -- A gateway's word that it lost the service's answer: 502 (bad gateway),
 -- 504 (gateway timeout) and Cloudflare's 524 (a timeout occurred). After the
 -- whole request went through, the service may be making the image.
@@ -89,7 +102,7 @@ function M.transport_error(res, what, max, key, billable)
     msg = what .. " failed: " .. res.error
   end
   if billed then
-    msg = msg .. "; the service may have received and billed it, so it was not sent again"
+    msg = msg .. "; the service may have received and billed it, " .. NOT_AGAIN
   end
   local retryable = t[2]
   if billed then retryable = false end
@@ -162,7 +175,7 @@ function M.read(res, fields, max, key)
     if GATEWAY[res.status] and res.sent_all then
       err.maybe_billed, err.retryable = true, false
       err.message = err.message .. "; a gateway lost the answer after the whole request was sent: the service may"
-        .. " have received and billed it, so it was not sent again"
+        .. " have received and billed it, " .. NOT_AGAIN
     end
     return nil, err
   end

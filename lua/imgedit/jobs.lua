@@ -154,11 +154,8 @@ local function retry_or_fail(job, err, res)
   err.attempts = tries
   local wait = not job.cb_err and retry.wait(err, res, job.opts, tries)
   if not wait then
-    if err.maybe_billed and tries > 1 then
-      -- The caller opted in (retry_unanswered) or the server said so: it was.
-      err.message = err.message:gsub("so it was not sent again",
-        "and it was sent again as asked (" .. tries .. " attempts in all, each may be billed)")
-    end
+    -- The caller opted in (retry_unanswered) or the server said so: it was.
+    if err.maybe_billed and tries > 1 then answer.sent_again(err, tries) end
     if job.phase == "download" then
       -- The edit is paid for: say where the picture is, to fetch it later.
       err.url, err.request_id, err.maybe_billed = job.url, job.request_id, true
