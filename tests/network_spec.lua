@@ -133,8 +133,17 @@ describe("the real network", function()
 
   describe("mistakes", function()
     it("an https url for a plain http server says so", function()
-      local img, err = edit(client { base_url = emu.url:gsub("^http:", "https:") })
-      assert.is_nil(img)
+      -- The emulator answers the TLS hello with a plain-text 400 and closes;
+      -- now and then the close's reset overtakes that answer and only a bare
+      -- handshake failure is seen. A few tries make sure the answer is read.
+      local img, err
+      for _ = 1, 5 do
+        img, err = edit(client { base_url = emu.url:gsub("^http:", "https:") })
+        assert.is_nil(img)
+        assert.are.equal("network", err.kind)
+        if err.tls == "not_tls" then break end
+        assert.are.equal("handshake", err.tls)
+      end
       assert.are.equal("not_tls", err.tls)
       assert.matches("does not speak TLS on this port", err.message)
       assert.are.equal(0, #H.api_requests(emu))
