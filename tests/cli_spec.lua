@@ -21,7 +21,8 @@ describe("the imgedit command", function()
   end)
 
   local function cli(args, key)
-    return sh(BASE .. "IMGEDIT_API_KEY=" .. (key or emu.key) .. " IMGEDIT_BASE_URL=" .. emu.url .. " " .. H.LUA .. " bin/imgedit " .. args)
+    return sh(BASE .. "IMGEDIT_API_KEY=" .. (key or emu.key) .. " IMGEDIT_BASE_URL=" .. emu.url .. " IMGEDIT_PROVIDER=apiyi "
+      .. H.LUA .. " bin/imgedit " .. args)
   end
 
   local n = 0

@@ -272,7 +272,8 @@ function H.emulator(opts)
 end
 
 function H.client(emu, opts)
-  local o = { base_url = emu.url, api_key = emu.key }
+  -- the emulator plays the seeds' gateway unless told otherwise
+  local o = { base_url = emu.url, api_key = emu.key, provider = emu.provider or "apiyi" }
   for k, v in pairs(opts or {}) do o[k] = v end
   return require("imgedit").new(o)
 end

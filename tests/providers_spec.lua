@@ -3,7 +3,7 @@
 local H = require "helpers"
 local imgedit = require "imgedit"
 
-local CHILD = "env -u IMGEDIT_API_KEY -u IMGEDIT_BASE_URL -u OPENAI_API_KEY -u AZURE_OPENAI_API_KEY"
+local CHILD = "env -u IMGEDIT_API_KEY -u IMGEDIT_BASE_URL -u IMGEDIT_PROVIDER -u OPENAI_API_KEY -u AZURE_OPENAI_API_KEY"
   .. " -u AZURE_OPENAI_ENDPOINT -u OPENAI_API_VERSION LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='"
   .. H.BUILD .. "/?.so;;' "
 
@@ -47,6 +47,62 @@ describe("providers", function()
     assert.matches("needs base_url %(its resource endpoint%) or AZURE_OPENAI_ENDPOINT",
       child("", 'require("imgedit").new{ provider = "azure" }'))
     az:stop()
+  end)
+
+  describe("rules", function()
+    local dir
+    lazy_setup(function() dir = H.tmpdir() end)
+    lazy_teardown(function() H.rmtree(dir) end)
+
+    -- A PNG of `bytes` whose header says 4000x4000 RGBA (or w x h): read,
+    -- never decoded.
+    local function png_of(name, bytes, w, h)
+      local f = assert(io.open("/dev/urandom", "rb"))
+      local data = f:read(bytes)
+      f:close()
+      local ihdr = H.pack(">I4I4BBBBB", w or 4000, w and h or 4000, 8, 6, 0, 0, 0)
+      return H.write(dir .. "/" .. name, "\137PNG\r\n\26\n" .. H.png_chunk("IHDR", ihdr) .. H.pack(">I4", #data) .. "IDAT"
+        .. data .. "\0\0\0\0" .. H.png_chunk("IEND", ""))
+    end
+
+    -- Local checks only: nothing listens at the address, so a request that
+    -- passes them ends as a network error, one that fails them as invalid_request.
+    local function try(provider, req)
+      local c = imgedit.new { base_url = "http://127.0.0.1:1/v1", api_key = "k", provider = provider, max_retries = 0,
+        model = "gpt-image-2", connect_timeout = 2 }
+      local _, err = c:edit(req)
+      return err.kind, err.message
+    end
+
+    it("take each provider's limits: images, image bytes, mask bytes", function()
+      local small = H.write(dir .. "/s.png", H.png(64, 64))
+      local eight = {}
+      for i = 1, 8 do eight[i] = small end
+      assert.are.equal("network", (try("openai", { prompt = "x", images = eight })))
+      assert.are.equal("invalid_request", (try("apiyi", { prompt = "x", images = eight })))
+      local big = png_of("big.png", math.floor(10.5 * 1024 * 1024))
+      assert.are.equal("network", (try("openai", { prompt = "x", images = { big } })))
+      local kind, msg = try("apiyi", { prompt = "x", images = { big } })
+      assert.are.equal("invalid_request", kind)
+      assert.matches("exceeds the 10 MB limit", msg)
+      local base = H.write(dir .. "/base.png", H.png(64, 64))
+      local mask = png_of("mask.png", 5 * 1024 * 1024, 64, 64)
+      kind, msg = try("openai", { prompt = "x", images = { base }, mask = mask })
+      assert.are.equal("invalid_request", kind)
+      assert.matches("mask", msg)
+      assert.are.equal("network", (try("apiyi", { prompt = "x", images = { base }, mask = mask })))
+      -- a service of its own: the generic checks only
+      assert.are.equal("network", (try("compatible", { prompt = "x", images = eight })))
+    end)
+
+    it("refuse a retired model with its date and replacement, and a prompt over the limit", function()
+      local kind, msg = try("openai", { prompt = "x", model = "dall-e-3", images = { H.write(dir .. "/d.png", H.png(8, 8)) } })
+      assert.are.equal("invalid_request", kind)
+      assert.matches("dall%-e%-3 was shut down on 2026%-05%-12; use gpt%-image%-1 or gpt%-image%-1%-mini", msg)
+      kind, msg = try("openai", { prompt = string.rep("p", 32001), images = { H.write(dir .. "/p.png", H.png(8, 8)) } })
+      assert.are.equal("invalid_request", kind)
+      assert.matches("at most 32000", msg)
+    end)
   end)
 
   describe("Azure", function()

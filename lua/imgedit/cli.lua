@@ -442,7 +442,8 @@ local function cmd_emulate(a)
   if emu.provider == "azure" then
     print(string.format("export AZURE_OPENAI_ENDPOINT=%s AZURE_OPENAI_API_KEY=%s", emu.url, emu.key))
   end
-  print(string.format("export IMGEDIT_BASE_URL=%s IMGEDIT_API_KEY=%s", emu.url, emu.key))
+  print(string.format("export IMGEDIT_BASE_URL=%s IMGEDIT_API_KEY=%s IMGEDIT_PROVIDER=%s", emu.url, emu.key,
+    emu.provider))
   io.stdout:flush()
   -- Serve until interrupted; the emulator runs in its own threads.
   local sleeper = imgedit.new { base_url = emu.url, api_key = emu.key }

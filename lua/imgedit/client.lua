@@ -46,6 +46,15 @@ function M.new(opts)
     error("bad argument #1 to 'new' (table expected, got " .. type(opts) .. ")", 2)
   end
   opts = opts or {}
+  local env_provider = os.getenv("IMGEDIT_PROVIDER")
+  if opts.provider == nil and env_provider and env_provider ~= "" then
+    if not providers.list[env_provider] then
+      error("IMGEDIT_PROVIDER must be apiyi, openai, azure or compatible, got '" .. env_provider .. "'", 2)
+    end
+    local o = {}
+    for k, v in pairs(opts) do o[k] = v end
+    o.provider, opts = env_provider, o
+  end
   request.check_new(opts, 2)
   local named = opts.provider and providers.list[opts.provider]
   local base, from = opts.base_url or M.defaults.base_url, nil

@@ -309,11 +309,11 @@ function M.prepare(client, kind, req, key, level)
     end
   end
   if not req._no_checks then
-    local r = rules.for_model(model, client.limits)
+    local r = rules.for_model(model, client.limits, client.provider)
     local msg, param, index = rules.check(r, kind, fields, images, mask)
     if msg then return fail("invalid_request", msg, { param = param, index = index }, key) end
   end
-  local r = rules.models[model]
+  local r = (rules.providers[client.provider] or {})[model]
   if r and r.response_formats and next(r.response_formats) == nil and not req._no_checks then
     fields.response_format = nil -- the model always answers base64
   end

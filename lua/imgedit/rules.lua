@@ -11,7 +11,8 @@ local ENUM_QUALITY = { "low", "medium", "high", "auto" }
 local ENUM_FORMAT = { "png", "jpeg", "webp" }
 local ENUM_BACKGROUND = { "auto", "opaque" }
 
-M.models = {
+-- The seeds' gateway (provider "apiyi"): DESIGN.md and shared/seeds/.
+local APIYI = {
   ["gpt-image-2"] = {
     min_images = 1, max_images = 5, max_image_bytes = 10 * MB,
     mask = { format = "png", alpha = true, same_size = true, max_bytes = 50 * MB },
@@ -31,12 +32,71 @@ M.models = {
   },
 }
 
+-- OpenAI (provider "openai"); the sources are quoted in docs/sources/providers.md.
+-- [PY-EDIT] openai-python src/openai/types/image_edit_params.py: "each image
+-- should be a png, webp, or jpg file less than 50MB. You can provide up to 16
+-- images." Mask: "Must be a valid PNG file, less than 4MB, and have the same
+-- dimensions as image." Prompt: "1000 characters for dall-e-2, and 32000
+-- characters for the GPT image models." n: "Must be between 1 and 10."
+local function gpt_image(extra)
+  local r = {
+    min_images = 1, max_images = 16, max_image_bytes = 50 * MB - 1, max_prompt = 32000,
+    mask = { format = "png", alpha = true, same_size = true, max_bytes = 4 * MB - 1 },
+    enums = { quality = { "low", "medium", "high", "auto", "standard" }, output_format = ENUM_FORMAT,
+      background = { "transparent", "opaque", "auto" }, input_fidelity = { "high", "low" },
+      -- [PY-EDIT] size: the fixed sizes before gpt-image-2
+      size = { "1024x1024", "1536x1024", "1024x1536", "auto" } },
+    compression_formats = { jpeg = true, webp = true },
+    integers = { partial_images = { 0, 3 }, n = { 1, 10 } },
+    booleans = { stream = true },
+    response_formats = {}, -- "GPT image models always return base64-encoded images"
+  }
+  for k, v in pairs(extra or {}) do r[k] = v end
+  return r
+end
+
+-- gpt-image-2, [GUIDE] "Size constraints": edge <= 3840, multiples of 16,
+-- ratio <= 3:1, 655,360 to 8,294,400 pixels; "For gpt-image-2, omit this
+-- parameter" (input_fidelity); [PY-EDIT] "gpt-image-2 ... do not support
+-- transparent backgrounds".
+local GPT_IMAGE_2 = gpt_image {
+  size = { multiple = 16, max_edge = 3840, max_ratio = 3, min_pixels = 655360, max_pixels = 8294400 },
+  rejected = { input_fidelity = "gpt-image-2 processes every input at high fidelity; do not send input_fidelity" },
+  enums = { quality = ENUM_QUALITY, output_format = ENUM_FORMAT, background = ENUM_BACKGROUND },
+}
+
+-- [DEPR] as quoted in docs/sources/providers.md: dall-e-2 and dall-e-3 shut
+-- down on 2026-05-12, replaced by gpt-image-1 and gpt-image-1-mini;
+-- gpt-image-1-mini, gpt-image-1.5 and chatgpt-image-latest shut down on
+-- 2026-12-01 (one crawl of the deprecations page).
+local OPENAI = {
+  ["gpt-image-2"] = GPT_IMAGE_2,
+  ["gpt-image-2-2026-04-21"] = GPT_IMAGE_2,
+  ["gpt-image-1.5"] = gpt_image { shutdown = { date = "2026-12-01", replacement = "gpt-image-2" } },
+  ["gpt-image-1"] = gpt_image(),
+  ["gpt-image-1-mini"] = gpt_image {
+    rejected = { input_fidelity = "gpt-image-1-mini does not support input_fidelity" },
+    shutdown = { date = "2026-12-01", replacement = "gpt-image-2" } },
+  ["chatgpt-image-latest"] = gpt_image { shutdown = { date = "2026-12-01", replacement = "gpt-image-2" } },
+  -- [PY-EDIT] "For dall-e-2, you can only provide one image, and it should be
+  -- a square png file less than 4MB."
+  ["dall-e-2"] = { retired = { date = "2026-05-12", replacement = "gpt-image-1 or gpt-image-1-mini" } },
+  ["dall-e-3"] = { retired = { date = "2026-05-12", replacement = "gpt-image-1 or gpt-image-1-mini" } },
+}
+
+-- Rules by provider; "compatible" services get the generic checks only.
+M.providers = { apiyi = APIYI, openai = OPENAI, azure = OPENAI, compatible = {} }
+
+-- imgedit.rules: the gateway's table, as before providers.
+M.models = APIYI
+
 -- The generic checks every model gets.
 local GENERIC = { min_images = 1 }
 
--- rules_for(model, overrides) -> a merged copy
-function M.for_model(model, overrides)
-  local base = M.models[model] or GENERIC
+-- for_model(model, overrides [, provider]) -> a merged copy
+function M.for_model(model, overrides, provider)
+  local models = M.providers[provider or "apiyi"] or {}
+  local base = models[model] or GENERIC
   local r = {}
   for k, v in pairs(base) do r[k] = v end
   for k, v in pairs(overrides or {}) do r[k] = v end
@@ -83,8 +143,15 @@ end
 -- check(rules, kind, fields, images, mask) -> nil | message, param [, index]
 -- `fields` are the text fields; `images` and `mask` carry `info` and `label`.
 function M.check(r, kind, fields, images, mask)
+  if r.retired then
+    return string.format("%s was shut down on %s; use %s", fields.model, r.retired.date, r.retired.replacement), "model"
+  end
   if type(fields.prompt) ~= "string" or fields.prompt == "" then
     return "prompt is required", "prompt"
+  end
+  if r.max_prompt and #fields.prompt > r.max_prompt then
+    return string.format("the prompt is %d characters; %s takes at most %d", #fields.prompt, fields.model, r.max_prompt),
+      "prompt"
   end
   if kind == "edit" then
     if #images < (r.min_images or 1) then
@@ -138,7 +205,7 @@ function M.check(r, kind, fields, images, mask)
     local v = fields[name]
     if v ~= nil and v ~= "true" and v ~= "false" then return name .. " must be true or false", name end
   end
-  if r.size and fields.size ~= nil then
+  if r.size and r.size.multiple and fields.size ~= nil then
     local msg = check_size(fields.size, r.size)
     if msg then return msg, "size" end
   end
