@@ -131,6 +131,7 @@ function Image:save(path, opts) end
 ---@field yield? boolean|fun(job: imgedit.Job)
 ---@field provider? "apiyi"|"openai"|"azure"|"compatible" default: from the base url's host
 ---@field deployment? string Azure: the deployment (default: the model)
+---@field on_warning? fun(msg: string) once per message: a model near its shutdown (default: stderr)
 ---@field api_version? string Azure: the api-version (default OPENAI_API_VERSION, else 2025-04-01-preview)
 ---@field ca_file? string PEM certificate authorities trusted in addition to the system's
 ---@field ca_path? string a folder of them, hashed by `openssl rehash`
@@ -183,6 +184,9 @@ function Client:submit(kind, req) end
 ---@return imgedit.Image|nil img
 ---@return imgedit.Error|nil err
 function Client:download(url, req) end
+---@param model? string default: the client's model
+---@return table rules the merged rule table this client checks requests against
+function Client:rules(model) end
 
 ---Cancel live jobs and free the connections; idempotent. Later calls raise.
 function Client:close() end
@@ -328,10 +332,18 @@ function Emulator:configure(opts) end
 function Emulator:clear() end
 function Emulator:stop() end
 
+---@class imgedit.Rules
+---@field providers table<string, table<string, table>> provider -> model -> rule table
+---@field sources table<string, string> provider -> where its numbers come from
+---@field get fun(provider: string, model: string, limits?: table): table
+---@field models fun(provider: string): string[]
+---@field describe fun(rules: table): string[][] {name, text} rows for people
+---@field today fun(): string
+
 ---@class imgedit
 ---@field version string
 ---@field _VERSION string
----@field rules table<string, table>
+---@field rules imgedit.Rules
 ---@field defaults {base_url?: string, api_key?: string}
 ---@field errors table
 ---@field mask imgedit.MaskModule

@@ -6,6 +6,7 @@ local cjson = require "cjson"
 local core = require "imgedit.core"
 local imgedit = require "imgedit"
 local image = require "imgedit.image"
+local providers = require "imgedit.providers"
 
 local M = {}
 
@@ -96,6 +97,12 @@ local function build()
   mask:option("-o --output", "Where to write the mask (PNG)."):count(1)
   mask:flag("-f --force", "Overwrite the output if it exists.")
   mask:flag("--json", "Print the mask's check report as JSON.")
+
+  local rules = p:command("rules", "What a provider and model accept: the limits imgedit checks before sending.")
+    :epilog("Provider by default: IMGEDIT_PROVIDER, else from IMGEDIT_BASE_URL's host, else apiyi.")
+  rules:option("--provider", "apiyi, openai, azure or compatible.")
+  rules:option("--model", "One model's rules; without it, the provider's models.")
+  rules:flag("--json", "Print JSON.")
 
   local emu = p:command("emulate", "Serve the local emulator until interrupted; prints its url and key.")
     :epilog(EPILOG)
@@ -251,9 +258,12 @@ local function cmd_request(a)
   -- -o out.jpg asks the service for jpeg, where the model takes output_format;
   -- otherwise save() converts, so the name and the bytes always agree.
   local model = a.model or client.model
-  local enums = imgedit.rules[model] and imgedit.rules[model].enums
+  local enums = client:rules(model).enums
+  local wanted = image.format_of_name(a.output)
   if req.output_format == nil and enums and enums.output_format then
-    req.output_format = image.format_of_name(a.output)
+    for _, f in ipairs(enums.output_format) do
+      if f == wanted then req.output_format = wanted end
+    end
   end
   if a.stream then
     req.stream = true
@@ -277,8 +287,9 @@ local function cmd_request(a)
       parts[#parts + 1] = string.format("image[%d]=%s (%s)", i, img, info and (info.mime .. ", " .. human(info.bytes)) or "?")
     end
     if req.mask then parts[#parts + 1] = "mask=" .. req.mask end
-    stderr(string.format("imgedit: POST %s/images/%s model=%s prompt=%q %s\n", client.base_url,
-      a.command == "edit" and "edits" or "generations", a.model or client.model, a.prompt, table.concat(parts, " ")))
+    stderr(string.format("imgedit: POST %s model=%s prompt=%q %s\n",
+      providers.url(client, a.command == "edit" and "edits" or "generations", model), model, a.prompt,
+      table.concat(parts, " ")))
     req.on_retry = function(info)
       stderr(string.format("imgedit: attempt %d failed (%s%s); retrying in %.1fs\n", info.attempt, info.kind,
         info.status and (", HTTP " .. info.status) or "", info.wait))
@@ -450,8 +461,38 @@ local function cmd_emulate(a)
   while true do sleeper:poll(3600) end
 end
 
+local function cmd_rules(a)
+  local provider = a.provider or os.getenv("IMGEDIT_PROVIDER")
+  if provider == nil or provider == "" then
+    local base = os.getenv("IMGEDIT_BASE_URL")
+    provider = (base and base ~= "") and providers.detect(base) or "apiyi"
+  end
+  if not providers.list[provider] then
+    error({ usage = "--provider must be apiyi, openai, azure or compatible, got '" .. provider .. "'" })
+  end
+  local R = imgedit.rules
+  local names = a.model and { a.model } or R.models(provider)
+  if a.json then
+    local models = {}
+    for _, m in ipairs(names) do models[m] = R.get(provider, m) end
+    json_out { ok = true, provider = provider, source = R.sources[provider], models = models }
+    return 0
+  end
+  print(string.format("provider %s (source: %s)", provider, R.sources[provider]))
+  if #names == 0 then print("no models listed: every model gets the generic checks (a prompt; an edit needs an image)") end
+  for _, m in ipairs(names) do
+    local known = R.providers[provider][m] ~= nil
+    print("")
+    print(m .. (known and "" or " (not listed for this provider: the generic checks only)"))
+    for _, row in ipairs(R.describe(R.get(provider, m))) do
+      print(string.format("  %-19s %s", row[1], row[2]))
+    end
+  end
+  return 0
+end
+
 local COMMANDS = { edit = cmd_request, generate = cmd_request, inspect = cmd_inspect, mask = cmd_mask,
-  run = cmd_run, emulate = cmd_emulate }
+  run = cmd_run, emulate = cmd_emulate, rules = cmd_rules }
 
 -- main(args) -> exit code
 function M.main(args)

@@ -6,6 +6,7 @@
 local core = require "imgedit.core"
 local providers = require "imgedit.providers"
 local request = require "imgedit.request"
+local rules = require "imgedit.rules"
 local jobs = require "imgedit.jobs"
 
 local M = {}
@@ -73,7 +74,8 @@ function M.new(opts)
   end
   local provider = opts.provider or providers.detect(base)
   local c = { base_url = (base:gsub("/+$", "")), user_agent = USER_AGENT, limits = opts.limits, provider = provider,
-    on_progress = opts.on_progress, on_retry = opts.on_retry, _jobs = {}, _inflight = 0,
+    on_progress = opts.on_progress, on_retry = opts.on_retry, on_warning = opts.on_warning, _warned = {},
+    _jobs = {}, _inflight = 0,
     -- transfers that finished and wait for their job to read them: kept
     -- here, so that one finished inside a nested poll is not missed
     _finished = setmetatable({}, { __mode = "k" }) }
@@ -98,6 +100,22 @@ function M.new(opts)
 end
 
 function Client:_key() return secrets[self] end
+
+-- _warn(msg): tells the caller once per client (on_warning, else stderr)
+-- of something that works today and will not for long.
+function Client:_warn(msg)
+  if not msg or self._warned[msg] then return end
+  self._warned[msg] = true
+  if self.on_warning then return self.on_warning(msg) end
+  io.stderr:write("imgedit: warning: ", msg, "\n")
+end
+
+-- rules([model]) -> the rules this client checks a request for model (its
+-- own model by default) against: its provider's, with its limits over them.
+function Client:rules(model)
+  if model ~= nil and type(model) ~= "string" then error("bad argument #1 to 'rules' (string expected)", 2) end
+  return rules.for_model(model or self.model, self.limits, self.provider)
+end
 
 local function check_open(c, fn)
   if getmetatable(c) ~= Client then

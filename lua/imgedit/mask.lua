@@ -103,13 +103,13 @@ function M.from_alpha(src, o)
     feather = o.feather }), w, h, name and (image.stem(name) .. "-mask.png"))
 end
 
--- check(mask, base [, {model=, limits=}]) -> report | nil, err (err.report)
+-- check(mask, base [, {model=, provider=, limits=}]) -> report | nil, err (err.report)
 -- Every service rule for a mask, plus coverage: the fraction of pixels with
 -- alpha 0. An all-opaque or all-transparent mask is a warning in
 -- report.warnings, not an error.
 function M.check(mask, base, o)
   o = o or {}
-  local r = rules.for_model(o.model or "gpt-image-2", o.limits).mask or rules.models["gpt-image-2"].mask
+  local r = rules.for_model(o.model or "gpt-image-2", o.limits, o.provider).mask or rules.GENERIC_MASK
   local minfo, err = image.inspect(mask)
   if not minfo then return nil, err end
   local report = { format = minfo.format, width = minfo.width, height = minfo.height, has_alpha = minfo.has_alpha,

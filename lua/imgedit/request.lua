@@ -77,7 +77,7 @@ M.CLIENT_OPTIONS = {
   ca_file = pem, ca_path = folder, proxy = proxy,
   provider = function(v) return v == "apiyi" or v == "openai" or v == "azure" or v == "compatible",
     "\"apiyi\", \"openai\", \"azure\" or \"compatible\"" end,
-  deployment = is "string", api_version = is "string",
+  deployment = is "string", api_version = is "string", on_warning = is "function",
 }
 for k, check in pairs(M.JOB_OPTIONS) do M.CLIENT_OPTIONS[k] = check end
 
@@ -132,7 +132,8 @@ end
 -- The entries a client's `limits` may override (rules.lua's tables).
 local RULE_KEYS = { min_images = true, max_images = true, max_image_bytes = true, mask = true, rejected = true,
   enums = true, size = true, compression_formats = true, integers = true, booleans = true, response_formats = true,
-  images_per_answer = true }
+  images_per_answer = true, max_prompt = true, image_formats = true, square = true, transparent_formats = true,
+  edits = true, shutdown = true }
 
 -- check_options(opts, checks, fn, level): every key of opts is one of checks
 -- (name -> check) with a value it accepts; fn names the function taking them.
@@ -312,10 +313,10 @@ function M.prepare(client, kind, req, key, level)
     local r = rules.for_model(model, client.limits, client.provider)
     local msg, param, index = rules.check(r, kind, fields, images, mask)
     if msg then return fail("invalid_request", msg, { param = param, index = index }, key) end
-  end
-  local r = (rules.providers[client.provider] or {})[model]
-  if r and r.response_formats and next(r.response_formats) == nil and not req._no_checks then
-    fields.response_format = nil -- the model always answers base64
+    client:_warn(rules.shutdown_warning(r, model))
+    if r.response_formats and next(r.response_formats) == nil then
+      fields.response_format = nil -- the model always answers base64
+    end
   end
   local stream = req.stream == true or req.stream == "true"
   local spec = {

@@ -11,7 +11,12 @@ local ENUM_QUALITY = { "low", "medium", "high", "auto" }
 local ENUM_FORMAT = { "png", "jpeg", "webp" }
 local ENUM_BACKGROUND = { "auto", "opaque" }
 
--- The seeds' gateway (provider "apiyi"): DESIGN.md and shared/seeds/.
+-- The seeds' gateway (provider "apiyi"): shared/seeds/001 (gpt-image-2):
+-- "Reference images (max 5). Each <= 10MB, formats: png/jpg/webp"; the mask
+-- "Same size and format as original, <= 50MB"; "input_fidelity - gpt-image-2
+-- forces high-fidelity; passing it returns 400"; sizes as OpenAI's guide.
+-- shared/seeds/000 (gpt-image-2-all): "Recommended <= 10MB per image";
+-- url or b64_json answers. Both answer one image per call (DESIGN.md).
 local APIYI = {
   ["gpt-image-2"] = {
     min_images = 1, max_images = 5, max_image_bytes = 10 * MB,
@@ -38,6 +43,8 @@ local APIYI = {
 -- images." Mask: "Must be a valid PNG file, less than 4MB, and have the same
 -- dimensions as image." Prompt: "1000 characters for dall-e-2, and 32000
 -- characters for the GPT image models." n: "Must be between 1 and 10."
+-- background: "If transparent, the output format needs to support
+-- transparency, so it should be set to either png (default value) or webp."
 local function gpt_image(extra)
   local r = {
     min_images = 1, max_images = 16, max_image_bytes = 50 * MB - 1, max_prompt = 32000,
@@ -47,6 +54,7 @@ local function gpt_image(extra)
       -- [PY-EDIT] size: the fixed sizes before gpt-image-2
       size = { "1024x1024", "1536x1024", "1024x1536", "auto" } },
     compression_formats = { jpeg = true, webp = true },
+    transparent_formats = { png = true, webp = true },
     integers = { partial_images = { 0, 3 }, n = { 1, 10 } },
     booleans = { stream = true },
     response_formats = {}, -- "GPT image models always return base64-encoded images"
@@ -68,30 +76,73 @@ local GPT_IMAGE_2 = gpt_image {
 -- [DEPR] as quoted in docs/sources/providers.md: dall-e-2 and dall-e-3 shut
 -- down on 2026-05-12, replaced by gpt-image-1 and gpt-image-1-mini;
 -- gpt-image-1-mini, gpt-image-1.5 and chatgpt-image-latest shut down on
--- 2026-12-01 (one crawl of the deprecations page).
+-- 2026-12-01 (one crawl of the deprecations page; its replacement column
+-- names models the SDKs do not, so gpt-image-2 is named instead).
+local DEC_2026 = { date = "2026-12-01", replacement = "gpt-image-2" }
+local MAY_2026 = { date = "2026-05-12", replacement = "gpt-image-1 or gpt-image-1-mini" }
 local OPENAI = {
   ["gpt-image-2"] = GPT_IMAGE_2,
   ["gpt-image-2-2026-04-21"] = GPT_IMAGE_2,
-  ["gpt-image-1.5"] = gpt_image { shutdown = { date = "2026-12-01", replacement = "gpt-image-2" } },
+  ["gpt-image-1.5"] = gpt_image { shutdown = DEC_2026 },
+  ["gpt-image-1.5-2025-12-16"] = gpt_image { shutdown = DEC_2026 },
   ["gpt-image-1"] = gpt_image(),
+  -- [PY-EDIT] input_fidelity: "unsupported for gpt-image-1-mini"
   ["gpt-image-1-mini"] = gpt_image {
-    rejected = { input_fidelity = "gpt-image-1-mini does not support input_fidelity" },
-    shutdown = { date = "2026-12-01", replacement = "gpt-image-2" } },
-  ["chatgpt-image-latest"] = gpt_image { shutdown = { date = "2026-12-01", replacement = "gpt-image-2" } },
+    rejected = { input_fidelity = "gpt-image-1-mini does not support input_fidelity" }, shutdown = DEC_2026 },
+  ["chatgpt-image-latest"] = gpt_image { shutdown = DEC_2026 },
   -- [PY-EDIT] "For dall-e-2, you can only provide one image, and it should be
-  -- a square png file less than 4MB."
-  ["dall-e-2"] = { retired = { date = "2026-05-12", replacement = "gpt-image-1 or gpt-image-1-mini" } },
-  ["dall-e-3"] = { retired = { date = "2026-05-12", replacement = "gpt-image-1 or gpt-image-1-mini" } },
+  -- a square png file less than 4MB."; sizes 256x256, 512x512, 1024x1024.
+  ["dall-e-2"] = {
+    min_images = 1, max_images = 1, max_image_bytes = 4 * MB - 1, image_formats = { png = true }, square = true,
+    max_prompt = 1000, enums = { size = { "256x256", "512x512", "1024x1024" } },
+    mask = { format = "png", alpha = true, same_size = true, max_bytes = 4 * MB - 1 },
+    integers = { n = { 1, 10 } }, response_formats = { url = true, b64_json = true }, shutdown = MAY_2026,
+  },
+  -- [CLI] generate: 4000 characters for dall-e-3; [PY-EDIT] edits name
+  -- dall-e-2 or a GPT image model only.
+  ["dall-e-3"] = { edits = false, max_prompt = 4000, integers = { n = { 1, 1 } },
+    enums = { size = { "1024x1024", "1792x1024", "1024x1792" }, quality = { "hd", "standard" },
+      style = { "vivid", "natural" } },
+    response_formats = { url = true, b64_json = true }, shutdown = MAY_2026 },
 }
 
--- Rules by provider; "compatible" services get the generic checks only.
-M.providers = { apiyi = APIYI, openai = OPENAI, azure = OPENAI, compatible = {} }
+-- Azure OpenAI (provider "azure"): OpenAI's models, with the differences its
+-- own pages state. [AZ-HOWTO] azure-ai-docs articles/ai-foundry/openai/how-to/dall-e.md:
+-- "The input image must be less than 50 MB in size and must be a PNG or JPG
+-- file."; output_format "Supported formats are PNG and JPEG ... WEBP images
+-- aren't supported"; "DALL-E models don't support the Image Edit API".
+-- [AZ-REF] output_compression: "only supported for gpt-image-1 series models
+-- with the jpeg output format"; mask "less than 4MB". Azure's image count is
+-- not documented: OpenAI's 16 is kept.
+local function copy(t)
+  if type(t) ~= "table" then return t end
+  local r = {}
+  for k, v in pairs(t) do r[k] = copy(v) end
+  return r
+end
 
--- imgedit.rules: the gateway's table, as before providers.
-M.models = APIYI
+local function on_azure(r)
+  r = copy(r)
+  if r.edits == false or r.max_images == 1 then return { edits = false, shutdown = r.shutdown, max_prompt = r.max_prompt } end
+  r.image_formats = { png = true, jpeg = true }
+  r.enums.output_format = { "png", "jpeg" }
+  r.compression_formats = { jpeg = true }
+  r.transparent_formats = { png = true }
+  return r
+end
+
+local AZURE = {}
+for name, r in pairs(OPENAI) do AZURE[name] = on_azure(r) end
+
+-- Rules by provider; "compatible" services get the generic checks only.
+M.providers = { apiyi = APIYI, openai = OPENAI, azure = AZURE, compatible = {} }
 
 -- The generic checks every model gets.
 local GENERIC = { min_images = 1 }
+
+-- What any service takes as a mask (alpha 0 marks the area to edit), for
+-- imgedit.mask.check where the model has no mask rules of its own.
+M.GENERIC_MASK = { format = "png", alpha = true, same_size = true }
 
 -- for_model(model, overrides [, provider]) -> a merged copy
 function M.for_model(model, overrides, provider)
@@ -103,6 +154,32 @@ function M.for_model(model, overrides, provider)
   return r
 end
 
+-- Today's date, "YYYY-MM-DD" in UTC: shutdown dates are days.
+function M.today() return os.date("!%Y-%m-%d") end
+
+-- How many days before its shutdown a model starts to warn: OpenAI gives
+-- image models "At least 3 months" of notice ([DEPR]).
+M.WARN_DAYS = 90
+
+local function days_until(date, today)
+  local function t(d)
+    local y, m, dd = d:match("^(%d+)-(%d+)-(%d+)$")
+    return os.time { year = tonumber(y), month = tonumber(m), day = tonumber(dd), hour = 12 }
+  end
+  return math.floor((t(date) - t(today)) / 86400 + 0.5)
+end
+
+-- shutdown_warning(rules, model [, today]) -> message | nil: for a model whose
+-- shutdown is near (and not yet past).
+function M.shutdown_warning(r, model, today)
+  local s = r.shutdown
+  if not s then return nil end
+  local left = days_until(s.date, today or M.today())
+  if left <= 0 or left > M.WARN_DAYS then return nil end
+  return string.format("%s shuts down on %s (in %d day%s); use %s", model, s.date, left, left == 1 and "" or "s",
+    s.replacement)
+end
+
 local function mb(n)
   if n < MB / 10 then return string.format("%d bytes", n) end
   return string.format("%.1f MB", n / MB)
@@ -111,6 +188,15 @@ M.mb = mb
 
 local function limit_mb(n)
   return (n % MB == 0 and n > 0) and string.format("%d MB", compat.idiv(n, MB)) or mb(n)
+end
+
+-- "jpeg, png": a set's names, sorted.
+function M.list_of(set, last)
+  local t = {}
+  for k in pairs(set) do t[#t + 1] = k end
+  table.sort(t)
+  if last and #t > 1 then return table.concat(t, ", ", 1, #t - 1) .. last .. t[#t] end
+  return table.concat(t, ", ")
 end
 
 local function one_of(v, list)
@@ -143,8 +229,12 @@ end
 -- check(rules, kind, fields, images, mask) -> nil | message, param [, index]
 -- `fields` are the text fields; `images` and `mask` carry `info` and `label`.
 function M.check(r, kind, fields, images, mask)
-  if r.retired then
-    return string.format("%s was shut down on %s; use %s", fields.model, r.retired.date, r.retired.replacement), "model"
+  if r.shutdown and r.shutdown.date <= (M.today()) then
+    return string.format("%s was shut down on %s; use %s", fields.model, r.shutdown.date, r.shutdown.replacement),
+      "model"
+  end
+  if kind == "edit" and r.edits == false then
+    return fields.model .. " does not edit images; it only generates them", "model"
   end
   if type(fields.prompt) ~= "string" or fields.prompt == "" then
     return "prompt is required", "prompt"
@@ -161,6 +251,14 @@ function M.check(r, kind, fields, images, mask)
       return string.format("%d images given; %s accepts at most %d", #images, fields.model, r.max_images), "images"
     end
     for i, im in ipairs(images) do
+      if r.image_formats and not r.image_formats[im.info.format] then
+        return string.format("%s: %s does not take %s images; use %s", im.label, fields.model, im.info.format,
+          M.list_of(r.image_formats)), "images", i
+      end
+      if r.square and im.info.width ~= im.info.height then
+        return string.format("%s: %s takes only square images, not %dx%d", im.label, fields.model, im.info.width,
+          im.info.height), "images", i
+      end
       if r.max_image_bytes and im.info.bytes > r.max_image_bytes then
         return string.format("%s: %s exceeds the %s limit", im.label, mb(im.info.bytes), limit_mb(r.max_image_bytes)),
           "images", i
@@ -215,8 +313,14 @@ function M.check(r, kind, fields, images, mask)
       return "output_compression must be an integer from 0 to 100", "output_compression"
     end
     if not r.compression_formats[fields.output_format or "png"] then
-      return "output_compression applies only to jpeg and webp output", "output_compression"
+      return "output_compression applies only to " .. M.list_of(r.compression_formats, " and ") .. " output",
+        "output_compression"
     end
+  end
+  if r.transparent_formats and fields.background == "transparent"
+    and not r.transparent_formats[fields.output_format or "png"] then
+    return string.format("a transparent background needs %s output, not %s", M.list_of(r.transparent_formats, " or "),
+      fields.output_format), "background"
   end
   if r.response_formats and fields.response_format ~= nil and not r.response_formats[fields.response_format] then
     if next(r.response_formats) == nil then
@@ -229,5 +333,106 @@ function M.check(r, kind, fields, images, mask)
   end
   return nil
 end
+
+-- ---- asking what a provider and model accept ----
+
+-- Where each provider's numbers come from (quoted in docs/sources/providers.md).
+M.SOURCES = {
+  apiyi = "the gateway's pages (shared/seeds), DESIGN.md",
+  openai = "openai-python src/openai/types/image_edit_params.py; developers.openai.com image-generation guide"
+    .. " and deprecations",
+  azure = "learn.microsoft.com Azure OpenAI how-to (dall-e.md) and REST reference 2025-04-01-preview;"
+    .. " otherwise OpenAI's",
+  compatible = "none: any OpenAI-compatible service; only the generic checks (a prompt, one image or more)",
+}
+
+local function under(n)
+  if (n + 1) % MB == 0 then return "under " .. limit_mb(n + 1) end
+  return "at most " .. limit_mb(n)
+end
+
+-- describe(rules) -> { {name, text}, ... }: what a rule table accepts, in words.
+function M.describe(r)
+  local out = {}
+  local function add(k, v) out[#out + 1] = { k, v } end
+  if r.shutdown then
+    add("shutdown", (r.shutdown.date <= M.today() and "shut down on " or "shuts down on ") .. r.shutdown.date
+      .. "; use " .. r.shutdown.replacement)
+  end
+  if r.edits == false then
+    add("edits", "none: generation only")
+  else
+    local t = r.max_images and string.format("%d to %d", r.min_images or 1, r.max_images)
+      or string.format("%d or more", r.min_images or 1)
+    t = t .. ", " .. (r.image_formats and M.list_of(r.image_formats, " or ") or "png, jpeg or webp")
+    if r.square then t = t .. ", square" end
+    if r.max_image_bytes then t = t .. ", each " .. under(r.max_image_bytes) end
+    add("images", t)
+    if r.mask then
+      local m = r.mask
+      add("mask", string.format("%s%s%s%s", m.format and m.format:upper() or "any format",
+        m.alpha and " with an alpha channel" or "", m.same_size and ", the size of image 1" or "",
+        m.max_bytes and (", " .. under(m.max_bytes)) or ""))
+    else
+      add("mask", "passed through unchecked")
+    end
+  end
+  add("prompt", r.max_prompt and ("1 to " .. r.max_prompt .. " characters") or "required; no length limit known")
+  local s = r.size
+  if s and s.multiple then
+    add("size", string.format("auto or WxH: multiples of %d, long edge at most %d, ratio within %d:1, %d to %d pixels",
+      s.multiple, s.max_edge, s.max_ratio, s.min_pixels, s.max_pixels))
+  end
+  local seen, names = {}, {}
+  for _, t in ipairs { r.enums or {}, r.integers or {}, r.rejected or {} } do
+    for k in pairs(t) do
+      if not seen[k] then seen[k], names[#names + 1] = true, k end
+    end
+  end
+  if r.compression_formats then names[#names + 1] = "output_compression" end
+  table.sort(names)
+  for _, k in ipairs(names) do
+    if r.rejected and r.rejected[k] then
+      add(k, "refused: " .. r.rejected[k])
+    elseif k == "output_compression" then
+      add(k, "0 to 100, with " .. M.list_of(r.compression_formats, " or ") .. " output")
+    elseif r.enums and r.enums[k] then
+      local t = table.concat(r.enums[k], ", ")
+      if k == "background" and r.transparent_formats and one_of("transparent", r.enums[k]) then
+        t = t .. " (transparent needs " .. M.list_of(r.transparent_formats, " or ") .. " output)"
+      end
+      add(k, t)
+    else
+      add(k, string.format("%d to %d", r.integers[k][1], r.integers[k][2]))
+    end
+  end
+  if r.response_formats then
+    add("response_format", next(r.response_formats) == nil and "not sent: the answer is always base64"
+      or M.list_of(r.response_formats, " or "))
+  end
+  if r.images_per_answer then add("n", tostring(r.images_per_answer) .. " (one image per call)") end
+  return out
+end
+
+-- models(provider) -> the sorted names of the models a provider has rules for.
+function M.models(provider)
+  local t = {}
+  for k in pairs(M.providers[provider] or {}) do t[#t + 1] = k end
+  table.sort(t)
+  return t
+end
+
+-- imgedit.rules: read-only questions, plus the data itself.
+M.api = {
+  providers = M.providers, sources = M.SOURCES, models = M.models, describe = M.describe, today = M.today,
+  -- get(provider, model [, limits]) -> the merged table a client would apply
+  get = function(provider, model, limits)
+    if M.providers[provider] == nil then
+      error("bad argument #1 to 'get' (apiyi, openai, azure or compatible expected, got " .. tostring(provider) .. ")", 2)
+    end
+    if type(model) ~= "string" then error("bad argument #2 to 'get' (a model name expected)", 2) end
+    return M.for_model(model, limits, provider)
+  end,
+}
 
 return M
