@@ -31,17 +31,17 @@ describe("providers", function()
   end)
 
   it("give OpenAI its own key variable, and Azure its key and endpoint variables", function()
-    local emu = H.emulator()
+    local emu = H.emulator { provider = "openai" }
     local out = child("OPENAI_API_KEY=" .. emu.key, string.format([[
-      local c = require("imgedit").new{ base_url = %q, provider = "openai", model = "gpt-image-2-all" }
-      local img, err = c:generate{ prompt = "k", size = "64x64", response_format = "b64_json" }
+      local c = require("imgedit").new{ base_url = %q, provider = "openai" }
+      local img, err = c:generate{ prompt = "k" }
       io.write(img and "ok" or tostring(err))]], emu.url))
     assert.are.equal("ok", out)
     emu:stop()
     local az = H.emulator { provider = "azure" }
     out = child("AZURE_OPENAI_API_KEY=" .. az.key .. " AZURE_OPENAI_ENDPOINT=" .. az.url, [[
       local c = require("imgedit").new{ provider = "azure", deployment = "img" }
-      local img, err = c:generate{ prompt = "k", model = "gpt-image-2-all", size = "64x64", response_format = "b64_json" }
+      local img, err = c:generate{ prompt = "k" }
       io.write(img and "ok" or tostring(err))]])
     assert.are.equal("ok", out)
     assert.matches("needs base_url %(its resource endpoint%) or AZURE_OPENAI_ENDPOINT",
@@ -49,59 +49,216 @@ describe("providers", function()
     az:stop()
   end)
 
-  describe("rules", function()
-    local dir
-    lazy_setup(function() dir = H.tmpdir() end)
+  -- One script, run against the emulator as each provider: only the
+  -- provider (and its address) changes. Each case is tried twice: with the
+  -- client's checks, and sent unchecked (_no_checks) so the emulator playing
+  -- that provider gives its own verdict; the two must agree, and a local
+  -- refusal sends nothing.
+  describe("one script, every provider", function()
+    local dir, files
+    lazy_setup(function()
+      dir = H.tmpdir()
+      local small = H.write(dir .. "/s.png", H.png(64, 64))
+      local list = function(n)
+        local t = {}
+        for i = 1, n do t[i] = small end
+        return t
+      end
+      -- A PNG of `bytes` whose header says w x h RGBA: read, never decoded.
+      local function png_of(name, bytes, w, h)
+        local f = assert(io.open("/dev/urandom", "rb"))
+        local data = f:read(bytes)
+        f:close()
+        local ihdr = H.pack(">I4I4BBBBB", w, h, 8, 6, 0, 0, 0)
+        return H.write(dir .. "/" .. name, "\137PNG\r\n\26\n" .. H.png_chunk("IHDR", ihdr) .. H.pack(">I4", #data)
+          .. "IDAT" .. data .. "\0\0\0\0" .. H.png_chunk("IEND", ""))
+      end
+      files = {
+        six = list(6), sixteen = list(16), seventeen = list(17),
+        big = png_of("big.png", math.floor(10.5 * 1024 * 1024), 1024, 1024),
+        base = small, mask = png_of("mask.png", 5 * 1024 * 1024, 64, 64),
+        webp = H.write(dir .. "/w.webp", require("imgedit.core").encode(H.rgba(64, 64), 64, 64, "webp")),
+      }
+    end)
     lazy_teardown(function() H.rmtree(dir) end)
 
-    -- A PNG of `bytes` whose header says 4000x4000 RGBA (or w x h): read,
-    -- never decoded.
-    local function png_of(name, bytes, w, h)
-      local f = assert(io.open("/dev/urandom", "rb"))
-      local data = f:read(bytes)
-      f:close()
-      local ihdr = H.pack(">I4I4BBBBB", w or 4000, w and h or 4000, 8, 6, 0, 0, 0)
-      return H.write(dir .. "/" .. name, "\137PNG\r\n\26\n" .. H.png_chunk("IHDR", ihdr) .. H.pack(">I4", #data) .. "IDAT"
-        .. data .. "\0\0\0\0" .. H.png_chunk("IEND", ""))
+    local CASES = {
+      { "6 images", function() return { images = files.six } end },
+      { "16 images", function() return { images = files.sixteen } end },
+      { "17 images", function() return { images = files.seventeen } end },
+      { "a 10.5 MiB image", function() return { images = { files.big } } end },
+      { "a 5 MB mask", function() return { images = { files.base }, mask = files.mask } end },
+      { "a WebP image", function() return { images = { files.webp } } end },
+      { "webp output", function() return { images = { files.base }, output_format = "webp" } end },
+      { "a 32001-character prompt", function() return { images = { files.base }, prompt = string.rep("p", 32001) } end },
+      { "n = 2", function() return { images = { files.base }, n = 2 } end },
+      { "input_fidelity", function() return { images = { files.base }, input_fidelity = "high" } end },
+    }
+    -- true: accepted (and answered); false: refused, locally and by the service.
+    local EXPECT = {
+      apiyi = { false, false, false, false, true, true, true, true, false, false },
+      openai = { true, true, false, true, false, true, true, false, true, false },
+      azure = { true, true, false, true, false, false, false, false, true, false },
+      compatible = { true, true, true, true, true, true, true, true, true, true },
+    }
+
+    for _, provider in ipairs { "apiyi", "openai", "azure", "compatible" } do
+      it("as " .. provider, function()
+        local emu = H.emulator { provider = provider }
+        local c = imgedit.new { base_url = emu.url, api_key = emu.key, provider = provider, max_retries = 0,
+          model = provider == "compatible" and "any-model" or "gpt-image-2", deployment = "images" }
+        for i, case in ipairs(CASES) do
+          local req = case[2]()
+          req.prompt = req.prompt or "one script"
+          req.size = provider == "compatible" and "64x64" or nil
+          emu:clear()
+          local img, err = c:edit(req)
+          local sent = #H.api_requests(emu)
+          local want = EXPECT[provider][i]
+          if want then
+            assert(img, provider .. ", " .. case[1] .. ": " .. tostring(err))
+            assert.are.equal(1, sent)
+            if req.n then assert.are.equal(1, #img.more, "the second picture is kept") end
+          else
+            assert.is_nil(img, provider .. ", " .. case[1] .. " passed")
+            assert.are.equal("invalid_request", err.kind, provider .. ", " .. case[1])
+            assert.are.equal(0, sent, provider .. ", " .. case[1] .. " was sent")
+            -- the service, asked unchecked, refuses it too
+            req._no_checks = true
+            emu:clear()
+            local img2, err2 = c:edit(req)
+            assert.is_nil(img2, provider .. ", " .. case[1] .. ": the emulator accepted what the client refused")
+            assert.are.equal(400, err2.status, provider .. ", " .. case[1] .. ": " .. tostring(err2))
+            assert.are.equal(1, #H.api_requests(emu))
+          end
+        end
+        if provider == "azure" then
+          for _, r in ipairs(emu:requests()) do
+            assert.is_true(r.api_key)
+            assert.is_false(r.authorization)
+          end
+        end
+        emu:stop()
+      end)
     end
 
-    -- Local checks only: nothing listens at the address, so a request that
-    -- passes them ends as a network error, one that fails them as invalid_request.
-    local function try(provider, req)
-      local c = imgedit.new { base_url = "http://127.0.0.1:1/v1", api_key = "k", provider = provider, max_retries = 0,
-        model = "gpt-image-2", connect_timeout = 2 }
-      local _, err = c:edit(req)
-      return err.kind, err.message
-    end
+    it("refuse a retired model with its date and replacement, sending nothing", function()
+      for _, provider in ipairs { "openai", "azure" } do
+        local emu = H.emulator { provider = provider }
+        local c = imgedit.new { base_url = emu.url, api_key = emu.key, provider = provider, max_retries = 0 }
+        local img, err = c:generate { prompt = "x", model = "dall-e-3" }
+        assert.is_nil(img)
+        assert.are.equal("invalid_request", err.kind)
+        assert.matches("dall%-e%-3 was shut down on 2026%-05%-12; use gpt%-image%-1 or gpt%-image%-1%-mini", err.message)
+        assert.are.equal(0, #H.api_requests(emu))
+        -- the service says so too
+        img, err = c:generate { prompt = "x", model = "dall-e-3", _no_checks = true }
+        assert.are.equal(404, err.status)
+        assert.are.equal("model_not_found", err.code)
+        emu:stop()
+      end
+    end)
+  end)
 
-    it("take each provider's limits: images, image bytes, mask bytes", function()
-      local small = H.write(dir .. "/s.png", H.png(64, 64))
-      local eight = {}
-      for i = 1, 8 do eight[i] = small end
-      assert.are.equal("network", (try("openai", { prompt = "x", images = eight })))
-      assert.are.equal("invalid_request", (try("apiyi", { prompt = "x", images = eight })))
-      local big = png_of("big.png", math.floor(10.5 * 1024 * 1024))
-      assert.are.equal("network", (try("openai", { prompt = "x", images = { big } })))
-      local kind, msg = try("apiyi", { prompt = "x", images = { big } })
-      assert.are.equal("invalid_request", kind)
-      assert.matches("exceeds the 10 MB limit", msg)
-      local base = H.write(dir .. "/base.png", H.png(64, 64))
-      local mask = png_of("mask.png", 5 * 1024 * 1024, 64, 64)
-      kind, msg = try("openai", { prompt = "x", images = { base }, mask = mask })
-      assert.are.equal("invalid_request", kind)
-      assert.matches("mask", msg)
-      assert.are.equal("network", (try("apiyi", { prompt = "x", images = { base }, mask = mask })))
-      -- a service of its own: the generic checks only
-      assert.are.equal("network", (try("compatible", { prompt = "x", images = eight })))
+  describe("asking what is accepted", function()
+    it("from Lua: imgedit.rules and client:rules", function()
+      local R = imgedit.rules
+      assert.are.equal(16, R.get("openai", "gpt-image-2").max_images)
+      assert.are.equal(5, R.get("apiyi", "gpt-image-2").max_images)
+      assert.is_nil(R.get("azure", "gpt-image-2").image_formats.webp)
+      assert.is_nil(R.get("compatible", "gpt-image-2").max_images)
+      assert.are.same({ "gpt-image-2", "gpt-image-2-all" }, R.models("apiyi"))
+      assert.has_error(function() R.get("azur", "gpt-image-2") end)
+      local c = imgedit.new { provider = "openai", api_key = "k", limits = { max_images = 3 } }
+      assert.are.equal(3, c:rules().max_images)
+      assert.are.equal(32000, c:rules().max_prompt)
+      assert.are.equal(1000, c:rules("dall-e-2").max_prompt)
+      local rows = {}
+      for _, row in ipairs(R.describe(c:rules())) do rows[row[1]] = row[2] end
+      assert.are.equal("1 to 3, png, jpeg or webp, each under 50 MB", rows.images)
+      assert.matches("under 4 MB", rows.mask)
     end)
 
-    it("refuse a retired model with its date and replacement, and a prompt over the limit", function()
-      local kind, msg = try("openai", { prompt = "x", model = "dall-e-3", images = { H.write(dir .. "/d.png", H.png(8, 8)) } })
-      assert.are.equal("invalid_request", kind)
-      assert.matches("dall%-e%-3 was shut down on 2026%-05%-12; use gpt%-image%-1 or gpt%-image%-1%-mini", msg)
-      kind, msg = try("openai", { prompt = string.rep("p", 32001), images = { H.write(dir .. "/p.png", H.png(8, 8)) } })
-      assert.are.equal("invalid_request", kind)
-      assert.matches("at most 32000", msg)
+    it("from the shell: imgedit rules", function()
+      local function run(env, args)
+        local p = io.popen(CHILD .. env .. " " .. H.LUA .. " bin/imgedit rules " .. args .. " 2>&1; echo exit=$?")
+        local text = p:read("*a")
+        p:close()
+        return text
+      end
+      local out = run("", "--provider openai --model gpt-image-2")
+      assert.matches("provider openai", out)
+      assert.matches("images%s+1 to 16, png, jpeg or webp, each under 50 MB", out)
+      assert.matches("exit=0", out)
+      -- the provider from the base url's host, and every model without --model
+      out = run("IMGEDIT_BASE_URL=https://my.openai.azure.com", "")
+      assert.matches("provider azure", out)
+      assert.matches("dall%-e%-3\n%s+shutdown%s+shut down on 2026%-05%-12", out)
+      assert.matches("images%s+1 to 16, jpeg or png", out)
+      out = run("", "--json --provider apiyi --model gpt-image-2")
+      local t = require("cjson").decode(out:match("^(.-)\nexit="))
+      assert.are.equal(5, t.models["gpt-image-2"].max_images)
+      assert.matches("exit=2", run("", "--provider nope"))
+    end)
+  end)
+
+  describe("moderation refusals", function()
+    it("read as kind moderation in OpenAI's words and in Azure's", function()
+      for _, provider in ipairs { "openai", "azure" } do
+        local emu = H.emulator { provider = provider }
+        local c = imgedit.new { base_url = emu.url, api_key = emu.key, provider = provider, max_retries = 2 }
+        emu:inject { moderation = true }
+        local img, err = c:generate { prompt = "x" }
+        assert.is_nil(img)
+        assert.are.equal("moderation", err.kind, provider)
+        assert.are.equal(provider == "azure" and "contentFilter" or "moderation_blocked", err.code)
+        assert.is_false(err.retryable)
+        assert.are.equal(1, #H.api_requests(emu), "a refusal is not sent again")
+        emu:stop()
+      end
+    end)
+  end)
+
+  describe("shutdown dates", function()
+    local function day(offset) return os.date("!%Y-%m-%d", os.time() + offset * 86400) end
+
+    it("warn once per client within 90 days, and refuse from the day itself", function()
+      local emu = H.emulator { provider = "openai" }
+      local said = {}
+      local c = imgedit.new { base_url = emu.url, api_key = emu.key, provider = "openai", model = "gpt-image-1",
+        on_warning = function(msg) said[#said + 1] = msg end,
+        limits = { shutdown = { date = day(30), replacement = "gpt-image-2" } } }
+      assert(c:generate { prompt = "soon" })
+      assert(c:generate { prompt = "soon again" })
+      assert.are.equal(1, #said)
+      assert.matches("gpt%-image%-1 shuts down on " .. day(30):gsub("%-", "%%-") .. " %(in 30 days%); use gpt%-image%-2",
+        said[1])
+      -- far off: no warning; today: refused
+      local far = imgedit.new { base_url = emu.url, api_key = emu.key, provider = "openai", model = "gpt-image-1",
+        on_warning = function(msg) said[#said + 1] = msg end,
+        limits = { shutdown = { date = day(200), replacement = "x" } } }
+      assert(far:generate { prompt = "far" })
+      assert.are.equal(1, #said)
+      local gone = imgedit.new { base_url = emu.url, api_key = emu.key, provider = "openai", model = "gpt-image-1",
+        limits = { shutdown = { date = day(0), replacement = "gpt-image-2" } } }
+      local img, err = gone:generate { prompt = "gone" }
+      assert.is_nil(img)
+      assert.matches("was shut down on " .. day(0):gsub("%-", "%%-"), err.message)
+      assert.are.equal(3, #H.api_requests(emu))
+      emu:stop()
+    end)
+
+    it("go to stderr when no on_warning is given", function()
+      local emu = H.emulator { provider = "openai" }
+      local out = child("", string.format([[
+        local c = require("imgedit").new{ base_url = %q, api_key = %q, provider = "openai", model = "gpt-image-1",
+          limits = { shutdown = { date = %q, replacement = "gpt-image-2" } } }
+        assert(c:generate{ prompt = "a" }) assert(c:generate{ prompt = "b" }) io.write("done")]],
+        emu.url, emu.key, day(10)))
+      local _, n = out:gsub("imgedit: warning: gpt%-image%-1 shuts down on", "")
+      assert.are.equal(1, n, out)
+      assert.matches("done$", out)
+      emu:stop()
     end)
   end)
 
@@ -113,11 +270,10 @@ describe("providers", function()
 
     it("sends edits and generations to the deployment, with api-key and never Authorization", function()
       local c = imgedit.new { provider = "azure", base_url = az.url, api_key = az.key, deployment = "my-image",
-        model = "gpt-image-2-all" }
+        model = "gpt-image-1" }
       assert.are.equal("azure", c.provider)
-      assert(c:edit { prompt = "az", images = { H.write(dir .. "/in.png", H.png(64, 64)) }, size = "64x64",
-        response_format = "b64_json" })
-      assert(c:generate { prompt = "az", size = "64x64", response_format = "b64_json" })
+      assert(c:edit { prompt = "az", images = { H.write(dir .. "/in.png", H.png(64, 64)) } })
+      assert(c:generate { prompt = "az" })
       local r = H.api_requests(az)
       assert.are.equal(2, #r)
       assert.are.equal("/openai/deployments/my-image/images/edits", r[1].path)
@@ -130,19 +286,19 @@ describe("providers", function()
     end)
 
     it("names the deployment after the model when none is given, and takes api_version", function()
-      local c = imgedit.new { provider = "azure", base_url = az.url, api_key = az.key, model = "gpt-image-2-all",
+      local c = imgedit.new { provider = "azure", base_url = az.url, api_key = az.key, model = "gpt-image-1",
         api_version = "2025-06-01" }
-      assert(c:generate { prompt = "az", size = "64x64", response_format = "b64_json" })
+      assert(c:generate { prompt = "az" })
       local r = H.api_requests(az)[1]
-      assert.are.equal("/openai/deployments/gpt-image-2-all/images/generations", r.path)
+      assert.are.equal("/openai/deployments/gpt-image-1/images/generations", r.path)
       assert.are.equal("2025-06-01", r.api_version)
     end)
 
     it("is reached from the command line with --provider and --deployment", function()
       local out = dir .. "/cli.png"
       local p = io.popen(CHILD .. "IMGEDIT_API_KEY=" .. az.key .. " IMGEDIT_BASE_URL=" .. az.url .. " " .. H.LUA
-        .. " bin/imgedit generate -q --provider azure --deployment cli-dep --model gpt-image-2-all --size 64x64"
-        .. " --response-format b64_json -p cli -o '" .. out .. "' 2>&1; echo exit=$?")
+        .. " bin/imgedit generate -q --provider azure --deployment cli-dep --model gpt-image-1"
+        .. " -p cli -o '" .. out .. "' 2>&1; echo exit=$?")
       local text = p:read("*a")
       p:close()
       assert.matches("exit=0", text)
@@ -151,16 +307,16 @@ describe("providers", function()
     end)
 
     it("refuses a wrong key in Azure's words, and a client without provider sends Bearer and fails", function()
-      local c = imgedit.new { provider = "azure", base_url = az.url, api_key = "sk-wrong-key", model = "gpt-image-2-all" }
-      local img, err = c:generate { prompt = "az", size = "64x64", response_format = "b64_json" }
+      local c = imgedit.new { provider = "azure", base_url = az.url, api_key = "sk-wrong-key", model = "gpt-image-1" }
+      local img, err = c:generate { prompt = "az" }
       assert.is_nil(img)
       assert.are.equal("auth", err.kind)
       assert.matches("Access denied due to invalid subscription key", err.message)
       assert.is_nil(err.message:find("sk-wrong-key", 1, true))
       -- the same address as a generic service: /images/... and Bearer, which Azure does not take
-      local plain = imgedit.new { base_url = az.url, api_key = az.key, model = "gpt-image-2-all", max_retries = 0 }
+      local plain = imgedit.new { base_url = az.url, api_key = az.key, model = "gpt-image-1", max_retries = 0 }
       assert.are.equal("compatible", plain.provider)
-      img, err = plain:generate { prompt = "az", size = "64x64", response_format = "b64_json" }
+      img, err = plain:generate { prompt = "az" }
       assert.is_nil(img)
       assert.are.equal(401, err.status)
     end)

@@ -133,7 +133,24 @@ local function decode_item(item, res, key)
   return protocol("the answer holds neither b64_json nor url", res, key)
 end
 
+-- one(bytes, item, meta, res, key) -> Image | nil, err: one picture of an answer.
+local function one(bytes, item, meta, url, res, key)
+  local revised = item.revised_prompt
+  local img, msg = image.from_bytes(bytes, {
+    usage = meta.usage, url = url, model = meta.model, created = meta.created,
+    request_id = res.request_id, revised_prompt = type(revised) == "string" and revised or nil,
+  })
+  if not img then return protocol("the answer is not a usable image: " .. msg, res, key) end
+  if not (img.format == "png" or img.format == "jpeg" or img.format == "webp") then
+    return protocol("the answer is a " .. img.format .. " image, not png, jpeg or webp", res, key)
+  end
+  return img
+end
+
 -- image(bytes, res, fields, body, url, key) -> Image | nil, err
+-- An answer with several pictures (n > 1) paid for all of them: the first is
+-- the Image, the others are in img.more, in order, each an Image, or
+-- {url=, request_id=} for one to download, or the error that spoiled it.
 function M.image(bytes, res, fields, body, url, key)
   local usage = type(body.usage) == "table" and body.usage or nil
   if usage then -- JSON numbers arrive as floats; token counts are integers
@@ -141,14 +158,22 @@ function M.image(bytes, res, fields, body, url, key)
       if type(v) == "number" then usage[k] = compat.tointeger(v) or v end
     end
   end
-  local revised = body.data[1].revised_prompt
-  local img, msg = image.from_bytes(bytes, {
-    usage = usage, url = url, model = fields.model, created = body.created,
-    request_id = res.request_id, revised_prompt = type(revised) == "string" and revised or nil,
-  })
-  if not img then return protocol("the answer is not a usable image: " .. msg, res, key) end
-  if not (img.format == "png" or img.format == "jpeg" or img.format == "webp") then
-    return protocol("the answer is a " .. img.format .. " image, not png, jpeg or webp", res, key)
+  local meta = { usage = usage, model = fields.model, created = body.created }
+  local img, err = one(bytes, body.data[1], meta, url, res, key)
+  if not img then return nil, err end
+  if #body.data > 1 then
+    img.more = {}
+    for i = 2, #body.data do
+      local item = body.data[i]
+      local more, e, more_url
+      if type(item) ~= "table" then
+        _, e = protocol("the answer's data[" .. i .. "] is not an object", res, key)
+      else
+        more, e, more_url = decode_item(item, res, key)
+        if more then more, e = one(more, item, meta, nil, res, key) end
+      end
+      img.more[i - 1] = more or e or { url = more_url, request_id = res.request_id }
+    end
   end
   return img
 end

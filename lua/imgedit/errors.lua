@@ -69,6 +69,9 @@ local function kind_of_status(status)
   return "invalid_request"
 end
 
+local MODERATION = { moderation_blocked = true, contentFilter = true, content_filter = true,
+  content_policy_violation = true }
+
 -- An error for a non-2xx answer; `body` is the decoded JSON or nil.
 function M.from_status(status, body, res, secret)
   local kind = kind_of_status(status)
@@ -80,7 +83,13 @@ function M.from_status(status, body, res, secret)
     message = string.format("HTTP %d from the service (%s answer)", status, ct:match("^[^;]*"))
   end
   local code, typ = str(info.code), str(info.type)
-  if code == "moderation_blocked" or typ == "image_generation_user_error" then kind = "moderation" end
+  -- OpenAI's safety refusal, and Azure's (contentFilter, with an inner
+  -- error ResponsibleAIPolicyViolation; its docs spell it inner_error).
+  local inner = type(info.inner_error) == "table" and info.inner_error
+    or type(info.innererror) == "table" and info.innererror or {}
+  if MODERATION[code] or typ == "image_generation_user_error" or inner.code == "ResponsibleAIPolicyViolation" then
+    kind = "moderation"
+  end
   return M.new(kind, message, {
     status = status, code = code, param = str(info.param), type = typ,
     request_id = res and res.request_id,

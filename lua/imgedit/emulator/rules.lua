@@ -9,16 +9,83 @@ local R = {}
 
 local MB = 1024 * 1024
 
-R.MODELS = {
+-- Each provider's models as the emulator plays them, from DESIGN.md, the
+-- seeds and each provider's pages (docs/sources/providers.md). Limits are
+-- the largest accepted value: "less than 50MB" is 50 MB - 1.
+--   max_images, image_max, mask_max, max_prompt    counts and bytes
+--   strict            the options are checked (else passed through)
+--   sizes             a fixed list, else gpt-image-2's free WxH rule
+--   fidelity          input_fidelity allowed (high/low), else refused
+--   transparent       the output formats a transparent background takes
+--   image_formats, output_formats, quality, max_n     the other checks
+--   b64 "raw" | "dataurl", usage, response_formats, default_response
+--   gone              the shutdown date: refused as the service does after it
+--   edits = false     generation only
+local FORMATS3 = { png = true, jpeg = true, webp = true }
+local QUALITY4 = { low = true, medium = true, high = true, auto = true }
+local QUALITY5 = { low = true, medium = true, high = true, auto = true, standard = true }
+local FIXED = { ["1024x1024"] = true, ["1536x1024"] = true, ["1024x1536"] = true, auto = true }
+
+local APIYI = {
   ["gpt-image-2"] = {
-    max_images = 5, image_bytes = 10 * MB, mask_bytes = 50 * MB, strict = true,
-    b64 = "raw", usage = true, response_formats = { b64_json = true },
+    max_images = 5, image_max = 10 * MB, mask_max = 50 * MB, strict = true, quality = QUALITY4,
+    image_formats = FORMATS3, output_formats = FORMATS3, b64 = "raw", usage = true,
+    response_formats = { b64_json = true },
   },
   ["gpt-image-2-all"] = {
-    image_bytes = 10 * MB, b64 = "dataurl", usage = false,
+    image_max = 10 * MB, b64 = "dataurl", usage = false, image_formats = FORMATS3,
     response_formats = { url = true, b64_json = true }, default_response = "url",
   },
 }
+
+local function gpt(extra)
+  local m = {
+    max_images = 16, image_max = 50 * MB - 1, mask_max = 4 * MB - 1, max_prompt = 32000, strict = true,
+    sizes = FIXED, fidelity = true, transparent = { png = true, webp = true }, quality = QUALITY5,
+    image_formats = FORMATS3, output_formats = FORMATS3, max_n = 10, b64 = "raw", usage = true,
+    response_formats = { b64_json = true },
+  }
+  for k, v in pairs(extra) do m[k] = v end
+  return m
+end
+
+local OPENAI = {
+  ["gpt-image-2"] = gpt { sizes = false, fidelity = false, transparent = false, quality = QUALITY4 },
+  ["gpt-image-2-2026-04-21"] = gpt { sizes = false, fidelity = false, transparent = false, quality = QUALITY4 },
+  ["gpt-image-1.5"] = gpt { gone = "2026-12-01" },
+  ["gpt-image-1.5-2025-12-16"] = gpt { gone = "2026-12-01" },
+  ["gpt-image-1"] = gpt {},
+  ["gpt-image-1-mini"] = gpt { fidelity = false, gone = "2026-12-01" },
+  ["chatgpt-image-latest"] = gpt { gone = "2026-12-01" },
+  ["dall-e-2"] = { gone = "2026-05-12" },
+  ["dall-e-3"] = { gone = "2026-05-12", edits = false },
+}
+
+-- Azure: PNG or JPEG in, PNG or JPEG out, compression for JPEG only.
+local AZURE = {}
+for name, m in pairs(OPENAI) do
+  local a = {}
+  for k, v in pairs(m) do a[k] = v end
+  if a.strict then
+    a.image_formats, a.output_formats = { png = true, jpeg = true }, { png = true, jpeg = true }
+    a.compression = { jpeg = true }
+    a.transparent = a.transparent and { png = true }
+  end
+  AZURE[name] = a
+end
+
+-- Any other OpenAI-compatible service: every model name, one lenient
+-- model (no limits it would not need), b64 answers, n pictures for n.
+local ANY = { image_formats = FORMATS3, b64 = "raw", usage = true, max_n = 10,
+  response_formats = { b64_json = true, url = true } }
+
+R.PROVIDERS = { apiyi = APIYI, openai = OPENAI, azure = AZURE, compatible = setmetatable({}, {
+  __index = function() return ANY end }) }
+
+-- model(provider, name) -> the model's table, or nil
+function R.model(provider, name)
+  return R.PROVIDERS[provider or "apiyi"][name]
+end
 
 -- ---- error answers ----
 
@@ -61,16 +128,18 @@ local function check_size(size)
   end
 end
 
-local ENUMS = {
-  quality = { low = true, medium = true, high = true, auto = true },
-  output_format = { png = true, jpeg = true, webp = true },
-  background = { auto = true, opaque = true },
-}
-
--- Checks shared by edits and generations for the strict model.
+-- Checks shared by edits and generations.
 function R.check_options(f, m)
-  if f.n ~= nil and tonumber(f.n) ~= 1 then
-    return invalid("n must be 1: this model returns one image per call", "n")
+  if m.max_prompt and #f.prompt > m.max_prompt then
+    return invalid(string.format("Invalid 'prompt': string too long. Expected a string with maximum length %d,"
+      .. " but got a string with length %d instead.", m.max_prompt, #f.prompt), "prompt", "string_above_max_length")
+  end
+  if f.n ~= nil then
+    local n, max = tonumber(f.n), m.max_n or 1
+    if not n or n ~= math.floor(n) or n < 1 or n > max then
+      return invalid(max == 1 and "n must be 1: this model returns one image per call"
+        or string.format("Invalid 'n': must be an integer from 1 to %d", max), "n")
+    end
   end
   if f.response_format ~= nil and not m.response_formats[tostring(f.response_format)] then
     return invalid("Invalid value for response_format: '" .. tostring(f.response_format) .. "'", "response_format")
@@ -85,27 +154,41 @@ function R.check_options(f, m)
   if f.stream ~= nil and not (f.stream == true or f.stream == false or f.stream == "true" or f.stream == "false") then
     return invalid("stream must be true or false", "stream")
   end
-  if f.input_fidelity ~= nil then
-    return invalid("input_fidelity is not supported for this model", "input_fidelity", "unsupported_parameter")
+  if f.input_fidelity ~= nil and (not m.fidelity or (f.input_fidelity ~= "high" and f.input_fidelity ~= "low")) then
+    return invalid(m.fidelity and "Invalid value for input_fidelity: use high or low"
+      or "input_fidelity is not supported for this model", "input_fidelity", "unsupported_parameter")
+  end
+  local fmt = f.output_format or "png"
+  if f.output_format ~= nil and not m.output_formats[tostring(f.output_format)] then
+    return invalid("Invalid value for output_format: '" .. tostring(f.output_format) .. "'", "output_format")
+  end
+  if f.quality ~= nil and not m.quality[tostring(f.quality)] then
+    return invalid("Invalid value for quality: '" .. tostring(f.quality) .. "'", "quality")
   end
   if f.background == "transparent" then
-    return invalid("Transparent background is not supported for this model", "background")
-  end
-  for k, allowed in pairs(ENUMS) do
-    if f[k] ~= nil and not allowed[tostring(f[k])] then
-      return invalid("Invalid value for " .. k .. ": '" .. tostring(f[k]) .. "'", k)
+    if not m.transparent then return invalid("Transparent background is not supported for this model", "background") end
+    if not m.transparent[fmt] then
+      return invalid("Transparent background needs an output format that supports transparency", "background")
     end
+  elseif f.background ~= nil and f.background ~= "auto" and f.background ~= "opaque" then
+    return invalid("Invalid value for background: '" .. tostring(f.background) .. "'", "background")
   end
-  local msg = check_size(f.size)
-  if msg then return invalid(msg, "size") end
+  if m.sizes then
+    if f.size ~= nil and not m.sizes[tostring(f.size)] then
+      return invalid("Invalid value for size: '" .. tostring(f.size) .. "'. Supported values are: '1024x1024',"
+        .. " '1024x1536', '1536x1024', and 'auto'.", "size")
+    end
+  else
+    local msg = check_size(f.size)
+    if msg then return invalid(msg, "size") end
+  end
   if f.output_compression ~= nil then
     local c = tonumber(f.output_compression)
     if not c or c ~= math.floor(c) or c < 0 or c > 100 then
       return invalid("output_compression must be an integer from 0 to 100", "output_compression")
     end
-    local fmt = f.output_format or "png"
-    if fmt ~= "jpeg" and fmt ~= "webp" then
-      return invalid("output_compression applies only to jpeg and webp output", "output_compression")
+    if not (m.compression or { jpeg = true, webp = true })[fmt] then
+      return invalid("output_compression is not supported for " .. fmt .. " output", "output_compression")
     end
   end
 end
@@ -115,12 +198,15 @@ function R.check_image(p, i, m)
   if not info then
     return nil, invalid(string.format("Invalid image file for image %d: %s", i, why), "image")
   end
-  if not info.accepted then
-    return nil, invalid(string.format("Invalid image file for image %d: unsupported format %s; use png, jpeg or webp",
-      i, info.format), "image", "invalid_image_format")
+  if not info.accepted or not m.image_formats[info.format] then
+    local names = {}
+    for k in pairs(m.image_formats) do names[#names + 1] = k end
+    table.sort(names)
+    return nil, invalid(string.format("Invalid image file for image %d: unsupported format %s; use %s",
+      i, info.format, table.concat(names, ", ")), "image", "invalid_image_format")
   end
-  if m.image_bytes and #p.data > m.image_bytes then
-    return nil, invalid(string.format("Image %d is %d bytes, over the limit of %d bytes", i, #p.data, m.image_bytes),
+  if m.image_max and #p.data > m.image_max then
+    return nil, invalid(string.format("Image %d is %d bytes, over the limit of %d bytes", i, #p.data, m.image_max),
       "image", "image_too_large")
   end
   local declared = p.type and p.type:lower():match("^[^;%s]+")
@@ -140,7 +226,10 @@ function R.check_mask(mask, first, m)
     return invalid(string.format("Invalid mask: %dx%d does not match the first image (%dx%d)",
       info.width, info.height, first.width, first.height), "mask", "invalid_mask")
   end
-  if #mask.data > m.mask_bytes then return invalid("Invalid mask: over 50 MB", "mask", "image_too_large") end
+  if #mask.data > m.mask_max then
+    return invalid(string.format("Invalid mask: %d bytes, over the limit of %d bytes", #mask.data, m.mask_max), "mask",
+      "image_too_large")
+  end
 end
 
 -- ---- usage ----
@@ -149,7 +238,7 @@ end
 -- published gpt-image figures); input tokens from the prompt and images.
 local OUT_TOKENS = { low = 272, medium = 1056, high = 4160, auto = 1056 }
 
-function R.usage(prompt, images, w, h, quality)
+function R.usage(prompt, images, w, h, quality, n)
   local text = math.ceil(#(prompt or "") / 4)
   local img = 0
   for _, info in ipairs(images) do
@@ -161,7 +250,7 @@ function R.usage(prompt, images, w, h, quality)
     w, h = w * s, h * s
     img = img + 65 + 129 * math.ceil(w / 512) * math.ceil(h / 512)
   end
-  local out = math.floor((OUT_TOKENS[quality or "auto"] or 1056) * (w * h) / (1024 * 1024) + 0.5)
+  local out = math.floor((OUT_TOKENS[quality or "auto"] or 1056) * (w * h) / (1024 * 1024) + 0.5) * (n or 1)
   return {
     input_tokens = text + img, output_tokens = out, total_tokens = text + img + out,
     input_tokens_details = { text_tokens = text, image_tokens = img },

@@ -11,7 +11,6 @@ local cjson = require "cjson"
 
 local M = {}
 
-local MODELS = rules.MODELS
 local json_answer, fail, invalid = rules.json_answer, rules.fail, rules.invalid
 local cfg = { latency = 0 }
 local log, files = {}, {}
@@ -157,20 +156,26 @@ local function wants_stream(m, f)
   return m.strict and (f.stream == true or f.stream == "true")
 end
 
-local function image_answer(m, f, bytes, fmt, use, entry)
-  seq = seq + 1
-  local item = {}
-  local rf = f.response_format or m.default_response or "b64_json"
-  if rf == "url" then
-    local name = string.format("%d-%s.%s", seq, core.sha256(bytes):sub(1, 12), fmt)
-    files[name] = { bytes = bytes, type = "image/" .. fmt }
-    item.url = cfg.cdn_url .. "/files/" .. name
-  elseif m.b64 == "dataurl" then
-    item.b64_json = "data:image/" .. fmt .. ";base64," .. core.b64encode(bytes)
-  else
-    item.b64_json = core.b64encode(bytes)
+-- The answer's data: one item per picture (n of them where the model takes n).
+local function image_answer(m, f, pictures, fmt, use, entry)
+  local data = {}
+  for i, bytes in ipairs(pictures) do
+    seq = seq + 1
+    local item = {}
+    local rf = f.response_format or m.default_response or "b64_json"
+    if rf == "url" then
+      local name = string.format("%d-%s.%s", seq, core.sha256(bytes):sub(1, 12), fmt)
+      files[name] = { bytes = bytes, type = "image/" .. fmt }
+      item.url = cfg.cdn_url .. "/files/" .. name
+    elseif m.b64 == "dataurl" then
+      item.b64_json = "data:image/" .. fmt .. ";base64," .. core.b64encode(bytes)
+    else
+      item.b64_json = core.b64encode(bytes)
+    end
+    data[i] = item
   end
-  local t = { created = os.time(), data = { item } }
+  local bytes = pictures[1]
+  local t = { created = os.time(), data = data }
   if m.usage then t.usage = use end
   if m.strict then
     t.output_format = fmt
@@ -181,6 +186,33 @@ local function image_answer(m, f, bytes, fmt, use, entry)
   return json_answer(200, t, { ["x-request-id"] = "req_emu_" .. entry.id })
 end
 
+-- The model a request names, or the service's refusal of it.
+local function model_of(f, what)
+  if type(f.model) ~= "string" then
+    return nil, invalid("Missing required parameter: 'model'.", "model", "missing_required_parameter")
+  end
+  local m = rules.model(cfg.provider, f.model)
+  if m and m.gone and os.date("!%Y-%m-%d") >= m.gone then
+    return nil, fail(404, "The model `" .. f.model .. "` has been deprecated, learn more here:"
+      .. " https://platform.openai.com/docs/deprecations", nil, "model_not_found")
+  end
+  if not m or (what == "edits" and m.edits == false) then
+    return nil, invalid("Invalid model '" .. f.model .. "' for image " .. what, "model", "model_not_found")
+  end
+  return m
+end
+
+-- n pictures of a request: the first is the prompt's, the others its variations.
+local function pictures_for(f, datas, mask, w, h, fmt)
+  local out, first_px = {}, nil
+  for i = 1, tonumber(f.n) or 1 do
+    local bytes, px = picture(i == 1 and f.prompt or (f.prompt .. "#" .. i), datas, mask, w, h, fmt,
+      f.output_compression)
+    out[i], first_px = bytes, first_px or px
+  end
+  return out, first_px
+end
+
 local function edits(req, entry)
   if not (req.content_type or ""):lower():find("multipart/form-data", 1, true) then
     return invalid("Edits take multipart/form-data", nil, "invalid_content_type")
@@ -188,9 +220,8 @@ local function edits(req, entry)
   if req.malformed then return invalid("Malformed multipart body", nil, "invalid_body") end
   local f, images, mask = parts_of(req)
   f.model = f.model or req.deployment
-  if not f.model then return invalid("Missing required parameter: 'model'.", "model", "missing_required_parameter") end
-  local m = MODELS[f.model]
-  if not m then return invalid("Invalid model '" .. f.model .. "' for image edits", "model", "model_not_found") end
+  local m, bad = model_of(f, "edits")
+  if not m then return bad end
   entry.model = f.model
   if not f.prompt or f.prompt == "" then
     return invalid("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
@@ -217,10 +248,12 @@ local function edits(req, entry)
   local w, h = output_size(f.size, infos[1])
   local datas = {}
   for i, p in ipairs(images) do datas[i] = p.data end
-  local bytes, px = picture(f.prompt, datas, mask and mask.data, w, h, fmt, f.output_compression)
-  local use = rules.usage(f.prompt, infos, w, h, f.quality)
-  if wants_stream(m, f) then return stream_answer("edit", f, bytes, px, w, h, fmt, use, entry) end
-  return image_answer(m, f, bytes, fmt, use, entry)
+  local use = rules.usage(f.prompt, infos, w, h, f.quality, tonumber(f.n))
+  if wants_stream(m, f) then
+    local bytes, px = picture(f.prompt, datas, mask and mask.data, w, h, fmt, f.output_compression)
+    return stream_answer("edit", f, bytes, px, w, h, fmt, use, entry)
+  end
+  return image_answer(m, f, pictures_for(f, datas, mask and mask.data, w, h, fmt), fmt, use, entry)
 end
 
 local function generations(req, entry)
@@ -230,9 +263,8 @@ local function generations(req, entry)
   end
   for k, v in pairs(f) do if v == cjson.null then f[k] = nil end end
   f.model = f.model or req.deployment
-  if type(f.model) ~= "string" then return invalid("Missing required parameter: 'model'.", "model", "missing_required_parameter") end
-  local m = MODELS[f.model]
-  if not m then return invalid("Invalid model '" .. f.model .. "' for image generation", "model", "model_not_found") end
+  local m, bad = model_of(f, "generations")
+  if not m then return bad end
   entry.model = f.model
   if type(f.prompt) ~= "string" or f.prompt == "" then
     return invalid("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
@@ -241,10 +273,12 @@ local function generations(req, entry)
   if err then return err end
   local fmt = m.strict and f.output_format or "png"
   local w, h = output_size(f.size)
-  local bytes, px = picture(f.prompt, {}, nil, w, h, fmt, f.output_compression)
-  local use = rules.usage(f.prompt, {}, w, h, f.quality)
-  if wants_stream(m, f) then return stream_answer("generate", f, bytes, px, w, h, fmt, use, entry) end
-  return image_answer(m, f, bytes, fmt, use, entry)
+  local use = rules.usage(f.prompt, {}, w, h, f.quality, tonumber(f.n))
+  if wants_stream(m, f) then
+    local bytes, px = picture(f.prompt, {}, nil, w, h, fmt, f.output_compression)
+    return stream_answer("generate", f, bytes, px, w, h, fmt, use, entry)
+  end
+  return image_answer(m, f, pictures_for(f, {}, nil, w, h, fmt), fmt, use, entry)
 end
 
 local function unhex(s)
@@ -287,7 +321,8 @@ local function azure(req, entry)
       .. " to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.")
   end
   local deployment, what = req.path:match("^/openai/deployments/([^/]+)/images/(%a+)$")
-  if not deployment or not req.api_version then return azure_error(404, "404", "Resource not found") end
+  if not deployment then return azure_error(404, "404", "Resource not found") end
+  if not req.api_version then return azure_error(400, "BadRequest", "Missing required query parameter: api-version") end
   if req.method ~= "POST" then return azure_error(405, "405", "Method not allowed") end
   entry.deployment = deployment
   req.deployment = deployment -- the model a request names none of
@@ -296,10 +331,28 @@ local function azure(req, entry)
   return azure_error(404, "404", "Resource not found")
 end
 
+-- A prompt the safety system refuses ({moderation = true}), in the
+-- provider's words: OpenAI's image_generation_user_error, Azure's
+-- contentFilter with its inner_error (the REST reference's dalleErrorResponse).
+local function moderation(entry)
+  entry.status = 400
+  local h = { ["x-request-id"] = "req_emu_" .. entry.id }
+  if cfg.provider == "azure" then
+    return json_answer(400, { created = os.time(), error = { code = "contentFilter", param = "prompt",
+      message = "Your task failed as a result of our safety system.",
+      inner_error = { code = "ResponsibleAIPolicyViolation",
+        content_filter_results = { violence = { filtered = true, severity = "medium" } } } } }, h)
+  end
+  return json_answer(400, { error = { type = "image_generation_user_error", code = "moderation_blocked", param = cjson.null,
+    message = "Your request was rejected by the safety system.",
+    moderation_details = { moderation_stage = "input", categories = { "violence" } } } }, h)
+end
+
 local function api(req, entry)
   local fault = faults.take()
   -- {fail = "message"}: the service itself fails, to test that path
   if fault and fault.fail then error(fault.fail, 0) end
+  if fault and fault.moderation then return moderation(entry) end
   if fault then
     local a = faults.answer(fault, entry)
     if a then return a end
