@@ -43,6 +43,7 @@
 ---@field created? number
 ---@field request_id? string
 ---@field revised_prompt? string
+---@field more? (imgedit.Image|table)[] the answer's other pictures (n > 1): Images, {url=, request_id=}, or errors
 ---@field filename? string
 ---@field path? string
 ---@field step? string
