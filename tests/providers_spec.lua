@@ -202,6 +202,27 @@ describe("providers", function()
     end)
   end)
 
+  describe("answers with several pictures", function()
+    it("keep every paid one: Images in img.more, urls to download", function()
+      local emu = H.emulator { provider = "compatible" }
+      local c = imgedit.new { base_url = emu.url, api_key = emu.key, model = "local-model" }
+      local img = assert(c:generate { prompt = "three", n = 3, size = "64x64" })
+      assert.are.equal(2, #img.more)
+      assert.is_true(imgedit.is_image(img.more[1]) and imgedit.is_image(img.more[2]))
+      assert.are_not.equal(img.sha256, img.more[1].sha256)
+      assert.are.equal(1, #H.api_requests(emu))
+      -- answered as urls: the first is downloaded, the others wait for the caller
+      emu:clear()
+      img = assert(c:generate { prompt = "urls", n = 2, size = "64x64", response_format = "url" })
+      assert.are.equal(1, #img.more)
+      assert.matches("^http://127%.0%.0%.1:%d+/files/", img.more[1].url)
+      local second = assert(c:download(img.more[1]))
+      assert.are_not.equal(img.sha256, second.sha256)
+      assert.are.equal(1, #H.api_requests(emu), "the second picture is fetched, not made again")
+      emu:stop()
+    end)
+  end)
+
   describe("moderation refusals", function()
     it("read as kind moderation in OpenAI's words and in Azure's", function()
       for _, provider in ipairs { "openai", "azure" } do
