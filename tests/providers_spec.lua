@@ -7,11 +7,16 @@ local CHILD = "env -u IMGEDIT_API_KEY -u IMGEDIT_BASE_URL -u IMGEDIT_PROVIDER -u
   .. " -u AZURE_OPENAI_ENDPOINT -u OPENAI_API_VERSION LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='"
   .. H.BUILD .. "/?.so;;' "
 
-local function child(env, code)
-  local p = io.popen(CHILD .. env .. " " .. H.LUA .. " -e '" .. code .. "' 2>&1")
+-- shell(env, args) -> what `lua args` printed, then "exit=N"
+local function shell(env, args)
+  local p = io.popen(CHILD .. env .. " " .. H.LUA .. " " .. args .. " 2>&1; echo exit=$?")
   local out = p:read("*a")
   p:close()
   return out
+end
+
+local function child(env, code)
+  return (shell(env, "-e '" .. code .. "'"):gsub("exit=%d+\n$", ""))
 end
 
 describe("providers", function()
@@ -180,12 +185,7 @@ describe("providers", function()
     end)
 
     it("from the shell: imgedit rules", function()
-      local function run(env, args)
-        local p = io.popen(CHILD .. env .. " " .. H.LUA .. " bin/imgedit rules " .. args .. " 2>&1; echo exit=$?")
-        local text = p:read("*a")
-        p:close()
-        return text
-      end
+      local function run(env, args) return shell(env, "bin/imgedit rules " .. args) end
       local out = run("", "--provider openai --model gpt-image-2")
       assert.matches("provider openai", out)
       assert.matches("images%s+1 to 16, png, jpeg or webp, each under 50 MB", out)
@@ -317,11 +317,8 @@ describe("providers", function()
 
     it("is reached from the command line with --provider and --deployment", function()
       local out = dir .. "/cli.png"
-      local p = io.popen(CHILD .. "IMGEDIT_API_KEY=" .. az.key .. " IMGEDIT_BASE_URL=" .. az.url .. " " .. H.LUA
-        .. " bin/imgedit generate -q --provider azure --deployment cli-dep --model gpt-image-1"
-        .. " -p cli -o '" .. out .. "' 2>&1; echo exit=$?")
-      local text = p:read("*a")
-      p:close()
+      local text = shell("IMGEDIT_API_KEY=" .. az.key .. " IMGEDIT_BASE_URL=" .. az.url,
+        "bin/imgedit generate -q --provider azure --deployment cli-dep --model gpt-image-1 -p cli -o '" .. out .. "'")
       assert.matches("exit=0", text)
       assert.is_true(H.exists(out))
       assert.are.equal("/openai/deployments/cli-dep/images/generations", H.api_requests(az)[1].path)
