@@ -147,6 +147,18 @@ describe("providers", function()
       end)
     end
 
+    it("name whose rule refused a request, and how to see it", function()
+      local c = imgedit.new { base_url = "http://127.0.0.1:1", api_key = "k", provider = "azure" }
+      local _, err = c:edit { prompt = "x", images = { files.webp } }
+      assert.are.equal("invalid_request", err.kind)
+      assert.matches("does not take webp images; use jpeg, png %(azure's rules for gpt%-image%-2: imgedit rules"
+        .. " %-%-provider azure %-%-model gpt%-image%-2%)", err.message)
+      -- a service of its own has no rules to name
+      c = imgedit.new { base_url = "http://127.0.0.1:1", api_key = "k", provider = "compatible" }
+      _, err = c:edit { prompt = "x", images = {} }
+      assert.are.equal("at least 1 image is required", err.message)
+    end)
+
     it("refuse a retired model with its date and replacement, sending nothing", function()
       for _, provider in ipairs { "openai", "azure" } do
         local emu = H.emulator { provider = provider }
@@ -154,7 +166,7 @@ describe("providers", function()
         local img, err = c:generate { prompt = "x", model = "dall-e-3" }
         assert.is_nil(img)
         assert.are.equal("invalid_request", err.kind)
-        assert.matches("dall%-e%-3 was shut down on 2026%-05%-12; use gpt%-image%-1 or gpt%-image%-1%-mini", err.message)
+        assert.matches("dall%-e%-3 was shut down on 2026%-05%-12; use gpt%-image%-1 or gpt%-image%-2", err.message)
         assert.are.equal(0, #H.api_requests(emu))
         -- the service says so too
         img, err = c:generate { prompt = "x", model = "dall-e-3", _no_checks = true }
@@ -304,6 +316,29 @@ describe("providers", function()
         assert.is_false(e.authorization)
         assert.are.equal("2025-04-01-preview", e.api_version)
       end
+    end)
+
+    it("takes the resource endpoint, and refuses a v1 or deployment url with that advice", function()
+      for _, url in ipairs { az.url .. "/openai/v1", az.url .. "/openai/v1/", az.url .. "/openai/deployments/x" } do
+        local ok, msg = pcall(imgedit.new, { provider = "azure", base_url = url, api_key = "k" })
+        assert.is_false(ok)
+        assert.matches("takes the resource endpoint as base_url", msg)
+      end
+      assert.matches("^imgedit.client%(azure, ", tostring(imgedit.new { provider = "azure", base_url = az.url }))
+    end)
+
+    it("refuses --background transparent with a .jpg output before sending, and takes .png", function()
+      local env = "IMGEDIT_API_KEY=" .. az.key .. " IMGEDIT_BASE_URL=" .. az.url .. " IMGEDIT_PROVIDER=azure"
+      local text = shell(env, "bin/imgedit generate -q --model gpt-image-1 --background transparent -p t -o '"
+        .. dir .. "/t.jpg'")
+      assert.matches("%-%-background transparent needs png output, but %-o .*t%.jpg asks for jpeg; name the output %.png",
+        text)
+      assert.matches("exit=2", text)
+      assert.are.equal(0, #H.api_requests(az))
+      text = shell(env, "bin/imgedit generate -q --model gpt-image-1 --background transparent -p t -o '"
+        .. dir .. "/t.png'")
+      assert.matches("exit=0", text)
+      assert.are.equal(1, #H.api_requests(az))
     end)
 
     it("names the deployment after the model when none is given, and takes api_version", function()

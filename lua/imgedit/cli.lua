@@ -19,7 +19,9 @@ local EXIT_OF_KIND = {
 M.EXIT_OF_KIND = EXIT_OF_KIND
 
 local EPILOG = [[
-Environment: IMGEDIT_API_KEY (the key), IMGEDIT_BASE_URL (default https://api.apiyi.com/v1).
+Environment: IMGEDIT_API_KEY (the key), IMGEDIT_BASE_URL (default https://api.apiyi.com/v1),
+IMGEDIT_PROVIDER (apiyi, openai, azure or compatible; default: from the base url's host);
+OPENAI_API_KEY, AZURE_OPENAI_API_KEY and AZURE_OPENAI_ENDPOINT for those providers.
 Exit codes: 0 success, 1 other failure, 2 usage error, 3 invalid input (a file, a mask,
 a rule of the service, an output that exists or cannot be written), 4 auth, 5 rate
 limit or budget, 6 server, network or a broken answer, 7 timeout, 8 the picture was
@@ -47,7 +49,7 @@ local function build()
     cmd:option("--quality", "low, medium, high or auto.")
     cmd:option("--format", "Output format: png, jpeg or webp.")
     cmd:option("--compression", "Output compression 0-100, for jpeg and webp.")
-    cmd:option("--background", "auto or opaque.")
+    cmd:option("--background", "auto, opaque, or transparent where the model allows it (imgedit rules).")
     cmd:option("--response-format", "url or b64_json (gpt-image-2-all).")
     cmd:option("--timeout", "Seconds for one attempt (default 600).")
     cmd:option("--retries", "Retries on 429, 5xx and dropped connections (default 2).")
@@ -258,8 +260,14 @@ local function cmd_request(a)
   -- -o out.jpg asks the service for jpeg, where the model takes output_format;
   -- otherwise save() converts, so the name and the bytes always agree.
   local model = a.model or client.model
-  local enums = client:rules(model).enums
+  local r = client:rules(model)
+  local enums = r.enums
   local wanted = image.format_of_name(a.output)
+  if req.background == "transparent" and r.transparent_formats and not r.transparent_formats[req.output_format or wanted] then
+    local ok_formats = require("imgedit.rules").list_of(r.transparent_formats, " or ")
+    error({ usage = string.format("--background transparent needs %s output, but -o %s asks for %s;"
+      .. " name the output .%s", ok_formats, a.output, req.output_format or wanted, ok_formats:gsub(" or ", " or .")) })
+  end
   if req.output_format == nil and enums and enums.output_format then
     for _, f in ipairs(enums.output_format) do
       if f == wanted then req.output_format = wanted end

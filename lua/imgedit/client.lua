@@ -30,7 +30,7 @@ Client.__index = Client
 M.Client = Client
 
 function Client.__tostring(c)
-  return string.format("imgedit.client(%s, %s%s)", c.base_url, c.model, c._closed and ", closed" or "")
+  return string.format("imgedit.client(%s, %s, %s%s)", c.provider, c.base_url, c.model, c._closed and ", closed" or "")
 end
 
 local DEFAULTS = {
@@ -73,6 +73,10 @@ function M.new(opts)
     if not ok then error((tostring(msg):gsub("^[^:]*:%d+: ", "")) .. " (from " .. from .. ")", 2) end
   end
   local provider = opts.provider or providers.detect(base)
+  if provider == "azure" and (base:find("/openai/v1/*$") or base:find("/openai/deployments", 1, true)) then
+    error("provider 'azure' takes the resource endpoint as base_url (https://NAME.openai.azure.com), not '" .. base
+      .. "': images go through Azure's deployments API, /openai/deployments/{deployment}/images/...", 2)
+  end
   local c = { base_url = (base:gsub("/+$", "")), user_agent = USER_AGENT, limits = opts.limits, provider = provider,
     on_progress = opts.on_progress, on_retry = opts.on_retry, on_warning = opts.on_warning, _warned = {},
     _jobs = {}, _inflight = 0,

@@ -312,7 +312,14 @@ function M.prepare(client, kind, req, key, level)
   if not req._no_checks then
     local r = rules.for_model(model, client.limits, client.provider)
     local msg, param, index = rules.check(r, kind, fields, images, mask)
-    if msg then return fail("invalid_request", msg, { param = param, index = index }, key) end
+    if msg then
+      -- Whose rule it is: the same request may pass with another provider.
+      if client.provider ~= "compatible" then
+        msg = string.format("%s (%s's rules for %s: imgedit rules --provider %s --model %s)", msg, client.provider,
+          model, client.provider, model)
+      end
+      return fail("invalid_request", msg, { param = param, index = index }, key)
+    end
     client:_warn(rules.shutdown_warning(r, model))
     if r.response_formats and next(r.response_formats) == nil then
       fields.response_format = nil -- the model always answers base64

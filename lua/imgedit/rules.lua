@@ -79,7 +79,9 @@ local GPT_IMAGE_2 = gpt_image {
 -- 2026-12-01 (one crawl of the deprecations page; its replacement column
 -- names models the SDKs do not, so gpt-image-2 is named instead).
 local DEC_2026 = { date = "2026-12-01", replacement = "gpt-image-2" }
-local MAY_2026 = { date = "2026-05-12", replacement = "gpt-image-1 or gpt-image-1-mini" }
+-- The page named gpt-image-1 and gpt-image-1-mini for the DALL-E models, but
+-- gpt-image-1-mini is itself shutting down: the advice skips it.
+local MAY_2026 = { date = "2026-05-12", replacement = "gpt-image-1 or gpt-image-2" }
 local OPENAI = {
   ["gpt-image-2"] = GPT_IMAGE_2,
   ["gpt-image-2-2026-04-21"] = GPT_IMAGE_2,
@@ -100,7 +102,7 @@ local OPENAI = {
   },
   -- [CLI] generate: 4000 characters for dall-e-3; [PY-EDIT] edits name
   -- dall-e-2 or a GPT image model only.
-  ["dall-e-3"] = { edits = false, max_prompt = 4000, integers = { n = { 1, 1 } },
+  ["dall-e-3"] = { edits = false, max_prompt = 4000, images_per_answer = 1,
     enums = { size = { "1024x1024", "1792x1024", "1024x1792" }, quality = { "hd", "standard" },
       style = { "vivid", "natural" } },
     response_formats = { url = true, b64_json = true }, shutdown = MAY_2026 },
@@ -338,7 +340,7 @@ end
 
 -- Where each provider's numbers come from (quoted in docs/sources/providers.md).
 M.SOURCES = {
-  apiyi = "the gateway's pages (shared/seeds), DESIGN.md",
+  apiyi = "the gateway's own API pages (api.apiyi.com)",
   openai = "openai-python src/openai/types/image_edit_params.py; developers.openai.com image-generation guide"
     .. " and deprecations",
   azure = "learn.microsoft.com Azure OpenAI how-to (dall-e.md) and REST reference 2025-04-01-preview;"

@@ -76,7 +76,7 @@ end
 
 -- Any other OpenAI-compatible service: every model name, one lenient
 -- model (no limits it would not need), b64 answers, n pictures for n.
-local ANY = { image_formats = FORMATS3, b64 = "raw", usage = true, max_n = 10,
+local ANY = { image_formats = FORMATS3, output_formats = FORMATS3, b64 = "raw", usage = true, max_n = 10,
   response_formats = { b64_json = true, url = true } }
 
 R.PROVIDERS = { apiyi = APIYI, openai = OPENAI, azure = AZURE, compatible = setmetatable({}, {

@@ -244,7 +244,7 @@ local function edits(req, entry)
     local e = rules.check_mask(mask, infos[1], m)
     if e then return e end
   end
-  local fmt = m.strict and f.output_format or "png"
+  local fmt = m.output_formats and m.output_formats[f.output_format or ""] and f.output_format or "png"
   local w, h = output_size(f.size, infos[1])
   local datas = {}
   for i, p in ipairs(images) do datas[i] = p.data end
@@ -271,7 +271,7 @@ local function generations(req, entry)
   end
   local err = rules.check_options(f, m)
   if err then return err end
-  local fmt = m.strict and f.output_format or "png"
+  local fmt = m.output_formats and m.output_formats[f.output_format or ""] and f.output_format or "png"
   local w, h = output_size(f.size)
   local use = rules.usage(f.prompt, {}, w, h, f.quality, tonumber(f.n))
   if wants_stream(m, f) then
