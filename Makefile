@@ -90,8 +90,11 @@ deps:
 # a forward proxy, openssl for their certificates). For the tests only, and
 # optional: where they cannot be installed, those tests are skipped and counted.
 NET_PKGS = nghttp2-proxy tinyproxy openssl
+# A browser, to render the contact sheet the way a person sees it.
+BROWSER_PKGS = chromium
 deps-test: deps
 	-$(call install_missing,$(NET_PKGS))
+	-$(call install_missing,$(BROWSER_PKGS))
 
 # What the hardening targets add: clang and libFuzzer's runtime, valgrind.
 deps-hardening: deps-test

@@ -1,5 +1,6 @@
 /* Files: atomic writes (temp file in the same folder, fsync, rename) so that a
  * reader never sees half an image, and an old file survives a failed write. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -164,6 +165,52 @@ static int l_can_write(lua_State *L) {
   return 1;
 }
 
+/* listdir(path) -> { {name=, dir=bool}, ... } in no order, without . and ..
+ * | nil, message, "io": what the contact sheet and the watcher walk. */
+static int l_listdir(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  DIR *d = opendir(path);
+  if (!d)
+    return ie_fail(L, "io", "%s: %s", path, strerror(errno));
+  lua_newtable(L);
+  lua_Integer n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+      continue;
+    int is_dir = e->d_type == DT_DIR;
+    if (e->d_type == DT_UNKNOWN || e->d_type == DT_LNK) { /* some file systems say nothing */
+      struct stat st;
+      is_dir = fstatat(dirfd(d), e->d_name, &st, 0) == 0 && S_ISDIR(st.st_mode);
+    }
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, e->d_name);
+    lua_setfield(L, -2, "name");
+    lua_pushboolean(L, is_dir);
+    lua_setfield(L, -2, "dir");
+    lua_rawseti(L, -2, ++n);
+  }
+  closedir(d);
+  return 1;
+}
+
+/* stat(path) -> {size=, mtime=, dir=} | nil, message, "io". mtime has
+ * nanoseconds as a fraction: two saves within a second still differ. */
+static int l_stat(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct stat st;
+  if (stat(path, &st) != 0)
+    return ie_fail(L, "io", "%s: %s", path, strerror(errno));
+  lua_createtable(L, 0, 3);
+  lua_pushnumber(L, (lua_Number)st.st_size);
+  lua_setfield(L, -2, "size");
+  lua_pushnumber(L, (lua_Number)st.st_mtim.tv_sec + (lua_Number)st.st_mtim.tv_nsec / 1e9);
+  lua_setfield(L, -2, "mtime");
+  lua_pushboolean(L, S_ISDIR(st.st_mode));
+  lua_setfield(L, -2, "dir");
+  return 1;
+}
+
 /* isatty(fd) -> boolean: is this descriptor (0, 1, 2) a terminal? */
 static int l_isatty(lua_State *L) {
   lua_Integer fd = luaL_checkinteger(L, 1);
@@ -177,6 +224,8 @@ void ie_open_fileio(lua_State *L) {
                                  {"mkdir_p", l_mkdir_p},
                                  {"isatty", l_isatty},
                                  {"can_write", l_can_write},
+                                 {"listdir", l_listdir},
+                                 {"stat", l_stat},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

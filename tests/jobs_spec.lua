@@ -51,8 +51,9 @@ describe("jobs", function()
     end
     assert.is_true(core.now() - t0 >= 0.5)
     assert.is_true(polls > 10)
-    -- a loose bound (the benchmark measures it): no poll(0) waited for the network
-    assert.is_true(worst < 0.1 * H.SLOW, "slowest poll(0): " .. worst)
+    -- a loose bound (the benchmark measures it): no poll(0) waited for the
+    -- 0.5 s answers; a busy machine can stall any call for 0.1 s
+    assert.is_true(worst < 0.3 * H.SLOW, "slowest poll(0): " .. worst)
     for _, j in ipairs(jobs) do assert.truthy(j:result()) end
   end)
 

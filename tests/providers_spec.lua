@@ -166,7 +166,7 @@ describe("providers", function()
         local img, err = c:generate { prompt = "x", model = "dall-e-3" }
         assert.is_nil(img)
         assert.are.equal("invalid_request", err.kind)
-        assert.matches("dall%-e%-3 was shut down on 2026%-05%-12; use gpt%-image%-1 or gpt%-image%-2", err.message)
+        assert.matches("dall%-e%-3 was shut down on 2026%-05%-12; use gpt%-image%-2", err.message)
         assert.are.equal(0, #H.api_requests(emu))
         -- the service says so too
         img, err = c:generate { prompt = "x", model = "dall-e-3", _no_checks = true }

@@ -100,6 +100,12 @@ local function build()
   mask:flag("-f --force", "Overwrite the output if it exists.")
   mask:flag("--json", "Print the mask's check report as JSON.")
 
+  local report = p:command("report", "Write a pipeline folder's contact sheet: one HTML page of every step.")
+  report:argument("dir", "The pipeline's folder (its steps' .json files).")
+  report:option("-o --output", "Where to write the page (default DIR/index.html).")
+  report:option("--title", "The page's title (default: the folder's name).")
+  report:flag("--json", "Print JSON.")
+
   local rules = p:command("rules", "What a provider and model accept: the limits imgedit checks before sending.")
     :epilog("Provider by default: IMGEDIT_PROVIDER, else from IMGEDIT_BASE_URL's host, else apiyi.")
   rules:option("--provider", "apiyi, openai, azure or compatible.")
@@ -327,12 +333,13 @@ local function cmd_request(a)
   if a.json then
     json_out { ok = true, path = a.output, format = info.format, width = img.width, height = img.height,
       bytes = info.bytes, sha256 = sha, usage = img.usage or cjson.null, model = img.model,
-      url = img.url or cjson.null, request_id = img.request_id or cjson.null,
+      url = img.url or cjson.null, request_id = img.request_id or cjson.null, cost = img.cost or cjson.null,
       converted_from = info.format ~= img.format and img.format or nil }
   elseif not a.quiet then
-    print(string.format("%s: %s %dx%d, %s%s%s", a.output, info.format, img.width, img.height, human(info.bytes),
+    print(string.format("%s: %s %dx%d, %s%s%s%s", a.output, info.format, img.width, img.height, human(info.bytes),
       info.format ~= img.format and (" (converted from " .. img.format .. ")") or "",
-      img.usage and string.format(", %d tokens", img.usage.total_tokens or 0) or ""))
+      img.usage and string.format(", %d tokens", img.usage.total_tokens or 0) or "",
+      img.cost and string.format(", $%.4f%s", img.cost.usd, img.cost.upper_bound and " at most" or "") or ""))
   end
   return 0
 end
@@ -469,6 +476,24 @@ local function cmd_emulate(a)
   while true do sleeper:poll(3600) end
 end
 
+local function cmd_report(a)
+  local sheet = require "imgedit.sheet"
+  local f = io.open(a.dir .. "/.", "rb")
+  if not f then return fail(3, a.dir .. ": not a readable folder", { kind = "io", message = "not a readable folder" }) end
+  f:close()
+  local out = a.output or (a.dir .. "/index.html")
+  local steps = sheet.steps(a.dir)
+  local ok, msg = core.write_atomic(out, sheet.render(steps, out:match("^(.*)/[^/]*$") or ".",
+    a.title or (a.dir:gsub("/+$", ""):match("[^/]+$") or a.dir)))
+  if not ok then return fail(3, "cannot write " .. out .. ": " .. msg, { kind = "io", message = msg }) end
+  if a.json then
+    json_out { ok = true, html = out, steps = #steps }
+  else
+    print(string.format("contact sheet: %s (%d step%s)", out, #steps, #steps == 1 and "" or "s"))
+  end
+  return 0
+end
+
 local function cmd_rules(a)
   local provider = a.provider or os.getenv("IMGEDIT_PROVIDER")
   if provider == nil or provider == "" then
@@ -500,7 +525,7 @@ local function cmd_rules(a)
 end
 
 local COMMANDS = { edit = cmd_request, generate = cmd_request, inspect = cmd_inspect, mask = cmd_mask,
-  run = cmd_run, emulate = cmd_emulate, rules = cmd_rules }
+  run = cmd_run, emulate = cmd_emulate, rules = cmd_rules, report = cmd_report }
 
 -- main(args) -> exit code
 function M.main(args)

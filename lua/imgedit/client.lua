@@ -78,7 +78,7 @@ function M.new(opts)
       .. "': images go through Azure's deployments API, /openai/deployments/{deployment}/images/...", 2)
   end
   local c = { base_url = (base:gsub("/+$", "")), user_agent = USER_AGENT, limits = opts.limits, provider = provider,
-    on_progress = opts.on_progress, on_retry = opts.on_retry, on_warning = opts.on_warning, _warned = {},
+    on_progress = opts.on_progress, on_retry = opts.on_retry, on_warning = opts.on_warning, _warned = {}, prices = opts.prices,
     _jobs = {}, _inflight = 0,
     -- transfers that finished and wait for their job to read them: kept
     -- here, so that one finished inside a nested poll is not missed

@@ -23,6 +23,8 @@ local M = {
 local lazy = {
   pipeline = function() return require("imgedit.pipeline").new end,
   mask = function() return require "imgedit.mask" end,
+  prices = function() return require "imgedit.prices" end,
+  sheet = function() return require "imgedit.sheet" end,
   fit = function() return require "imgedit.fit" end,
 }
 setmetatable(M, { __index = function(t, k)

@@ -13,6 +13,7 @@ local compat = require "imgedit.compat"
 local core = require "imgedit.core"
 local errors = require "imgedit.errors"
 local answer = require "imgedit.answer"
+local prices = require "imgedit.prices"
 local retry = require "imgedit.retry"
 local stream = require "imgedit.stream"
 
@@ -56,6 +57,9 @@ end
 
 local function finish(job, img, err)
   if job:done() then return end
+  if img and img.cost == nil and job.kind ~= "download" then
+    img.cost = prices.cost(job.client, img.model or job.fields.model, img.usage, 1 + #(img.more or {}))
+  end
   if job.cb_err then
     -- A callback failed after the request could be billed: the job fails
     -- as the callback's, but what was paid for comes along.

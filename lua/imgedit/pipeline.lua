@@ -5,6 +5,8 @@
 local core = require "imgedit.core"
 local client_mod = require "imgedit.client"
 local errors = require "imgedit.errors"
+local image = require "imgedit.image"
+local prices = require "imgedit.prices"
 local store = require "imgedit.store"
 
 local M = {}
@@ -33,7 +35,7 @@ function M.new(opts)
   if opts.on_step ~= nil and type(opts.on_step) ~= "function" then error("bad option 'on_step' (function expected)", 2) end
   local shared = {
     client = client, cache = cache, budget = budget or {}, on_step = opts.on_step, quiet = opts.quiet,
-    spent = { tokens = 0, input = 0, output = 0, requests = 0 }, records = {}, names = {}, t0 = core.now(),
+    spent = { tokens = 0, input = 0, output = 0, requests = 0, usd = 0 }, records = {}, names = {}, t0 = core.now(),
   }
   return M._open(shared, opts.dir or "out", "")
 end
@@ -69,12 +71,32 @@ function Pipeline:_afford(items)
     return nil, errors.new("budget", string.format(
       "%s would need up to %d tokens (estimate); %d of the budget's %d are spent", items[1].name, need, s.tokens, b.tokens))
   end
+  if b.usd then
+    local usd = 0
+    for _, it in ipairs(items) do
+      local u = prices.estimate(self.client, it.model, it.estimate)
+      if not u then
+        return nil, errors.new("budget", string.format("%s: no price is known for %s, so a budget in usd cannot be"
+          .. " kept; give the client prices = {[%q] = {...}}", it.name, it.model, it.model))
+      end
+      usd = usd + u
+    end
+    if s.usd + usd > b.usd then
+      return nil, errors.new("budget", string.format("%s would cost up to $%.4f (estimate); $%.4f of the budget's"
+        .. " $%.2f is spent", items[1].name, usd, s.usd, b.usd))
+    end
+  end
   return true
 end
 
 function Pipeline:_spend(item, img, attempts)
   local s = self.shared.spent
   s.requests = s.requests + attempts
+  if img and img.cost then
+    s.usd = s.usd + img.cost.usd
+  elseif img then -- no price from the answer: the estimate keeps the budget safe
+    s.usd = s.usd + (prices.estimate(self.client, item.model, item.estimate) or 0)
+  end
   local u = img and img.usage
   if u and u.total_tokens then
     s.tokens = s.tokens + u.total_tokens
@@ -126,6 +148,16 @@ function Pipeline:_run(items)
     end
     local req = {}
     for k, v in pairs(it.req) do if not OWN[k] then req[k] = v end end
+    if req.stream == true or req.stream == "true" then
+      -- Partial pictures are kept beside the step's output, for the sheet's strip.
+      local user = it.req.on_partial
+      it.partials = {}
+      req.on_partial = function(img, index)
+        local path = string.format("%s.partial-%d.%s", it.file_base, index, image.EXT[img.format])
+        if core.write_atomic(path, img.bytes) then it.partials[#it.partials + 1] = path end
+        if user then return user(img, index) end
+      end
+    end
     return { job = self.client:submit(it.kind, req), started = core.now() }
   end
   for _, i in ipairs(todo) do jobs[i] = submit(i) end
@@ -210,19 +242,30 @@ function Pipeline:iterate(name, start, prompts, extra)
   return prev, all
 end
 
--- report([{quiet = true}]) -> a table; prints a summary unless quiet.
+-- report([{quiet = true, html = path, title = text}]) -> a table; prints a
+-- summary unless quiet; with html, also writes the contact sheet there
+-- (r.html is its path; a failure to write it raises no error: r.html_error).
 function Pipeline:report(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then error("bad argument #1 to 'report' (table expected)", 2) end
+  if opts.html ~= nil and type(opts.html) ~= "string" then error("bad option 'html' (a file path expected)", 2) end
   local sh = self.shared
   local r = { steps = #sh.records, hits = 0, requests = sh.spent.requests, tokens_in = sh.spent.input,
-    tokens_out = sh.spent.output, tokens = sh.spent.tokens, seconds = core.now() - sh.t0, list = sh.records }
+    tokens_out = sh.spent.output, tokens = sh.spent.tokens, usd = sh.spent.usd, seconds = core.now() - sh.t0,
+    list = sh.records }
   for _, rec in ipairs(sh.records) do if rec.hit then r.hits = r.hits + 1 end end
-  if not (opts and opts.quiet) and not sh.quiet then
-    print(string.format("pipeline: %d steps, %d from cache, %d requests, %d tokens in, %d out, %.1f s",
-      r.steps, r.hits, r.requests, r.tokens_in, r.tokens_out, r.seconds))
+  if opts.html then
+    local path, msg = require("imgedit.sheet").write(self.dir, opts.html, opts.title)
+    r.html, r.html_error = path, not path and msg or nil
+  end
+  if not opts.quiet and not sh.quiet then
+    print(string.format("pipeline: %d steps, %d from cache, %d requests, %d tokens in, %d out, $%.4f, %.1f s",
+      r.steps, r.hits, r.requests, r.tokens_in, r.tokens_out, r.usd, r.seconds))
     for _, rec in ipairs(sh.records) do
-      print(string.format("  %-24s %-6s %7d tokens %6.1f s  %s", rec.name, rec.hit and "cached" or "paid",
-        rec.tokens_in + rec.tokens_out, rec.seconds, rec.file))
+      print(string.format("  %-24s %-6s %7d tokens %9s %6.1f s  %s", rec.name, rec.hit and "cached" or "paid",
+        rec.tokens_in + rec.tokens_out, rec.usd and string.format("$%.4f", rec.usd) or "-", rec.seconds, rec.file))
     end
+    if r.html then print("contact sheet: " .. r.html) end
   end
   return r
 end

@@ -78,6 +78,15 @@ M.CLIENT_OPTIONS = {
   provider = function(v) return v == "apiyi" or v == "openai" or v == "azure" or v == "compatible",
     "\"apiyi\", \"openai\", \"azure\" or \"compatible\"" end,
   deployment = is "string", api_version = is "string", on_warning = is "function",
+  prices = function(v)
+    if type(v) ~= "table" then return false, "a table of model -> {text_in=, image_in=, image_out=} or {per_image=}" end
+    for k, p in pairs(v) do
+      if type(k) ~= "string" or not (p == false or type(p) == "table") then
+        return false, "a table of model -> {text_in=, image_in=, image_out=} or {per_image=}"
+      end
+    end
+    return true
+  end,
 }
 for k, check in pairs(M.JOB_OPTIONS) do M.CLIENT_OPTIONS[k] = check end
 

@@ -80,8 +80,10 @@ local GPT_IMAGE_2 = gpt_image {
 -- names models the SDKs do not, so gpt-image-2 is named instead).
 local DEC_2026 = { date = "2026-12-01", replacement = "gpt-image-2" }
 -- The page named gpt-image-1 and gpt-image-1-mini for the DALL-E models, but
--- gpt-image-1-mini is itself shutting down: the advice skips it.
-local MAY_2026 = { date = "2026-05-12", replacement = "gpt-image-1 or gpt-image-2" }
+-- gpt-image-1-mini is itself shutting down, and OpenAI's own (Japanese)
+-- gpt-image-1 page says it shut down on 2026-10-23: the advice is gpt-image-2.
+-- gpt-image-1 is not refused, on that one page's word alone.
+local MAY_2026 = { date = "2026-05-12", replacement = "gpt-image-2" }
 local OPENAI = {
   ["gpt-image-2"] = GPT_IMAGE_2,
   ["gpt-image-2-2026-04-21"] = GPT_IMAGE_2,

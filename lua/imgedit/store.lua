@@ -138,13 +138,13 @@ function Pipeline:_lookup(item)
     local meta = read_json(meta_path)
     if meta and type(meta.sha256) == "string" and type(meta.file) == "string" then
       local img = load_verified(d .. "/" .. meta.file, meta.sha256,
-        { usage = meta.usage, model = meta.model, url = meta.url, cached = true })
+        { usage = meta.usage, model = meta.model, url = meta.url, cost = meta.cost, cached = true })
       if img then return img, "cache" end
     end
   end
   local j = self.journal.steps[item.name:sub(#self.prefix + 1)]
   if type(j) == "table" and j.key == item.key then
-    local img = load_verified(j.file, j.sha256, { usage = j.usage, model = j.model, cached = true })
+    local img = load_verified(j.file, j.sha256, { usage = j.usage, model = j.model, cost = j.cost, cached = true })
     if img then return img, "journal" end
   end
   return nil
@@ -159,7 +159,7 @@ function Pipeline:_store(item, img)
   -- The metadata is written last: it is what makes the entry visible.
   if ok then
     ok, msg = write_json(meta_path, { sha256 = img.sha256, file = file, format = img.format, usage = img.usage,
-      model = img.model, url = img.url, created = img.created })
+      model = img.model, url = img.url, created = img.created, cost = img.cost })
   end
   return ok, msg
 end
@@ -197,21 +197,32 @@ function Pipeline:_finish(item, img, how, started, attempts)
   local seconds = core.now() - started
   local usage = img.usage
   local spent_now = how == nil and usage and usage.total_tokens or 0
+  -- Partial pictures: this run's, or on a cache hit the earlier run's that are still there.
+  local partials = item.partials
+  if how ~= nil and not partials then
+    local old = read_json(item.file_base .. ".json")
+    partials = {}
+    for _, f in ipairs(old and type(old.partials) == "table" and old.partials or {}) do
+      if type(f) == "string" and core.read_file(f) then partials[#partials + 1] = f end
+    end
+  end
   ok, msg = write_json(item.file_base .. ".json", {
     step = item.name, kind = item.kind, model = item.model, prompt = item.req.prompt, params = params,
     inputs = inputs, mask = src(item.mask), usage = usage or cjson.null, tokens_spent = spent_now,
     cache_hit = how ~= nil, resumed_from = how or cjson.null, requests = attempts, started = iso(os.time() - seconds),
     seconds = seconds, output = { file = path, sha256 = img.sha256, format = img.format, width = img.width,
-      height = img.height }, request_id = img.request_id,
+      height = img.height }, request_id = img.request_id, cost = img.cost or cjson.null,
+    partials = partials and #partials > 0 and partials or nil,
   })
   if not ok then return nil, errors.new("io", item.file_base .. ".json: " .. msg, { param = "dir", image = img }) end
   if how == nil or how == "url" then self:_store(item, img) end
   self.journal.steps[item.name:sub(#self.prefix + 1)] = { key = item.key, file = path, sha256 = img.sha256,
-    usage = usage, model = img.model }
+    usage = usage, model = img.model, cost = img.cost }
   write_json(self.dir .. "/" .. JOURNAL, self.journal)
   local rec = { name = item.name, hit = how ~= nil, requests = attempts, seconds = seconds,
     tokens_in = how == nil and usage and usage.input_tokens or 0,
-    tokens_out = how == nil and usage and usage.output_tokens or 0, file = path }
+    tokens_out = how == nil and usage and usage.output_tokens or 0, file = path,
+    usd = (how ~= nil) and 0 or (img.cost and img.cost.usd) }
   local sh = self.shared
   sh.records[#sh.records + 1] = rec
   if sh.on_step then
