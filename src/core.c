@@ -26,6 +26,7 @@ int luaopen_imgedit_core(lua_State *L) {
   lua_setfield(L, -2, "inspect");
   ie_open_codec(L);
   ie_open_fileio(L);
+  ie_open_meta(L);
   ie_open_pixels(L);
   ie_open_mask(L);
   ie_open_http(L);

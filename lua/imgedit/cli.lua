@@ -6,6 +6,7 @@ local cjson = require "cjson"
 local core = require "imgedit.core"
 local imgedit = require "imgedit"
 local image = require "imgedit.image"
+local lineage = require "imgedit.lineage"
 local providers = require "imgedit.providers"
 
 local M = {}
@@ -64,6 +65,7 @@ local function build()
     cmd:flag("-q --quiet", "No progress display.")
     cmd:flag("-v --verbose", "Show the request (never the key) and each retry on stderr.")
     cmd:flag("--json", "Print the result's metadata as JSON on stdout.")
+    cmd:flag("--no-lineage", "Do not write how the picture was made (prompt, model, inputs' hashes) into it.")
   end
 
   local edit = p:command("edit", "Edit or fuse images."):epilog(EPILOG)
@@ -319,6 +321,14 @@ local function cmd_request(a)
     if err.saved_to then stderr("imgedit: the paid picture was saved to ", err.saved_to, "\n") end
     return fail_err(err)
   end
+  if not a.no_lineage then
+    local parents = {}
+    for i, f in ipairs(req.images or {}) do parents[i] = core.sha256_file(f) end
+    local params = {}
+    for k, v in pairs(req) do if type(v) ~= "function" and k ~= "images" and k ~= "mask" then params[k] = v end end
+    img = lineage.attach(img, lineage.record { prompt = a.prompt, model = model, params = params, parents = parents,
+      mask = req.mask and core.sha256_file(req.mask), request_id = img.request_id })
+  end
   local saved, serr = img:save(a.output)
   if not saved then
     serr.saved_to = rescue(img, a.output)
@@ -363,6 +373,18 @@ local function cmd_inspect(a)
         print(string.format("%s: %s %dx%d, %d channels%s, %s%s%s", f, info.format, info.width or 0,
           info.height or 0, info.channels or 0, info.has_alpha and " with alpha" or "", human(info.bytes),
           info.accepted and "" or ", not accepted for upload", row.ok_as_mask and ", usable as a mask" or ""))
+        local l = info.lineage
+        if l then
+          print(string.format("  made by %s%s from %d input%s: %q", tostring(l.model), l.step and (" as step " .. l.step) or "",
+            #(l.parents or {}), #(l.parents or {}) == 1 and "" or "s", tostring(l.prompt)))
+          local ps = {}
+          for k, v in pairs(type(l.params) == "table" and l.params or {}) do ps[#ps + 1] = k .. "=" .. tostring(v) end
+          table.sort(ps)
+          if #ps > 0 then print("  params " .. table.concat(ps, ", ")) end
+          for i, p in ipairs(l.parents or {}) do print(string.format("  input %d sha256 %s", i, p)) end
+          if l.mask then print("  mask sha256 " .. l.mask) end
+          if l.request_id then print("  request " .. l.request_id) end
+        end
       else
         print(f .. ": " .. err.message)
       end

@@ -45,7 +45,11 @@ end
 local function convert(img, fmt, quality)
   local px, w, h = core.decode(img.bytes)
   if not px then return nil, w end
-  return core.encode(px, w, h, fmt, quality or 90)
+  local out, msg = core.encode(px, w, h, fmt, quality or 90)
+  -- The picture's metadata (its lineage) survives the new format.
+  local xmp = out and core.xmp_read(img.bytes)
+  if xmp then out = core.xmp_embed(out, xmp) or out end
+  return out, msg
 end
 
 -- save(path [, {quality = 90}]) -> path | nil, err. Atomic: a temp file in
@@ -143,6 +147,9 @@ function M.inspect(src)
   else
     error("bad argument #1 to 'inspect' (path, Image or {bytes=...} expected)", 2)
   end
+  -- How the picture was made, when imgedit wrote it (lineage.lua).
+  local bytes = type(src) == "string" and core.read_file(src) or src.bytes
+  info.lineage = bytes and require("imgedit.lineage").read(bytes) or nil
   return info
 end
 

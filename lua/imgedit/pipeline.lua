@@ -21,7 +21,8 @@ local OWN = store.OWN
 
 -- ---- construction ----
 
--- pipeline{client=, dir="out", cache=".imgedit-cache"|false, budget=N|{tokens=, requests=}, on_step=, quiet=}
+-- pipeline{client=, dir="out", cache=".imgedit-cache"|false, budget=N|{tokens=, requests=, usd=}, on_step=,
+-- quiet=, lineage=true}
 function M.new(opts)
   if type(opts) ~= "table" then error("bad argument #1 to 'pipeline' (table expected)", 2) end
   local client = opts.client or require("imgedit").new {}
@@ -33,8 +34,10 @@ function M.new(opts)
   if cache == nil then cache = ".imgedit-cache" end
   if cache ~= false and type(cache) ~= "string" then error("bad option 'cache' (folder or false expected)", 2) end
   if opts.on_step ~= nil and type(opts.on_step) ~= "function" then error("bad option 'on_step' (function expected)", 2) end
+  if opts.lineage ~= nil and type(opts.lineage) ~= "boolean" then error("bad option 'lineage' (boolean expected)", 2) end
   local shared = {
     client = client, cache = cache, budget = budget or {}, on_step = opts.on_step, quiet = opts.quiet,
+    lineage = opts.lineage ~= false,
     spent = { tokens = 0, input = 0, output = 0, requests = 0, usd = 0 }, records = {}, names = {}, t0 = core.now(),
   }
   return M._open(shared, opts.dir or "out", "")

@@ -9,6 +9,7 @@ local cjson = require "cjson"
 local request = require "imgedit.request"
 local errors = require "imgedit.errors"
 local image = require "imgedit.image"
+local lineage = require "imgedit.lineage"
 local tokens = require "imgedit.tokens"
 
 local M = {}
@@ -185,6 +186,17 @@ end
 
 -- Save the output and its sidecar, then record the step in the journal.
 function Pipeline:_finish(item, img, how, started, attempts)
+  if self.shared.lineage then
+    -- How it was made, inside the file. A picture from the cache keeps the
+    -- request id its first run wrote there.
+    local old = lineage.read(img.bytes)
+    local parents = {}
+    for i, s in ipairs(item.inputs) do parents[i] = s.sha256 end
+    img = lineage.attach(img, lineage.record {
+      prompt = item.req.prompt, model = item.model, params = item.fields, step = item.name, parents = parents,
+      mask = item.mask and item.mask.sha256, request_id = img.request_id or (old and old.request_id),
+    })
+  end
   local path = item.file_base .. "." .. image.EXT[img.format]
   local ok, msg = core.write_atomic(path, img.bytes)
   if not ok then return nil, errors.new("io", path .. ": " .. msg, { param = "dir", image = img }) end

@@ -1,0 +1,83 @@
+-- Lineage: how a picture was made, carried inside the file (an XMP packet:
+-- PNG iTXt, JPEG APP1, WebP XMP; src/meta.c places it). The record is
+-- canonical JSON (sorted keys) with no clock in it, so the same step gives
+-- the same bytes on every run and the pipeline's cache keys stay put.
+local core = require "imgedit.core"
+local cjson = require "cjson.safe"
+local image = require "imgedit.image"
+
+local M = {}
+
+local NS = "https://imgedit.dev/ns/lineage/1.0/"
+
+-- Sorted keys, so equal records are equal bytes.
+local function canon(v)
+  if type(v) ~= "table" then return cjson.encode(v) end
+  if #v > 0 or next(v) == nil then
+    local parts = {}
+    for i = 1, #v do parts[i] = canon(v[i]) end
+    return "[" .. table.concat(parts, ",") .. "]"
+  end
+  local keys = {}
+  for k in pairs(v) do keys[#keys + 1] = tostring(k) end
+  table.sort(keys)
+  local parts = {}
+  for i, k in ipairs(keys) do parts[i] = cjson.encode(k) .. ":" .. canon(v[k]) end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
+local function xml_escape(s) return (s:gsub("[&<>]", { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;" })) end
+local function xml_unescape(s)
+  return (s:gsub("&(%a+);", { amp = "&", lt = "<", gt = ">", quot = '"', apos = "'" }))
+end
+
+-- packet(record) -> the XMP packet that carries it
+function M.packet(t)
+  return '<?xpacket begin="\239\187\191" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+    .. '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    .. '<rdf:Description rdf:about="" xmlns:imgedit="' .. NS .. '"><imgedit:lineage>' .. xml_escape(canon(t))
+    .. '</imgedit:lineage></rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="r"?>'
+end
+
+-- parse(packet) -> record | nil
+function M.parse(x)
+  local body = type(x) == "string" and x:match("<imgedit:lineage>(.-)</imgedit:lineage>")
+  if not body then return nil end
+  local t = cjson.decode(xml_unescape(body))
+  return type(t) == "table" and t or nil
+end
+
+-- read(bytes) -> record | nil
+function M.read(bytes) return M.parse(core.xmp_read(bytes)) end
+
+-- record{...} -> the lineage of a picture: prompt, model, params (the
+-- request's other fields), step, parents (the inputs' SHA-256s, in order),
+-- mask (its SHA-256), request_id. Only what is known is kept.
+function M.record(o)
+  local params = {}
+  for k, v in pairs(o.params or {}) do
+    if k ~= "prompt" and k ~= "model" and (type(v) == "string" or type(v) == "number" or type(v) == "boolean") then
+      params[k] = v
+    end
+  end
+  return { v = 1, prompt = o.prompt, model = o.model, params = params, step = o.step, parents = o.parents or {},
+    mask = o.mask, request_id = o.request_id }
+end
+
+-- What from_bytes reads from the bytes themselves.
+local FROM_BYTES = { bytes = true, sha256 = true, format = true, width = true, height = true, channels = true,
+  has_alpha = true }
+
+-- attach(img, record) -> a new Image whose bytes carry the record (the
+-- other fields kept), or img itself if its format cannot carry it.
+function M.attach(img, t)
+  local bytes = core.xmp_embed(img.bytes, M.packet(t))
+  if not bytes then return img end
+  local fields = {}
+  for k, v in pairs(img) do
+    if not FROM_BYTES[k] then fields[k] = v end
+  end
+  return image.from_bytes(bytes, fields) or img
+end
+
+return M
