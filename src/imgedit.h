@@ -60,6 +60,9 @@ IE_LOCAL void ie_open_fileio(lua_State *L);
 /* ---- metadata in image files (meta.c) ---- */
 IE_LOCAL void ie_open_meta(lua_State *L);
 
+/* ---- waiting for a file to be saved (watch.c) ---- */
+IE_LOCAL void ie_open_watch(lua_State *L);
+
 /* ---- HTTP transfers (http.c) ---- */
 IE_LOCAL void ie_open_http(lua_State *L);
 

@@ -345,7 +345,7 @@ function Emulator:stop() end
 ---@field version string
 ---@field _VERSION string
 ---@field rules imgedit.Rules
----@field defaults {base_url?: string, api_key?: string}
+---@field defaults {base_url?: string, api_key?: string, provider?: string}
 ---@field errors table
 ---@field mask imgedit.MaskModule
 local imgedit = {}

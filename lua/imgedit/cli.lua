@@ -81,6 +81,9 @@ local function build()
   run:argument("script", "The Lua script.")
   run:argument("args", "Arguments for the script (its arg table)."):args("*")
   run:flag("--emulate", "Run against a local emulator instead of the service.")
+  run:flag("--watch", "Run again each time the script or a step's input file is saved; writes each pipeline's"
+    .. " contact sheet (DIR/index.html).")
+  run:option("--runs", "With --watch: stop after this many runs (default: until interrupted).")
 
   local insp = p:command("inspect", "Format, size and alpha of image files, and whether each is acceptable.")
     :epilog(EPILOG)
@@ -454,7 +457,7 @@ local function cmd_run(a)
   local emu
   if a.emulate then
     emu = assert(require("imgedit.emulator").start {})
-    imgedit.defaults.base_url, imgedit.defaults.api_key = emu.url, emu.key
+    imgedit.defaults.base_url, imgedit.defaults.api_key, imgedit.defaults.provider = emu.url, emu.key, emu.provider
   end
   local script_arg = { [0] = a.script }
   for i, v in ipairs(a.args) do script_arg[i] = v end
@@ -464,15 +467,33 @@ local function cmd_run(a)
     if not v then error(msg == nil and "assertion failed!" or msg, 2) end
     return v, msg, ...
   end
-  local env = setmetatable({ imgedit = imgedit, arg = script_arg, assert = assert_any }, { __index = _G })
-  local chunk, lerr = compat.loadfile(a.script, env)
-  if not chunk then
-    if emu then emu:stop() end
-    return fail(3, lerr)
+  -- One run of the script: ok, err, and the pipelines it made (for --watch).
+  local function once()
+    local made = {}
+    local lib = setmetatable({ pipeline = function(opts)
+      local p = imgedit.pipeline(opts)
+      made[#made + 1] = p
+      return p
+    end }, { __index = imgedit })
+    local env = setmetatable({ imgedit = lib, arg = script_arg, assert = assert_any }, { __index = _G })
+    local chunk, lerr = compat.loadfile(a.script, env)
+    if not chunk then return false, setmetatable({ load = lerr }, { __tostring = function() return lerr end }), made end
+    local ok, e = pcall(chunk, compat.unpack(script_arg))
+    return ok, e, made
   end
-  local ok, e = pcall(chunk, compat.unpack(script_arg))
+  local ok, e
+  if a.watch then
+    local runs = a.runs and compat.tointeger(number_opt(a.runs, "runs"))
+    ok, e = require("imgedit.watch").loop { script = a.script, run = once, runs = runs, out = function(line)
+      io.stdout:write(line, "\n")
+      io.stdout:flush()
+    end }
+  else
+    ok, e = once()
+  end
   if emu then emu:stop() end
   if ok then return 0 end
+  if type(e) == "table" and e.load then return fail(3, e.load) end
   if imgedit.is_error(e) then return fail_err(e) end
   return fail(1, tostring(e))
 end

@@ -47,7 +47,7 @@ function M.new(opts)
     error("bad argument #1 to 'new' (table expected, got " .. type(opts) .. ")", 2)
   end
   opts = opts or {}
-  local env_provider = os.getenv("IMGEDIT_PROVIDER")
+  local env_provider = M.defaults.provider or os.getenv("IMGEDIT_PROVIDER")
   if opts.provider == nil and env_provider and env_provider ~= "" then
     if not providers.list[env_provider] then
       error("IMGEDIT_PROVIDER must be apiyi, openai, azure or compatible, got '" .. env_provider .. "'", 2)

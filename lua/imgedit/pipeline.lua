@@ -37,7 +37,7 @@ function M.new(opts)
   if opts.lineage ~= nil and type(opts.lineage) ~= "boolean" then error("bad option 'lineage' (boolean expected)", 2) end
   local shared = {
     client = client, cache = cache, budget = budget or {}, on_step = opts.on_step, quiet = opts.quiet,
-    lineage = opts.lineage ~= false,
+    lineage = opts.lineage ~= false, read = {},
     spent = { tokens = 0, input = 0, output = 0, requests = 0, usd = 0 }, records = {}, names = {}, t0 = core.now(),
   }
   return M._open(shared, opts.dir or "out", "")

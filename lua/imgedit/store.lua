@@ -113,6 +113,12 @@ function Pipeline:_describe(kind, name, req)
       mask = s
     end
   end
+  -- The files this run read, for `imgedit run --watch`.
+  local read = self.shared.read
+  for _, src in ipairs(kind == "edit" and request.image_list(req.images) or {}) do
+    if type(src) == "string" then read[src] = true end
+  end
+  if type(req.mask) == "string" then read[req.mask] = true end
   local model = req.model or c.model
   local material = { v = 1, endpoint = kind, service = c.base_url, model = model, fields = fields,
     prompt = req.prompt, images = {}, mask = mask and mask.sha256 }
