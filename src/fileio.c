@@ -188,7 +188,7 @@ static int l_listdir(lua_State *L) {
     lua_setfield(L, -2, "name");
     lua_pushboolean(L, is_dir);
     lua_setfield(L, -2, "dir");
-    lua_rawseti(L, -2, ++n);
+    ie_rawseti(L, -2, ++n);
   }
   closedir(d);
   return 1;

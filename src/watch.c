@@ -38,7 +38,7 @@ static const char *base_of(const char *path) {
 static int l_wait_change(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_Number timeout = luaL_checknumber(L, 2);
-  int n = (int)lua_rawlen(L, 1);
+  int n = (int)ie_len(L, 1);
   /* Everything that can raise comes before the descriptor exists. */
   for (int i = 1; i <= n; i++) {
     lua_rawgeti(L, 1, i);

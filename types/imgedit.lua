@@ -43,6 +43,7 @@
 ---@field created? number
 ---@field request_id? string
 ---@field revised_prompt? string
+---@field cost? {usd: number, basis: "tokens"|"per_image", upper_bound?: boolean} what the answer cost
 ---@field more? (imgedit.Image|table)[] the answer's other pictures (n > 1): Images, {url=, request_id=}, or errors
 ---@field filename? string
 ---@field path? string
@@ -132,6 +133,7 @@ function Image:save(path, opts) end
 ---@field yield? boolean|fun(job: imgedit.Job)
 ---@field provider? "apiyi"|"openai"|"azure"|"compatible" default: from the base url's host
 ---@field deployment? string Azure: the deployment (default: the model)
+---@field prices? table<string, table|false> model -> {text_in=, image_in=, image_out=} (USD per 1M tokens) or {per_image=}
 ---@field on_warning? fun(msg: string) once per message: a model near its shutdown (default: stderr)
 ---@field api_version? string Azure: the api-version (default OPENAI_API_VERSION, else 2025-04-01-preview)
 ---@field ca_file? string PEM certificate authorities trusted in addition to the system's
@@ -212,6 +214,7 @@ function Client:map(reqs, opts) end
 ---@field interlaced boolean
 ---@field accepted boolean
 ---@field bytes integer
+---@field lineage? {prompt?: string, model?: string, params: table, step?: string, parents: string[], mask?: string, request_id?: string, v: integer}
 
 ---@class imgedit.MaskReport
 ---@field ok boolean
@@ -275,6 +278,9 @@ function mask.check(m, base, opts) end
 ---@field tokens_out integer
 ---@field tokens integer
 ---@field seconds number
+---@field usd number this run's cost in US dollars (paid steps; cache hits are free)
+---@field html? string the contact sheet written (report{html=})
+---@field html_error? string why it could not be written
 ---@field list table[]
 
 ---@class imgedit.Pipeline
@@ -311,7 +317,7 @@ function Pipeline:iterate(name, start, prompts, extra) end
 ---@return imgedit.Pipeline
 function Pipeline:branch(name) end
 
----@param opts? {quiet?: boolean}
+---@param opts? {quiet?: boolean, html?: string, title?: string}
 ---@return imgedit.Report
 function Pipeline:report(opts) end
 
@@ -376,7 +382,7 @@ function imgedit.inspect(src) end
 ---@return imgedit.Image|imgedit.Error|nil
 function imgedit.fit(src, opts) end
 
----@param opts {client?: imgedit.Client, dir?: string, cache?: string|false, budget?: integer|{tokens?: integer, requests?: integer}, on_step?: fun(info: table), quiet?: boolean}
+---@param opts {client?: imgedit.Client, dir?: string, cache?: string|false, budget?: integer|{tokens?: integer, requests?: integer, usd?: number}, on_step?: fun(info: table), quiet?: boolean, lineage?: boolean}
 ---@return imgedit.Pipeline
 function imgedit.pipeline(opts) end
 
