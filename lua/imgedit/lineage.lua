@@ -10,7 +10,8 @@ local M = {}
 
 local NS = "https://imgedit.dev/ns/lineage/1.0/"
 
--- Sorted keys, so equal records are equal bytes.
+-- Canonical JSON: sorted keys, so equal records are equal bytes (and
+-- equal requests equal cache keys: store.lua uses it too).
 local function canon(v)
   if type(v) ~= "table" then return cjson.encode(v) end
   if #v > 0 or next(v) == nil then
@@ -25,6 +26,8 @@ local function canon(v)
   for i, k in ipairs(keys) do parts[i] = cjson.encode(k) .. ":" .. canon(v[k]) end
   return "{" .. table.concat(parts, ",") .. "}"
 end
+
+M.canon = canon
 
 local function xml_escape(s) return (s:gsub("[&<>]", { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;" })) end
 local function xml_unescape(s)

@@ -27,21 +27,7 @@ local NOT_IN_KEY = { stream = true, partial_images = true }
 -- ---- small helpers ----
 
 -- A canonical JSON text: sorted keys, so equal requests give equal keys.
-local function canon(v)
-  local t = type(v)
-  if t ~= "table" then return cjson.encode(v) end
-  if #v > 0 or next(v) == nil then
-    local parts = {}
-    for i = 1, #v do parts[i] = canon(v[i]) end
-    return "[" .. table.concat(parts, ",") .. "]"
-  end
-  local keys = {}
-  for k in pairs(v) do keys[#keys + 1] = tostring(k) end
-  table.sort(keys)
-  local parts = {}
-  for i, k in ipairs(keys) do parts[i] = cjson.encode(k) .. ":" .. canon(v[k]) end
-  return "{" .. table.concat(parts, ",") .. "}"
-end
+local canon = lineage.canon
 M.canon = canon
 
 local function read_json(path)
