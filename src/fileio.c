@@ -211,6 +211,18 @@ static int l_stat(lua_State *L) {
   return 1;
 }
 
+/* realpath(path) -> the absolute path, links and . and .. resolved
+ * | nil, message, "io": how two relative paths are compared. */
+static int l_realpath(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  char *r = realpath(path, NULL);
+  if (!r)
+    return ie_fail(L, "io", "%s: %s", path, strerror(errno));
+  lua_pushstring(L, r);
+  free(r);
+  return 1;
+}
+
 /* isatty(fd) -> boolean: is this descriptor (0, 1, 2) a terminal? */
 static int l_isatty(lua_State *L) {
   lua_Integer fd = luaL_checkinteger(L, 1);
@@ -226,6 +238,7 @@ void ie_open_fileio(lua_State *L) {
                                  {"can_write", l_can_write},
                                  {"listdir", l_listdir},
                                  {"stat", l_stat},
+                                 {"realpath", l_realpath},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

@@ -10,6 +10,10 @@ H.LUA = os.getenv("IMGEDIT_TEST_LUA") or "lua5.4"
 H.BUILD = os.getenv("IMGEDIT_TEST_BUILD") or "build"
 H.LUAV = os.getenv("IMGEDIT_TEST_LUAV") or "5.4"
 
+-- The environment of a child `lua bin/imgedit`: this checkout and the
+-- suite's build (never the sanitizer build, whose runtime a child lacks).
+H.CHILD = "env LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='" .. H.BUILD .. "/?.so;;' "
+
 -- os.execute's result: true on success in 5.2+, 0 in 5.1.
 function H.ok(cmd)
   local r = os.execute(cmd)

@@ -75,21 +75,21 @@ describe("lineage", function()
   it("is written by the CLI (kept through a conversion), shown by imgedit inspect, left out with --no-lineage", function()
     H.write(dir .. "/c.png", H.png(32, 32))
     local env = "IMGEDIT_BASE_URL=" .. emu.url .. " IMGEDIT_API_KEY=" .. emu.key .. " IMGEDIT_PROVIDER=apiyi "
-    assert.is_true(H.ok(env .. H.LUA .. " bin/imgedit edit -q -p 'a \"cat\"' -i " .. dir .. "/c.png --quality low"
+    assert.is_true(H.ok(env .. H.CHILD .. H.LUA .. " bin/imgedit edit -q -p 'a \"cat\"' -i " .. dir .. "/c.png --quality low"
       .. " -o " .. dir .. "/c-out.jpg"))
     local l = imgedit.inspect(dir .. "/c-out.jpg").lineage
     assert.are.equal('a "cat"', l.prompt)
     assert.are.same({ core.sha256_file(dir .. "/c.png") }, l.parents)
     -- a model that takes no output_format: the PNG answer is converted, the lineage kept
-    assert.is_true(H.ok(env .. H.LUA .. " bin/imgedit generate -q -p conv --model gpt-image-2-all --size 64x64"
+    assert.is_true(H.ok(env .. H.CHILD .. H.LUA .. " bin/imgedit generate -q -p conv --model gpt-image-2-all --size 64x64"
       .. " --response-format b64_json -o " .. dir .. "/conv.webp"))
     assert.are.equal("conv", imgedit.inspect(dir .. "/conv.webp").lineage.prompt)
-    local p = io.popen(H.LUA .. " bin/imgedit inspect " .. dir .. "/c-out.jpg")
+    local p = io.popen(H.CHILD .. H.LUA .. " bin/imgedit inspect " .. dir .. "/c-out.jpg")
     local text = p:read("*a")
     p:close()
     assert.matches('made by gpt%-image%-2 from 1 input: "a \\"cat\\""', text)
     assert.matches("input 1 sha256 " .. core.sha256_file(dir .. "/c.png"), text)
-    assert.is_true(H.ok(env .. H.LUA .. " bin/imgedit generate -q -p bare --quality low --no-lineage -o " .. dir .. "/bare.png"))
+    assert.is_true(H.ok(env .. H.CHILD .. H.LUA .. " bin/imgedit generate -q -p bare --quality low --no-lineage -o " .. dir .. "/bare.png"))
     assert.is_nil(imgedit.inspect(dir .. "/bare.png").lineage)
   end)
 

@@ -63,7 +63,7 @@ describe("the contact sheet", function()
     assert.truthy(page:find('from</dt><dd><a href="#step-portrait">portrait</a>', 1, true))
     assert.truthy(page:find('<a href="#step-style-1">style-1</a>, <a href="#step-style-2">style-2</a>', 1, true))
     assert.truthy(page:find("quality=low, size=1024x1024", 1, true))
-    assert.truthy(page:find("cost this run", 1, true))
+    assert.truthy(page:find("paid now", 1, true))
     -- every picture by a relative path that exists, the stream's partials too
     local n = 0
     for src in page:gmatch('src="([^"]+)"') do
@@ -84,12 +84,39 @@ describe("the contact sheet", function()
     assert.are.equal(0, #H.api_requests(emu))
     -- the sheet of the folder, from the shell, in another folder: paths still resolve
     core.mkdir_p(dir .. "/elsewhere")
-    assert.is_true(H.ok(H.LUA .. " bin/imgedit report '" .. out .. "' -o '" .. dir .. "/elsewhere/sheet.html' >/dev/null"))
+    assert.is_true(H.ok(H.CHILD .. H.LUA .. " bin/imgedit report '" .. out .. "' -o '" .. dir .. "/elsewhere/sheet.html' >/dev/null"))
     local other = H.read(dir .. "/elsewhere/sheet.html")
     assert.truthy(other:find('class="badge cached">cached', 1, true))
     for src in other:gmatch('src="([^"]+)"') do
       assert.is_true(H.exists(dir .. "/elsewhere/" .. src), src)
     end
+    -- a relative folder, and a page written through .. or at an absolute path
+    local root = abs(".")
+    local env = "env LUA_PATH='" .. root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;;' LUA_CPATH='" .. root .. "/"
+      .. H.BUILD .. "/?.so;;' "
+    local sibling = dir:match("[^/]+$") .. "-side"
+    core.mkdir_p(dir .. "/../" .. sibling)
+    core.mkdir_p(dir .. "/side")
+    for _, o in ipairs { "../" .. sibling .. "/a.html", dir .. "/side/b.html" } do
+      assert.is_true(H.ok("cd '" .. dir .. "' && " .. env .. H.LUA .. " " .. root .. "/bin/imgedit report run -o '" .. o
+        .. "' >/dev/null"))
+    end
+    for _, f in ipairs { dir .. "/../" .. sibling .. "/a.html", dir .. "/side/b.html" } do
+      local text, n = H.read(f), 0
+      for src in text:gmatch('src="([^"]+)"') do
+        assert.is_true(H.exists(f:match("^(.*)/") .. "/" .. src), f .. ": " .. src)
+        n = n + 1
+      end
+      assert.are.equal(12, n)
+    end
+    os.execute("rm -rf '" .. dir .. "/../" .. sibling .. "'")
+    -- the pipeline's own sheet shows this run's steps only, the cached one marked as paid earlier
+    local r2 = p:report { html = dir .. "/one.html", quiet = true }
+    local one = H.read(r2.html)
+    assert.truthy(one:find(">portrait<", 1, true))
+    assert.falsy(one:find(">dusk<", 1, true))
+    assert.truthy(one:find("paid earlier: $0.0", 1, true))
+    assert.truthy(one:find("<dt>paid now</dt><dd>$0.0000</dd>", 1, true))
   end)
 
   local browser = chromium()
@@ -141,7 +168,13 @@ describe("cost in money", function()
     -- a price of one's own, and a model with none
     local own = assert(H.client(emu, { prices = { ["gpt-image-2"] = { per_image = 0.5 } } }):generate { prompt = "b" })
     assert.are.equal(0.5, own.cost.usd)
-    assert.has_error(function() H.client(emu, { prices = { ["x"] = 3 } }) end)
+    for _, bad in ipairs { { x = 3 }, { x = { text_in = 1 } }, { x = { text_inn = 1, image_in = 1, image_out = 1 } },
+      { x = { per_image = "x" } }, { x = { per_image = -1 } }, { x = { per_image = 1, text_in = 1 } } } do
+      assert.has_error(function() H.client(emu, { prices = bad }) end)
+    end
+    local ok, msg = pcall(H.client, emu, { prices = { x = { text_inn = 1, image_in = 1, image_out = 1 } } })
+    assert.is_false(ok)
+    assert.matches("unknown rate 'text_inn'", msg)
     local c = imgedit.new { base_url = emu.url, api_key = emu.key, provider = "compatible", model = "gpt-image-2" }
     assert.is_nil(assert(c:generate { prompt = "c" }).cost)
   end)
@@ -158,6 +191,13 @@ describe("cost in money", function()
     assert.are.equal(n, #H.api_requests(emu))
     local r = p:report { quiet = true }
     assert.is_true(r.usd > 0 and r.usd < 0.05)
+    -- each kind of token at its own rate: a low-quality edit fits a budget of twice its cost
+    H.write(dir .. "/small.png", H.png(64, 64))
+    local tight = imgedit.pipeline { client = H.client(emu), dir = dir .. "/t", cache = false, quiet = true,
+      budget = { usd = 0.02 } }
+    local low = assert(tight:edit("low", { prompt = "low", images = { dir .. "/small.png" }, size = "1024x1024",
+      quality = "low" }))
+    assert.is_true(low.cost.usd < 0.012)
     -- no price known: a budget in usd cannot be kept, and says so
     local q = imgedit.pipeline { client = imgedit.new { base_url = emu.url, api_key = emu.key, provider = "compatible" },
       dir = dir .. "/c", cache = false, quiet = true, budget = { usd = 1 } }
@@ -169,7 +209,7 @@ describe("cost in money", function()
   it("is in the CLI's --json and the step's sidecar", function()
     local outp = dir .. "/cli.png"
     local p = io.popen("IMGEDIT_BASE_URL=" .. emu.url .. " IMGEDIT_API_KEY=" .. emu.key .. " IMGEDIT_PROVIDER=apiyi "
-      .. H.LUA .. " bin/imgedit generate -q --json -p cost -o '" .. outp .. "' --size 1024x1024 --quality low")
+      .. H.CHILD .. H.LUA .. " bin/imgedit generate -q --json -p cost -o '" .. outp .. "' --size 1024x1024 --quality low")
     local t = require("cjson").decode(p:read("*a"))
     p:close()
     assert.is_true(t.ok)

@@ -21,7 +21,7 @@ assert(p:edit("two", { prompt = %q, images = { a } }))
     end
     save("second v1")
     local child = io.popen("IMGEDIT_BASE_URL=" .. emu.url .. " IMGEDIT_API_KEY=" .. emu.key .. " IMGEDIT_PROVIDER=apiyi "
-      .. "timeout 60 " .. H.LUA .. " bin/imgedit run --watch --runs 5 '" .. script .. "' 2>&1; echo exit=$?")
+      .. "timeout 60 " .. H.CHILD .. H.LUA .. " bin/imgedit run --watch --runs 5 '" .. script .. "' 2>&1; echo exit=$?")
     local log = {}
     -- read(until) -> the lines up to the one matching `until`
     local function upto(pattern)
@@ -58,5 +58,27 @@ assert(p:edit("two", { prompt = %q, images = { a } }))
     assert.are.equal(5, #H.api_requests(emu))
     assert.matches("contact sheet: " .. (dir .. "/out/index.html"):gsub("%p", "%%%0"), text)
     assert.matches("one%s+cached", text)
+  end)
+end)
+
+describe("imgedit run --emulate", function()
+  it("hits the cache from one run to the next (the emulator keeps its port)", function()
+    local dir = H.tmpdir()
+    H.write(dir .. "/in.png", H.png(32, 32))
+    H.write(dir .. "/s.lua", string.format([[
+local p = imgedit.pipeline { dir = %q, cache = %q, quiet = true }
+assert(p:edit("one", { prompt = "first", images = { %q }, quality = "low" }))
+local r = p:report { quiet = true }
+print(string.format("hits=%%d requests=%%d", r.hits, r.requests))
+]], dir .. "/out", dir .. "/cache", dir .. "/in.png"))
+    local function run()
+      local p = io.popen(H.CHILD .. H.LUA .. " bin/imgedit run --emulate '" .. dir .. "/s.lua' 2>&1")
+      local out = p:read("*a")
+      p:close()
+      return out
+    end
+    assert.matches("hits=0 requests=1", run())
+    assert.matches("hits=1 requests=0", run())
+    H.rmtree(dir)
   end)
 end)

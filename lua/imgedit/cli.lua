@@ -31,6 +31,9 @@ is printed).]]
 
 local function stderr(...) io.stderr:write(...) end
 
+-- The port `run --emulate` asks for first (any free one if it is taken).
+local EMULATE_PORT = 47821
+
 -- ---- the parser ----
 
 local function build()
@@ -456,7 +459,10 @@ end
 local function cmd_run(a)
   local emu
   if a.emulate then
-    emu = assert(require("imgedit.emulator").start {})
+    -- One port from run to run, when free: the pipeline's cache keys name
+    -- the service's url, so a new port each run would never hit the cache.
+    local E = require "imgedit.emulator"
+    emu = E.start { port = EMULATE_PORT } or assert(E.start {})
     imgedit.defaults.base_url, imgedit.defaults.api_key, imgedit.defaults.provider = emu.url, emu.key, emu.provider
   end
   local script_arg = { [0] = a.script }

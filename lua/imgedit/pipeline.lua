@@ -77,7 +77,7 @@ function Pipeline:_afford(items)
   if b.usd then
     local usd = 0
     for _, it in ipairs(items) do
-      local u = prices.estimate(self.client, it.model, it.estimate)
+      local u = prices.estimate(self.client, it.model, it.parts)
       if not u then
         return nil, errors.new("budget", string.format("%s: no price is known for %s, so a budget in usd cannot be"
           .. " kept; give the client prices = {[%q] = {...}}", it.name, it.model, it.model))
@@ -98,7 +98,7 @@ function Pipeline:_spend(item, img, attempts)
   if img and img.cost then
     s.usd = s.usd + img.cost.usd
   elseif img then -- no price from the answer: the estimate keeps the budget safe
-    s.usd = s.usd + (prices.estimate(self.client, item.model, item.estimate) or 0)
+    s.usd = s.usd + (prices.estimate(self.client, item.model, item.parts) or 0)
   end
   local u = img and img.usage
   if u and u.total_tokens then
@@ -258,7 +258,10 @@ function Pipeline:report(opts)
     list = sh.records }
   for _, rec in ipairs(sh.records) do if rec.hit then r.hits = r.hits + 1 end end
   if opts.html then
-    local path, msg = require("imgedit.sheet").write(self.dir, opts.html, opts.title)
+    -- This run's steps: earlier runs' leftovers in the folder are not shown.
+    local names = {}
+    for _, rec in ipairs(sh.records) do names[rec.name] = true end
+    local path, msg = require("imgedit.sheet").write(self.dir, opts.html, opts.title, names)
     r.html, r.html_error = path, not path and msg or nil
   end
   if not opts.quiet and not sh.quiet then

@@ -57,13 +57,44 @@ function M.cost(c, model, usage, pictures)
   return { usd = usd, basis = "tokens", upper_bound = upper }
 end
 
--- estimate(client, model, tokens) -> USD for an estimate of tokens, priced as
--- output (the dearest kind), or nil when the model has no price.
+-- estimate(client, model, tokens) -> the most a request could cost: tokens
+-- is {text, image, output} (each kind at its own rate) or a total (all at
+-- the dearest rate); nil when the model has no price.
 function M.estimate(c, model, tokens)
   local p = M.price(c, model)
   if not p then return nil end
   if p.per_image then return p.per_image end
+  if type(tokens) == "table" then
+    return (num(tokens[1]) * num(p.text_in) + num(tokens[2]) * num(p.image_in) + num(tokens[3]) * num(p.image_out)) / 1e6
+  end
   return tokens * math.max(num(p.image_out), num(p.image_in), num(p.text_in)) / 1e6
+end
+
+-- check(prices) -> true | false, what is wrong: a client's own table.
+local RATES = { text_in = true, image_in = true, image_out = true }
+function M.check(t)
+  if type(t) ~= "table" then return false, "a table of model -> rates" end
+  for model, p in pairs(t) do
+    if type(model) ~= "string" then return false, "a table of model -> rates (model names as keys)" end
+    if p ~= false then
+      if type(p) ~= "table" then return false, model .. ": a rate table or false" end
+      for k, v in pairs(p) do
+        if not (RATES[k] or k == "per_image") then
+          return false, string.format("%s: unknown rate '%s' (text_in, image_in, image_out or per_image)", model,
+            tostring(k))
+        end
+        if type(v) ~= "number" or v < 0 or v ~= v then return false, model .. "." .. k .. ": a number >= 0" end
+      end
+      if p.per_image == nil then
+        for k in pairs(RATES) do
+          if p[k] == nil then return false, model .. ": needs text_in, image_in and image_out (or per_image)" end
+        end
+      elseif next(p, nil) ~= "per_image" or next(p, "per_image") ~= nil then
+        return false, model .. ": per_image alone, or the three token rates"
+      end
+    end
+  end
+  return true
 end
 
 return M

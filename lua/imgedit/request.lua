@@ -79,13 +79,9 @@ M.CLIENT_OPTIONS = {
     "\"apiyi\", \"openai\", \"azure\" or \"compatible\"" end,
   deployment = is "string", api_version = is "string", on_warning = is "function",
   prices = function(v)
-    if type(v) ~= "table" then return false, "a table of model -> {text_in=, image_in=, image_out=} or {per_image=}" end
-    for k, p in pairs(v) do
-      if type(k) ~= "string" or not (p == false or type(p) == "table") then
-        return false, "a table of model -> {text_in=, image_in=, image_out=} or {per_image=}"
-      end
-    end
-    return true
+    local ok, why = require("imgedit.prices").check(v)
+    return ok, "rates per model ({text_in=, image_in=, image_out=} in USD per 1M tokens, {per_image=}, or false): "
+      .. tostring(why)
   end,
 }
 for k, check in pairs(M.JOB_OPTIONS) do M.CLIENT_OPTIONS[k] = check end

@@ -39,9 +39,13 @@ function M.steps(dir)
     end
   end
   walk(dir)
+  -- Run order: by start, then by the order the run finished them (a
+  -- cached re-run starts every step within the same second).
   table.sort(out, function(a, b)
     local sa, sb = tostring(a.started or ""), tostring(b.started or "")
     if sa ~= sb then return sa < sb end
+    local oa, ob = tonumber(a.order) or math.huge, tonumber(b.order) or math.huge
+    if oa ~= ob then return oa < ob end
     return a.step < b.step
   end)
   return out
@@ -92,10 +96,10 @@ end
 
 local function anchor(name) return "step-" .. name:gsub("[^%w%-_]", "_") end
 
+-- Four places below a dollar (a step costs cents or less), two above.
 local function money(usd)
   if type(usd) ~= "number" then return nil end
-  if usd < 0.01 then return string.format("$%.4f", usd) end
-  return string.format("$%.2f", usd)
+  return string.format(usd < 1 and "$%.4f" or "$%.2f", usd)
 end
 
 -- JSON numbers come back as floats on Lua 5.3+: counts print as integers.
@@ -165,8 +169,10 @@ function M.render(steps, html_dir, title)
     by_sha[s.output.sha256 or ""] = by_sha[s.output.sha256 or ""] or s
     names[s.step] = s
   end
+  -- Both sides absolute (links resolved), so any two places relate.
+  local from = core.realpath(html_dir) or html_dir
   local function picture_href(s, file)
-    return href(M.relative(html_dir, s._dir .. "/" .. basename(file)))
+    return href(M.relative(from, (core.realpath(s._dir) or s._dir) .. "/" .. basename(file)))
   end
   -- parents: the steps whose outputs this step took as inputs (a chain,
   -- a fusion, a branch); sources: the files it took from outside.
@@ -194,10 +200,9 @@ function M.render(steps, html_dir, title)
     if not s.cache_hit then
       total.tin = total.tin + (tonumber(u.input_tokens) or 0)
       total.tout = total.tout + (tonumber(u.output_tokens) or 0)
-      if type(s.cost) == "table" and type(s.cost.usd) == "number" then
-        total.usd, total.priced = total.usd + s.cost.usd, true
-      end
+      if type(s.cost) == "table" and type(s.cost.usd) == "number" then total.usd = total.usd + s.cost.usd end
     end
+    if type(s.cost) == "table" then total.priced = true end
     total.secs = total.secs + (tonumber(s.seconds) or 0)
   end
 
@@ -213,7 +218,7 @@ function M.render(steps, html_dir, title)
   stat("from cache", total.hits)
   stat("requests", int(total.requests))
   stat("tokens in / out", int(total.tin) .. " / " .. int(total.tout))
-  if total.priced then stat("cost this run", money(total.usd)) end
+  if total.priced then stat("paid now", money(total.usd)) end
   stat("time", seconds(total.secs))
   w('</dl></header>\n')
 
@@ -264,7 +269,7 @@ function M.render(steps, html_dir, title)
     row("from", table.concat(from, ", "), true)
     local u = type(s.usage) == "table" and s.usage or nil
     if u then row("tokens", int(u.input_tokens or 0) .. " in, " .. int(u.output_tokens or 0) .. " out") end
-    if type(s.cost) == "table" then row("cost", money(s.cost.usd)) end
+    if type(s.cost) == "table" then row("cost", (s.cache_hit and "paid earlier: " or "") .. money(s.cost.usd)) end
     row("time", s.cache_hit and "cached" or seconds(s.seconds))
     row("request", s.request_id ~= cjson.null and s.request_id or nil)
     row("output", string.format("%s %sx%s", tostring(s.output.format), int(s.output.width), int(s.output.height)))
@@ -284,9 +289,15 @@ function M.render(steps, html_dir, title)
   return table.concat(h)
 end
 
--- write(dir, html_path [, title]) -> html_path, steps | nil, err-message
-function M.write(dir, html_path, title)
+-- write(dir, html_path [, title [, names]]) -> html_path | nil, message.
+-- With names (a set of step names), only those steps: one run's.
+function M.write(dir, html_path, title, names)
   local steps = M.steps(dir)
+  if names then
+    local kept = {}
+    for _, s in ipairs(steps) do if names[s.step] then kept[#kept + 1] = s end end
+    steps = kept
+  end
   local html_dir = html_path:match("^(.*)/[^/]*$") or "."
   local ok, msg = core.write_atomic(html_path, M.render(steps, html_dir, title or basename(dir)))
   if not ok then return nil, msg end

@@ -89,13 +89,17 @@ function Pipeline:_describe(kind, name, req)
     for i, src in ipairs(request.image_list(req.images)) do
       local s, msg = source_of(src)
       if not s then
-        return nil, errors.new("invalid_request", string.format("image %d: %s", i, msg), { param = "images", index = i })
+        return nil, errors.new("invalid_request", string.format("step %s: image %d (%s): %s", self.prefix .. name, i,
+          type(src) == "string" and src or "bytes", msg), { param = "images", index = i })
       end
       inputs[i] = s
     end
     if req.mask ~= nil then
       local s, msg = source_of(req.mask)
-      if not s then return nil, errors.new("invalid_request", "mask: " .. msg, { param = "mask" }) end
+      if not s then
+        return nil, errors.new("invalid_request", string.format("step %s: mask (%s): %s", self.prefix .. name,
+          type(req.mask) == "string" and req.mask or "bytes", msg), { param = "mask" })
+      end
       mask = s
     end
   end
@@ -113,6 +117,7 @@ function Pipeline:_describe(kind, name, req)
     kind = kind, name = self.prefix .. name, file_base = self.dir .. "/" .. name, req = req, model = model,
     key = core.sha256(canon(material)), inputs = inputs, mask = mask, fields = fields,
     estimate = tokens.estimate(req.prompt, inputs, req.size, req.quality),
+    parts = { tokens.parts(req.prompt, inputs, req.size, req.quality) },
   }
 end
 
@@ -216,7 +221,7 @@ function Pipeline:_finish(item, img, how, started, attempts)
     cache_hit = how ~= nil, resumed_from = how or cjson.null, requests = attempts, started = iso(os.time() - seconds),
     seconds = seconds, output = { file = path, sha256 = img.sha256, format = img.format, width = img.width,
       height = img.height }, request_id = img.request_id, cost = img.cost or cjson.null,
-    partials = partials and #partials > 0 and partials or nil,
+    partials = partials and #partials > 0 and partials or nil, order = #self.shared.records + 1,
   })
   if not ok then return nil, errors.new("io", item.file_base .. ".json: " .. msg, { param = "dir", image = img }) end
   if how == nil or how == "url" then self:_store(item, img) end

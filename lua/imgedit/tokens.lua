@@ -26,11 +26,17 @@ function M.output_tokens(size, quality)
   return math.ceil((OUT[quality or "auto"] or OUT.high) * w * h / (1024 * 1024))
 end
 
+-- parts(prompt, infos, size, quality) -> text, image, output tokens
+function M.parts(prompt, infos, size, quality)
+  local img = 0
+  for _, i in ipairs(infos or {}) do img = img + M.image_tokens(i.width, i.height) end
+  return math.ceil(#(prompt or "") / 3), img, M.output_tokens(size, quality)
+end
+
 -- estimate(prompt, infos, size, quality) -> tokens; infos are {width=, height=}
 function M.estimate(prompt, infos, size, quality)
-  local n = math.ceil(#(prompt or "") / 3)
-  for _, i in ipairs(infos or {}) do n = n + M.image_tokens(i.width, i.height) end
-  return n + M.output_tokens(size, quality)
+  local text, img, out = M.parts(prompt, infos, size, quality)
+  return text + img + out
 end
 
 return M
