@@ -10,7 +10,7 @@ local M = {}
 
 local function stamp(path)
   local st = core.stat(path)
-  return st and (st.mtime .. ":" .. st.size) or "missing"
+  return st and string.format("%.9f:%.0f", st.mtime, st.size) or "missing"
 end
 
 -- files(script, pipelines) -> the sorted list of files a run depends on
@@ -25,10 +25,19 @@ function M.files(script, pipelines)
   return list
 end
 
--- wait(files, interval) -> the path that changed (blocks until one does)
-function M.wait(files, interval)
-  local before = {}
-  for _, f in ipairs(files) do before[f] = stamp(f) end
+-- stamps(files [, into]) -> path -> mtime and size, as they are now
+function M.stamps(files, into)
+  local t = into or {}
+  for _, f in ipairs(files) do
+    if t[f] == nil then t[f] = stamp(f) end
+  end
+  return t
+end
+
+-- wait(files, interval, before) -> the path that changed (blocks until one
+-- does). `before` are the stamps taken before anyone could have been told
+-- that the watch began: a save right after that message still counts.
+function M.wait(files, interval, before)
   while true do
     local hit = core.wait_change(files, interval)
     -- inotify names a file, or times out; either way the mtimes decide,
@@ -51,6 +60,8 @@ function M.loop(o)
   while true do
     n = n + 1
     local t0 = core.now()
+    -- The script's stamp before it runs: a save during the run is a change.
+    local before = M.stamps { o.script }
     local pipelines
     ok, err, pipelines = o.run()
     pipelines = pipelines or {}
@@ -71,9 +82,10 @@ function M.loop(o)
     end
     if o.runs and n >= o.runs then return ok, err end
     local files = M.files(o.script, pipelines)
+    M.stamps(files, before)
     o.out(string.format("watching %d file%s (%s); Ctrl-C to stop", #files, #files == 1 and "" or "s",
       table.concat(files, ", ")))
-    local changed = M.wait(files, o.interval or 1)
+    local changed = M.wait(files, o.interval or 1, before)
     o.out("changed: " .. changed)
   end
 end
