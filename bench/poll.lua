@@ -16,7 +16,7 @@ local mine = {}
 local function add(t) for _, f in pairs(t) do if type(f) == "function" then mine[f] = true end end end
 add(core)
 add(getmetatable(c._multi).__index)
-add(getmetatable(c._jobs[1].transfer).__index)
+add(getmetatable(c._running[1].transfer).__index)
 
 local calls = 0
 debug.sethook(function()

@@ -55,7 +55,7 @@ describe("careless calls", function()
         local ok, msg = pcall(c.generate, c, small(bad))
         assert.is_false(ok)
         assert.matches("bad option", msg)
-        assert.are.equal(0, #c._jobs)
+        assert.are.equal(0, c._live)
         assert.are.equal(0, c._inflight)
       end
       assert.are.equal(0, #emu:requests())

@@ -35,6 +35,44 @@ describe("jobs", function()
     assert.are.equal(2, emu:stats().max_in_flight)
   end)
 
+  it("runs a long queue through few slots, in order, with queued jobs canceled on the way", function()
+    local c = all_client { max_concurrency = 4 }
+    local list, order = {}, {}
+    for i = 1, 200 do
+      list[i] = c:submit("generate", small { prompt = "q" .. i })
+    end
+    assert.are.equal(200, c:poll(0))
+    for i = 10, 200, 10 do assert.is_true(list[i]:cancel("not needed")) end
+    assert.are.equal(180, c:poll(0))
+    while c:poll(1) > 0 do
+      for i, j in ipairs(list) do
+        if j:done() and not order[i] then order[i] = true end
+      end
+    end
+    for i, j in ipairs(list) do
+      local img, err = j:result()
+      if i % 10 == 0 then
+        assert.are.equal("canceled", err.kind)
+      else
+        assert.truthy(img, tostring(err))
+      end
+    end
+    assert.are.equal(180, #H.api_requests(emu))
+    assert.is_true(emu:stats().max_in_flight <= 4)
+    -- first in, first out: the k-th request to arrive is near the k-th job
+    -- submitted (four connections may deliver a few out of step)
+    local expect = {}
+    for i = 1, 200 do if i % 10 ~= 0 then expect[#expect + 1] = i end end
+    for k, r in ipairs(H.api_requests(emu)) do
+      local got = tonumber(r.fields.prompt:match("%d+"))
+      assert.is_true(math.abs(got - expect[k]) <= 12, "request " .. k .. " was job " .. got)
+    end
+    -- close cancels what is still queued
+    for i = 1, 20 do list[i] = c:submit("generate", small { prompt = "late" .. i }) end
+    c:close()
+    for i = 1, 20 do assert.are.equal("canceled", select(2, list[i]:result()).kind) end
+  end)
+
   it("submit returns at once and poll(0) does not block", function()
     emu:configure { latency = 0.5 * H.SLOW }
     local c = all_client()

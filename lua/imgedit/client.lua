@@ -79,7 +79,13 @@ function M.new(opts)
   end
   local c = { base_url = (base:gsub("/+$", "")), user_agent = USER_AGENT, limits = opts.limits, provider = provider,
     on_progress = opts.on_progress, on_retry = opts.on_retry, on_warning = opts.on_warning, _warned = {}, prices = opts.prices,
-    _jobs = {}, _inflight = 0,
+    _inflight = 0,
+    -- The scheduler's lists, so that a submit or a poll costs what happened,
+    -- not how many jobs wait: new jobs in a FIFO (_queue[_qhead.._qtail]), jobs
+    -- ready again (a retry whose backoff is over, a url to fetch) before
+    -- them in _ready, jobs in backoff in _waiting, transfers in _running
+    -- (in launch order), and every live job in _all (for close).
+    _queue = {}, _qhead = 1, _qtail = 0, _ready = {}, _waiting = {}, _running = {}, _all = {}, _live = 0,
     -- transfers that finished and wait for their job to read them: kept
     -- here, so that one finished inside a nested poll is not missed
     _finished = setmetatable({}, { __mode = "k" }) }
@@ -134,10 +140,55 @@ end
 function Client:close()
   if self._closed then return end
   self._closed = true
-  local live = self._jobs
-  self._jobs = {}
+  local live = {}
+  for job in pairs(self._all) do live[#live + 1] = job end
+  table.sort(live, function(a, b) return a.seq < b.seq end)
   for _, job in ipairs(live) do job:cancel("the client was closed") end
   self._multi:close()
+end
+
+-- _retire(job): a job of this client ended (done, failed or canceled).
+function Client:_retire(job)
+  if not self._all[job] then return end
+  self._all[job] = nil
+  self._live = self._live - 1
+end
+
+-- Jobs that stopped running (finished, or back to waiting or queued) leave
+-- _running for the list their state says.
+function Client:_sort_out()
+  local still = {}
+  for _, job in ipairs(self._running) do
+    local st = job.state
+    if st == "running" then
+      still[#still + 1] = job
+    elseif st == "waiting" then
+      self._waiting[#self._waiting + 1] = job
+    elseif st == "queued" then
+      self._ready[#self._ready + 1] = job
+    end
+  end
+  self._running = still
+end
+
+-- The next job to launch, or nil: ready ones first, then new ones; jobs
+-- canceled while they waited are dropped here.
+local function next_queued(c)
+  while #c._ready > 0 do
+    local job = table.remove(c._ready, 1)
+    if job.state == "queued" then return job end
+  end
+  -- Head and tail are counted: with the taken slots set to nil, # of the
+  -- array would not say where its end is.
+  local q = c._queue
+  while c._qhead <= c._qtail do
+    local job = q[c._qhead]
+    q[c._qhead] = nil
+    c._qhead = c._qhead + 1
+    if job.state == "queued" then return job end
+  end
+  -- Empty: start the array again from 1.
+  c._queue, c._qhead, c._qtail = {}, 1, 0
 end
 Client.__close = Client.close
 Client.__gc = Client.close
@@ -147,36 +198,54 @@ Client.__gc = Client.close
 -- transfer was started.
 function Client:_pump(now)
   local next_wake, started = nil, false
-  for _, job in ipairs(self._jobs) do
-    if self._closed then break end
-    if job.state == "waiting" then
-      if now >= job.retry_at then
-        job.state = "queued"
-      else
-        next_wake = math.min(next_wake or math.huge, job.retry_at - now)
+  if self._closed then return nil, false end
+  self:_sort_out()
+  if #self._waiting > 0 then
+    local still = {}
+    for _, job in ipairs(self._waiting) do
+      if job.state == "waiting" then
+        if now >= job.retry_at then
+          job.state = "queued"
+          self._ready[#self._ready + 1] = job
+        else
+          still[#still + 1] = job
+          next_wake = math.min(next_wake or math.huge, job.retry_at - now)
+        end
       end
     end
-    if job.state == "queued" and self._inflight < self.max_concurrency then
-      jobs.launch(job)
-      started = true
-    end
-    -- A job that reports progress must be looked at every progress_interval,
-    -- even while nothing arrives (the wait for the model).
+    self._waiting = still
+  end
+  while self._inflight < self.max_concurrency and not self._closed do
+    local job = next_queued(self)
+    if not job then break end
+    jobs.launch(job)
+    self._running[#self._running + 1] = job
+    started = true
+  end
+  -- A job that reports progress must be looked at every progress_interval,
+  -- even while nothing arrives (the wait for the model).
+  for _, job in ipairs(self._running) do
     if job.state == "running" and job.on_progress then
       next_wake = math.min(next_wake or math.huge, math.max(self.progress_interval, 0.02))
+      break
     end
   end
   return next_wake, started
 end
 
 local function new_job(c, kind)
+  c._seq = (c._seq or 0) + 1
   return setmetatable({ client = c, kind = kind, state = "queued", attempts = 0, phase = "api",
-    t0 = core.now(), last_report = 0 }, jobs.Job)
+    t0 = core.now(), last_report = 0, seq = c._seq }, jobs.Job)
 end
 
 local function enqueue(c, job)
-  c._jobs[#c._jobs + 1] = job
-  c:_pump(job.t0)
+  c._all[job] = true
+  c._live = c._live + 1
+  c._qtail = c._qtail + 1
+  c._queue[c._qtail] = job
+  -- Only a free slot makes a submit do more than queue the job.
+  if c._inflight < c.max_concurrency then c:_pump(job.t0) end
   return job
 end
 
@@ -237,10 +306,11 @@ function Client:poll(timeout)
   if wake and wake < wait then wait = wake end
   local finished = self._finished
   local _, now = self._multi:perform(wait, finished)
-  -- A copy: callbacks may submit or cancel while the list is walked. Only
-  -- jobs with something to do cost a call into C.
+  -- A copy of the running jobs (at most max_concurrency): callbacks may
+  -- submit or cancel while it is walked. Only jobs with something to do
+  -- cost a call into C.
   local list = {}
-  for i, job in ipairs(self._jobs) do list[i] = job end
+  for i, job in ipairs(self._running) do list[i] = job end
   for _, job in ipairs(list) do
     if self._closed then return 0 end
     local t = job.transfer
@@ -249,12 +319,7 @@ function Client:poll(timeout)
   if self._closed then return 0 end
   local _, started = self:_pump(now)
   if started then self._multi:perform(0, finished) end
-  local live = {}
-  for _, job in ipairs(self._jobs) do
-    if not job:done() then live[#live + 1] = job end
-  end
-  self._jobs = live
-  return #live
+  return self._live
 end
 
 function Client:edit(req)

@@ -70,6 +70,7 @@ local function finish(job, img, err)
   end
   job.image, job.err = img, err
   job.state = err and "failed" or "done"
+  job.client:_retire(job)
 end
 
 -- Stop the transfer (if any) and free its slot.
@@ -89,6 +90,7 @@ function Job:cancel(why)
   abort(self)
   self.state = "failed"
   self.err = errors.new("canceled", why or "canceled by the caller", { attempts = self.attempts })
+  self.client:_retire(self)
   return true
 end
 
