@@ -103,6 +103,15 @@ local pl = cjson.decode(sh("lua5.4 bench/poll.lua"))
 row(string.format("poll(0) with %d transfers in flight: calls into imgedit.core", pl.n), string.format("%.0f", pl.core_calls),
   string.format("median %.0f us a poll", pl.median_us), "not one per transfer", pl.core_calls <= 2)
 
+-- ---- the scheduler with many jobs waiting ----
+local sc = cjson.decode(sh("lua5.4 bench/schedule.lua"))
+row(string.format("submit %d jobs (64 slots)", sc.large.n), string.format("%.2f s", sc.large.submit_s),
+  string.format("%d jobs: %.2f s", sc.small.n, sc.small.submit_s), "grows with n, not n^2",
+  sc.large.submit_s <= 8 * 1.5 * sc.small.submit_s + 0.05)
+row(string.format("poll(0) with %d jobs queued", sc.large.n), string.format("%.3f ms", sc.large.poll_median_ms),
+  string.format("%d queued: %.3f ms", sc.small.n, sc.small.poll_median_ms), "independent of the queue",
+  sc.large.poll_median_ms <= 2 * sc.small.poll_median_ms + 0.05)
+
 -- ---- connections and TLS handshakes through a real TLS front ----
 local nw = cjson.decode(sh("lua5.4 bench/network.lua"))
 if nw.h1 then
