@@ -73,6 +73,41 @@ describe("jobs", function()
     for i = 1, 20 do assert.are.equal("canceled", select(2, list[i]:result()).kind) end
   end)
 
+  it("go through a service that sheds load: a rate limit, random 500s and resets, none paid twice", function()
+    emu:configure { rate_limit = 10, fail_rate = 0.1, reset_rate = 0.1, seed = 7 }
+    -- (the concurrency does not adapt yet: many retries on 429 are allowed)
+    local c = all_client { max_concurrency = 8, max_retries = 100, retry_base = 0.05, retry_cap = 0.5 }
+    local list = {}
+    for i = 1, 60 do list[i] = c:submit("generate", small { prompt = "load" .. i }) end
+    while c:poll(1) > 0 do end
+    emu:configure { rate_limit = 0, fail_rate = 0, reset_rate = 0 }
+    local done, lost = 0, 0
+    for _, j in ipairs(list) do
+      local img, err = j:result()
+      if img then
+        done = done + 1
+      else
+        -- a reset after the whole request: maybe billed, so not sent again
+        assert.is_true(err.maybe_billed, tostring(err))
+        lost = lost + 1
+      end
+    end
+    assert.are.equal(60, done + lost)
+    assert.is_true(done >= 40, done .. " done")
+    local by_prompt, statuses = {}, {}
+    for _, r in ipairs(H.api_requests(emu)) do
+      statuses[r.status] = (statuses[r.status] or 0) + 1
+      if r.status == 200 or r.status == 0 then -- what the service may bill
+        local p = r.fields.prompt
+        by_prompt[p] = (by_prompt[p] or 0) + 1
+        assert.are.equal(1, by_prompt[p], p .. " was paid twice")
+      end
+    end
+    assert.is_true((statuses[429] or 0) > 0, "the rate limit never answered 429")
+    assert.is_true((statuses[500] or 0) > 0, "no 500 was drawn")
+    assert.are.equal(lost, statuses[0] or 0)
+  end)
+
   it("submit returns at once and poll(0) does not block", function()
     emu:configure { latency = 0.5 * H.SLOW }
     local c = all_client()

@@ -21,7 +21,9 @@ local function port(v)
 end
 
 -- Settings the service takes, at start and later through configure.
-local SETTINGS = { latency = checks.nonneg, key = checks.is "string", provider = request.CLIENT_OPTIONS.provider }
+local function rate(v) return type(v) == "number" and v >= 0 and v <= 1, "a number from 0 to 1" end
+local SETTINGS = { latency = checks.nonneg, key = checks.is "string", provider = request.CLIENT_OPTIONS.provider,
+  rate_limit = checks.nonneg, fail_rate = rate, reset_rate = rate, seed = checks.count }
 local START = { port = port, cdn_port = port, sink = checks.is "boolean" }
 for k, check in pairs(SETTINGS) do START[k] = check end
 
@@ -90,8 +92,11 @@ function methods.clear(self)
   h:reset_peak()
 end
 
--- configure{latency=, key=}: change settings while running (the provider is
--- chosen at start, as its urls depend on it).
+-- configure{latency=, key=, rate_limit=, fail_rate=, reset_rate=, seed=}:
+-- change settings while running (the provider is chosen at start, as its
+-- urls depend on it). rate_limit: API requests a second, 429 beyond (0:
+-- none); fail_rate, reset_rate: the share of API requests answered 500, or
+-- read and then reset (as a lost answer); seed: their random sequence.
 function methods.configure(self, opts)
   if type(opts) ~= "table" then error("bad argument #1 to 'configure' (table expected, got " .. type(opts) .. ")", 2) end
   request.check_options(opts, SETTINGS, "configure", 2)

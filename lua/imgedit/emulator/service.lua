@@ -27,10 +27,55 @@ local function random_key()
 end
 
 function M.configure_json(s)
-  for k, v in pairs(cjson.decode(s)) do
+  local t = cjson.decode(s)
+  for k, v in pairs(t) do
     if v ~= cjson.null then cfg[k] = v end
   end
   cfg.key = cfg.key or random_key()
+  if t.seed ~= nil or not cfg.seeded then
+    math.randomseed(tonumber(cfg.seed) or 1)
+    cfg.seeded = true
+  end
+end
+
+-- ---- the load a service sheds: a rate limit, random failures ----
+
+local window = {} -- arrival times of the API requests let through in the last second
+
+-- shed(entry) -> an answer that refuses or drops the request, or nil.
+-- The rate limit answers as OpenAI's does: 429, Retry-After (seconds) and
+-- retry-after-ms, and x-ratelimit-*-requests on every answer (per second).
+local function shed(entry, headers)
+  local limit = tonumber(cfg.rate_limit) or 0
+  if limit > 0 then
+    local now = core.now()
+    local keep = {}
+    for _, t in ipairs(window) do if now - t < 1 then keep[#keep + 1] = t end end
+    window = keep
+    local full = #window >= limit
+    local wait = full and (window[1] + 1 - now) or 0
+    headers["x-ratelimit-limit-requests"] = tostring(math.floor(limit))
+    headers["x-ratelimit-remaining-requests"] = tostring(math.max(0, math.floor(limit) - #window - (full and 0 or 1)))
+    headers["x-ratelimit-reset-requests"] = string.format("%dms", math.ceil(math.max(wait, 0) * 1000))
+    if full then
+      entry.status = 429
+      headers["Retry-After"] = tostring(math.max(1, math.ceil(wait)))
+      headers["retry-after-ms"] = tostring(math.ceil(wait * 1000))
+      return fail(429, string.format("Rate limit reached for requests: limit %d per second. Please try again in %dms.",
+        math.floor(limit), math.ceil(wait * 1000)), nil, "rate_limit_exceeded", "requests")
+    end
+    window[#window + 1] = now
+  end
+  local r = math.random()
+  local fail_rate, reset_rate = tonumber(cfg.fail_rate) or 0, tonumber(cfg.reset_rate) or 0
+  if r < fail_rate then
+    entry.status = 500
+    return fail(500, "The server had an error while processing your request.", nil, nil, "server_error")
+  end
+  if r < fail_rate + reset_rate then
+    entry.status = 0
+    return { drop = true, reset = true }
+  end
 end
 
 function M.key() return cfg.key end
@@ -358,6 +403,14 @@ local function api(req, entry)
     if a then return a end
   end
   local a
+  local shed_headers = {}
+  local shed_answer = not fault and shed(entry, shed_headers)
+  if shed_answer then
+    shed_answer.headers = shed_answer.headers or {}
+    for k, v in pairs(shed_headers) do shed_answer.headers[k] = v end
+    shed_answer.headers["x-request-id"] = "req_emu_" .. entry.id
+    return shed_answer
+  end
   if req.too_big then
     a = fail(413, "Request body too large", nil, "request_too_large")
   elseif cfg.provider == "azure" then
@@ -379,6 +432,7 @@ local function api(req, entry)
   entry.status = entry.status or a.status
   -- Every answer names its request, as the service's do.
   a.headers = a.headers or {}
+  for k, v in pairs(shed_headers) do a.headers[k] = v end
   a.headers["x-request-id"] = a.headers["x-request-id"] or ("req_emu_" .. entry.id)
   -- Faults that bend an otherwise normal answer.
   if fault then faults.bend(fault, a, sse) end
