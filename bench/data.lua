@@ -5,6 +5,18 @@ local core = require "imgedit.core"
 
 local M = { dir = "bench/.data" }
 
+-- poll_median(client, n) -> the median seconds of n calls of client:poll(0)
+function M.poll_median(c, n)
+  local times = {}
+  for i = 1, n do
+    local t = core.now()
+    c:poll(0)
+    times[i] = core.now() - t
+  end
+  table.sort(times)
+  return times[(n + 1) // 2]
+end
+
 local function noise(n)
   local f = assert(io.open("/dev/urandom", "rb"))
   local s = f:read(n)

@@ -4,6 +4,7 @@
 local imgedit = require "imgedit"
 local core = require "imgedit.core"
 local cjson = require "cjson"
+local data = require "bench.data"
 
 local N, POLLS = 64, 200
 local emu = assert(require("imgedit.emulator").start { latency = 2.0 })
@@ -25,14 +26,8 @@ end, "c")
 for _ = 1, POLLS do c:poll(0) end
 debug.sethook()
 
-local times = {}
-for i = 1, POLLS do
-  local t = core.now()
-  c:poll(0)
-  times[i] = core.now() - t
-end
-table.sort(times)
+local median = data.poll_median(c, POLLS)
 assert(c:poll(0) == N, "a transfer finished during the measurement")
 c:close()
 emu:stop()
-print(cjson.encode { n = N, core_calls = calls / POLLS, median_us = times[POLLS // 2] * 1e6 })
+print(cjson.encode { n = N, core_calls = calls / POLLS, median_us = median * 1e6 })

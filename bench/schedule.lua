@@ -5,6 +5,7 @@
 local imgedit = require "imgedit"
 local core = require "imgedit.core"
 local cjson = require "cjson"
+local data = require "bench.data"
 
 local function measure(n)
   local emu = assert(require("imgedit.emulator").start { latency = 30 })
@@ -14,17 +15,11 @@ local function measure(n)
   for i = 1, n do c:submit("generate", { prompt = "p" .. i, size = "64x64", response_format = "b64_json" }) end
   local submit = core.now() - t0
   c:poll(0.2)
-  local times = {}
-  for i = 1, 101 do
-    local t = core.now()
-    c:poll(0)
-    times[i] = core.now() - t
-  end
-  table.sort(times)
+  local median = data.poll_median(c, 101)
   assert(c:poll(0) == n, "a job finished during the measurement")
   c:close()
   emu:stop()
-  return { n = n, submit_s = submit, poll_median_ms = times[51] * 1000 }
+  return { n = n, submit_s = submit, poll_median_ms = median * 1000 }
 end
 
 print(cjson.encode { small = measure(2000), large = measure(16000) })
