@@ -364,6 +364,7 @@ local function cmd_inspect(a)
   local failed, rows = false, {}
   for _, f in ipairs(a.files) do
     local info, err = imgedit.inspect(f)
+    if info then local _ = info.lineage end -- read now, so the JSON row holds it
     local row = info or { error = error_object(err) }
     if row.error then row.error.attempts = nil end
     row.file = f

@@ -147,10 +147,16 @@ function M.inspect(src)
   else
     error("bad argument #1 to 'inspect' (path, Image or {bytes=...} expected)", 2)
   end
-  -- How the picture was made, when imgedit wrote it (lineage.lua).
-  local bytes = type(src) == "string" and core.read_file(src) or src.bytes
-  info.lineage = bytes and require("imgedit.lineage").read(bytes) or nil
-  return info
+  -- How the picture was made (lineage.lua), read on first use only: the
+  -- other facts come from the header, and fit, mask checks and the CLI
+  -- inspect whole files that they never ask the lineage of.
+  return setmetatable(info, { __index = function(t, k)
+    if k ~= "lineage" then return nil end
+    local bytes = type(src) == "string" and core.read_file(src) or src.bytes
+    local l = bytes and require("imgedit.lineage").read(bytes) or false
+    rawset(t, "lineage", l or nil)
+    return l or nil
+  end })
 end
 
 return M
