@@ -28,6 +28,7 @@ int luaopen_imgedit_core(lua_State *L) {
   ie_open_fileio(L);
   ie_open_meta(L);
   ie_open_watch(L);
+  ie_open_signal(L);
   ie_open_pixels(L);
   ie_open_mask(L);
   ie_open_http(L);

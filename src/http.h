@@ -63,6 +63,8 @@ struct transfer {
   long status;
   curl_off_t ul_now, ul_total, dl_now, dl_total;
   char ctype[128], retry_after[64], retry_after_ms[32], request_id[128], should_retry[8];
+  /* x-ratelimit-{limit,remaining,reset}-{requests,tokens,images}, in that order */
+  char ratelimit[9][32];
   char errbuf[CURL_ERROR_SIZE];
   /* Streaming answers: decided by the answer's content type. */
   int stream_wanted, mode_decided, sse_on;

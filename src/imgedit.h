@@ -63,6 +63,9 @@ IE_LOCAL void ie_open_meta(lua_State *L);
 /* ---- waiting for a file to be saved (watch.c) ---- */
 IE_LOCAL void ie_open_watch(lua_State *L);
 
+/* ---- SIGINT and SIGTERM read as data (signal.c) ---- */
+IE_LOCAL void ie_open_signal(lua_State *L);
+
 /* ---- HTTP transfers (http.c) ---- */
 IE_LOCAL void ie_open_http(lua_State *L);
 

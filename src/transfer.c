@@ -75,6 +75,12 @@ static int header_is(const char *line, size_t n, const char *name, size_t *vstar
   return 0;
 }
 
+/* The rate-limit headers OpenAI documents, kept for the caller's pacing. */
+static const char *const RATELIMIT[9] = {
+    "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",   "x-ratelimit-remaining-tokens",   "x-ratelimit-reset-tokens",
+    "x-ratelimit-limit-images",   "x-ratelimit-remaining-images",   "x-ratelimit-reset-images"};
+
 static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
   transfer *t = (transfer *)ud;
   size_t len = sz * n, v;
@@ -87,6 +93,16 @@ static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
     t->answering = 1;
     /* A new response (after a redirect or 100-continue): forget the old headers. */
     t->ctype[0] = t->retry_after[0] = t->retry_after_ms[0] = t->request_id[0] = t->should_retry[0] = '\0';
+    memset(t->ratelimit, 0, sizeof t->ratelimit);
+    return len;
+  }
+  if (len > 12 && strncasecmp(p, "x-ratelimit-", 12) == 0) {
+    for (int i = 0; i < 9; i++) {
+      if (header_is(p, len, RATELIMIT[i], &v)) {
+        copy_value(t->ratelimit[i], sizeof t->ratelimit[i], p + v, len - v);
+        break;
+      }
+    }
     return len;
   }
   if (header_is(p, len, "content-type", &v))
@@ -325,6 +341,20 @@ static void set_str(lua_State *L, const char *k, const char *v) {
   }
 }
 
+/* res.ratelimit = {["limit-requests"] = "60", ...}, only when the answer had any. */
+static void push_ratelimit(lua_State *L, const transfer *t) {
+  int any = 0;
+  for (int i = 0; i < 9; i++) {
+    if (!t->ratelimit[i][0])
+      continue;
+    if (!any)
+      lua_createtable(L, 0, 9), any = 1;
+    set_str(L, RATELIMIT[i] + 12, t->ratelimit[i]);
+  }
+  if (any)
+    lua_setfield(L, -2, "ratelimit");
+}
+
 static const char *reason_of(const transfer *t) {
   if (t->canceled)
     return "canceled";
@@ -390,6 +420,7 @@ void ie_transfer_push_result(lua_State *L, const transfer *t) {
   set_str(L, "retry_after_ms", t->retry_after_ms);
   set_str(L, "request_id", t->request_id);
   set_str(L, "should_retry", t->should_retry);
+  push_ratelimit(L, t);
   lua_pushlstring(L, t->body ? t->body : "", t->len);
   lua_setfield(L, -2, "body");
   lua_pushboolean(L, t->sent_all || !t->has_body);

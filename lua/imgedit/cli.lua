@@ -120,6 +120,10 @@ local function build()
   rules:option("--model", "One model's rules; without it, the provider's models.")
   rules:flag("--json", "Print JSON.")
 
+  local batch = p:command("batch", "Run the same kind of edit over many pictures: a manifest or --prompt over"
+    .. " pictures, at the service's pace, resumable."):epilog(EPILOG)
+  require("imgedit.cli_batch").options(batch)
+
   local emu = p:command("emulate", "Serve the local emulator until interrupted; prints its url and key.")
     :epilog(EPILOG)
   emu:option("--port", "Port on 127.0.0.1 (default: any free one).", "0")
@@ -574,7 +578,12 @@ local function cmd_rules(a)
   return 0
 end
 
-local COMMANDS = { edit = cmd_request, generate = cmd_request, inspect = cmd_inspect, mask = cmd_mask,
+local function cmd_batch(a)
+  return require("imgedit.cli_batch").run(a, { fail_err = fail_err, number_opt = number_opt, json_out = json_out,
+    EXIT = M.EXIT })
+end
+
+local COMMANDS = { batch = cmd_batch, edit = cmd_request, generate = cmd_request, inspect = cmd_inspect, mask = cmd_mask,
   run = cmd_run, emulate = cmd_emulate, rules = cmd_rules, report = cmd_report }
 
 -- main(args) -> exit code

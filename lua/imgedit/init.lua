@@ -26,6 +26,7 @@ local lazy = {
   prices = function() return require "imgedit.prices" end,
   sheet = function() return require "imgedit.sheet" end,
   fit = function() return require "imgedit.fit" end,
+  batch = function() return require("imgedit.batch").run end,
 }
 setmetatable(M, { __index = function(t, k)
   local load = lazy[k]

@@ -181,6 +181,8 @@ local function advance(job, t, now, finished)
   finished[t] = nil
   local res = t:take()
   job.transfer = nil
+  -- The service's rate-limit headers of its last answer, for callers that pace themselves.
+  if job.phase ~= "download" then job.ratelimit = res.ratelimit end
   c._inflight = c._inflight - 1
   local key = c:_key()
   if res.ok or job.phase == "download" then

@@ -37,6 +37,40 @@ function M.hint(res, now_epoch)
   return nil
 end
 
+-- A duration as OpenAI's x-ratelimit-reset-* give it ("1s", "6m0s",
+-- "20ms", "1h2m3.5s") or a bare number of seconds, in seconds; nil if unreadable.
+function M.duration(s)
+  if type(s) ~= "string" then return nil end
+  local n = tonumber(s)
+  if n then return n >= 0 and n or nil end
+  local total, rest = 0, s
+  if rest == "" then return nil end
+  while rest ~= "" do
+    local num, unit, tail = rest:match("^(%d+%.?%d*)(%a+)(.*)$")
+    local scale = ({ h = 3600, m = 60, s = 1, ms = 1e-3, us = 1e-6, ns = 1e-9 })[unit]
+    if not num or not scale then return nil end
+    total, rest = total + tonumber(num) * scale, tail
+  end
+  return total
+end
+
+-- ratelimit(raw) -> {requests = {limit=, remaining=, reset=}, tokens = ..., images = ...}
+-- from the transfer's x-ratelimit-* headers, or nil. A group whose limit
+-- is absent or 0 says nothing (gateways that copy the headers send zeros),
+-- nor does one without a readable remaining count.
+function M.ratelimit(raw)
+  if type(raw) ~= "table" then return nil end
+  local out
+  for _, what in ipairs { "requests", "tokens", "images" } do
+    local limit, remaining = tonumber(raw["limit-" .. what]), tonumber(raw["remaining-" .. what])
+    if limit and limit > 0 and remaining and remaining >= 0 then
+      out = out or {}
+      out[what] = { limit = limit, remaining = remaining, reset = M.duration(raw["reset-" .. what]) or 0 }
+    end
+  end
+  return out
+end
+
 -- Exponential backoff with jitter: min(base * 2^n, cap), less up to 25 %.
 function M.backoff(n, base, cap, rand)
   local w = math.min((base or 0.5) * 2 ^ n, cap or 8)

@@ -44,7 +44,9 @@ local window = {} -- arrival times of the API requests let through in the last s
 
 -- shed(entry) -> an answer that refuses or drops the request, or nil.
 -- The rate limit answers as OpenAI's does: 429, Retry-After (seconds) and
--- retry-after-ms, and x-ratelimit-*-requests on every answer (per second).
+-- retry-after-ms, and x-ratelimit-*-requests on every answer, the window
+-- being one second: remaining is what is left of it, reset the time until
+-- it is whole again ("resets to its initial state"), e.g. "840ms".
 local function shed(entry, headers)
   local limit = tonumber(cfg.rate_limit) or 0
   if limit > 0 then
@@ -53,10 +55,11 @@ local function shed(entry, headers)
     for _, t in ipairs(window) do if now - t < 1 then keep[#keep + 1] = t end end
     window = keep
     local full = #window >= limit
+    if not full then window[#window + 1] = now end
     local wait = full and (window[1] + 1 - now) or 0
     headers["x-ratelimit-limit-requests"] = tostring(math.floor(limit))
-    headers["x-ratelimit-remaining-requests"] = tostring(math.max(0, math.floor(limit) - #window - (full and 0 or 1)))
-    headers["x-ratelimit-reset-requests"] = string.format("%dms", math.ceil(math.max(wait, 0) * 1000))
+    headers["x-ratelimit-remaining-requests"] = tostring(math.max(0, math.floor(limit) - #window))
+    headers["x-ratelimit-reset-requests"] = string.format("%dms", math.ceil(math.max(window[#window] + 1 - now, 0) * 1000))
     if full then
       entry.status = 429
       headers["Retry-After"] = tostring(math.max(1, math.ceil(wait)))
@@ -64,7 +67,6 @@ local function shed(entry, headers)
       return fail(429, string.format("Rate limit reached for requests: limit %d per second. Please try again in %dms.",
         math.floor(limit), math.ceil(wait * 1000)), nil, "rate_limit_exceeded", "requests")
     end
-    window[#window + 1] = now
   end
   local r = math.random()
   local fail_rate, reset_rate = tonumber(cfg.fail_rate) or 0, tonumber(cfg.reset_rate) or 0

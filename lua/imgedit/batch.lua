@@ -1,0 +1,579 @@
+-- Batches: the same kind of edit over hundreds or thousands of pictures,
+-- at the provider's pace, resumable after a crash.
+--
+-- On disk, in the batch's folder:
+--   <name>.<ext>                 each output (atomic, with its lineage inside)
+--   .imgedit-batch[.I-of-N].jsonl the journal: one line when a request is
+--                                sent, one when its job ends; append only,
+--                                so a kill -9 loses at most the last line
+--   batch-report[.I-of-N].json   per job: status, tokens, cost, attempts,
+--                                request id, error
+--   failed[.I-of-N].jsonl        the jobs that did not end done, as a
+--                                manifest to run again
+-- A second run reads every journal in the folder: a job that ended done
+-- is skipped, a picture paid for whose download failed is fetched from its
+-- url, and a job that was sent but never ended (in flight at the crash) is
+-- the only kind sent again: the report names those (maybe_paid_twice).
+--
+-- Memory does not grow with the batch: the manifest is read a line at a
+-- time, jobs are submitted only as slots free up, and a finished job is
+-- written out and dropped. What stays per job is its name (to refuse a
+-- name used twice) and, on a resume, what the journal said of it.
+local core = require "imgedit.core"
+local cjson = require "cjson"
+local errors = require "imgedit.errors"
+local image = require "imgedit.image"
+local lineage = require "imgedit.lineage"
+local manifest = require "imgedit.manifest"
+local pace_mod = require "imgedit.pace"
+local prices = require "imgedit.prices"
+local request = require "imgedit.request"
+local store = require "imgedit.store"
+
+local M = {}
+
+-- How often a job refused with 429 (never billed) goes back in line,
+-- after the client's own retries, before it fails as rate_limit.
+local REQUEUES = 5
+
+local function iso(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t)) end
+
+-- ---- options ----
+
+local function parse_shard(s)
+  if s == nil then return nil end
+  local i, n
+  if type(s) == "table" then
+    i, n = s[1], s[2]
+  else
+    i, n = tostring(s):match("^(%d+)/(%d+)$")
+    i, n = tonumber(i), tonumber(n)
+  end
+  if type(i) ~= "number" or type(n) ~= "number" or n < 1 or i < 1 or i > n or i % 1 ~= 0 or n % 1 ~= 0 then
+    error("bad option 'shard' (I/N with 1 <= I <= N expected, got " .. tostring(s) .. ")", 3)
+  end
+  return { i = i, n = n }
+end
+
+-- A job belongs to shard I of N by its name's hash: the same split on every
+-- machine, whatever the order of the manifest's lines.
+local function in_shard(shard, name)
+  if not shard or shard.n == 1 then return true end
+  return tonumber(core.sha256(name):sub(1, 8), 16) % shard.n == shard.i - 1
+end
+
+local CHECK = {
+  client = true, jobs = true, manifest = true, prompt = true, pictures = true, dir = true, defaults = true,
+  concurrency = true, budget = true, shard = true, cache = true, lineage = true, on_job = true, on_tick = true,
+  interrupts = true, tick = true,
+}
+
+-- ---- the journal ----
+
+local function journal_name(shard)
+  return shard and shard.n > 1 and string.format(".imgedit-batch.%d-of-%d.jsonl", shard.i, shard.n)
+    or ".imgedit-batch.jsonl"
+end
+
+local function suffix(shard)
+  return shard and shard.n > 1 and string.format(".%d-of-%d", shard.i, shard.n) or ""
+end
+
+-- Every journal in dir, read into name -> what is known: `last` (the last
+-- ended event) and `open` (sent after it, never ended: in flight at a crash).
+local function read_journals(dir, names)
+  local known = {}
+  for _, e in ipairs(core.listdir(dir) or {}) do
+    if e.name:match("^%.imgedit%-batch.*%.jsonl$") then
+      local f = io.open(dir .. "/" .. e.name, "rb")
+      for line in f and f:lines() or function() end do
+        local ok, ev = pcall(cjson.decode, line)
+        -- A line cut short by a kill is skipped.
+        if ok and type(ev) == "table" and type(ev.name) == "string" and (names == nil or names[ev.name]) then
+          local k = known[ev.name] or {}
+          known[ev.name] = k
+          if ev.event == "sent" then
+            k.open = ev
+          elseif ev.event == "done" or ev.event == "failed" then
+            k.last, k.open = ev, nil
+          end
+        end
+      end
+      if f then f:close() end
+    end
+  end
+  return known
+end
+
+local function append(f, ev)
+  -- One write of one line, flushed: the kernel has it before the next step.
+  f:write(cjson.encode(ev), "\n")
+  f:flush()
+end
+
+-- ---- one job ----
+
+-- What a picture's lineage must say for it to be this job's output.
+local function made_by(path, item)
+  local bytes = core.read_file(path)
+  local l = bytes and lineage.read(bytes)
+  if not l or l.prompt ~= item.req.prompt or l.model ~= item.model or l.step ~= item.name then return nil end
+  if #(l.parents or {}) ~= #item.inputs then return nil end
+  for i, s in ipairs(item.inputs) do
+    if l.parents[i] ~= s.sha256 then return nil end
+  end
+  if (l.mask or false) ~= (item.mask and item.mask.sha256 or false) then return nil end
+  return image.from_bytes(bytes, { request_id = l.request_id })
+end
+
+-- The request a job sends: its fields, without what only the batch reads.
+local function request_of(entry)
+  local req = {}
+  for k, v in pairs(entry) do
+    if k ~= "name" and k:sub(1, 1) ~= "_" then req[k] = v end
+  end
+  return req
+end
+
+-- ---- the run ----
+
+local Run = {}
+Run.__index = Run
+
+-- Budget: what is spent plus what the jobs in flight may still cost.
+function Run:_afford(item)
+  local b = self.budget
+  if not b then return true end
+  local s, f = self.stats, self.reserved
+  if b.requests and s.requests + f.requests + 1 > b.requests then
+    return nil, string.format("the budget's %d requests would be passed", b.requests)
+  end
+  if b.tokens and s.tokens + f.tokens + item.estimate > b.tokens then
+    return nil, string.format("the budget's %d tokens would be passed (%d spent, %d in flight, %d more for %s)",
+      b.tokens, s.tokens, f.tokens, item.estimate, item.name)
+  end
+  if b.usd then
+    local usd = prices.estimate(self.client, item.model, item.parts)
+    if not usd then
+      return nil, string.format("no price is known for %s, so a budget in usd cannot be kept", item.model)
+    end
+    item.usd_estimate = usd
+    if s.usd + f.usd + usd > b.usd then
+      return nil, string.format("the budget's $%.2f would be passed ($%.4f spent, $%.4f in flight, $%.4f more for %s)",
+        b.usd, s.usd, f.usd, usd, item.name)
+    end
+  end
+  return true
+end
+
+function Run:_reserve(item, sign)
+  local f = self.reserved
+  f.requests = f.requests + sign
+  f.tokens = f.tokens + sign * item.estimate
+  f.usd = f.usd + sign * (item.usd_estimate or 0)
+end
+
+-- An ended job: counted, journaled, told.
+function Run:_ended(ev)
+  local s = self.stats
+  if ev.event == "done" then s.done = s.done + 1 else s.failed = s.failed + 1 end
+  ev.at = iso(os.time())
+  append(self.journal, ev)
+  if self.on_job then self.on_job(ev) end
+  if ev.event == "done" and ev.maybe_paid_twice then s.paid_twice[#s.paid_twice + 1] = ev.name end
+end
+
+-- Save a picture the job got (paid now, or fetched from an old url).
+function Run:_save(slot, img)
+  local item = slot.item
+  if self.lineage then
+    local parents = {}
+    for i, s in ipairs(item.inputs) do parents[i] = s.sha256 end
+    img = lineage.attach(img, lineage.record {
+      prompt = item.req.prompt, model = item.model, params = item.fields, step = item.name, parents = parents,
+      mask = item.mask and item.mask.sha256, request_id = img.request_id,
+    })
+  end
+  -- The cache first: a kill between the two then finds it there.
+  if self.cache then self.shim:_store(item, img) end
+  local path = self.dir .. "/" .. item.name .. "." .. image.EXT[img.format]
+  local ok, msg = core.write_atomic(path, img.bytes)
+  if not ok then return nil, errors.new("io", path .. ": " .. msg, { param = "dir", image = img }) end
+  local files = { path }
+  for i, more in ipairs(img.more or {}) do
+    if image.is(more) then
+      local p = string.format("%s/%s.%d.%s", self.dir, item.name, i + 1, image.EXT[more.format])
+      if core.write_atomic(p, more.bytes) then files[#files + 1] = p end
+    end
+  end
+  return { file = path, files = #files > 1 and files or nil, bytes = #img.bytes, sha256 = img.sha256 }
+end
+
+function Run:_finish(slot)
+  local item, job = slot.item, slot.job
+  local img, err = job:result()
+  local now = core.now()
+  self.running = self.running - 1
+  self:_reserve(item, -1)
+  local s = self.stats
+  if slot.kind ~= "download" then s.requests = s.requests + job.attempts end
+  local ev = { name = item.name, key = item.key, attempts = job.attempts, model = item.model,
+    seconds = now - slot.t0, maybe_paid_twice = slot.paid_twice or nil, resumed = slot.resumed }
+  if img then
+    self.pace:success(now, job.ratelimit, item.estimate)
+    local saved, serr = self:_save(slot, img)
+    local usage = img.usage
+    local spent = usage and usage.total_tokens or (slot.kind ~= "download" and item.estimate or 0)
+    local usd = slot.kind ~= "download" and (img.cost and img.cost.usd
+      or prices.estimate(self.client, item.model, item.parts)) or 0
+    s.tokens, s.usd = s.tokens + spent, s.usd + usd
+    ev.tokens, ev.usage, ev.cost, ev.request_id = spent, usage, usd, img.request_id
+    if not saved then
+      err = serr
+    else
+      ev.event, ev.file, ev.files, ev.bytes, ev.sha256 = "done", saved.file, saved.files, saved.bytes, saved.sha256
+      return self:_ended(ev)
+    end
+  end
+  if err.status == 429 or err.kind == "rate_limit" then
+    self.pace:throttled(now, err.retry_after, job.ratelimit, item.estimate)
+    if not err.maybe_billed and (slot.requeued or 0) < REQUEUES and not self.stopping then
+      -- Never billed: back in line, first, once the service's wait is over.
+      slot.entry._requeued = (slot.requeued or 0) + 1
+      table.insert(self.again, 1, slot.entry)
+      return
+    end
+  end
+  ev.event = "failed"
+  ev.error = { kind = err.kind, message = err.message, status = err.status, maybe_billed = err.maybe_billed or nil,
+    retry_after = err.retry_after }
+  ev.url, ev.request_id = err.url, err.request_id
+  return self:_ended(ev)
+end
+
+-- Start one entry, or settle it without a request. Returns false when the
+-- budget stops the batch.
+function Run:_start(entry)
+  local name = entry.name
+  local req = request_of(entry)
+  local kind = req.images and "edit" or "generate"
+  local item, derr = self.shim:_describe(kind, name, req)
+  local prior = self.known[name]
+  local now = core.now()
+  if not item then
+    self:_ended { event = "failed", name = name, attempts = 0,
+      error = { kind = derr.kind, message = derr.message } }
+    return true
+  end
+  local last, open = prior and prior.last, prior and prior.open
+  if last and last.event == "done" and last.key == item.key then
+    local st = type(last.file) == "string" and core.stat(last.file)
+    if st and st.size == last.bytes then
+      self.stats.before = self.stats.before + 1
+      return true
+    end
+  end
+  local slot = { item = item, entry = entry, t0 = now, requeued = entry._requeued }
+  -- Sent by a run that died before it was answered: the output may be on
+  -- disk already (the kill came between the file and the journal), or in
+  -- the cache; otherwise it is sent again, and maybe paid twice.
+  if open and open.key == item.key then
+    local path
+    for _, e in pairs(image.EXT) do
+      local p = self.dir .. "/" .. name .. "." .. e
+      if core.stat(p) then path = p end
+    end
+    local img = path and made_by(path, item)
+    if not img and self.cache then img = self.shim:_lookup(item) end
+    if img then
+      self.running = self.running + 1
+      self:_reserve(item, 1)
+      slot.job, slot.kind, slot.resumed = { result = function() return img end, attempts = 0 }, "download", "file"
+      self:_finish(slot)
+      return true
+    end
+    slot.paid_twice = true
+  elseif last and last.event == "failed" and last.key == item.key and last.error and last.error.maybe_billed
+    and not last.url then
+    slot.paid_twice = true
+  end
+  -- Paid for earlier, its download failed: fetch it, do not pay again.
+  if last and last.event == "failed" and last.key == item.key and type(last.url) == "string" then
+    slot.kind, slot.resumed, slot.paid_twice = "download", "url", nil
+    req = { url = last.url, request_id = last.request_id, model = item.model }
+  elseif self.cache then
+    local img = self.shim:_lookup(item)
+    if img then
+      self.running = self.running + 1
+      self:_reserve(item, 1)
+      slot.job, slot.kind, slot.resumed, slot.paid_twice = { result = function() return img end, attempts = 0 },
+        "download", "cache", nil
+      self:_finish(slot)
+      return true
+    end
+  end
+  local ok, why = self:_afford(item)
+  if not ok then
+    self.stopping, self.stopped = true, "budget: " .. why
+    return false
+  end
+  slot.kind = slot.kind or kind
+  if slot.kind ~= "download" then
+    -- Every 429 the client retries by itself paces the batch too.
+    local user = req.on_retry
+    req.on_retry = function(info)
+      if info.status == 429 then self.pace:throttled(core.now(), info.wait, slot.job and slot.job.ratelimit, item.estimate) end
+      if user then return user(info) end
+    end
+  end
+  append(self.journal, { event = "sent", name = name, key = item.key, at = iso(os.time()) })
+  self.running = self.running + 1
+  self:_reserve(item, 1)
+  local sok, job = pcall(self.client.submit, self.client, slot.kind, req)
+  if not sok then
+    -- A field of the wrong type: refused before anything was sent.
+    self.running = self.running - 1
+    self:_reserve(item, -1)
+    self:_ended { event = "failed", name = name, key = item.key, attempts = 0,
+      error = { kind = "invalid_request", message = (tostring(errors.is(job) and job.message or job):gsub("^[^:]*:%d+: ", "")) } }
+    return true
+  end
+  slot.job = job
+  self.slots[#self.slots + 1] = slot
+  self.pace:launched(now)
+  return true
+end
+
+-- The live numbers, for on_tick and the report.
+function Run:numbers(now)
+  local s = self.stats
+  now = now or core.now()
+  local secs = now - self.t0
+  -- Requests a minute over the last minute (or since the start).
+  local rq = self.rpm_marks
+  rq[#rq + 1] = { now, s.requests }
+  while #rq > 2 and now - rq[2][1] >= 60 do table.remove(rq, 1) end
+  local span = now - rq[1][1]
+  local rpm = span > 0.5 and (s.requests - rq[1][2]) / span * 60 or 0
+  local ended = s.done + s.failed
+  local left = self.total and math.max(0, self.total - s.before - ended) or nil
+  local eta
+  if left and ended > 0 and secs > 0 then eta = left / (ended / secs) end
+  return { total = self.total, done = s.done, failed = s.failed, before = s.before, running = self.running,
+    left = left, requests = s.requests, tokens = s.tokens, usd = s.usd, rpm = rpm, eta = eta, seconds = secs,
+    concurrency = self.pace:slots(), throttled = self.pace.throttles, stopping = self.stopping or nil }
+end
+
+-- Write batch-report.json and failed.jsonl from the journals: every job of
+-- this run's share of the manifest, in manifest order.
+function Run:_report(src)
+  local known = read_journals(self.dir, self.names)
+  local list, failed = {}, {}
+  local t = { done = 0, failed = 0, not_run = 0 }
+  src.each(function(entry)
+    if not in_shard(self.shard, entry.name) then return end
+    local k = known[entry.name]
+    local ev = k and k.last
+    local rec
+    if ev and ev.event == "done" then
+      rec = { name = entry.name, status = "done", file = ev.file, files = ev.files, tokens = ev.tokens,
+        cost = ev.cost, attempts = ev.attempts, request_id = ev.request_id, seconds = ev.seconds, at = ev.at,
+        resumed = ev.resumed, maybe_paid_twice = ev.maybe_paid_twice }
+      t.done = t.done + 1
+    else
+      rec = { name = entry.name, status = ev and "failed" or "not_run" }
+      if ev then
+        rec.error, rec.attempts, rec.request_id, rec.url, rec.at = ev.error, ev.attempts, ev.request_id, ev.url, ev.at
+        rec.maybe_paid_twice = ev.maybe_paid_twice
+        t.failed = t.failed + 1
+      else
+        t.not_run = t.not_run + 1
+      end
+      -- The job as a manifest line that runs from anywhere.
+      local line = {}
+      for key, v in pairs(entry) do
+        if key:sub(1, 1) ~= "_" and type(v) ~= "function" then line[key] = v end
+      end
+      local ok_paths = true
+      if line.images then
+        local abs = {}
+        for i, p in ipairs(line.images) do
+          if type(p) ~= "string" then ok_paths = false else abs[i] = core.realpath(p) or p end
+        end
+        line.images = abs
+      end
+      if type(line.mask) == "string" then line.mask = core.realpath(line.mask) or line.mask end
+      if line.mask ~= nil and type(line.mask) ~= "string" then ok_paths = false end
+      if ok_paths then failed[#failed + 1] = cjson.encode(line) end
+    end
+    list[#list + 1] = rec
+  end)
+  local s = self.stats
+  local n = self:numbers()
+  local report = {
+    dir = self.dir, shard = self.shard and (self.shard.i .. "/" .. self.shard.n) or nil,
+    started = iso(self.started), seconds = n.seconds, stopped = self.stopped,
+    totals = { jobs = #list, done = t.done, failed = t.failed, not_run = t.not_run },
+    this_run = { done = s.done, failed = s.failed, skipped_done_before = s.before, requests = s.requests,
+      tokens = s.tokens, usd = s.usd, rpm = n.rpm, throttled = self.pace.throttles,
+      concurrency = { ceiling = self.pace.ceiling, lowest = math.max(1, math.floor(self.pace.lowest)),
+        final = self.pace:slots() } },
+    maybe_paid_twice = s.paid_twice,
+    jobs = list,
+  }
+  local ext = suffix(self.shard)
+  report.report = self.dir .. "/batch-report" .. ext .. ".json"
+  report.failed_manifest = self.dir .. "/failed" .. ext .. ".jsonl"
+  local empty = setmetatable({}, cjson.empty_array_mt or {})
+  local enc = {}
+  for k, v in pairs(report) do enc[k] = v end
+  if #s.paid_twice == 0 then enc.maybe_paid_twice = empty end
+  if #list == 0 then enc.jobs = empty end
+  local ok, msg = core.write_atomic(report.report, cjson.encode(enc) .. "\n")
+  if not ok then report.report_error = msg end
+  ok, msg = core.write_atomic(report.failed_manifest, #failed > 0 and table.concat(failed, "\n") .. "\n" or "")
+  if not ok then report.report_error = msg end
+  return report
+end
+
+function Run:_interrupted()
+  local n = self.interrupts and self.interrupts:take() or 0
+  if n <= 0 then return end
+  self.signals = self.signals + n
+  if not self.stopping then self.stopping, self.stopped = true, "interrupted" end
+  if self.signals >= 2 then
+    for _, slot in ipairs(self.slots) do slot.job:cancel("interrupted twice") end
+  end
+end
+
+-- run(opts) -> report | nil, err (a manifest that cannot be read, a name
+-- used twice). Jobs that fail are in the report, not errors of the call.
+function M.run(o)
+  if type(o) ~= "table" then error("bad argument #1 to 'batch' (table expected)", 2) end
+  for k in pairs(o) do
+    if not CHECK[k] then error("bad option '" .. tostring(k) .. "' to 'batch'", 2) end
+  end
+  local given = (o.jobs and 1 or 0) + (o.manifest and 1 or 0) + (o.pictures and 1 or 0)
+  if given ~= 1 then error("batch takes one of jobs, manifest or pictures (with prompt)", 2) end
+  if o.jobs and type(o.jobs) ~= "table" then error("bad option 'jobs' (list expected)", 2) end
+  if o.manifest and type(o.manifest) ~= "string" then error("bad option 'manifest' (a path expected)", 2) end
+  if o.pictures and (type(o.pictures) ~= "table" or type(o.prompt) ~= "string") then
+    error("bad option 'pictures' (a list of paths, folders or globs, with prompt, expected)", 2)
+  end
+  if o.defaults ~= nil and type(o.defaults) ~= "table" then error("bad option 'defaults' (table expected)", 2) end
+  for _, k in ipairs { "on_job", "on_tick" } do
+    if o[k] ~= nil and type(o[k]) ~= "function" then error("bad option '" .. k .. "' (function expected)", 2) end
+  end
+  local budget = o.budget
+  if type(budget) == "number" then budget = { tokens = budget } end
+  if budget ~= nil and type(budget) ~= "table" then error("bad option 'budget' (number or table expected)", 2) end
+  local shard = parse_shard(o.shard)
+  local client = o.client
+  if client == nil then
+    client = require("imgedit").new { max_concurrency = o.concurrency }
+  elseif getmetatable(client) ~= require("imgedit.client").Client then
+    error("bad option 'client' (an imgedit client expected)", 2)
+  end
+  local ceiling = o.concurrency or client.max_concurrency
+  if type(ceiling) ~= "number" or ceiling < 1 or ceiling % 1 ~= 0 then
+    error("bad option 'concurrency' (an integer >= 1 expected)", 2)
+  end
+  if ceiling > client.max_concurrency then
+    error(string.format("bad option 'concurrency' (%d is more than the client's max_concurrency, %d)", ceiling,
+      client.max_concurrency), 2)
+  end
+  local dir = o.dir or "out"
+  local ok, msg = core.mkdir_p(dir)
+  if not ok then error("cannot use the batch folder " .. dir .. ": " .. msg, 2) end
+  local cache = o.cache
+  if cache ~= nil and cache ~= false and type(cache) ~= "string" then
+    error("bad option 'cache' (folder or false expected)", 2)
+  end
+
+  -- A first pass: every line readable, every name used once and valid
+  -- (bad fields raise here, before anything is sent), the share counted.
+  local src, serr = manifest.open { manifest = o.manifest, jobs = o.jobs, pictures = o.pictures, prompt = o.prompt,
+    defaults = o.defaults }
+  if not src then return nil, errors.new("invalid_request", serr, { param = "manifest" }) end
+  local names, total, dup = {}, 0, nil
+  local pok, read_ok, rerr = pcall(src.each, function(entry, where)
+    if names[entry.name] then
+      dup = string.format("%s: the name '%s' is used twice (%s)", where, entry.name, names[entry.name])
+      return true
+    end
+    request.job_options(client, request_of(entry), 1)
+    names[entry.name] = where
+    if in_shard(shard, entry.name) then total = total + 1 end
+  end)
+  local bad = dup or (not pok and (tostring(read_ok):gsub("^[^:]*:%d+: ", ""))) or (not read_ok and rerr)
+  if bad then return nil, errors.new("invalid_request", bad, { param = "manifest" }) end
+  for n in pairs(names) do names[n] = true end
+
+  local jf, jerr = io.open(dir .. "/" .. journal_name(shard), "ab")
+  if not jf then error("cannot write the batch journal in " .. dir .. ": " .. tostring(jerr), 2) end
+  local run = setmetatable({
+    client = client, dir = dir, shard = shard, budget = budget, lineage = o.lineage ~= false, cache = cache or nil,
+    on_job = o.on_job, on_tick = o.on_tick, interrupts = o.interrupts, signals = 0, names = names,
+    known = read_journals(dir, names), journal = jf, total = total, running = 0, slots = {}, again = {},
+    pace = pace_mod.new(ceiling), t0 = core.now(), started = os.time(), rpm_marks = {},
+    stats = { done = 0, failed = 0, before = 0, requests = 0, tokens = 0, usd = 0, paid_twice = {} },
+    reserved = { requests = 0, tokens = 0, usd = 0 },
+  }, Run)
+  -- The pipeline's describe, key and cache, without its journal.
+  run.shim = setmetatable({ prefix = "", dir = dir, client = client, journal = { steps = {} },
+    shared = { cache = cache or nil, read = setmetatable({}, { __newindex = function() end }) } },
+    { __index = store.methods })
+
+  -- The second pass runs the jobs, in a coroutine that hands them over one
+  -- at a time, so that the manifest is never held whole.
+  local feed = coroutine.wrap(function()
+    src.each(function(entry)
+      if in_shard(shard, entry.name) then coroutine.yield(entry) end
+    end)
+    return nil
+  end)
+  local exhausted = false
+  local function next_entry()
+    if #run.again > 0 then return table.remove(run.again, 1) end
+    if exhausted then return nil end
+    local e = feed()
+    if e == nil then exhausted = true end
+    return e
+  end
+  local tick = o.tick or 0.25
+  local last_tick = -math.huge
+  local ok_run, run_err = pcall(function()
+    while true do
+      run:_interrupted()
+      local now = core.now()
+      -- Launch while the pace allows.
+      while not run.stopping and #run.slots < run.pace:slots() and run.pace:wait(now) == 0 do
+        local entry = next_entry()
+        if not entry then break end
+        if not run:_start(entry) then break end
+        now = core.now()
+      end
+      -- Settle what ended.
+      local still = {}
+      for _, slot in ipairs(run.slots) do
+        if slot.job:done() then run:_finish(slot) else still[#still + 1] = slot end
+      end
+      run.slots = still
+      if run.on_tick and now - last_tick >= tick then
+        last_tick = now
+        run.on_tick(run:numbers(now))
+      end
+      local more = not run.stopping and not (exhausted and #run.again == 0)
+      if #run.slots == 0 and not more then break end
+      local wait = math.min(tick, 0.1)
+      if more and #run.slots < run.pace:slots() then wait = math.min(wait, run.pace:wait(core.now())) end
+      client:poll(wait)
+    end
+  end)
+  jf:close()
+  if not ok_run then error(run_err, 0) end
+  if run.on_tick then run.on_tick(run:numbers()) end
+  return run:_report(src)
+end
+
+return M

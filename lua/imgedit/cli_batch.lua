@@ -1,0 +1,167 @@
+-- `imgedit batch`: the command line over imgedit.batch, with its live view.
+-- cli.lua owns the parser and the exit codes; this file the command.
+local compat = require "imgedit.compat"
+local cjson = require "cjson"
+local core = require "imgedit.core"
+
+local M = {}
+
+local function stderr(...) io.stderr:write(...) end
+
+-- The options of the command, added to cli.lua's parser.
+function M.options(cmd)
+  cmd:argument("inputs", "A manifest (.jsonl or .csv), or with --prompt: pictures, folders or globs."):args("+")
+  cmd:option("-o --output", "The batch's folder: outputs, journal, batch-report.json, failed.jsonl."):count(1)
+  cmd:option("-p --prompt", "One prompt for every picture given (instead of a manifest).")
+  cmd:option("--model", "Model name (default gpt-image-2), for jobs that do not name one.")
+  cmd:option("--size", "auto or WIDTHxHEIGHT, for jobs that do not give one.")
+  cmd:option("--quality", "low, medium, high or auto, for jobs that do not give one.")
+  cmd:option("--format", "Output format: png, jpeg or webp, for jobs that do not give one.")
+  cmd:option("--background", "auto, opaque, or transparent where the model allows it.")
+  cmd:option("--response-format", "url or b64_json (gpt-image-2-all).")
+  cmd:option("--concurrency", "Jobs at once, at most (default 8); fewer while the service pushes back.")
+  cmd:option("--budget-tokens", "Start no job that could take the tokens spent past this.")
+  cmd:option("--budget-usd", "Start no job that could take the cost past this many dollars.")
+  cmd:option("--shard", "I/N: run the I-th of N shares of the manifest (split by job name).")
+  cmd:option("--cache", "A folder of finished pictures by content address, shared with pipelines.")
+  cmd:option("--timeout", "Seconds for one attempt (default 600).")
+  cmd:option("--retries", "Retries on 429, 5xx and dropped connections (default 2).")
+  cmd:option("--provider", "apiyi, openai, azure or compatible (default: from the base url's host).")
+  cmd:option("--deployment", "Azure: the deployment's name (default: the model).")
+  cmd:option("--proxy", "Proxy URL; default: HTTPS_PROXY and NO_PROXY.")
+  cmd:option("--ca-file", "PEM file of certificate authorities to trust, besides the system's.")
+  cmd:flag("--emulate", "Run against a local emulator instead of the service.")
+  cmd:flag("--no-lineage", "Do not write how each picture was made into it.")
+  cmd:flag("--json", "One JSON line per finished job on stdout, then one for the batch.")
+  cmd:flag("-q --quiet", "No progress display.")
+end
+
+local function clock(s)
+  if not s then return "--" end
+  s = math.floor(s + 0.5)
+  if s >= 3600 then return string.format("%dh%02dm", math.floor(s / 3600), math.floor(s % 3600 / 60)) end
+  if s >= 60 then return string.format("%dm%02ds", math.floor(s / 60), s % 60) end
+  return s .. "s"
+end
+
+local function count(n)
+  if n >= 1e6 then return string.format("%.1fM", n / 1e6) end
+  if n >= 1e4 then return string.format("%.0fk", n / 1e3) end
+  return tostring(math.floor(n))
+end
+
+-- line(numbers, width) -> the live view's one line: bar, counts, pace, spend, ETA.
+function M.line(n, width)
+  local total = n.total or 0
+  local finished = n.done + n.failed + n.before
+  local frac = total > 0 and finished / total or 1
+  local w = width or 20
+  local full = math.floor(frac * w + 0.5)
+  return string.format("[%s%s] %d/%d  done %d  failed %d  in flight %d | %.0f req/min | %s tokens | $%.2f | ETA %s%s",
+    string.rep("#", full), string.rep("-", w - full), finished, total, n.done + n.before, n.failed, n.running,
+    n.rpm, count(n.tokens), n.usd, clock(n.eta), n.stopping and " | stopping" or "")
+end
+
+-- run(a, ctx) -> exit code. ctx: the cli's helpers (fail, fail_err, number_opt, json_out, exit codes).
+function M.run(a, ctx)
+  local imgedit = require "imgedit"
+  -- First, before any thread exists (the emulator's, curl's resolver), so
+  -- that Ctrl-C reaches this loop and no other thread.
+  local interrupts = core.interrupts()
+  local function finish(code)
+    if interrupts then interrupts:close() end
+    return code
+  end
+  local emu
+  local base_url, api_key, provider = nil, nil, a.provider
+  if a.emulate then
+    emu = assert(require("imgedit.emulator").start {})
+    base_url, api_key, provider = emu.url, emu.key, emu.provider
+  end
+  local concurrency = a.concurrency and compat.tointeger(ctx.number_opt(a.concurrency, "concurrency"))
+  local cok, client = pcall(imgedit.new, {
+    base_url = base_url, api_key = api_key, provider = provider, model = a.model, deployment = a.deployment,
+    timeout = ctx.number_opt(a.timeout, "timeout"), max_retries = ctx.number_opt(a.retries, "retries"),
+    ca_file = a.ca_file, proxy = a.proxy, max_concurrency = concurrency,
+  })
+  if not cok then
+    if emu then emu:stop() end
+    finish()
+    error({ usage = (tostring(client):gsub("^[^:]*:%d+: ", "")) })
+  end
+  local defaults = { model = a.model, size = a.size, quality = a.quality, output_format = a.format,
+    background = a.background, response_format = a.response_format }
+  local budget
+  if a.budget_tokens or a.budget_usd then
+    budget = { tokens = ctx.number_opt(a.budget_tokens, "budget-tokens"), usd = ctx.number_opt(a.budget_usd, "budget-usd") }
+  end
+  local opts = { client = client, dir = a.output, defaults = defaults, budget = budget, shard = a.shard,
+    cache = a.cache, lineage = not a.no_lineage, interrupts = interrupts }
+  if a.prompt then
+    opts.pictures, opts.prompt = a.inputs, a.prompt
+  elseif #a.inputs > 1 then
+    finish()
+    error({ usage = "one manifest at a time; to run a prompt over pictures, give --prompt" })
+  else
+    opts.manifest = a.inputs[1]
+  end
+  local tty = not a.quiet and not a.json and core.isatty(2)
+  local last_plain, shown, told = core.now(), false, false
+  opts.on_tick = function(n)
+    if n.stopping and not told and not a.quiet then
+      told = true
+      stderr(tty and "\r\27[K" or "", string.format("imgedit: stopping: no new jobs; waiting for %d in flight"
+        .. " (Ctrl-C again cancels them)\n", n.running))
+    end
+    if tty then
+      stderr("\r", M.line(n), "\27[K")
+      shown = true
+    elseif not a.quiet and not a.json and core.now() - last_plain >= 10 then
+      last_plain = core.now()
+      stderr(M.line(n), "\n")
+    end
+  end
+  if a.json then
+    opts.on_job = function(ev)
+      local out = { name = ev.name, status = ev.event, file = ev.file, tokens = ev.tokens, cost = ev.cost,
+        attempts = ev.attempts, request_id = ev.request_id, seconds = ev.seconds, error = ev.error,
+        resumed = ev.resumed, maybe_paid_twice = ev.maybe_paid_twice }
+      io.stdout:write(cjson.encode(out), "\n")
+      io.stdout:flush()
+    end
+  end
+  local rok, report, err = pcall(imgedit.batch, opts)
+  if shown then stderr("\r\27[K") end
+  client:close()
+  if emu then emu:stop() end
+  finish()
+  if not rok then
+    if type(report) == "string" and report:match("^[^:]*:%d+: bad option") then
+      error({ usage = (report:gsub("^[^:]*:%d+: ", "")) })
+    end
+    error(report, 0)
+  end
+  if not report then return ctx.fail_err(err) end
+  local r, t = report.this_run, report.totals
+  if a.json then
+    ctx.json_out { ok = t.done == t.jobs, summary = true, totals = t, this_run = r, stopped = report.stopped,
+      report = report.report, failed_manifest = report.failed_manifest,
+      maybe_paid_twice = #report.maybe_paid_twice > 0 and report.maybe_paid_twice or nil }
+  elseif not a.quiet then
+    print(string.format("batch: %d jobs: %d done (%d before this run), %d failed, %d not run; %d requests,"
+      .. " %d tokens, $%.4f, %.1f s", t.jobs, t.done, r.skipped_done_before, t.failed, t.not_run, r.requests, r.tokens,
+      r.usd, report.seconds))
+    if #report.maybe_paid_twice > 0 then
+      print("sent again after a crash (maybe paid twice): " .. table.concat(report.maybe_paid_twice, ", "))
+    end
+    if report.stopped then print("stopped: " .. report.stopped) end
+    print("report: " .. report.report)
+    if t.done < t.jobs then print("to run what is left: imgedit batch " .. report.failed_manifest .. " -o " .. a.output) end
+  end
+  if report.stopped == "interrupted" then return 130 end
+  if report.stopped then return ctx.EXIT.limit end
+  if t.failed > 0 or t.not_run > 0 then return ctx.EXIT.failure end
+  return ctx.EXIT.ok
+end
+
+return M
