@@ -195,7 +195,7 @@ function Run:_save(slot, img)
     })
   end
   -- The cache first: a kill between the two then finds it there.
-  if self.cache then self.shim:_store(item, img) end
+  if self.cache then self.shim:_store({ key = item.cache_key }, img) end
   local path = self.dir .. "/" .. item.name .. "." .. image.EXT[img.format]
   local ok, msg = core.write_atomic(path, img.bytes)
   if not ok then return nil, errors.new("io", path .. ": " .. msg, { param = "dir", image = img }) end
@@ -265,6 +265,13 @@ function Run:_start(entry)
       error = { kind = derr.kind, message = derr.message } }
     return true
   end
+  -- The journal's key is the request alone, not the service's address: a
+  -- job done is done when the batch moves to another url (or emulator port).
+  local shas = {}
+  for i, s in ipairs(item.inputs) do shas[i] = s.sha256 end
+  item.cache_key = item.key -- the pipelines' key, which names the service
+  item.key = core.sha256(lineage.canon { v = 1, endpoint = kind, model = item.model, fields = item.fields,
+    prompt = req.prompt, images = shas, mask = item.mask and item.mask.sha256 })
   local last, open = prior and prior.last, prior and prior.open
   if last and last.event == "done" and last.key == item.key then
     local st = type(last.file) == "string" and core.stat(last.file)
@@ -284,7 +291,7 @@ function Run:_start(entry)
       if core.stat(p) then path = p end
     end
     local img = path and made_by(path, item)
-    if not img and self.cache then img = self.shim:_lookup(item) end
+    if not img and self.cache then img = self.shim:_lookup { key = item.cache_key, req = item.req, name = item.name } end
     if img then
       self.running = self.running + 1
       self:_reserve(item, 1)
@@ -302,7 +309,7 @@ function Run:_start(entry)
     slot.kind, slot.resumed, slot.paid_twice = "download", "url", nil
     req = { url = last.url, request_id = last.request_id, model = item.model }
   elseif self.cache then
-    local img = self.shim:_lookup(item)
+    local img = self.shim:_lookup { key = item.cache_key, req = item.req, name = item.name }
     if img then
       self.running = self.running + 1
       self:_reserve(item, 1)

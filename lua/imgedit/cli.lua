@@ -580,7 +580,7 @@ end
 
 local function cmd_batch(a)
   return require("imgedit.cli_batch").run(a, { fail_err = fail_err, number_opt = number_opt, json_out = json_out,
-    EXIT = M.EXIT })
+    EXIT = M.EXIT, EMULATE_PORT = EMULATE_PORT })
 end
 
 local COMMANDS = { batch = cmd_batch, edit = cmd_request, generate = cmd_request, inspect = cmd_inspect, mask = cmd_mask,

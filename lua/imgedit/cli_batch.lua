@@ -75,7 +75,9 @@ function M.run(a, ctx)
   local emu
   local base_url, api_key, provider = nil, nil, a.provider
   if a.emulate then
-    emu = assert(require("imgedit.emulator").start {})
+    -- run --emulate's port when free: the cache's keys name the service's url.
+    local E = require "imgedit.emulator"
+    emu = E.start { port = ctx.EMULATE_PORT } or assert(E.start {})
     base_url, api_key, provider = emu.url, emu.key, emu.provider
   end
   local concurrency = a.concurrency and compat.tointeger(ctx.number_opt(a.concurrency, "concurrency"))
