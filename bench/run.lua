@@ -112,6 +112,15 @@ row(string.format("poll(0) with %d jobs queued", sc.large.n), string.format("%.3
   string.format("%d queued: %.3f ms", sc.small.n, sc.small.poll_median_ms), "independent of the queue",
   sc.large.poll_median_ms <= 2 * sc.small.poll_median_ms + 0.05)
 
+-- ---- a batch of 2,000 jobs against a rate limit ----
+local bt = cjson.decode(sh("lua5.4 bench/batch.lua run 2000 100"))
+row(string.format("batch of %d edits, limit %d req/s: wall s", bt.n, bt.limit), string.format("%.1f", bt.wall),
+  string.format("the limit allows %.1f", bt.ideal), "<= 1.25x the limit's", bt.wall <= 1.25 * bt.ideal)
+row("the same batch: 429 answers", string.format("%d of %d requests", bt.refused, bt.requests), "", "< 5 %",
+  bt.refused < 0.05 * bt.requests)
+row("the same batch: RSS MB after 200 / 2,000 jobs", string.format("%.1f / %.1f", bt.rss200, bt.rss_n), "",
+  "within 20 %", bt.rss_n <= 1.2 * bt.rss200)
+
 -- ---- connections and TLS handshakes through a real TLS front ----
 local nw = cjson.decode(sh("lua5.4 bench/network.lua"))
 if nw.h1 then

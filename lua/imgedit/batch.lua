@@ -34,7 +34,7 @@ local M = {}
 
 -- How often a job refused with 429 (never billed) goes back in line,
 -- after the client's own retries, before it fails as rate_limit.
-local REQUEUES = 5
+local REQUEUES = 50
 
 local function iso(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t)) end
 
@@ -326,6 +326,10 @@ function Run:_start(entry)
   end
   slot.kind = slot.kind or kind
   if slot.kind ~= "download" then
+    -- A wait the service asks for comes back here (kind rate_limit, never
+    -- billed) rather than being waited out inside the client: the batch
+    -- then holds every launch, not just this job's retry.
+    if req.max_retry_after == nil then req.max_retry_after = 0 end
     -- Every 429 the client retries by itself paces the batch too.
     local user = req.on_retry
     req.on_retry = function(info)

@@ -6,16 +6,21 @@
 --     429s of requests already in flight at the cut do not cut again.
 --   * A 429's Retry-After holds every new launch until it has passed (the
 --     service asked the account to wait, not one request).
---   * x-ratelimit-remaining-*/reset-* (requests, tokens, images) space the
---     launches once little is left (less than the ceiling's worth of jobs):
---     `remaining` more may start within `reset` seconds, so one every
---     reset/remaining seconds; with none remaining, none until reset.
+--   * x-ratelimit-limit-*/remaining-*/reset-* (requests, tokens, images)
+--     space the launches once little is left (less than the ceiling's
+--     worth of jobs). `reset` is the time until the window is whole again,
+--     so it refills at (limit - remaining) / reset a second: launches go at
+--     that rate, and with nothing left the next waits for one job's worth.
 --     A group whose limit is absent or 0 is no signal, nor is one with
 --     nothing remaining and no reset time.
 -- The clock is the caller's (core.now() in a batch), so tests can drive it.
 local retry = require "imgedit.retry"
 
 local M = {}
+
+-- Launches aim a little under the rate the headers allow: answers arrive
+-- late and in bursts, and the window they describe has moved on.
+local MARGIN = 1.25
 
 local Pace = {}
 Pace.__index = Pace
@@ -44,13 +49,17 @@ function Pace:headers(now, raw, tokens)
   local spacing = 0
   for what, per_job in pairs { requests = 1, tokens = tokens or 0, images = 1 } do
     local g = rl[what]
-    if g and per_job > 0 then
+    if g and per_job > 0 and g.reset > 0 then
+      -- The window refills at (limit - remaining) / reset a second (a
+      -- bucket that is whole again after `reset`); near empty, launch at
+      -- that rate, and with nothing left wait for one job's worth of it.
+      local per = MARGIN * g.reset * per_job / math.max(per_job, g.limit - g.remaining)
       if g.remaining < per_job then
-        -- Nothing left in this window: wait for it to reset.
-        if g.reset > 0 then self.hold = math.max(self.hold, now + g.reset) end
-      elseif g.reset > 0 and g.remaining < self.ceiling * per_job then
-        -- Little left (less than a full set of slots would take): spread it.
-        spacing = math.max(spacing, g.reset * per_job / g.remaining)
+        -- Nothing left: the next waits, and those after it keep the rate.
+        self.hold = math.max(self.hold, now + MARGIN * g.reset * per_job / g.limit)
+        spacing = math.max(spacing, MARGIN * g.reset * per_job / g.limit)
+      elseif g.remaining < 2 * self.ceiling * per_job then
+        spacing = math.max(spacing, per)
       end
     end
   end
