@@ -9,12 +9,7 @@ local lineage = require "imgedit.lineage"
 local pace = require "imgedit.pace"
 local retry = require "imgedit.retry"
 
-local function sh(cmd)
-  local p = io.popen(cmd .. " 2>&1; echo \"exit=$?\"")
-  local out = p:read("*a")
-  p:close()
-  return out:gsub("exit=%d+%s*$", ""), tonumber(out:match("exit=(%d+)%s*$"))
-end
+local sh = H.sh
 
 -- A file's text, or nil while it is not there.
 local function text(path)

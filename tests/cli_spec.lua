@@ -5,12 +5,7 @@ local cjson = require "cjson"
 
 local BASE = "env -u IMGEDIT_API_KEY -u IMGEDIT_BASE_URL LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='" .. H.BUILD .. "/?.so;;' "
 
-local function sh(cmd)
-  local p = io.popen(cmd .. " 2>&1; echo \"exit=$?\"")
-  local out = p:read("*a")
-  p:close()
-  return out:gsub("exit=%d+%s*$", ""), tonumber(out:match("exit=(%d+)%s*$"))
-end
+local sh = H.sh
 
 describe("the imgedit command", function()
   local emu, dir, pic

@@ -32,6 +32,14 @@ if os.getenv("LD_PRELOAD") then
   os.execute = function(cmd, ...) return execute(cmd and ("unset LD_PRELOAD; " .. cmd), ...) end
 end
 
+-- sh(cmd) -> its output (stdout and stderr), its exit code.
+function H.sh(cmd)
+  local p = io.popen(cmd .. " 2>&1; echo \"exit=$?\"")
+  local out = p:read("*a")
+  p:close()
+  return out:gsub("exit=%d+%s*$", ""), tonumber(out:match("exit=(%d+)%s*$"))
+end
+
 function H.tmpdir()
   local p = os.tmpname()
   os.remove(p)

@@ -45,9 +45,8 @@ local function build()
     os.exit(0)
   end)
 
-  local function request_options(cmd)
-    cmd:option("-p --prompt", "What to do."):count(1)
-    cmd:option("-o --output", "Where to write the image."):count(1)
+  -- The request's fields and the client's settings: edit, generate and batch.
+  local function service_options(cmd)
     cmd:option("--model", "Model name (default gpt-image-2).")
     cmd:option("--size", "auto or WIDTHxHEIGHT.")
     cmd:option("--quality", "low, medium, high or auto.")
@@ -62,6 +61,12 @@ local function build()
     cmd:option("--ca-file", "PEM file of certificate authorities to trust, besides the system's.")
     cmd:option("--ca-path", "Folder of certificate authorities (hashed by openssl rehash), besides the system's.")
     cmd:option("--proxy", "Proxy URL (http, https, socks4, socks5, socks5h); default: HTTPS_PROXY and NO_PROXY.")
+  end
+
+  local function request_options(cmd)
+    cmd:option("-p --prompt", "What to do."):count(1)
+    cmd:option("-o --output", "Where to write the image."):count(1)
+    service_options(cmd)
     cmd:flag("--stream", "Stream the answer (gpt-image-2): partial images as they form.")
     cmd:option("--partials", "With --stream: how many partial images, 0-3; each is written to OUT.partial-N.EXT.")
     cmd:flag("-f --force", "Overwrite the output if it exists.")
@@ -123,6 +128,7 @@ local function build()
   local batch = p:command("batch", "Run the same kind of edit over many pictures: a manifest or --prompt over"
     .. " pictures, at the service's pace, resumable."):epilog(EPILOG)
   require("imgedit.cli_batch").options(batch)
+  service_options(batch)
 
   local emu = p:command("emulate", "Serve the local emulator until interrupted; prints its url and key.")
     :epilog(EPILOG)

@@ -8,28 +8,18 @@ local M = {}
 
 local function stderr(...) io.stderr:write(...) end
 
--- The options of the command, added to cli.lua's parser.
+-- The options of the command, added to cli.lua's parser, which adds the
+-- request's fields (--model, --size, ...: for jobs that do not give them)
+-- and the client's settings, as for edit.
 function M.options(cmd)
   cmd:argument("inputs", "A manifest (.jsonl or .csv), or with --prompt: pictures, folders or globs."):args("+")
   cmd:option("-o --output", "The batch's folder: outputs, journal, batch-report.json, failed.jsonl."):count(1)
   cmd:option("-p --prompt", "One prompt for every picture given (instead of a manifest).")
-  cmd:option("--model", "Model name (default gpt-image-2), for jobs that do not name one.")
-  cmd:option("--size", "auto or WIDTHxHEIGHT, for jobs that do not give one.")
-  cmd:option("--quality", "low, medium, high or auto, for jobs that do not give one.")
-  cmd:option("--format", "Output format: png, jpeg or webp, for jobs that do not give one.")
-  cmd:option("--background", "auto, opaque, or transparent where the model allows it.")
-  cmd:option("--response-format", "url or b64_json (gpt-image-2-all).")
   cmd:option("--concurrency", "Jobs at once, at most (default 8); fewer while the service pushes back.")
   cmd:option("--budget-tokens", "Start no job that could take the tokens spent past this.")
   cmd:option("--budget-usd", "Start no job that could take the cost past this many dollars.")
   cmd:option("--shard", "I/N: run the I-th of N shares of the manifest (split by job name).")
   cmd:option("--cache", "A folder of finished pictures by content address, shared with pipelines.")
-  cmd:option("--timeout", "Seconds for one attempt (default 600).")
-  cmd:option("--retries", "Retries on 429, 5xx and dropped connections (default 2).")
-  cmd:option("--provider", "apiyi, openai, azure or compatible (default: from the base url's host).")
-  cmd:option("--deployment", "Azure: the deployment's name (default: the model).")
-  cmd:option("--proxy", "Proxy URL; default: HTTPS_PROXY and NO_PROXY.")
-  cmd:option("--ca-file", "PEM file of certificate authorities to trust, besides the system's.")
   cmd:flag("--emulate", "Run against a local emulator instead of the service.")
   cmd:flag("--no-lineage", "Do not write how each picture was made into it.")
   cmd:flag("--json", "One JSON line per finished job on stdout, then one for the batch.")
@@ -84,7 +74,7 @@ function M.run(a, ctx)
   local cok, client = pcall(imgedit.new, {
     base_url = base_url, api_key = api_key, provider = provider, model = a.model, deployment = a.deployment,
     timeout = ctx.number_opt(a.timeout, "timeout"), max_retries = ctx.number_opt(a.retries, "retries"),
-    ca_file = a.ca_file, proxy = a.proxy, max_concurrency = concurrency,
+    ca_file = a.ca_file, ca_path = a.ca_path, proxy = a.proxy, max_concurrency = concurrency,
   })
   if not cok then
     if emu then emu:stop() end
@@ -92,7 +82,8 @@ function M.run(a, ctx)
     error({ usage = (tostring(client):gsub("^[^:]*:%d+: ", "")) })
   end
   local defaults = { model = a.model, size = a.size, quality = a.quality, output_format = a.format,
-    background = a.background, response_format = a.response_format }
+    background = a.background, response_format = a.response_format,
+    output_compression = a.compression and compat.tointeger(ctx.number_opt(a.compression, "compression")) }
   local budget
   if a.budget_tokens or a.budget_usd then
     budget = { tokens = ctx.number_opt(a.budget_tokens, "budget-tokens"), usd = ctx.number_opt(a.budget_usd, "budget-usd") }
