@@ -311,7 +311,10 @@ describe("imgedit.batch", function()
       local rep = read_json(o .. "/batch-report.json")
       assert.are.equal(2, rep.totals.failed)
       for _, j in ipairs(rep.jobs) do
-        if j.status == "failed" then assert.are.equal("canceled", j.error.kind) end
+        if j.status == "failed" then
+          assert.are.equal("canceled", j.error.kind)
+          assert.is_true(j.error.maybe_billed, "sent, then canceled: the service may have it")
+        end
       end
     end)
   end)
@@ -386,9 +389,12 @@ describe("imgedit.batch", function()
       emu:configure { rate_limit = 10 }
       local jobs = {}
       for i = 1, 40 do jobs[i] = { name = "r" .. i, prompt = "rate " .. i } end
-      local r = assert(imgedit.batch { client = client(), jobs = jobs, dir = out_dir(), defaults = SMALL })
+      local o = out_dir()
+      local r = assert(imgedit.batch { client = client(), jobs = jobs, dir = o, defaults = SMALL })
       emu:configure { rate_limit = 0 }
       assert.are.equal(40, r.totals.done)
+      -- each refused job's "sent" is closed, so a crash would not count it as maybe paid
+      assert.are.equal(journaled(o, "sent"), journaled(o, "done") + journaled(o, "requeued"))
       local refused = 0
       for _, q in ipairs(H.api_requests(emu)) do if q.status == 429 then refused = refused + 1 end end
       assert.are.equal(r.this_run.throttled, refused)

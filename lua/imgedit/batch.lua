@@ -94,6 +94,8 @@ local function read_journals(dir, names)
           known[ev.name] = k
           if ev.event == "sent" then
             k.open = ev
+          elseif ev.event == "requeued" then
+            k.open = nil
           elseif ev.event == "done" or ev.event == "failed" then
             k.last, k.open = ev, nil
           end
@@ -241,11 +243,15 @@ function Run:_finish(slot)
       -- Never billed: back in line, first, once the service's wait is over.
       slot.entry._requeued = (slot.requeued or 0) + 1
       table.insert(self.again, 1, slot.entry)
+      -- Closes its "sent": refused, so a crash now does not make it look paid.
+      append(self.journal, { event = "requeued", name = item.name, key = item.key })
       return
     end
   end
   ev.event = "failed"
-  ev.error = { kind = err.kind, message = err.message, status = err.status, maybe_billed = err.maybe_billed or nil,
+  -- Canceled after it was sent (a second Ctrl-C): the service may have it.
+  local billed = err.maybe_billed or (err.kind == "canceled" and job.attempts > 0) or nil
+  ev.error = { kind = err.kind, message = err.message, status = err.status, maybe_billed = billed,
     retry_after = err.retry_after }
   ev.url, ev.request_id = err.url, err.request_id
   return self:_ended(ev)
