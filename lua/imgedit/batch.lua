@@ -70,14 +70,12 @@ local CHECK = {
 
 -- ---- the journal ----
 
-local function journal_name(shard)
-  return shard and shard.n > 1 and string.format(".imgedit-batch.%d-of-%d.jsonl", shard.i, shard.n)
-    or ".imgedit-batch.jsonl"
-end
-
+-- ".I-of-N" in a shard's own file names; "" without shards.
 local function suffix(shard)
   return shard and shard.n > 1 and string.format(".%d-of-%d", shard.i, shard.n) or ""
 end
+
+local function journal_name(shard) return ".imgedit-batch" .. suffix(shard) .. ".jsonl" end
 
 -- Every journal in dir, read into name -> what is known: `last` (the last
 -- ended event) and `open` (sent after it, never ended: in flight at a crash).
@@ -257,6 +255,17 @@ function Run:_finish(slot)
   return self:_ended(ev)
 end
 
+-- A job had without a request (its output already on disk, or in the
+-- cache): finished as a free one, through the same path as the others.
+function Run:_settle(slot, img, how)
+  self.running = self.running + 1
+  self:_reserve(slot.item, 1)
+  slot.job, slot.kind, slot.resumed, slot.paid_twice = { result = function() return img end, attempts = 0 },
+    "download", how, nil
+  self:_finish(slot)
+  return true
+end
+
 -- Start one entry, or settle it without a request. Returns false when the
 -- budget stops the batch.
 function Run:_start(entry)
@@ -271,13 +280,9 @@ function Run:_start(entry)
       error = { kind = derr.kind, message = derr.message } }
     return true
   end
-  -- The journal's key is the request alone, not the service's address: a
-  -- job done is done when the batch moves to another url (or emulator port).
-  local shas = {}
-  for i, s in ipairs(item.inputs) do shas[i] = s.sha256 end
-  item.cache_key = item.key -- the pipelines' key, which names the service
-  item.key = core.sha256(lineage.canon { v = 1, endpoint = kind, model = item.model, fields = item.fields,
-    prompt = req.prompt, images = shas, mask = item.mask and item.mask.sha256 })
+  -- The journal's key is the request alone; the cache's (the pipelines')
+  -- names the service too.
+  item.cache_key, item.key = item.key, item.request_key
   local last, open = prior and prior.last, prior and prior.open
   if last and last.event == "done" and last.key == item.key then
     local st = type(last.file) == "string" and core.stat(last.file)
@@ -297,14 +302,7 @@ function Run:_start(entry)
       if core.stat(p) then path = p end
     end
     local img = path and made_by(path, item)
-    if not img and self.cache then img = self.shim:_lookup { key = item.cache_key, req = item.req, name = item.name } end
-    if img then
-      self.running = self.running + 1
-      self:_reserve(item, 1)
-      slot.job, slot.kind, slot.resumed = { result = function() return img end, attempts = 0 }, "download", "file"
-      self:_finish(slot)
-      return true
-    end
+    if img then return self:_settle(slot, img, "file") end
     slot.paid_twice = true
   elseif last and last.event == "failed" and last.key == item.key and last.error and last.error.maybe_billed
     and not last.url then
@@ -316,14 +314,7 @@ function Run:_start(entry)
     req = { url = last.url, request_id = last.request_id, model = item.model }
   elseif self.cache then
     local img = self.shim:_lookup { key = item.cache_key, req = item.req, name = item.name }
-    if img then
-      self.running = self.running + 1
-      self:_reserve(item, 1)
-      slot.job, slot.kind, slot.resumed, slot.paid_twice = { result = function() return img end, attempts = 0 },
-        "download", "cache", nil
-      self:_finish(slot)
-      return true
-    end
+    if img then return self:_settle(slot, img, "cache") end
   end
   local ok, why = self:_afford(item)
   if not ok then

@@ -113,9 +113,13 @@ function Pipeline:_describe(kind, name, req)
   local material = { v = 1, endpoint = kind, service = c.base_url, model = model, fields = fields,
     prompt = req.prompt, images = {}, mask = mask and mask.sha256 }
   for i, s in ipairs(inputs) do material.images[i] = s.sha256 end
+  local key = core.sha256(canon(material))
+  -- The same without the service's address: a batch's job is the same job
+  -- when it moves to another url (or another emulator port).
+  material.service = nil
   return {
     kind = kind, name = self.prefix .. name, file_base = self.dir .. "/" .. name, req = req, model = model,
-    key = core.sha256(canon(material)), inputs = inputs, mask = mask, fields = fields,
+    key = key, request_key = core.sha256(canon(material)), inputs = inputs, mask = mask, fields = fields,
     estimate = tokens.estimate(req.prompt, inputs, req.size, req.quality),
     parts = { tokens.parts(req.prompt, inputs, req.size, req.quality) },
   }
