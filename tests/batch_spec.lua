@@ -208,6 +208,37 @@ describe("imgedit.batch", function()
       assert.are.equal(1, #H.api_requests(emu), "not paid again")
     end)
 
+    it("a job whose output reached the disk before a kill is not sent again", function()
+      local a, b = out_dir(), out_dir()
+      local jobs = { { name = "kept", prompt = "on disk already" } }
+      assert(imgedit.batch { client = client(), jobs = jobs, dir = a, defaults = SMALL })
+      -- the folder as a kill left it: the output written, its "sent" line, no "done" line
+      assert(core.mkdir_p(b))
+      H.write(b .. "/kept.png", H.read(a .. "/kept.png"))
+      local sent = lines(a .. "/.imgedit-batch.jsonl")[1]
+      assert.matches('"event":"sent"', sent)
+      H.write(b .. "/.imgedit-batch.jsonl", sent .. "\n")
+      local r = assert(imgedit.batch { client = client(), jobs = jobs, dir = b, defaults = SMALL })
+      assert.are.equal(1, #H.api_requests(emu))
+      assert.are.equal("file", r.jobs[1].resumed)
+      assert.are.same({}, r.maybe_paid_twice)
+      -- another picture under that name is not taken for it: sent again, and said
+      H.write(b .. "/kept.png", H.png(8, 8))
+      H.write(b .. "/.imgedit-batch.jsonl", sent .. "\n")
+      r = assert(imgedit.batch { client = client(), jobs = jobs, dir = b, defaults = SMALL })
+      assert.are.equal(2, #H.api_requests(emu))
+      assert.are.same({ "kept" }, r.maybe_paid_twice)
+    end)
+
+    it("with a cache, a job done in another folder costs nothing", function()
+      local cache = dir .. "/cache"
+      local jobs = { { name = "c1", prompt = "cached once" } }
+      assert(imgedit.batch { client = client(), jobs = jobs, dir = out_dir(), cache = cache, defaults = SMALL })
+      local r = assert(imgedit.batch { client = client(), jobs = jobs, dir = out_dir(), cache = cache, defaults = SMALL })
+      assert.are.equal(1, #H.api_requests(emu))
+      assert.are.equal("cache", r.jobs[1].resumed)
+    end)
+
     it("after kill -9, a re-run finishes the batch; only jobs in flight at the kill are sent again", function()
       emu:configure { latency = 0.15 }
       local o = out_dir()
