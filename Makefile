@@ -23,16 +23,16 @@ LUA_CFLAGS = -I$(LUA_INCDIR)
 else
 LUA_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null)
 endif
-DEP_CFLAGS := $(LUA_CFLAGS) $(shell $(PKG_CONFIG) --cflags libcurl stb libwebp libssl libcrypto 2>/dev/null)
+DEP_CFLAGS := $(LUA_CFLAGS) $(shell $(PKG_CONFIG) --cflags libcurl stb libwebp libpng libssl libcrypto 2>/dev/null)
 EMU_CFLAGS := $(shell $(PKG_CONFIG) --cflags libmicrohttpd 2>/dev/null)
-CORE_LIBS  := $(shell $(PKG_CONFIG) --libs libcurl stb libwebp libssl libcrypto 2>/dev/null) -lm
+CORE_LIBS  := $(shell $(PKG_CONFIG) --libs libcurl stb libwebp libpng libssl libcrypto 2>/dev/null) -lm
 EMU_LIBS   := $(shell $(PKG_CONFIG) --libs libmicrohttpd 2>/dev/null) -lpthread
 ALL_CFLAGS = -std=c99 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) $(DEP_CFLAGS) $(CFLAGS)
 # Lua modules link without -llua: the interpreter exports its symbols.
 LDFLAGS  ?=
 SHARED    = -shared
 
-CORE_SRC = src/core.c src/inspect.c src/codec.c src/fileio.c src/meta.c src/watch.c src/signal.c src/pixels.c src/mask.c src/sse.c src/net.c src/transfer.c src/http.c
+CORE_SRC = src/core.c src/inspect.c src/codec.c src/fileio.c src/meta.c src/watch.c src/signal.c src/pixels.c src/composite.c src/mask.c src/sse.c src/net.c src/transfer.c src/http.c
 EMU_SRC  = src/emulator/module.c src/emulator/server.c src/emulator/bridge.c src/emulator/render.c
 HDRS     = src/imgedit.h src/sse.h src/compat.h src/http.h
 EMU_HDRS = $(HDRS) src/emulator/emulator.h
@@ -70,7 +70,7 @@ $(BUILD)/imgedit_test/sse.so: tests/fuzz/sse_hook.c src/sse.c $(HDRS)
 
 # Debian packages the build, the tests and the demo need; quiet when present.
 DEB_PKGS = gcc make pkg-config liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjson libstb-dev \
-           libwebp-dev libmicrohttpd-dev libssl-dev lua-busted lua-argparse libjpeg-turbo-progs luarocks
+           libwebp-dev libpng-dev libmicrohttpd-dev libssl-dev lua-busted lua-argparse libjpeg-turbo-progs luarocks
 # Installs the Debian packages in $(1) that are missing; quiet when none are.
 define install_missing
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \

@@ -7,7 +7,7 @@ source = {
 description = {
   summary = "Edit and fuse images through OpenAI-compatible image APIs",
   detailed = [[
-    A C core (libcurl, stb_image, libwebp, OpenSSL) with a thin Lua API for the
+    A C core (libcurl, stb_image, libwebp, libpng, OpenSSL) with a thin Lua API for the
     image edit and generation endpoints: multipart uploads streamed from disk,
     image checks before sending, structured errors, and a local emulator of the
     service (libmicrohttpd, optional: without it the client alone is built)
@@ -24,6 +24,7 @@ external_dependencies = {
   CURL = { library = "curl" }, -- curl.h sits in a multiarch folder on Debian
   STB = { header = "stb/stb_image.h", library = "stb" },
   WEBP = { header = "webp/decode.h", library = "webp" },
+  PNG = { header = "png.h", library = "png16" },
   OPENSSL = { header = "openssl/evp.h", library = "crypto" },
   OPENSSL_SSL = { header = "openssl/ssl.h", library = "ssl" },
 }

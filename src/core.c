@@ -31,6 +31,7 @@ int luaopen_imgedit_core(lua_State *L) {
   ie_open_signal(L);
   ie_open_pixels(L);
   ie_open_mask(L);
+  ie_open_composite(L);
   ie_open_http(L);
   lua_pushliteral(L, IMGEDIT_VERSION);
   lua_setfield(L, -2, "version");

@@ -50,6 +50,21 @@ IE_LOCAL void ie_open_codec(lua_State *L);
 
 /* ---- pixels (pixels.c) ---- */
 IE_LOCAL void ie_open_pixels(lua_State *L);
+/* Decodes bytes to RGBA and pushes the userdata that owns the pixels; or
+ * pushes nothing and returns NULL, with the reason ("corrupt", "truncated",
+ * "unsupported", "too_large") and a message in why. */
+IE_LOCAL unsigned char *ie_decode_push(lua_State *L, const unsigned char *s, size_t n, lua_Integer max_px, int *w,
+                                       int *h, const char **reason, char *why, size_t whylen);
+/* Encodes RGBA pixels in format fmt (0 png, 1 jpeg, 2 webp) and pushes the
+ * bytes as a string; or pushes nothing and returns 0. Flags: IE_LOSSLESS
+ * (WebP), IE_DROP_ALPHA (PNG: RGB when every pixel is opaque). */
+enum { IE_LOSSLESS = 1, IE_DROP_ALPHA = 2 };
+IE_LOCAL int ie_encode_push(lua_State *L, const unsigned char *px, int w, int h, int fmt, int quality, int flags);
+/* The index of a format's name for ie_encode_push, or -1. */
+IE_LOCAL int ie_format_index(const char *name);
+
+/* ---- masks held: drift, spill and compositing (composite.c) ---- */
+IE_LOCAL void ie_open_composite(lua_State *L);
 
 /* ---- mask pixels (mask.c) ---- */
 IE_LOCAL void ie_open_mask(lua_State *L);

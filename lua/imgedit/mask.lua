@@ -148,4 +148,81 @@ function M.check(mask, base, o)
   return report
 end
 
+-- ---- masks that hold ----
+-- The service takes a mask as a soft guide and may redraw the whole
+-- picture. compare() says how far an answer strayed; preserve() puts image
+-- 1 back wherever the mask keeps.
+
+-- The width of the seam, in pixels, that preserve blends inside the edit area.
+M.FEATHER = 4
+-- A pixel whose largest channel difference (0..255) is at most this counts
+-- as unchanged: the measure of vercel/ai #14360 ("changed substantially").
+M.TOLERANCE = 30
+-- The drift past which a client warns (on_warning), unless preserve is on.
+M.DRIFT_WARNING = 0.10
+
+local function three(answer, base, mask)
+  local a, an = image.bytes_of(answer, "answer")
+  if not a then return nil, an end
+  local b, bn = image.bytes_of(base, "base")
+  if not b then return nil, bn end
+  local m, mn = image.bytes_of(mask, "mask")
+  if not m then return nil, mn end
+  return a, b, m
+end
+
+local function inpaint(answer, base, mask, o, preserve, fn)
+  if o ~= nil and type(o) ~= "table" then error("bad argument #4 to '" .. fn .. "' (table expected)", 3) end
+  o = o or {}
+  for k, hi in pairs { feather = 256, tolerance = 255, quality = 100 } do
+    local v, lo = o[k], k == "quality" and 1 or 0
+    if v ~= nil and (not compat.is_integer(v) or v < lo or v > hi) then
+      error(string.format("bad option '%s' (a whole number from %d to %d expected)", k, lo, hi), 3)
+    end
+  end
+  local a, b, m = three(answer, base, mask)
+  if not a then return nil, b end
+  local r, msg, reason = core.inpaint(a, b, m, { tolerance = o.tolerance or M.TOLERANCE, feather = o.feather or M.FEATHER,
+    quality = o.quality, preserve = preserve, max_pixels = image.max_pixels })
+  if not r then return nil, errors.new("invalid_request", msg, { param = "mask", reason = reason }) end
+  r.drift = r.keep > 0 and r.drifted / r.keep or 0
+  r.spill = r.edit > 0 and r.unchanged / r.edit or 0
+  return r
+end
+
+-- compare(answer, base, mask [, {tolerance = 30}]) -> report | nil, err
+-- report.drift: the share of the area the mask keeps (alpha > 0) whose
+-- pixels changed past the tolerance; report.spill: the share of the area to
+-- edit (alpha 0) left unchanged. Image 1 (base) and the mask are scaled to
+-- the answer's size when theirs differ (report.scaled). Also keep, edit,
+-- drifted, unchanged (pixel counts), width, height.
+function M.compare(answer, base, mask, o)
+  return inpaint(answer, base, mask, o, false, "compare")
+end
+
+-- The Image fields a composite takes over from the service's picture.
+local CARRIED = { usage = true, url = true, model = true, created = true, request_id = true, revised_prompt = true,
+  cost = true, more = true }
+
+-- preserve(answer, base, mask [, {feather = 4, tolerance = 30, quality = 90}]) -> Image | nil, err
+-- The answer composited onto image 1: the service's pixels where the mask
+-- edits, image 1's wherever it keeps (exactly, when the sizes match), with
+-- a seam of `feather` pixels blended inside the edit area. In the answer's
+-- format (quality for jpeg and webp). img.raw is the answer as it came;
+-- img.mask_drift and img.mask_spill are its figures; img.preserved =
+-- {feather=, scaled=}.
+function M.preserve(answer, base, mask, o)
+  local r, err = inpaint(answer, base, mask, o, true, "preserve")
+  if not r then return nil, err end
+  local fields = { mask_drift = r.drift, mask_spill = r.spill,
+    preserved = { feather = (o and o.feather) or M.FEATHER, scaled = r.scaled } }
+  if image.is(answer) then
+    fields.raw = answer
+    for k in pairs(CARRIED) do fields[k] = answer[k] end
+  end
+  local img, msg = image.from_bytes(r.bytes, fields)
+  if not img then return nil, errors.new("invalid_request", "the composite: " .. tostring(msg), { param = "mask" }) end
+  return img
+end
+
 return M
