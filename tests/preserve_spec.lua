@@ -177,3 +177,207 @@ describe("preserve", function()
     assert.is_true(math.abs(r.edit - 48 * 32) <= 8, "edit area " .. r.edit)
   end)
 end)
+
+describe("an edit with a mask, through the emulator", function()
+  local emu, dir, photo, mask
+  H.world(function(e, d)
+    emu, dir = e, d
+    photo = H.write(dir .. "/photo.png", core.encode(picture(W, H_, base_fn), W, H_, "png"))
+    mask = H.write(dir .. "/mask.png", mask_png().bytes)
+  end)
+
+  local function edit(extra, opts)
+    local warnings = {}
+    local o = { on_warning = function(m) warnings[#warnings + 1] = m end }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    local req = H.small { images = { photo }, mask = mask, prompt = "a red door" }
+    for k, v in pairs(extra or {}) do req[k] = v end
+    local img, err = H.all_client(emu, o):edit(req)
+    return img, err, warnings
+  end
+
+  it("says how far the answer strayed: mask_drift and mask_spill, one request", function()
+    local img, err, warnings = edit()
+    assert(img, tostring(err))
+    -- the emulator lands its edit area a pixel off the mask's, as the service may
+    assert.is_true(img.mask_drift > 0 and img.mask_drift < 0.05, tostring(img.mask_drift))
+    assert.is_true(img.mask_spill > 0 and img.mask_spill < 0.2, tostring(img.mask_spill))
+    assert.is_nil(img.preserved)
+    assert.are.same({}, warnings)
+    assert.are.equal(1, #H.api_requests(emu))
+    -- the same figures as compare() of the picture against the files
+    local r = assert(imgedit.mask.compare(img, photo, mask))
+    assert.are.same({ r.drift, r.spill }, { img.mask_drift, img.mask_spill })
+  end)
+
+  it("warns once the drift passes drift_warning, and not with preserve", function()
+    local _, _, warnings = edit(nil, { drift_warning = 0.001 })
+    assert.are.equal(1, #warnings)
+    assert.matches("changed %d+%.%d%% of the area the mask keeps", warnings[1])
+    assert.matches("preserve = true", warnings[1])
+    local _, _, quiet = edit({ preserve = true }, { drift_warning = 0.001 })
+    assert.are.same({}, quiet)
+  end)
+
+  it("preserve: every kept pixel is image 1's, the edit area the service's, in the format asked", function()
+    -- gpt-image-2 answers at 1024x1024 at least, in png, jpeg or webp
+    -- smooth, as photos are (a busy one is all chroma error in lossy webp),
+    -- yet every pixel unlike its neighbours, so a misplaced one shows
+    local S = 1024
+    local big = picture(S, S, function(x, y) return x % 256, y % 256, (x + 2 * y) % 256 end)
+    local big_photo = H.write(dir .. "/big.png", core.encode(big, S, S, "png"))
+    local big_mask = H.write(dir .. "/big-mask.png",
+      assert(imgedit.mask.rect { width = S, height = S, x = 256, y = 256, w = 512, h = 512 }).bytes)
+    local function in_big(x, y) return x >= 256 and x < 768 and y >= 256 and y < 768 end
+    local function big_depth(x, y) return math.min(x - 255, 768 - x, y - 255, 768 - y) end
+    local shift = math.floor(S / 64) -- the emulator's misplacement
+    for _, fmt in ipairs { "png", "jpeg", "webp" } do
+      local img, err = H.client(emu):edit { images = { big_photo }, mask = big_mask, prompt = "a red door",
+        size = "1024x1024", output_format = fmt, preserve = true }
+      assert(img, tostring(err))
+      assert.are.equal(fmt, img.format)
+      assert.are.equal(fmt, img.raw.format)
+      assert.are.same({ feather = 4, scaled = false }, img.preserved)
+      assert.is_true(img.mask_drift > 0)
+      assert.is_truthy(img.request_id)
+      local out, raw = core.decode(img.bytes), core.decode(img.raw.bytes)
+      local off, deep, n, sum, kept = 0, 0, 0, 0, 0
+      for y = 3, S - 1, 11 do
+        for x = 5, S - 1, 7 do
+          if not in_big(x, y) then
+            local a, b = { px_at(out, S, x, y) }, { px_at(big, S, x, y) }
+            kept = kept + 1
+            for c = 1, 3 do
+              off = math.max(off, math.abs(a[c] - b[c]))
+              sum = sum + math.abs(a[c] - b[c])
+            end
+          elseif big_depth(x, y) > 4 + shift then -- past the seam and the emulator's misplacement
+            n = n + 1
+            local a, b = { px_at(out, S, x, y) }, { px_at(raw, S, x, y) }
+            for c = 1, 3 do deep = math.max(deep, math.abs(a[c] - b[c])) end
+          end
+        end
+      end
+      assert.is_true(n > 1000)
+      if fmt == "png" then
+        assert.are.equal(0, off) -- exactly image 1
+        assert.are.equal(0, deep) -- exactly the answer
+      else -- encoded again, lossy, on a busy picture: close on the whole
+        assert.is_true(sum / kept / 3 <= 3, fmt .. " kept pixels off by " .. sum / kept / 3 .. " on average")
+      end
+    end
+    assert.are.equal(3, #H.api_requests(emu))
+  end)
+
+  it("preserve with an answer of another size: image 1 and the mask scaled to it", function()
+    local warnings
+    local img, err
+    img, err, warnings = edit { preserve = true, size = "128x128" }
+    assert(img, tostring(err))
+    assert.are.same({ 128, 128, true }, { img.width, img.height, img.preserved.scaled })
+    assert.are.same({}, warnings) -- the same shape: nothing stretched
+    img, err, warnings = edit { preserve = true, size = "128x64" }
+    assert(img, tostring(err))
+    assert.are.same({ 128, 64 }, { img.width, img.height })
+    assert.matches("image 1 is 64x64 and the answer 128x64: preserve stretched", warnings[1])
+  end)
+
+  it("preserve without a mask is refused before anything is sent", function()
+    local img, err = H.all_client(emu):edit(H.small { images = { photo }, preserve = true })
+    assert.is_nil(img)
+    assert.are.equal("invalid_request", err.kind)
+    assert.are.equal("preserve", err.param)
+    assert.are.equal(0, #H.api_requests(emu))
+    assert.has_error(function() H.all_client(emu):edit(H.small { images = { photo }, mask = mask, feather = 1.5 }) end)
+    assert.has_error(function() H.all_client(emu, { drift_warning = 2 }) end)
+  end)
+
+  it("a composite that fails keeps the paid picture as it came, and says why", function()
+    local image = require "imgedit.image"
+    local saved = image.max_pixels
+    image.max_pixels = 100 -- no picture decodes
+    local img, err, warnings = edit { preserve = true }
+    image.max_pixels = saved
+    assert(img, tostring(err))
+    assert.is_nil(img.preserved)
+    assert.matches("more than 100 pixels", img.preserve_error)
+    assert.matches("the service's picture is kept as it came", warnings[1])
+    assert.are.equal(1, #H.api_requests(emu))
+  end)
+end)
+
+describe("preserve in the CLI, pipelines and the contact sheet", function()
+  local emu, dir, photo, mask
+  H.world(function(e, d)
+    emu, dir = e, d
+    photo = H.write(dir .. "/photo.png", core.encode(picture(W, H_, base_fn), W, H_, "png"))
+    mask = H.write(dir .. "/mask.png", mask_png().bytes)
+  end)
+
+  local function cli(args)
+    return H.sh("env -u IMGEDIT_API_KEY IMGEDIT_API_KEY=" .. emu.key .. " IMGEDIT_BASE_URL=" .. emu.url
+      .. " IMGEDIT_PROVIDER=apiyi " .. H.CHILD .. H.LUA .. " bin/imgedit " .. args .. " 2>&1")
+  end
+
+  it("imgedit edit --preserve: prints the figures, writes the composite, and its lineage says so", function()
+    local out = dir .. "/cli.png"
+    local text, code = cli("edit --model gpt-image-2-all --size 64x64 -p door -i " .. photo .. " --mask " .. mask
+      .. " --preserve --feather 2 -o " .. out)
+    assert.are.equal(0, code, text)
+    assert.matches("mask: the answer changed %d+%.%d%% of the kept area %(drift%), left %d+%.%d%% of the edit area"
+      .. " alone %(spill%); image 1 kept outside the mask, 2%-pixel seam", text)
+    local px = core.decode(H.read(out))
+    local base = picture(W, H_, base_fn)
+    for _, p in ipairs { { 0, 0 }, { 63, 63 }, { 50, 20 }, { 15, 30 } } do -- kept: image 1's
+      assert.are.same({ px_at(base, W, p[1], p[2]) }, { px_at(px, W, p[1], p[2]) })
+    end
+    local info = assert(imgedit.inspect(out))
+    assert.are.same({ feather = 2, scaled = false }, info.lineage.preserved)
+    assert.is_true(info.lineage.mask_drift > 0)
+    text = cli("inspect " .. out)
+    assert.matches("mask: the answer changed", text)
+    -- without --preserve: the figures, the service's picture
+    text, code = cli("edit --model gpt-image-2-all --size 64x64 -p door -i " .. photo .. " --mask " .. mask
+      .. " --drift-warning 0.01 --json -o " .. dir .. "/raw.png")
+    assert.are.equal(0, code, text)
+    assert.matches("warning: the answer changed", text)
+    local row = require("cjson").decode(text:match("(%b{})%s*$"))
+    assert.is_true(row.mask_drift > 0 and row.mask_spill > 0)
+    assert.is_nil(row.preserved)
+    -- --preserve without --mask is a usage error; nothing is sent
+    emu:clear()
+    text, code = cli("edit --model gpt-image-2-all --size 64x64 -p door -i " .. photo .. " --preserve -o " .. dir .. "/x.png")
+    assert.are.equal(2, code, text)
+    assert.matches("work with %-%-mask", text)
+    assert.are.equal(0, #H.api_requests(emu))
+  end)
+
+  it("a pipeline step takes preserve: in its key, its sidecar, its report and the contact sheet", function()
+    local c = H.all_client(emu)
+    local out, cache = dir .. "/pipe", dir .. "/cache"
+    local function run(preserve)
+      local p = imgedit.pipeline { client = c, dir = out, cache = cache, quiet = true }
+      local img = assert(p:edit("door", { images = { photo }, mask = mask, prompt = "door", size = "64x64",
+        preserve = preserve }))
+      return img, p
+    end
+    local raw = run(false)
+    assert.is_nil(raw.preserved)
+    local held, p = run(true)
+    assert.are.equal(2, #H.api_requests(emu)) -- preserve is another picture: not the cached one
+    assert.are.same({ feather = 4, scaled = false }, held.preserved)
+    local again = run(true)
+    assert.are.equal(2, #H.api_requests(emu)) -- and is cached in turn, figures and all
+    assert.are.equal(held.sha256, again.sha256)
+    local function near(a, b) return math.abs(a - b) < 1e-9 end -- through JSON: 14 digits
+    assert.is_true(near(held.mask_drift, again.mask_drift))
+    assert.are.same(held.preserved, again.preserved)
+    local side = require("cjson").decode(H.read(out .. "/door.json"))
+    assert.is_true(near(held.mask_drift, side.mask_drift))
+    assert.are.same({ feather = 4, scaled = false }, side.preserved)
+    local r = p:report { quiet = true, html = out .. "/index.html" }
+    assert.is_true(near(held.mask_drift, r.list[1].mask_drift))
+    local page = H.read(r.html)
+    assert.matches("<dt>mask</dt><dd>drift %d+%.%d%%, spill %d+%.%d%%; image 1 kept outside it %(4 px seam%)</dd>", page)
+  end)
+end)

@@ -8,6 +8,7 @@ local imgedit = require "imgedit"
 local image = require "imgedit.image"
 local lineage = require "imgedit.lineage"
 local providers = require "imgedit.providers"
+local request = require "imgedit.request"
 
 local M = {}
 
@@ -80,6 +81,11 @@ local function build()
   request_options(edit)
   edit:option("-i --image", "An input image; repeat it for more (the order is image 1, 2, ...)."):count("1+")
   edit:option("--mask", "A PNG mask with alpha (alpha 0 = edit here), the size of the first image.")
+  edit:flag("--preserve", "With --mask: keep image 1 exactly wherever the mask keeps (the service may redraw"
+    .. " it all); the service's pixels where it edits, a seam of --feather pixels between.")
+  edit:option("--feather", "With --preserve: the seam's width in pixels, 0-256 (default 4).")
+  edit:option("--drift-warning", "With --mask: warn when the answer changed more than this percentage of the"
+    .. " kept area (default 10; 100 never warns).")
 
   local gen = p:command("generate", "Make an image from text."):epilog(EPILOG)
   request_options(gen)
@@ -258,6 +264,15 @@ end
 
 -- ---- commands ----
 
+-- How far an edit with a mask strayed, and whether preserve put image 1
+-- back: from an Image or a lineage record (mask_drift, mask_spill, preserved).
+local function mask_line(t)
+  local held = type(t.preserved) == "table" and tonumber(t.preserved.feather)
+  return string.format("  mask: the answer changed %.1f%% of the kept area (drift), left %.1f%% of the edit area"
+    .. " alone (spill)%s", t.mask_drift * 100, (tonumber(t.mask_spill) or 0) * 100,
+    held and string.format("; image 1 kept outside the mask, %d-pixel seam", held) or "")
+end
+
 local function cmd_request(a)
   local ok, why = check_output(a.output, a.force)
   if not ok then return fail(3, why, { kind = "io", message = why, param = "output" }) end
@@ -280,7 +295,17 @@ local function cmd_request(a)
     output_compression = number_opt(a.compression, "compression"), background = a.background,
     response_format = a.response_format,
   }
-  if a.command == "edit" then req.images, req.mask = a.image, a.mask end
+  if a.command == "edit" then
+    req.images, req.mask = a.image, a.mask
+    if (a.preserve or a.feather or a.drift_warning) and not a.mask then
+      error({ usage = "--preserve, --feather and --drift-warning work with --mask" })
+    end
+    req.preserve = a.preserve or nil
+    req.feather = a.feather and compat.tointeger(number_opt(a.feather, "feather"))
+    local dw = a.drift_warning and number_opt(a.drift_warning, "drift-warning")
+    if dw and (dw < 0 or dw > 100) then error({ usage = "--drift-warning takes a percentage, 0 to 100" }) end
+    req.drift_warning = dw and dw / 100
+  end
   -- -o out.jpg asks the service for jpeg, where the model takes output_format;
   -- otherwise save() converts, so the name and the bytes always agree.
   local model = a.model or client.model
@@ -341,9 +366,9 @@ local function cmd_request(a)
     local parents = {}
     for i, f in ipairs(req.images or {}) do parents[i] = core.sha256_file(f) end
     local params = {}
-    for k, v in pairs(req) do if type(v) ~= "function" and k ~= "images" and k ~= "mask" then params[k] = v end end
+    for k, v in pairs(req) do if type(v) ~= "function" and not request.CONTROL[k] then params[k] = v end end
     img = lineage.attach(img, lineage.record { prompt = a.prompt, model = model, params = params, parents = parents,
-      mask = req.mask and core.sha256_file(req.mask), request_id = img.request_id })
+      mask = req.mask and core.sha256_file(req.mask), request_id = img.request_id, held = img })
   end
   local saved, serr = img:save(a.output)
   if not saved then
@@ -360,12 +385,14 @@ local function cmd_request(a)
     json_out { ok = true, path = a.output, format = info.format, width = img.width, height = img.height,
       bytes = info.bytes, sha256 = sha, usage = img.usage or cjson.null, model = img.model,
       url = img.url or cjson.null, request_id = img.request_id or cjson.null, cost = img.cost or cjson.null,
-      converted_from = info.format ~= img.format and img.format or nil }
+      converted_from = info.format ~= img.format and img.format or nil, mask_drift = img.mask_drift,
+      mask_spill = img.mask_spill, preserved = img.preserved, preserve_error = img.preserve_error }
   elseif not a.quiet then
     print(string.format("%s: %s %dx%d, %s%s%s%s", a.output, info.format, img.width, img.height, human(info.bytes),
       info.format ~= img.format and (" (converted from " .. img.format .. ")") or "",
       img.usage and string.format(", %d tokens", img.usage.total_tokens or 0) or "",
       img.cost and string.format(", $%.4f%s", img.cost.usd, img.cost.upper_bound and " at most" or "") or ""))
+    if img.mask_drift then print(mask_line(img)) end
   end
   return 0
 end
@@ -400,6 +427,7 @@ local function cmd_inspect(a)
           if #ps > 0 then print("  params " .. table.concat(ps, ", ")) end
           for i, p in ipairs(l.parents or {}) do print(string.format("  input %d sha256 %s", i, p)) end
           if l.mask then print("  mask sha256 " .. l.mask) end
+          if type(l.mask_drift) == "number" then print(mask_line(l)) end
           if l.request_id then print("  request " .. l.request_id) end
         end
       else

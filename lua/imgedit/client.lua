@@ -4,6 +4,7 @@
 -- reading a stream stream.lua's. The blocking calls are a submit plus a
 -- wait on the same jobs.
 local core = require "imgedit.core"
+local masks = require "imgedit.mask"
 local providers = require "imgedit.providers"
 local request = require "imgedit.request"
 local rules = require "imgedit.rules"
@@ -38,6 +39,7 @@ local DEFAULTS = {
   retry_unanswered = false, retry_timeouts = false, retry_protocol = false, max_retry_after = 60,
   retry_base = 0.5, retry_cap = 8, max_concurrency = 8, max_response_bytes = 128 * 1024 * 1024,
   max_download_bytes = 64 * 1024 * 1024, progress_interval = 0.1,
+  preserve = false, feather = masks.FEATHER, drift_tolerance = masks.TOLERANCE, drift_warning = masks.DRIFT_WARNING,
 }
 
 -- new(opts) -> client. Every option is checked here, where it is given: an
@@ -273,14 +275,14 @@ local function start(self, kind, req, level)
     job.fields, job.body = { model = req.model }, { data = { {} } }
     return enqueue(self, job)
   end
-  local spec, fields = request.prepare(self, kind, req, secrets[self], level + 1)
+  local spec, fields, inpaint = request.prepare(self, kind, req, secrets[self], level + 1)
   if not spec then
     fields.attempts = 0
     jobs.finish(job, nil, fields)
     return job
   end
   spec.timeout, spec.connect_timeout, spec.idle_timeout = opts.timeout, opts.connect_timeout, opts.idle_timeout
-  job.spec, job.fields = spec, fields
+  job.spec, job.fields, job.inpaint = spec, fields, inpaint
   return enqueue(self, job)
 end
 

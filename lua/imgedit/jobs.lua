@@ -13,6 +13,7 @@ local compat = require "imgedit.compat"
 local core = require "imgedit.core"
 local errors = require "imgedit.errors"
 local answer = require "imgedit.answer"
+local masks = require "imgedit.mask"
 local prices = require "imgedit.prices"
 local retry = require "imgedit.retry"
 local stream = require "imgedit.stream"
@@ -55,8 +56,58 @@ function Job:wait()
   return self:result()
 end
 
+-- hold_one(job, img) -> the Image to hand over: for an edit with a mask,
+-- img with its mask_drift and mask_spill, or with preserve the composite
+-- (img.raw the service's own). The picture is paid for, so nothing here may
+-- lose it: a failure hands img over as it came, with img.preserve_error.
+local function hold_one(job, img)
+  local src, o = job.inpaint, job.opts
+  local function failed(why)
+    img.preserve_error = why
+    job.client:_warn("the mask's figures" .. (o.preserve and " and preserve" or "") .. " failed: " .. why
+      .. (o.preserve and "; the service's picture is kept as it came" or ""))
+    return img
+  end
+  local base, mask = src.base.data, src.mask.data
+  local msg
+  if not base then base, msg = core.read_file(src.base.path) end
+  if not base then return failed("image 1 could not be read again: " .. tostring(msg)) end
+  if not mask then mask, msg = core.read_file(src.mask.path) end
+  if not mask then return failed("the mask could not be read again: " .. tostring(msg)) end
+  -- jpeg and webp come back at the quality asked of the service (its default: 100)
+  local q = math.floor(tonumber(job.fields.output_compression) or 100)
+  local opts = { feather = o.feather, tolerance = o.drift_tolerance, quality = math.max(1, math.min(q, 100)) }
+  local ok, r, e = pcall(o.preserve and masks.preserve or masks.compare, img, { bytes = base }, { bytes = mask }, opts)
+  if not ok or not r then return failed(ok and e.message or tostring(r)) end
+  if o.preserve then
+    local bi = src.base.info
+    if bi.width * r.height ~= bi.height * r.width then
+      job.client:_warn(string.format("image 1 is %dx%d and the answer %dx%d: preserve stretched image 1 to the"
+        .. " answer's shape", bi.width, bi.height, r.width, r.height))
+    end
+    return r
+  end
+  img.mask_drift, img.mask_spill = r.drift, r.spill
+  if o.drift_warning and r.drift > o.drift_warning then
+    job.client:_warn(string.format("the answer changed %.1f%% of the area the mask keeps (mask_drift, over"
+      .. " drift_warning = %g%%); preserve = true puts image 1 back there", r.drift * 100, o.drift_warning * 100))
+  end
+  return img
+end
+
+-- hold(job, img): hold_one for each picture of an edit with a mask.
+local function hold(job, img)
+  if not job.inpaint or not img then return img end
+  img = hold_one(job, img)
+  for i, more in ipairs(img.more or {}) do
+    if getmetatable(more) == getmetatable(img) then img.more[i] = hold_one(job, more) end
+  end
+  return img
+end
+
 local function finish(job, img, err)
   if job:done() then return end
+  img = hold(job, img)
   if img and img.cost == nil and job.kind ~= "download" then
     img.cost = prices.cost(job.client, img.model or job.fields.model, img.usage, 1 + #(img.more or {}))
   end

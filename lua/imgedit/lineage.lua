@@ -53,9 +53,13 @@ end
 -- read(bytes) -> record | nil
 function M.read(bytes) return M.parse(core.xmp_read(bytes)) end
 
+local function share(x) return x and tonumber(string.format("%.6f", x)) end
+
 -- record{...} -> the lineage of a picture: prompt, model, params (the
 -- request's other fields), step, parents (the inputs' SHA-256s, in order),
--- mask (its SHA-256), request_id. Only what is known is kept.
+-- mask (its SHA-256), request_id; from `held`, the Image of an edit with a
+-- mask: mask_drift, mask_spill, and preserved ({feather=, scaled=}) when
+-- it was composited onto image 1. Only what is known is kept.
 function M.record(o)
   local params = {}
   for k, v in pairs(o.params or {}) do
@@ -63,8 +67,10 @@ function M.record(o)
       params[k] = v
     end
   end
+  local held = o.held or {}
   return { v = 1, prompt = o.prompt, model = o.model, params = params, step = o.step, parents = o.parents or {},
-    mask = o.mask, request_id = o.request_id }
+    mask = o.mask, request_id = o.request_id, mask_drift = share(held.mask_drift), mask_spill = share(held.mask_spill),
+    preserved = held.preserved }
 end
 
 -- What from_bytes reads from the bytes themselves.

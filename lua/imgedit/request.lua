@@ -22,6 +22,9 @@ local function nonneg(v) return type(v) == "number" and v >= 0 and v == v, "a nu
 local function count(v) return compat.tointeger(v) ~= nil and v >= 0, "a whole number >= 0" end
 local function at_least_one(v) return compat.tointeger(v) ~= nil and v >= 1, "a whole number >= 1" end
 local function is(ty) return function(v) return type(v) == ty, ty end end
+local function whole(lo, hi)
+  return function(v) return compat.tointeger(v) ~= nil and v >= lo and v <= hi, "a whole number from " .. lo .. " to " .. hi end
+end
 local function url(v)
   if type(v) ~= "string" then return false, "an http or https url" end
   local scheme = v:match("^(%a[%w+.-]*)://[^/]")
@@ -67,6 +70,9 @@ M.JOB_OPTIONS = {
   max_retries = count, retry_unanswered = is "boolean", retry_timeouts = is "boolean",
   retry_protocol = is "boolean", max_retry_after = nonneg, retry_base = nonneg, retry_cap = nonneg,
   on_progress = is "function", on_retry = is "function",
+  -- masks that hold (mask.lua): the composite, its seam, and the drift figures
+  preserve = is "boolean", feather = whole(0, 256), drift_tolerance = whole(0, 255),
+  drift_warning = function(v) return v == false or type(v) == "number" and v >= 0 and v <= 1, "a share from 0 to 1, or false" end,
 }
 
 -- Options of imgedit.new.
@@ -261,7 +267,10 @@ local function json_value(k, v)
   return v
 end
 
--- prepare(client, kind, req, key, level) -> spec, fields | nil, err
+-- prepare(client, kind, req, key, level) -> spec, fields, inpaint | nil, err
+-- inpaint: for an edit with a mask, {base = image 1, mask =} (path or
+-- data), what the mask's figures and preserve's composite read once the
+-- answer is in.
 function M.prepare(client, kind, req, key, level)
   if req.prompt ~= nil and type(req.prompt) ~= "string" then
     error("bad request field 'prompt' (string expected, got " .. type(req.prompt) .. ")", level + 1)
@@ -313,6 +322,10 @@ function M.prepare(client, kind, req, key, level)
       if not e then return fail("invalid_request", msg, { param = "mask" }, key) end
       mask = e
     end
+  end
+  if req.preserve == true and not mask then
+    return fail("invalid_request", "preserve = true needs a mask: it keeps image 1 where the mask does",
+      { param = "preserve" }, key)
   end
   if not req._no_checks then
     local r = rules.for_model(model, client.limits, client.provider)
@@ -367,7 +380,7 @@ function M.prepare(client, kind, req, key, level)
     spec.body = cjson.encode(body)
     spec.headers[#spec.headers + 1] = "Content-Type: application/json"
   end
-  return spec, fields
+  return spec, fields, kind == "edit" and mask and images[1] and { base = images[1], mask = mask } or nil
 end
 
 return M

@@ -273,6 +273,11 @@ function M.render(steps, html_dir, title)
     row("time", s.cache_hit and "cached" or seconds(s.seconds))
     row("request", s.request_id ~= cjson.null and s.request_id or nil)
     row("output", string.format("%s %sx%s", tostring(s.output.format), int(s.output.width), int(s.output.height)))
+    if type(s.mask_drift) == "number" then -- how far the answer strayed from the mask
+      local feather = type(s.preserved) == "table" and tonumber(s.preserved.feather)
+      row("mask", string.format("drift %.1f%%, spill %.1f%%%s", s.mask_drift * 100, (tonumber(s.mask_spill) or 0) * 100,
+        feather and string.format("; image 1 kept outside it (%d px seam)", feather) or ""))
+    end
     w('</dl>')
     if type(s.partials) == "table" and #s.partials > 0 then
       w('<div class="strip">')

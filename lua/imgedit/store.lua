@@ -110,8 +110,12 @@ function Pipeline:_describe(kind, name, req)
   end
   if type(req.mask) == "string" then read[req.mask] = true end
   local model = req.model or c.model
+  -- preserve changes the picture kept, so it is in the key (the drift figures do not).
+  local preserve = req.preserve
+  if preserve == nil then preserve = c.preserve end
   local material = { v = 1, endpoint = kind, service = c.base_url, model = model, fields = fields,
-    prompt = req.prompt, images = {}, mask = mask and mask.sha256 }
+    prompt = req.prompt, images = {}, mask = mask and mask.sha256,
+    preserve = mask and preserve and { feather = req.feather or c.feather } or nil }
   for i, s in ipairs(inputs) do material.images[i] = s.sha256 end
   local key = core.sha256(canon(material))
   -- The same without the service's address: a batch's job is the same job
@@ -139,14 +143,16 @@ function Pipeline:_lookup(item)
     local d, meta_path = self:_cache_paths(item.key)
     local meta = read_json(meta_path)
     if meta and type(meta.sha256) == "string" and type(meta.file) == "string" then
-      local img = load_verified(d .. "/" .. meta.file, meta.sha256,
-        { usage = meta.usage, model = meta.model, url = meta.url, cost = meta.cost, cached = true })
+      local img = load_verified(d .. "/" .. meta.file, meta.sha256, { usage = meta.usage, model = meta.model,
+        url = meta.url, cost = meta.cost, cached = true, mask_drift = meta.mask_drift, mask_spill = meta.mask_spill,
+        preserved = meta.preserved })
       if img then return img, "cache" end
     end
   end
   local j = self.journal.steps[item.name:sub(#self.prefix + 1)]
   if type(j) == "table" and j.key == item.key then
-    local img = load_verified(j.file, j.sha256, { usage = j.usage, model = j.model, cost = j.cost, cached = true })
+    local img = load_verified(j.file, j.sha256, { usage = j.usage, model = j.model, cost = j.cost, cached = true,
+      mask_drift = j.mask_drift, mask_spill = j.mask_spill, preserved = j.preserved })
     if img then return img, "journal" end
   end
   return nil
@@ -161,7 +167,8 @@ function Pipeline:_store(item, img)
   -- The metadata is written last: it is what makes the entry visible.
   if ok then
     ok, msg = write_json(meta_path, { sha256 = img.sha256, file = file, format = img.format, usage = img.usage,
-      model = img.model, url = img.url, created = img.created, cost = img.cost })
+      model = img.model, url = img.url, created = img.created, cost = img.cost, mask_drift = img.mask_drift,
+      mask_spill = img.mask_spill, preserved = img.preserved })
   end
   return ok, msg
 end
@@ -195,7 +202,7 @@ function Pipeline:_finish(item, img, how, started, attempts)
     for i, s in ipairs(item.inputs) do parents[i] = s.sha256 end
     img = lineage.attach(img, lineage.record {
       prompt = item.req.prompt, model = item.model, params = item.fields, step = item.name, parents = parents,
-      mask = item.mask and item.mask.sha256, request_id = img.request_id or (old and old.request_id),
+      mask = item.mask and item.mask.sha256, request_id = img.request_id or (old and old.request_id), held = img,
     })
   end
   local path = item.file_base .. "." .. image.EXT[img.format]
@@ -226,16 +233,20 @@ function Pipeline:_finish(item, img, how, started, attempts)
     seconds = seconds, output = { file = path, sha256 = img.sha256, format = img.format, width = img.width,
       height = img.height }, request_id = img.request_id, cost = img.cost or cjson.null,
     partials = partials and #partials > 0 and partials or nil, order = #self.shared.records + 1,
+    mask_drift = img.mask_drift, mask_spill = img.mask_spill, preserved = img.preserved,
+    preserve_error = img.preserve_error,
   })
   if not ok then return nil, errors.new("io", item.file_base .. ".json: " .. msg, { param = "dir", image = img }) end
   if how == nil or how == "url" then self:_store(item, img) end
   self.journal.steps[item.name:sub(#self.prefix + 1)] = { key = item.key, file = path, sha256 = img.sha256,
-    usage = usage, model = img.model, cost = img.cost }
+    usage = usage, model = img.model, cost = img.cost, mask_drift = img.mask_drift, mask_spill = img.mask_spill,
+    preserved = img.preserved }
   write_json(self.dir .. "/" .. JOURNAL, self.journal)
   local rec = { name = item.name, hit = how ~= nil, requests = attempts, seconds = seconds,
     tokens_in = how == nil and usage and usage.input_tokens or 0,
     tokens_out = how == nil and usage and usage.output_tokens or 0, file = path,
-    usd = (how ~= nil) and 0 or (img.cost and img.cost.usd) }
+    usd = (how ~= nil) and 0 or (img.cost and img.cost.usd), mask_drift = img.mask_drift,
+    mask_spill = img.mask_spill, preserved = img.preserved }
   local sh = self.shared
   sh.records[#sh.records + 1] = rec
   if sh.on_step then

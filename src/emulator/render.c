@@ -1,8 +1,11 @@
 /* The emulator's picture: a visible, deterministic composite of its inputs.
  * The first image is the base, later images are inset along the bottom edge,
- * the mask's transparent area is hatched with a fill colour, and a tint from
- * the prompt washes over everything. Nearest-neighbour sampling keeps it
- * cheap and exactly reproducible. */
+ * and a tint from the prompt washes over everything. With a mask, it acts
+ * as the service does with one, as a soft guide: the edit area (hatched with
+ * a fill colour) lands a few pixels off the mask's, so it spills over some
+ * kept pixels and leaves some edit pixels alone, and the kept area comes
+ * back redrawn, a level or two off image 1. Nearest-neighbour sampling
+ * keeps it cheap and exactly reproducible. */
 #include <string.h>
 
 #include "emulator.h"
@@ -74,21 +77,45 @@ static int l_compose(lua_State *L) {
   layer base, mask;
   int has_base = get_layer(L, 1, "base", &base);
   int has_mask = get_layer(L, 1, "mask", &mask);
+  /* How far the edit area lands off the mask's: a sixty-fourth of the
+   * picture's smaller side, at least a pixel, right and down. */
+  int shift = (w < h ? w : h) / 64;
+  if (shift < 1)
+    shift = 1;
   ie_buf b;
   unsigned char *out = (unsigned char *)ie_buf_init(L, &b, (size_t)w * (size_t)h * 4);
   for (int y = 0; y < h; y++) {
     for (int x = 0; x < w; x++) {
       unsigned char *o = out + ((size_t)y * (size_t)w + (size_t)x) * 4;
+      int edit = 1;
+      if (has_mask) { /* the mask read where the edit area was misplaced from */
+        int mx = x >= shift ? x - shift : 0, my = y >= shift ? y - shift : 0;
+        edit = sample_cover(&mask, mx, my, w, h)[3] < 128;
+      }
+      if (has_base && !edit) {
+        const unsigned char *s = sample_cover(&base, x, y, w, h);
+        int jitter = (x * 7 + y * 13) % 5 - 2; /* redrawn, within a level or two */
+        for (int c = 0; c < 3; c++) {
+          int v = s[c] + jitter;
+          o[c] = (unsigned char)(v < 0 ? 0 : v > 255 ? 255 : v);
+        }
+        o[3] = s[3];
+        continue;
+      }
       if (has_base) {
         const unsigned char *s = sample_cover(&base, x, y, w, h);
-        for (int c = 0; c < 3; c++) /* 75 % base, 25 % tint */
-          o[c] = (unsigned char)((s[c] * 3 + tint[c]) / 4);
+        if (has_mask) /* new content: 25 % base, 75 % tint */
+          for (int c = 0; c < 3; c++)
+            o[c] = (unsigned char)((s[c] + tint[c] * 3) / 4);
+        else /* the whole picture redrawn: 75 % base, 25 % tint */
+          for (int c = 0; c < 3; c++)
+            o[c] = (unsigned char)((s[c] * 3 + tint[c]) / 4);
       } else {
         for (int c = 0; c < 3; c++) /* a gradient in the tint's colour */
           o[c] = (unsigned char)(tint[c] * (x + y) / (w + h) + (255 - tint[c]) * (w + h - x - y) / (2 * (w + h)));
       }
       o[3] = 255;
-      if (has_mask && sample(&mask, x, y, w, h)[3] < 128 && ((x + y) / 8) % 2 == 0)
+      if (has_mask && ((x + y) / 8) % 2 == 0)
         memcpy(o, fill, 3);
     }
   }
@@ -113,6 +140,9 @@ static int l_compose(lua_State *L) {
         for (int x = -2; x < tw + 2; x++) {
           int ox = x0 + x, oy = y0 + y;
           if (ox < 0 || oy < 0 || ox >= w || oy >= h)
+            continue;
+          if (has_mask && /* with a mask, only the edit area takes them */
+              sample_cover(&mask, ox >= shift ? ox - shift : 0, oy >= shift ? oy - shift : 0, w, h)[3] >= 128)
             continue;
           unsigned char *o = out + ((size_t)oy * (size_t)w + (size_t)ox) * 4;
           if (x < 0 || y < 0 || x >= tw || y >= th)
