@@ -86,6 +86,20 @@ for _, k in ipairs { "raw", "dataurl" } do
 end
 
 -- ---- pipeline re-run ----
+-- ---- preserve: the pixel work of an edit with a mask ----
+-- Against the codec floor of the same run: decoding the answer and image 1
+-- and encoding the result, which any composite must pay.
+local pv = cjson.decode(sh("lua5.4 bench/preserve.lua " .. paths.answer))
+for _, fmt in ipairs { "png", "jpeg", "webp" } do
+  local r = pv[fmt]
+  local floor = r.decode_answer + r.decode_base + r.encode
+  row(string.format("preserve, %dx%d %s answer: ms", pv.width, pv.height, fmt), string.format("%.1f", r.preserve),
+    string.format("codec floor %.1f (%.2fx)", floor, r.preserve / floor), "< 60 ms", r.preserve < 60)
+  row(string.format("mask_drift alone (%s): ms", fmt), string.format("%.1f", r.figures),
+    string.format("decodes %.1f (%.2fx)", r.decode_answer + r.decode_base + r.decode_mask,
+      r.figures / (r.decode_answer + r.decode_base + r.decode_mask)))
+end
+
 local rr = cjson.decode(sh("lua5.4 bench/rerun.lua"))
 row("pipeline of 5 steps, first run: s", string.format("%.2f", rr.first), string.format("%d requests", rr.first_requests))
 row("pipeline re-run: s", string.format("%.3f", rr.second), string.format("%d requests (emulator saw %d)", rr.second_requests, rr.emulator_saw),

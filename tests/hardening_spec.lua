@@ -43,10 +43,14 @@ describe("hostile servers", function()
       assert.is_string(err.message)
       assert.are.equal(1, #emu:requests(), case[1])
     end
-    -- and a reset that is retried recovers
+    -- and a reset that is retried recovers: the upload is larger than the
+    -- sockets' buffers, so that the client sees it cut short
+    local f = assert(io.open("/dev/urandom", "rb"))
+    local big = H.write(dir .. "/big.png", core.encode(f:read(1024 * 1024 * 4), 1024, 1024, "png"))
+    f:close()
     emu:clear()
     emu:inject { drop_upload = 1000 }
-    assert(H.client(emu, { retry_base = 0.01 }):edit { prompt = "x", images = { pic } })
+    assert(H.client(emu, { retry_base = 0.01 }):edit { prompt = "x", images = { big } })
     assert.are.equal(2, #emu:requests())
   end)
 

@@ -381,3 +381,63 @@ describe("preserve in the CLI, pipelines and the contact sheet", function()
     assert.matches("<dt>mask</dt><dd>drift %d+%.%d%%, spill %d+%.%d%%; image 1 kept outside it %(4 px seam%)</dd>", page)
   end)
 end)
+
+describe("the README's before and after", function()
+  local emu, dir
+  H.world(function(e, d) emu, dir = e, d end)
+
+  -- Six 256-pixel panels, three a row: image 1, the mask, the service's
+  -- answer; what the answer changed outside the mask (red), preserve's
+  -- result, and what that changed outside the mask (nothing).
+  it("is made here, from the emulator's answer, and docs/preserve.png is that picture", function()
+    local S = 256
+    local scene = picture(S, S, function(x, y)
+      local dx, dy = x - 180, y - 70
+      if dx * dx + dy * dy < 500 then return 255, 210, 90 end -- a sun
+      if y > 170 + math.floor(12 * math.sin(x / 30)) then return 60 + y % 7, 120 + (x * y) % 9, 50 end -- a field
+      return 90 + math.floor(y / 4), 150 + math.floor(y / 5), 235 -- the sky
+    end)
+    local photo = H.write(dir .. "/scene.png", core.encode(scene, S, S, "png"))
+    local mask = assert(imgedit.mask.ellipse { width = S, height = S, x = 40, y = 120, w = 120, h = 100 })
+    local img = assert(H.all_client(emu):edit { images = { photo }, mask = mask, prompt = "a red barn", size = "256x256",
+      preserve = true })
+    local raw, out, m = core.decode(img.raw.bytes), core.decode(img.bytes), core.decode(mask.bytes)
+    local function changed(px)
+      return picture(S, S, function(x, y)
+        local a, b = { px_at(px, S, x, y) }, { px_at(scene, S, x, y) }
+        if select(4, px_at(m, S, x, y)) == 0 then return 40, 40, 40 end -- the edit area, greyed
+        for c = 1, 3 do
+          if math.abs(a[c] - b[c]) > 30 then return 255, 0, 0 end
+        end
+        return math.floor((b[1] + 255) / 2), math.floor((b[2] + 255) / 2), math.floor((b[3] + 255) / 2)
+      end)
+    end
+    local mask_view = picture(S, S, function(x, y)
+      local a = select(4, px_at(m, S, x, y))
+      local check = ((math.floor(x / 16) + math.floor(y / 16)) % 2 == 0) and 200 or 150
+      return a == 0 and check or 20, a == 0 and check or 20, a == 0 and check or 20
+    end)
+    local panels = { scene, mask_view, raw, changed(raw), out, changed(out) }
+    local rows = {}
+    for r = 0, 1 do
+      for y = 0, S - 1 do
+        local line = {}
+        for c = 1, 3 do line[c] = panels[r * 3 + c]:sub(y * S * 4 + 1, (y + 1) * S * 4) end
+        rows[#rows + 1] = table.concat(line)
+      end
+    end
+    local sheet = core.encode(table.concat(rows), 3 * S, 2 * S, "png")
+    if os.getenv("IMGEDIT_UPDATE_DOCS") then H.write("docs/preserve.png", sheet) end
+    -- the page's picture is this one, pixel for pixel
+    local doc = core.decode(assert(H.read("docs/preserve.png")))
+    assert.is_true(doc == core.decode(sheet), "docs/preserve.png is stale: run with IMGEDIT_UPDATE_DOCS=1")
+    -- and it shows what it says: red outside the mask in the answer, none after preserve
+    local function reds(px)
+      local n = 0
+      for i = 1, #px, 4 do if px:byte(i) == 255 and px:byte(i + 1) == 0 and px:byte(i + 2) == 0 then n = n + 1 end end
+      return n
+    end
+    assert.is_true(reds(changed(raw)) > 100)
+    assert.are.equal(0, reds(changed(out)))
+  end)
+end)

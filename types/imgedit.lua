@@ -51,6 +51,11 @@
 ---@field cached? boolean
 ---@field partial? boolean
 ---@field partial_index? integer
+---@field mask_drift? number edits with a mask: share of the kept area the service changed
+---@field mask_spill? number edits with a mask: share of the edit area it left alone
+---@field preserved? {feather: integer, scaled: boolean} composited onto image 1 (preserve = true)
+---@field raw? imgedit.Image with preserve: the picture as the service sent it
+---@field preserve_error? string why the mask's figures or the composite could not be made
 local Image = {}
 
 ---Write the image atomically (temp file, fsync, rename); a name that asks
@@ -104,6 +109,10 @@ function Image:save(path, opts) end
 ---@field retry_base? number
 ---@field retry_cap? number
 ---@field refresh? boolean pipelines: force a new request
+---@field preserve? boolean with a mask: keep image 1 exactly wherever the mask keeps
+---@field feather? integer preserve's seam, in pixels (4)
+---@field drift_tolerance? integer largest channel difference counted as unchanged (30)
+---@field drift_warning? number|false warn past this mask_drift (0.10)
 ---@field on_progress? fun(p: imgedit.Progress)
 ---@field on_retry? fun(info: imgedit.RetryInfo)
 ---@field on_partial? fun(img: imgedit.Image, index: integer)
@@ -134,7 +143,11 @@ function Image:save(path, opts) end
 ---@field provider? "apiyi"|"openai"|"azure"|"compatible" default: from the base url's host
 ---@field deployment? string Azure: the deployment (default: the model)
 ---@field prices? table<string, table|false> model -> {text_in=, image_in=, image_out=} (USD per 1M tokens) or {per_image=}
----@field on_warning? fun(msg: string) once per message: a model near its shutdown (default: stderr)
+---@field on_warning? fun(msg: string) once per message: a model near its shutdown, a mask's drift (default: stderr)
+---@field preserve? boolean edits with a mask: keep image 1 exactly wherever the mask keeps
+---@field feather? integer preserve's seam, in pixels (4)
+---@field drift_tolerance? integer largest channel difference counted as unchanged (30)
+---@field drift_warning? number|false warn past this mask_drift (0.10)
 ---@field api_version? string Azure: the api-version (default OPENAI_API_VERSION, else 2025-04-01-preview)
 ---@field ca_file? string PEM certificate authorities trusted in addition to the system's
 ---@field ca_path? string a folder of them, hashed by `openssl rehash`
@@ -269,6 +282,24 @@ function mask.from_alpha(src, opts) end
 ---@return imgedit.MaskReport|nil
 ---@return imgedit.Error|nil
 function mask.check(m, base, opts) end
+
+---How far an answer strayed from image 1 around a mask.
+---@param answer imgedit.Source
+---@param base imgedit.Source
+---@param m imgedit.Source
+---@param opts? {tolerance?: integer}
+---@return {drift: number, spill: number, keep: integer, edit: integer, drifted: integer, unchanged: integer, width: integer, height: integer, scaled: boolean}|nil
+---@return imgedit.Error|nil
+function mask.compare(answer, base, m, opts) end
+
+---The answer composited onto image 1: image 1 wherever the mask keeps.
+---@param answer imgedit.Source
+---@param base imgedit.Source
+---@param m imgedit.Source
+---@param opts? {feather?: integer, tolerance?: integer, quality?: integer}
+---@return imgedit.Image|nil
+---@return imgedit.Error|nil
+function mask.preserve(answer, base, m, opts) end
 
 ---@class imgedit.Report
 ---@field steps integer
