@@ -178,13 +178,17 @@ describe("preserve", function()
   end)
 end)
 
+-- H.world with image 1 (the busy base) and its mask written in the folder.
+local function photo_world(set)
+  H.world(function(e, d)
+    set(e, d, H.write(d .. "/photo.png", core.encode(picture(W, H_, base_fn), W, H_, "png")),
+      H.write(d .. "/mask.png", mask_png().bytes))
+  end)
+end
+
 describe("an edit with a mask, through the emulator", function()
   local emu, dir, photo, mask
-  H.world(function(e, d)
-    emu, dir = e, d
-    photo = H.write(dir .. "/photo.png", core.encode(picture(W, H_, base_fn), W, H_, "png"))
-    mask = H.write(dir .. "/mask.png", mask_png().bytes)
-  end)
+  photo_world(function(e, d, p, m) emu, dir, photo, mask = e, d, p, m end)
 
   local function edit(extra, opts)
     local warnings = {}
@@ -308,11 +312,7 @@ end)
 
 describe("preserve in the CLI, pipelines and the contact sheet", function()
   local emu, dir, photo, mask
-  H.world(function(e, d)
-    emu, dir = e, d
-    photo = H.write(dir .. "/photo.png", core.encode(picture(W, H_, base_fn), W, H_, "png"))
-    mask = H.write(dir .. "/mask.png", mask_png().bytes)
-  end)
+  photo_world(function(e, d, p, m) emu, dir, photo, mask = e, d, p, m end)
 
   local function cli(args)
     return H.sh("env -u IMGEDIT_API_KEY IMGEDIT_API_KEY=" .. emu.key .. " IMGEDIT_BASE_URL=" .. emu.url
