@@ -25,7 +25,7 @@ LUA_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null)
 endif
 DEP_CFLAGS := $(LUA_CFLAGS) $(shell $(PKG_CONFIG) --cflags libcurl stb libwebp libpng libssl libcrypto 2>/dev/null)
 EMU_CFLAGS := $(shell $(PKG_CONFIG) --cflags libmicrohttpd 2>/dev/null)
-CORE_LIBS  := $(shell $(PKG_CONFIG) --libs libcurl stb libwebp libpng libssl libcrypto 2>/dev/null) -lm
+CORE_LIBS  := $(shell $(PKG_CONFIG) --libs libcurl stb libwebp libpng libssl libcrypto 2>/dev/null) -lm -pthread
 EMU_LIBS   := $(shell $(PKG_CONFIG) --libs libmicrohttpd 2>/dev/null) -lpthread
 ALL_CFLAGS = -std=c99 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) $(DEP_CFLAGS) $(CFLAGS)
 # Lua modules link without -llua: the interpreter exports its symbols.

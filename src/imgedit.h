@@ -50,11 +50,23 @@ IE_LOCAL void ie_open_codec(lua_State *L);
 
 /* ---- pixels (pixels.c) ---- */
 IE_LOCAL void ie_open_pixels(lua_State *L);
-/* Decodes bytes to RGBA and pushes the userdata that owns the pixels; or
- * pushes nothing and returns NULL, with the reason ("corrupt", "truncated",
- * "unsupported", "too_large") and a message in why. */
-IE_LOCAL unsigned char *ie_decode_push(lua_State *L, const unsigned char *s, size_t n, lua_Integer max_px, int *w,
-                                       int *h, const char **reason, char *why, size_t whylen);
+/* Decoded RGBA pixels, or why there are none. */
+typedef struct ie_pixels {
+  unsigned char *p;
+  int w, h;
+  void (*release)(void *);
+  const char *reason; /* "corrupt", "truncated", "unsupported", "too_large" */
+  char why[160];
+} ie_pixels;
+/* Decodes bytes to RGBA (stb_image, libwebp): 1, or 0 with the reason. It
+ * touches no Lua state, so it may run on any thread; the caller frees p
+ * with release, or hands it to a box. */
+IE_LOCAL int ie_decode_raw(const unsigned char *s, size_t n, lua_Integer max_px, ie_pixels *out);
+/* Pushes an empty box: a userdata that frees the C buffer it is given when
+ * collected. Made before the decode, so that a Lua error cannot leak it. */
+IE_LOCAL void *ie_box_push(lua_State *L);
+/* The box takes px's pixels (NULL too); returns them. */
+IE_LOCAL unsigned char *ie_box_adopt(void *box, ie_pixels *px);
 /* Encodes RGBA pixels in format fmt (0 png, 1 jpeg, 2 webp) and pushes the
  * bytes as a string; or pushes nothing and returns 0. Flags: IE_LOSSLESS
  * (WebP), IE_DROP_ALPHA (PNG: RGB when every pixel is opaque). */

@@ -57,49 +57,59 @@ static void box_to_string(lua_State *L, box *b) {
 static void stbi_free_fn(void *p) { stbi_image_free(p); }
 static void webp_free_fn(void *p) { WebPFree(p); }
 
-unsigned char *ie_decode_push(lua_State *L, const unsigned char *s, size_t n, lua_Integer max_px, int *w, int *h,
-                              const char **reason, char *why, size_t whylen) {
+int ie_decode_raw(const unsigned char *s, size_t n, lua_Integer max_px, ie_pixels *out) {
   ie_src src = {s, -1, n};
   ie_info info;
+  char *why = out->why;
+  size_t whylen = sizeof out->why;
+  out->p = NULL, out->release = NULL;
   int rc = ie_inspect(&src, &info, why, whylen);
-  *reason = rc == IE_TRUNCATED ? "truncated" : "corrupt";
+  out->reason = rc == IE_TRUNCATED ? "truncated" : "corrupt";
   if (rc != IE_OK)
-    return NULL;
+    return 0;
   if (!info.accepted) {
-    *reason = "unsupported";
+    out->reason = "unsupported";
     snprintf(why, whylen, "cannot decode %s images", info.format);
-    return NULL;
+    return 0;
   }
   /* Refuse decompression bombs from the header, before any allocation. */
   if ((uint64_t)info.width * info.height > (uint64_t)max_px) {
-    *reason = "too_large";
+    out->reason = "too_large";
     snprintf(why, whylen, "%ux%u is more than %lld pixels", (unsigned)info.width, (unsigned)info.height,
              (long long)max_px);
-    return NULL;
+    return 0;
   }
   int webp = strcmp(info.format, "webp") == 0;
   if (!webp && n > INT_MAX) { /* stb takes an int length */
-    *reason = "too_large";
+    out->reason = "too_large";
     snprintf(why, whylen, "%zu bytes is more than the decoder takes", n);
-    return NULL;
+    return 0;
   }
-  box *b = box_new(L);
   if (webp) {
-    b->p = WebPDecodeRGBA(s, n, w, h);
-    b->release = webp_free_fn;
-  } else {
+    out->p = WebPDecodeRGBA(s, n, &out->w, &out->h);
+    out->release = webp_free_fn;
+  } else { /* stb keeps its failure reason per thread */
     int c;
-    b->p = stbi_load_from_memory(s, (int)n, w, h, &c, 4);
-    b->release = stbi_free_fn;
+    out->p = stbi_load_from_memory(s, (int)n, &out->w, &out->h, &c, 4);
+    out->release = stbi_free_fn;
   }
-  if (!b->p) {
-    lua_pop(L, 1);
-    *reason = "corrupt";
+  if (!out->p) {
+    out->reason = "corrupt";
     snprintf(why, whylen, "cannot decode %s image%s%s", info.format, webp ? "" : ": ",
              webp ? "" : stbi_failure_reason());
-    return NULL;
+    return 0;
   }
-  b->len = (size_t)*w * (size_t)*h * 4;
+  return 1;
+}
+
+void *ie_box_push(lua_State *L) { return box_new(L); }
+
+unsigned char *ie_box_adopt(void *bp, ie_pixels *px) {
+  box *b = (box *)bp;
+  box_free(b);
+  b->p = px->p, b->release = px->release;
+  b->len = px->p ? (size_t)px->w * (size_t)px->h * 4 : 0;
+  px->p = NULL;
   return (unsigned char *)b->p;
 }
 
@@ -108,14 +118,15 @@ static int l_decode(lua_State *L) {
   size_t n;
   const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
   lua_Integer max_px = luaL_optinteger(L, 2, DEFAULT_MAX_PIXELS);
-  char why[160];
-  const char *reason;
-  int w = 0, h = 0;
-  if (!ie_decode_push(L, s, n, max_px, &w, &h, &reason, why, sizeof why))
-    return ie_fail(L, reason, "%s", why);
-  box_to_string(L, (box *)lua_touserdata(L, -1));
-  lua_pushinteger(L, w);
-  lua_pushinteger(L, h);
+  box *b = box_new(L); /* first: nothing decoded is left unowned if Lua raises */
+  ie_pixels px;
+  int ok = ie_decode_raw(s, n, max_px, &px);
+  ie_box_adopt(b, &px);
+  if (!ok)
+    return ie_fail(L, px.reason, "%s", px.why);
+  box_to_string(L, b);
+  lua_pushinteger(L, px.w);
+  lua_pushinteger(L, px.h);
   return 3;
 }
 
