@@ -120,6 +120,7 @@ static int l_decode(lua_State *L) {
   lua_Integer max_px = luaL_optinteger(L, 2, DEFAULT_MAX_PIXELS);
   box *b = box_new(L); /* first: nothing decoded is left unowned if Lua raises */
   ie_pixels px;
+  memset(&px, 0, sizeof px);
   int ok = ie_decode_raw(s, n, max_px, &px);
   ie_box_adopt(b, &px);
   if (!ok)
