@@ -296,6 +296,31 @@ describe("an edit with a mask, through the emulator", function()
     assert.has_error(function() H.all_client(emu, { drift_warning = 2 }) end)
   end)
 
+  it("an on_warning that raises ends the job as a callback's failure, the paid picture in err.image", function()
+    local img, err = H.all_client(emu, { drift_warning = 0.001, on_warning = function() error("boom") end }):edit(
+      H.small { images = { photo }, mask = mask, prompt = "a red door" })
+    assert.is_nil(img)
+    assert.are.equal("callback", err.kind)
+    assert.are.equal("on_warning", err.callback)
+    assert.is_true(err.maybe_billed)
+    assert.is_true(err.image.mask_drift > 0)
+    assert.are.equal(1, #H.api_requests(emu))
+  end)
+
+  it("image 1 changed on disk while the request was out: not used for the composite", function()
+    local mine = H.write(dir .. "/mine.png", H.read(photo))
+    emu:configure { latency = 0.3 }
+    local warnings = {}
+    local c = H.all_client(emu, { on_warning = function(m) warnings[#warnings + 1] = m end })
+    local job = c:submit("edit", H.small { images = { mine }, mask = mask, prompt = "door", preserve = true })
+    c:poll(0.05)
+    H.write(mine, core.encode(picture(32, 32, base_fn), 32, 32, "png"))
+    local img = assert(job:wait())
+    assert.is_nil(img.preserved)
+    assert.matches("image 1 changed on disk after it was sent", img.preserve_error)
+    assert.matches("changed on disk", warnings[1])
+  end)
+
   it("a composite that fails keeps the paid picture as it came, and says why", function()
     local image = require "imgedit.image"
     local saved = image.max_pixels
@@ -344,7 +369,13 @@ describe("preserve in the CLI, pipelines and the contact sheet", function()
     local row = require("cjson").decode(text:match("(%b{})%s*$"))
     assert.is_true(row.mask_drift > 0 and row.mask_spill > 0)
     assert.is_nil(row.preserved)
-    -- --preserve without --mask is a usage error; nothing is sent
+    -- a bad --feather, and --preserve without --mask, are usage errors; nothing is sent
+    for _, bad in ipairs { "2.5", "300", "=-1" } do
+      text, code = cli("edit --model gpt-image-2-all --size 64x64 -p door -i " .. photo .. " --mask " .. mask
+        .. " --preserve --feather" .. (bad:sub(1, 1) == "=" and bad or " " .. bad) .. " -o " .. dir .. "/y.png")
+      assert.are.equal(2, code, text)
+      assert.matches("%-%-feather takes a whole number of pixels, 0 to 256", text)
+    end
     emu:clear()
     text, code = cli("edit --model gpt-image-2-all --size 64x64 -p door -i " .. photo .. " --preserve -o " .. dir .. "/x.png")
     assert.are.equal(2, code, text)
@@ -353,7 +384,7 @@ describe("preserve in the CLI, pipelines and the contact sheet", function()
   end)
 
   it("a pipeline step takes preserve: in its key, its sidecar, its report and the contact sheet", function()
-    local c = H.all_client(emu)
+    local c = H.all_client(emu, { on_warning = function() end })
     local out, cache = dir .. "/pipe", dir .. "/cache"
     local function run(preserve)
       local p = imgedit.pipeline { client = c, dir = out, cache = cache, quiet = true }
@@ -376,6 +407,23 @@ describe("preserve in the CLI, pipelines and the contact sheet", function()
     assert.is_true(near(held.mask_drift, side.mask_drift))
     assert.are.same({ feather = 4, scaled = false }, side.preserved)
     local r = p:report { quiet = true, html = out .. "/index.html" }
+    -- a composite that failed when it was paid for is made on the next run, without a request
+    local image = require "imgedit.image"
+    local saved = image.max_pixels
+    image.max_pixels = 100
+    local p3 = imgedit.pipeline { client = c, dir = dir .. "/pipe3", cache = dir .. "/cache3", quiet = true }
+    local failed = assert(p3:edit("door", { images = { photo }, mask = mask, prompt = "door", size = "64x64",
+      preserve = true, feather = 3 }))
+    image.max_pixels = saved
+    assert.is_nil(failed.preserved)
+    assert.is_string(failed.preserve_error)
+    local before = #H.api_requests(emu)
+    local p4 = imgedit.pipeline { client = c, dir = dir .. "/pipe3", cache = dir .. "/cache3", quiet = true }
+    local settled = assert(p4:edit("door", { images = { photo }, mask = mask, prompt = "door", size = "64x64",
+      preserve = true, feather = 3 }))
+    assert.are.equal(before, #H.api_requests(emu))
+    assert.are.same({ feather = 3, scaled = false }, settled.preserved)
+    assert.is_nil(settled.preserve_error)
     assert.is_true(near(held.mask_drift, r.list[1].mask_drift))
     local page = H.read(r.html)
     assert.matches("<dt>mask</dt><dd>drift %d+%.%d%%, spill %d+%.%d%%; image 1 kept outside it %(4 px seam%)</dd>", page)

@@ -301,7 +301,11 @@ local function cmd_request(a)
       error({ usage = "--preserve, --feather and --drift-warning work with --mask" })
     end
     req.preserve = a.preserve or nil
-    req.feather = a.feather and compat.tointeger(number_opt(a.feather, "feather"))
+    local feather = a.feather and compat.tointeger(number_opt(a.feather, "feather"))
+    if a.feather and not (feather and feather >= 0 and feather <= 256) then
+      error({ usage = "--feather takes a whole number of pixels, 0 to 256" })
+    end
+    req.feather = feather
     local dw = a.drift_warning and number_opt(a.drift_warning, "drift-warning")
     if dw and (dw < 0 or dw > 100) then error({ usage = "--drift-warning takes a percentage, 0 to 100" }) end
     req.drift_warning = dw and dw / 100

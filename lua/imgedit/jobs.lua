@@ -56,51 +56,68 @@ function Job:wait()
   return self:result()
 end
 
--- hold_one(job, img) -> the Image to hand over: for an edit with a mask,
--- img with its mask_drift and mask_spill, or with preserve the composite
--- (img.raw the service's own). The picture is paid for, so nothing here may
--- lose it: a failure hands img over as it came, with img.preserve_error.
-local function hold_one(job, img)
+-- hold_one(job, img, warn) -> the Image to hand over: for an edit with a
+-- mask, img with its mask_drift and mask_spill, or with preserve the
+-- composite (img.raw the service's own). The picture is paid for, so
+-- nothing here may lose it: a failure hands img over as it came, with
+-- img.preserve_error. Warnings go to warn(msg), for finish to deliver.
+local function hold_one(job, img, warn)
   local src, o = job.inpaint, job.opts
   local function failed(why)
     img.preserve_error = why
-    job.client:_warn("the mask's figures" .. (o.preserve and " and preserve" or "") .. " failed: " .. why
+    warn("the mask's figures" .. (o.preserve and " and preserve" or "") .. " failed: " .. why
       .. (o.preserve and "; the service's picture is kept as it came" or ""))
     return img
   end
-  local base, mask = src.base.data, src.mask.data
-  local msg
-  if not base then base, msg = core.read_file(src.base.path) end
-  if not base then return failed("image 1 could not be read again: " .. tostring(msg)) end
-  if not mask then mask, msg = core.read_file(src.mask.path) end
-  if not mask then return failed("the mask could not be read again: " .. tostring(msg)) end
-  -- jpeg and webp come back at the quality asked of the service (its default: 100)
-  local q = math.floor(tonumber(job.fields.output_compression) or 100)
-  local opts = { feather = o.feather, tolerance = o.drift_tolerance, quality = math.max(1, math.min(q, 100)) }
+  -- image 1 and the mask as they were sent: a file changed since is not used
+  local function again(entry, what)
+    if entry.data then return entry.data end
+    local bytes, msg = core.read_file(entry.path)
+    if not bytes then return nil, what .. " could not be read again: " .. tostring(msg) end
+    if #bytes ~= entry.info.bytes then return nil, what .. " changed on disk after it was sent" end
+    return bytes
+  end
+  local base, why = again(src.base, "image 1")
+  if not base then return failed(why) end
+  local mask
+  mask, why = again(src.mask, "the mask")
+  if not mask then return failed(why) end
+  local opts = { feather = o.feather, tolerance = o.drift_tolerance, quality = masks.quality(job.fields.output_compression) }
   local ok, r, e = pcall(o.preserve and masks.preserve or masks.compare, img, { bytes = base }, { bytes = mask }, opts)
   if not ok or not r then return failed(ok and e.message or tostring(r)) end
   if o.preserve then
     local bi = src.base.info
     if bi.width * r.height ~= bi.height * r.width then
-      job.client:_warn(string.format("image 1 is %dx%d and the answer %dx%d: preserve stretched image 1 to the"
-        .. " answer's shape", bi.width, bi.height, r.width, r.height))
+      warn(string.format("image 1 is %dx%d and the answer %dx%d: preserve stretched image 1 to the answer's shape",
+        bi.width, bi.height, r.width, r.height))
     end
     return r
   end
   img.mask_drift, img.mask_spill = r.drift, r.spill
   if o.drift_warning and r.drift > o.drift_warning then
-    job.client:_warn(string.format("the answer changed %.1f%% of the area the mask keeps (mask_drift, over"
+    warn(string.format("the answer changed %.1f%% of the area the mask keeps (mask_drift, over"
       .. " drift_warning = %g%%); preserve = true puts image 1 back there", r.drift * 100, o.drift_warning * 100))
   end
   return img
 end
 
--- hold(job, img): hold_one for each picture of an edit with a mask.
+-- hold(job, img) -> img: hold_one for each picture of an edit with a mask,
+-- then its warnings through the client's on_warning. One that raises ends
+-- the job as kind "callback", the picture in err.image, as any callback's.
 local function hold(job, img)
   if not job.inpaint or not img then return img end
-  img = hold_one(job, img)
+  local warnings = {}
+  local function warn(msg) warnings[#warnings + 1] = msg end
+  img = hold_one(job, img, warn)
   for i, more in ipairs(img.more or {}) do
-    if getmetatable(more) == getmetatable(img) then img.more[i] = hold_one(job, more) end
+    if getmetatable(more) == getmetatable(img) then img.more[i] = hold_one(job, more, warn) end
+  end
+  for _, msg in ipairs(warnings) do
+    local ok, e = pcall(job.client._warn, job.client, msg)
+    if not ok and not job.cb_err then
+      job.cb_err = errors.new("callback", "on_warning raised an error: " .. tostring(errors.is(e) and e.message or e),
+        { callback = "on_warning", cause = e, attempts = job.attempts, retryable = false, maybe_billed = true })
+    end
   end
   return img
 end

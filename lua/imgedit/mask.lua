@@ -161,6 +161,12 @@ M.TOLERANCE = 30
 -- The drift past which a client warns (on_warning), unless preserve is on.
 M.DRIFT_WARNING = 0.10
 
+-- The quality a JPEG or WebP composite is encoded at: the request's
+-- output_compression, else 100 (the service's default).
+function M.quality(output_compression)
+  return math.max(1, math.min(math.floor(tonumber(output_compression) or 100), 100))
+end
+
 local function three(answer, base, mask)
   local a, an = image.bytes_of(answer, "answer")
   if not a then return nil, an end
@@ -219,6 +225,10 @@ function M.preserve(answer, base, mask, o)
   if image.is(answer) then
     fields.raw = answer
     for k in pairs(CARRIED) do fields[k] = answer[k] end
+    if answer.more then -- a list of its own: its entries may be composited in turn
+      fields.more = {}
+      for i, v in ipairs(answer.more) do fields.more[i] = v end
+    end
   end
   local img, msg = image.from_bytes(r.bytes, fields)
   if not img then return nil, errors.new("invalid_request", "the composite: " .. tostring(msg), { param = "mask" }) end

@@ -10,6 +10,7 @@ local request = require "imgedit.request"
 local errors = require "imgedit.errors"
 local image = require "imgedit.image"
 local lineage = require "imgedit.lineage"
+local masks = require "imgedit.mask"
 local tokens = require "imgedit.tokens"
 
 local M = {}
@@ -45,6 +46,13 @@ end
 local function iso(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t)) end
 
 -- Read an image file back only if its bytes still hash to what was recorded.
+-- What an edit with a mask says of its picture (mask.lua), kept beside it.
+local HELD = { "mask_drift", "mask_spill", "preserved", "preserve_error" }
+local function with_held(t, from)
+  for _, k in ipairs(HELD) do t[k] = from[k] end
+  return t
+end
+
 local function load_verified(path, sha, fields)
   local bytes = path and core.read_file(path)
   if not bytes or core.sha256(bytes) ~= sha then return nil end
@@ -113,9 +121,9 @@ function Pipeline:_describe(kind, name, req)
   -- preserve changes the picture kept, so it is in the key (the drift figures do not).
   local preserve = req.preserve
   if preserve == nil then preserve = c.preserve end
+  preserve = mask and preserve and { feather = req.feather or c.feather } or nil
   local material = { v = 1, endpoint = kind, service = c.base_url, model = model, fields = fields,
-    prompt = req.prompt, images = {}, mask = mask and mask.sha256,
-    preserve = mask and preserve and { feather = req.feather or c.feather } or nil }
+    prompt = req.prompt, images = {}, mask = mask and mask.sha256, preserve = preserve }
   for i, s in ipairs(inputs) do material.images[i] = s.sha256 end
   local key = core.sha256(canon(material))
   -- The same without the service's address: a batch's job is the same job
@@ -124,6 +132,7 @@ function Pipeline:_describe(kind, name, req)
   return {
     kind = kind, name = self.prefix .. name, file_base = self.dir .. "/" .. name, req = req, model = model,
     key = key, request_key = core.sha256(canon(material)), inputs = inputs, mask = mask, fields = fields,
+    preserve = preserve and { feather = preserve.feather, quality = masks.quality(fields.output_compression) },
     estimate = tokens.estimate(req.prompt, inputs, req.size, req.quality),
     parts = { tokens.parts(req.prompt, inputs, req.size, req.quality) },
   }
@@ -143,19 +152,30 @@ function Pipeline:_lookup(item)
     local d, meta_path = self:_cache_paths(item.key)
     local meta = read_json(meta_path)
     if meta and type(meta.sha256) == "string" and type(meta.file) == "string" then
-      local img = load_verified(d .. "/" .. meta.file, meta.sha256, { usage = meta.usage, model = meta.model,
-        url = meta.url, cost = meta.cost, cached = true, mask_drift = meta.mask_drift, mask_spill = meta.mask_spill,
-        preserved = meta.preserved })
-      if img then return img, "cache" end
+      local img = load_verified(d .. "/" .. meta.file, meta.sha256, with_held({ usage = meta.usage,
+        model = meta.model, url = meta.url, cost = meta.cost, cached = true }, meta))
+      if img then return self:_settle(item, img), "cache" end
     end
   end
   local j = self.journal.steps[item.name:sub(#self.prefix + 1)]
   if type(j) == "table" and j.key == item.key then
-    local img = load_verified(j.file, j.sha256, { usage = j.usage, model = j.model, cost = j.cost, cached = true,
-      mask_drift = j.mask_drift, mask_spill = j.mask_spill, preserved = j.preserved })
-    if img then return img, "journal" end
+    local img = load_verified(j.file, j.sha256, with_held({ usage = j.usage, model = j.model, cost = j.cost,
+      cached = true }, j))
+    if img then return self:_settle(item, img), "journal" end
   end
   return nil
+end
+
+-- A stored picture whose composite failed when it was paid for (say image
+-- 1 could not be read then) is composited now: never paid for again.
+function Pipeline:_settle(item, img)
+  if not (item.preserve and img.preserve_error) then return img end
+  local first = request.image_list(item.req.images)[1]
+  local held = masks.preserve(img, first, item.req.mask, { feather = item.preserve.feather,
+    quality = item.preserve.quality })
+  if not held then return img end
+  held.cached, held.settled = true, true -- stored again, composited, by _finish
+  return held
 end
 
 function Pipeline:_store(item, img)
@@ -166,9 +186,8 @@ function Pipeline:_store(item, img)
   if ok then ok, msg = core.write_atomic(d .. "/" .. file, img.bytes) end
   -- The metadata is written last: it is what makes the entry visible.
   if ok then
-    ok, msg = write_json(meta_path, { sha256 = img.sha256, file = file, format = img.format, usage = img.usage,
-      model = img.model, url = img.url, created = img.created, cost = img.cost, mask_drift = img.mask_drift,
-      mask_spill = img.mask_spill, preserved = img.preserved })
+    ok, msg = write_json(meta_path, with_held({ sha256 = img.sha256, file = file, format = img.format,
+      usage = img.usage, model = img.model, url = img.url, created = img.created, cost = img.cost }, img))
   end
   return ok, msg
 end
@@ -226,21 +245,18 @@ function Pipeline:_finish(item, img, how, started, attempts)
       if type(f) == "string" and core.read_file(f) then partials[#partials + 1] = f end
     end
   end
-  ok, msg = write_json(item.file_base .. ".json", {
+  ok, msg = write_json(item.file_base .. ".json", with_held({
     step = item.name, kind = item.kind, model = item.model, prompt = item.req.prompt, params = params,
     inputs = inputs, mask = src(item.mask), usage = usage or cjson.null, tokens_spent = spent_now,
     cache_hit = how ~= nil, resumed_from = how or cjson.null, requests = attempts, started = iso(os.time() - seconds),
     seconds = seconds, output = { file = path, sha256 = img.sha256, format = img.format, width = img.width,
       height = img.height }, request_id = img.request_id, cost = img.cost or cjson.null,
     partials = partials and #partials > 0 and partials or nil, order = #self.shared.records + 1,
-    mask_drift = img.mask_drift, mask_spill = img.mask_spill, preserved = img.preserved,
-    preserve_error = img.preserve_error,
-  })
+  }, img))
   if not ok then return nil, errors.new("io", item.file_base .. ".json: " .. msg, { param = "dir", image = img }) end
-  if how == nil or how == "url" then self:_store(item, img) end
-  self.journal.steps[item.name:sub(#self.prefix + 1)] = { key = item.key, file = path, sha256 = img.sha256,
-    usage = usage, model = img.model, cost = img.cost, mask_drift = img.mask_drift, mask_spill = img.mask_spill,
-    preserved = img.preserved }
+  if how == nil or how == "url" or img.settled then self:_store(item, img) end
+  self.journal.steps[item.name:sub(#self.prefix + 1)] = with_held({ key = item.key, file = path,
+    sha256 = img.sha256, usage = usage, model = img.model, cost = img.cost }, img)
   write_json(self.dir .. "/" .. JOURNAL, self.journal)
   local rec = { name = item.name, hit = how ~= nil, requests = attempts, seconds = seconds,
     tokens_in = how == nil and usage and usage.input_tokens or 0,
