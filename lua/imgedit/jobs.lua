@@ -82,7 +82,8 @@ local function hold_one(job, img, warn)
   local mask
   mask, why = again(src.mask, "the mask")
   if not mask then return failed(why) end
-  local opts = { feather = o.feather, tolerance = o.drift_tolerance, quality = masks.quality(job.fields.output_compression) }
+  local opts = { feather = o.feather, tolerance = o.drift_tolerance,
+    quality = masks._quality(job.fields.output_compression) }
   local ok, r, e = pcall(o.preserve and masks.preserve or masks.compare, img, { bytes = base }, { bytes = mask }, opts)
   if not ok or not r then return failed(ok and e.message or tostring(r)) end
   if o.preserve then

@@ -163,7 +163,7 @@ M.DRIFT_WARNING = 0.10
 
 -- The quality a JPEG or WebP composite is encoded at: the request's
 -- output_compression, else 100 (the service's default).
-function M.quality(output_compression)
+function M._quality(output_compression)
   return math.max(1, math.min(math.floor(tonumber(output_compression) or 100), 100))
 end
 

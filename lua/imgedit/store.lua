@@ -132,7 +132,7 @@ function Pipeline:_describe(kind, name, req)
   return {
     kind = kind, name = self.prefix .. name, file_base = self.dir .. "/" .. name, req = req, model = model,
     key = key, request_key = core.sha256(canon(material)), inputs = inputs, mask = mask, fields = fields,
-    preserve = preserve and { feather = preserve.feather, quality = masks.quality(fields.output_compression) },
+    preserve = preserve and { feather = preserve.feather, quality = masks._quality(fields.output_compression) },
     estimate = tokens.estimate(req.prompt, inputs, req.size, req.quality),
     parts = { tokens.parts(req.prompt, inputs, req.size, req.quality) },
   }
