@@ -30,6 +30,10 @@ local function step(n, name, req)
   total = total + tokens
   print(string.format("%d. %-10s %s  %dx%d  %d tokens  %ds", n, name, path, img.width, img.height, tokens,
     os.time() - t0))
+  if img.mask_drift then -- the service takes a mask as a soft guide: how far it strayed
+    print(string.format("   the service changed %.1f%% of the area the mask keeps%s", img.mask_drift * 100,
+      img.preserved and "; preserve put the input back there" or ""))
+  end
   return img
 end
 
@@ -43,6 +47,7 @@ local mask = assert(imgedit.from_bytes(inputs.mask(fused.width, fused.height, 20
 assert(mask:save(outdir .. "/mask.png"))
 local inpainted = step(2, "inpainted", {
   prompt = "Add a red hot-air balloon in the masked part of the sky", images = { fused }, mask = mask,
+  preserve = true, -- every pixel outside the mask stays the fused picture's
 })
 
 step(3, "restyled", { prompt = "Restyle the whole picture as a watercolour painting", images = { inpainted } })

@@ -16,6 +16,7 @@ describe("examples", function()
     local out, code = run("" .. H.LUA .. " examples/pipeline.lua '" .. dir .. "'")
     assert.are.equal(0, code, out)
     assert.matches("using the local emulator", out)
+    assert.matches("the service changed %d+%.%d%% of the area the mask keeps; preserve put the input back there", out)
     for _, name in ipairs { "1-fused.png", "2-inpainted.png", "3-restyled.png", "mask.png" } do
       local info = assert(require("imgedit").inspect(dir .. "/" .. name), name)
       assert.are.equal("png", info.format)
