@@ -180,7 +180,6 @@ static int l_inpaint(lua_State *L) {
   unsigned char *ans = px[0], *base = px[1], *mask = px[2];
   int w = jobs[0].out.w, h = jobs[0].out.h, bw = jobs[1].out.w, bh = jobs[1].out.h;
   int mw = jobs[2].out.w, mh = jobs[2].out.h;
-  char why[160];
 
   size_t n = (size_t)w * (size_t)h;
   int scaled = 0;
@@ -244,9 +243,7 @@ static int l_inpaint(lua_State *L) {
   blend(out, ans, base, alpha, n);
 
   /* The answer's own format; a lossless WebP stays lossless. */
-  ie_src src = {as, -1, an};
-  ie_info info;
-  ie_inspect(&src, &info, why, sizeof why); /* it decoded above: it inspects */
+  const ie_info info = jobs[0].out.info;
   int fmt = ie_format_index(info.format);
   WebPBitstreamFeatures feat;
   int lossless = fmt == 2 && WebPGetFeatures(as, an, &feat) == VP8_STATUS_OK && feat.format == 2;

@@ -54,6 +54,7 @@ IE_LOCAL void ie_open_pixels(lua_State *L);
 typedef struct ie_pixels {
   unsigned char *p;
   int w, h;
+  ie_info info; /* what the header said: format, has_alpha, ... */
   void (*release)(void *);
   const char *reason; /* "corrupt", "truncated", "unsupported", "too_large" */
   char why[160];

@@ -59,11 +59,12 @@ static void webp_free_fn(void *p) { WebPFree(p); }
 
 int ie_decode_raw(const unsigned char *s, size_t n, lua_Integer max_px, ie_pixels *out) {
   ie_src src = {s, -1, n};
-  ie_info info;
+  ie_info *ip = &out->info, info;
   char *why = out->why;
   size_t whylen = sizeof out->why;
   out->p = NULL, out->release = NULL;
-  int rc = ie_inspect(&src, &info, why, whylen);
+  int rc = ie_inspect(&src, ip, why, whylen);
+  info = *ip;
   out->reason = rc == IE_TRUNCATED ? "truncated" : "corrupt";
   if (rc != IE_OK)
     return 0;

@@ -13,6 +13,7 @@ local compat = require "imgedit.compat"
 local core = require "imgedit.core"
 local errors = require "imgedit.errors"
 local answer = require "imgedit.answer"
+local image = require "imgedit.image"
 local masks = require "imgedit.mask"
 local prices = require "imgedit.prices"
 local retry = require "imgedit.retry"
@@ -111,7 +112,7 @@ local function hold(job, img)
   local function warn(msg) warnings[#warnings + 1] = msg end
   img = hold_one(job, img, warn)
   for i, more in ipairs(img.more or {}) do
-    if getmetatable(more) == getmetatable(img) then img.more[i] = hold_one(job, more, warn) end
+    if image.is(more) then img.more[i] = hold_one(job, more, warn) end
   end
   for _, msg in ipairs(warnings) do
     local ok, e = pcall(job.client._warn, job.client, msg)
