@@ -319,6 +319,7 @@ describe("an edit with a mask, through the emulator", function()
     assert.is_nil(img.preserved)
     assert.matches("image 1 changed on disk after it was sent", img.preserve_error)
     assert.matches("changed on disk", warnings[1])
+    assert.are.equal(1, #H.api_requests(emu))
   end)
 
   it("a composite that fails keeps the paid picture as it came, and says why", function()
@@ -370,12 +371,14 @@ describe("preserve in the CLI, pipelines and the contact sheet", function()
     assert.is_true(row.mask_drift > 0 and row.mask_spill > 0)
     assert.is_nil(row.preserved)
     -- a bad --feather, and --preserve without --mask, are usage errors; nothing is sent
+    emu:clear()
     for _, bad in ipairs { "2.5", "300", "=-1" } do
       text, code = cli("edit --model gpt-image-2-all --size 64x64 -p door -i " .. photo .. " --mask " .. mask
         .. " --preserve --feather" .. (bad:sub(1, 1) == "=" and bad or " " .. bad) .. " -o " .. dir .. "/y.png")
       assert.are.equal(2, code, text)
       assert.matches("%-%-feather takes a whole number of pixels, 0 to 256", text)
     end
+    assert.are.equal(0, #H.api_requests(emu))
     emu:clear()
     text, code = cli("edit --model gpt-image-2-all --size 64x64 -p door -i " .. photo .. " --preserve -o " .. dir .. "/x.png")
     assert.are.equal(2, code, text)
