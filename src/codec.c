@@ -9,30 +9,87 @@
 
 #include "imgedit.h"
 
-/* Decode strict base64 into a Lua string. Padding is required, whitespace and
- * characters outside the alphabet are errors: never silent garbage. */
-static int push_b64(lua_State *L, const char *s, size_t n) {
+/* Strict base64 into out (room for n / 4 * 3 bytes). Padding is required,
+ * whitespace and characters outside the alphabet are errors: never silent
+ * garbage. Returns 1 and the length, or 0 and why. Lua-free: the decoder
+ * thread uses it too. */
+int ie_b64_decode(const char *s, size_t n, unsigned char *out, size_t *outlen, char *why, size_t whylen) {
   if (n == 0)
-    return ie_fail(L, "base64", "empty base64 data");
+    return snprintf(why, whylen, "empty base64 data"), 0;
   if (n % 4 != 0)
-    return ie_fail(L, "base64", "invalid base64 (length %zu is not a multiple of 4)", n);
+    return snprintf(why, whylen, "invalid base64 (length %zu is not a multiple of 4)", n), 0;
   if (n > (size_t)INT32_MAX)
-    return ie_fail(L, "base64", "base64 data too large");
+    return snprintf(why, whylen, "base64 data too large"), 0;
   size_t pad = (s[n - 1] == '=') + (s[n - 1] == '=' && s[n - 2] == '=');
   /* '=' is only valid as padding at the very end. */
   const char *eq = memchr(s, '=', n);
   if (eq && (size_t)(eq - s) < n - pad)
-    return ie_fail(L, "base64", "invalid base64 (padding inside the data)");
-  ie_buf b;
-  unsigned char *out = (unsigned char *)ie_buf_init(L, &b, n / 4 * 3);
+    return snprintf(why, whylen, "invalid base64 (padding inside the data)"), 0;
   /* EVP_DecodeBlock trims surrounding whitespace; refuse it beforehand. */
   if ((unsigned char)s[0] <= ' ' || (unsigned char)s[n - 1 - pad] <= ' ')
-    return ie_fail(L, "base64", "invalid base64 (whitespace)");
+    return snprintf(why, whylen, "invalid base64 (whitespace)"), 0;
   int got = EVP_DecodeBlock(out, (const unsigned char *)s, (int)n);
   if (got < 0)
-    return ie_fail(L, "base64", "invalid base64 (character outside the alphabet)");
-  ie_buf_push(L, &b, (size_t)got - pad);
+    return snprintf(why, whylen, "invalid base64 (character outside the alphabet)"), 0;
+  *outlen = (size_t)got - pad;
   return 1;
+}
+
+static int push_b64(lua_State *L, const char *s, size_t n) {
+  char why[96];
+  size_t got = 0;
+  ie_buf b;
+  unsigned char *out = (unsigned char *)ie_buf_init(L, &b, n / 4 * 3 + 1);
+  if (!ie_b64_decode(s, n, out, &got, why, sizeof why))
+    return ie_fail(L, "base64", "%s", why);
+  ie_buf_push(L, &b, got);
+  return 1;
+}
+
+static const char *skip_ws(const char *p, const char *end) {
+  while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+    p++;
+  return p;
+}
+
+/* The next "b64_json": "..." of a JSON text, from byte `from` on: 1 and its
+ * value, or 0 when there is none. A data: URL value gives its payload, or
+ * bad_dataurl when it is not a base64 image. */
+int ie_b64_find(const char *s, size_t n, size_t from, ie_b64_value *v) {
+  static const char key[] = "\"b64_json\"";
+  const char *end = s + n;
+  for (const char *k = s + from; k < end; k++) {
+    k = memmem(k, (size_t)(end - k), key, sizeof key - 1);
+    if (!k)
+      return 0;
+    const char *p = skip_ws(k + sizeof key - 1, end);
+    if (p >= end || *p++ != ':')
+      continue;
+    p = skip_ws(p, end);
+    if (p >= end || *p != '"')
+      continue; /* null, or not a string */
+    const char *open = p++, *q = p;
+    int escaped = 0;
+    while (q < end && *q != '"') {
+      if (*q == '\\')
+        escaped = 1, q++;
+      q++;
+    }
+    if (q >= end)
+      return 0;
+    memset(v, 0, sizeof *v);
+    v->open = (size_t)(open - s), v->close = (size_t)(q - s), v->escaped = escaped;
+    v->p = p, v->len = (size_t)(q - p);
+    if (v->len >= 5 && strncasecmp(p, "data:", 5) == 0) {
+      const char *comma = memchr(p, ',', v->len < 256 ? v->len : 256);
+      if (!comma || comma - p < 12 || strncasecmp(comma - 7, ";base64", 7) != 0 || strncasecmp(p + 5, "image/", 6) != 0)
+        v->bad_dataurl = 1;
+      else
+        v->len -= (size_t)(comma + 1 - p), v->p = comma + 1;
+    }
+    return 1;
+  }
+  return 0;
 }
 
 static int l_b64decode(lua_State *L) {
@@ -85,36 +142,15 @@ static int l_dataurl_decode(lua_State *L) {
 static int l_json_b64(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
-  static const char key[] = "\"b64_json\"";
-  const char *k = memmem(s, n, key, sizeof key - 1);
-  if (!k || memmem(k + 1, n - (size_t)(k + 1 - s), key, sizeof key - 1))
-    return 0;
-  const char *p = k + sizeof key - 1, *end = s + n;
-  while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
-    p++;
-  if (p >= end || *p++ != ':')
-    return 0;
-  while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
-    p++;
-  if (p >= end || *p != '"')
-    return 0;
-  const char *open = p++;
-  const char *close = memchr(p, '"', (size_t)(end - p));
-  if (!close || memchr(p, '\\', (size_t)(close - p)))
-    return 0; /* escaped content: leave it to the JSON decoder */
-  size_t vlen = (size_t)(close - p);
-  const char *payload = p;
-  if (vlen >= 5 && strncasecmp(p, "data:", 5) == 0) {
-    const char *comma = memchr(p, ',', vlen < 256 ? vlen : 256);
-    if (!comma || comma - p < 12 || strncasecmp(comma - 7, ";base64", 7) != 0 || strncasecmp(p + 5, "image/", 6) != 0)
-      return ie_fail(L, "dataurl", "the data URL is not a base64 image");
-    payload = comma + 1;
-    vlen -= (size_t)(payload - p);
-  }
-  if (push_b64(L, payload, vlen) != 1)
+  ie_b64_value v, again;
+  if (!ie_b64_find(s, n, 0, &v) || v.escaped || ie_b64_find(s, n, v.close + 1, &again))
+    return 0; /* escaped content, or two: leave it to the JSON decoder */
+  if (v.bad_dataurl)
+    return ie_fail(L, "dataurl", "the data URL is not a base64 image");
+  if (push_b64(L, v.p, v.len) != 1)
     return 3;
-  lua_pushinteger(L, (lua_Integer)(open - s) + 1);
-  lua_pushinteger(L, (lua_Integer)(close - s) + 1);
+  lua_pushinteger(L, (lua_Integer)v.open + 1);
+  lua_pushinteger(L, (lua_Integer)v.close + 1);
   return 3;
 }
 

@@ -1,73 +1,227 @@
 /* HTTP transfers on libcurl's multi interface, as Lua objects.
  *
- * A Multi owns one CURLM (and so one connection pool); a Transfer is one
- * request on it, built and recorded by transfer.c. Lua reads the results
- * after Multi:perform() returns. */
+ * A Multi owns one CURLM (and so one connection pool) driven by a network
+ * thread of its own (worker.c), and a decoder thread (decoder.c) started
+ * by the first transfer that wants its pictures decoded. A Transfer is one
+ * request on it, built by transfer.c on the caller's thread and handed
+ * over. perform() only takes what the threads handed back: it never waits
+ * for the network unless asked to, and never pushes a byte.
+ *
+ * The C structs live on the heap, apart from their Lua objects: a transfer
+ * may be held at once by its Lua object, by its multi and by decode jobs,
+ * and is freed by whichever lets go last (refs, under the multi's lock).
+ * The multi's struct likewise outlives its Lua object while a transfer
+ * still points to it. */
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "http.h"
 
 #define MULTI_MT "imgedit.multi"
 #define XFER_MT "imgedit.transfer"
 
-/* ---- lifetime ---- */
+typedef struct {
+  multi *m; /* NULL once closed */
+} multi_box;
 
-static void unlink_transfer(transfer *t) {
-  multi *m = t->owner;
-  if (!m)
+typedef struct {
+  transfer *t; /* NULL once closed */
+} xfer_box;
+
+/* ---- lifetimes (shared with the threads) ---- */
+
+static void hub_unref(multi *m) {
+  pthread_mutex_lock(&m->mu);
+  int last = --m->refs == 0;
+  pthread_mutex_unlock(&m->mu);
+  if (!last)
     return;
-  curl_multi_remove_handle(m->m, t->e);
-  if (t->prev)
-    t->prev->next = t->next;
-  else
-    m->head = t->next;
-  if (t->next)
-    t->next->prev = t->prev;
-  t->next = t->prev = NULL;
-  t->owner = NULL;
-  m->count--;
-  /* Out of the multi, out of its share: the multi may close first. */
-  curl_easy_setopt(t->e, CURLOPT_SHARE, NULL);
+  pthread_mutex_destroy(&m->mu);
+  pthread_cond_destroy(&m->cv);
+  pthread_cond_destroy(&m->dcv);
+  free(m);
 }
 
-static void transfer_release(transfer *t) {
-  unlink_transfer(t);
+int ie_drop_locked(transfer *t) { return --t->refs == 0; }
+
+int ie_unhold_locked(multi *m, transfer *t) {
+  if (!t->held)
+    return 0;
+  t->held = 0;
+  if (t->all_prev)
+    t->all_prev->all_next = t->all_next;
+  else
+    m->all = t->all_next;
+  if (t->all_next)
+    t->all_next->all_prev = t->all_prev;
+  t->all_next = t->all_prev = NULL;
+  m->count--;
+  return ie_drop_locked(t);
+}
+
+void ie_changed_locked(multi *m) {
+  m->gen++;
+  pthread_cond_broadcast(&m->cv);
+}
+
+void ie_hand_over_locked(multi *m, transfer *t) {
+  t->where = W_FIN;
+  t->qnext = NULL;
+  if (m->fin_tail)
+    m->fin_tail->qnext = t;
+  else
+    m->fin_head = t;
+  m->fin_tail = t;
+  ie_changed_locked(m);
+}
+
+void ie_transfer_free(transfer *t) {
+  multi *m = t->hub;
   if (t->e)
     curl_easy_cleanup(t->e);
   curl_mime_free(t->mime);
   curl_slist_free_all(t->headers);
   free(t->body);
-  if (t->sse_on) {
+  if (t->sse_on)
     sse_free(&t->parser);
-    sse_queue_free(&t->events);
+  sse_queue_free(&t->parsed);
+  sse_queue_free(&t->events);
+  ie_decoded_free(t->decoded);
+  free(t);
+  hub_unref(m);
+}
+
+/* Start fn on a thread of its own with every signal blocked: SIGINT and
+ * SIGTERM stay the caller's thread's to read. */
+static int thread_start(pthread_t *th, void *(*fn)(void *), void *arg) {
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int rc = pthread_create(th, NULL, fn, arg);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  return rc == 0;
+}
+
+/* ---- transfers, seen from the caller's thread ---- */
+
+/* Unlink t from a singly linked queue through qnext. */
+static void unqueue(transfer **head, transfer **tail, transfer *t) {
+  transfer *prev = NULL;
+  for (transfer *p = *head; p; prev = p, p = p->qnext)
+    if (p == t) {
+      if (prev)
+        prev->qnext = t->qnext;
+      else
+        *head = t->qnext;
+      if (tail && *tail == t)
+        *tail = prev;
+      break;
+    }
+  t->qnext = NULL;
+}
+
+/* Stop t wherever it is; it ends as canceled, at once for the caller. */
+static void cancel(transfer *t) {
+  if (t->done)
+    return;
+  t->done = 1, t->canceled = 1, t->code = CURLE_ABORTED_BY_CALLBACK;
+  multi *m = t->hub;
+  int wake = 0, last = 0;
+  pthread_mutex_lock(&m->mu);
+  t->cancel_req = 1;
+  switch (t->where) {
+  case W_ADD:
+    unqueue(&m->add_head, NULL, t);
+    t->where = W_NONE, last = ie_unhold_locked(m, t);
+    break;
+  case W_RUN: /* the network thread removes it from libcurl */
+    m->cancels++, wake = 1;
+    break;
+  case W_FIN:
+    unqueue(&m->fin_head, &m->fin_tail, t);
+    t->where = W_NONE, last = ie_unhold_locked(m, t);
+    break;
+  default: /* W_DEC: dropped when its decode ends; W_NONE: nothing held */
+    break;
   }
-  t->sse_on = 0;
-  t->e = NULL, t->mime = NULL, t->headers = NULL, t->body = NULL;
-  t->len = t->cap = 0;
+  pthread_mutex_unlock(&m->mu);
+  if (wake && m->m)
+    curl_multi_wakeup(m->m);
+  (void)last; /* the Lua object still holds its ref */
 }
 
 static int transfer_close(lua_State *L) {
-  transfer *t = (transfer *)luaL_checkudata(L, 1, XFER_MT);
-  transfer_release(t);
-  t->closed = 1;
+  xfer_box *b = (xfer_box *)luaL_checkudata(L, 1, XFER_MT);
+  transfer *t = b->t;
+  if (!t)
+    return 0;
+  b->t = NULL;
+  cancel(t);
+  pthread_mutex_lock(&t->hub->mu);
+  int last = ie_drop_locked(t);
+  pthread_mutex_unlock(&t->hub->mu);
+  if (last)
+    ie_transfer_free(t);
   return 0;
 }
 
 static transfer *check_open_transfer(lua_State *L) {
-  transfer *t = (transfer *)luaL_checkudata(L, 1, XFER_MT);
-  if (t->closed)
+  xfer_box *b = (xfer_box *)luaL_checkudata(L, 1, XFER_MT);
+  if (!b->t)
     luaL_error(L, "attempt to use a closed transfer");
-  return t;
+  return b->t;
 }
 
+/* ---- the multi ---- */
+
 static int multi_close(lua_State *L) {
-  multi *m = (multi *)luaL_checkudata(L, 1, MULTI_MT);
-  while (m->head) { /* what was still running ends as canceled */
-    transfer *t = m->head;
-    if (!t->done)
-      t->canceled = 1, t->done = 1, t->code = CURLE_ABORTED_BY_CALLBACK;
-    unlink_transfer(t);
+  multi_box *b = (multi_box *)luaL_checkudata(L, 1, MULTI_MT);
+  multi *m = b->m;
+  if (!m)
+    return 0;
+  b->m = NULL;
+  pthread_mutex_lock(&m->mu);
+  m->quit = m->dquit = 1;
+  pthread_cond_broadcast(&m->dcv);
+  pthread_mutex_unlock(&m->mu);
+  if (m->net_started) {
+    curl_multi_wakeup(m->m);
+    pthread_join(m->net_thread, NULL);
+  }
+  if (m->dec_started)
+    pthread_join(m->dec_thread, NULL);
+  /* The threads are gone: what they held is this thread's to end. */
+  transfer *gone = NULL;
+  pthread_mutex_lock(&m->mu);
+  while (m->job_head) { /* decodes never run: their pictures stay empty */
+    ie_job *j = m->job_head;
+    m->job_head = j->next;
+    if (ie_dec_end_locked(m, j))
+      j->t->qnext = gone, gone = j->t;
+    free(j);
+  }
+  m->job_tail = NULL;
+  while (m->all) { /* what was still running ends as canceled */
+    transfer *t = m->all;
+    if (t->where == W_RUN) {
+      curl_multi_remove_handle(m->m, t->e);
+      curl_easy_setopt(t->e, CURLOPT_SHARE, NULL);
+    }
+    if (t->where != W_FIN && !t->done)
+      t->done = 1, t->canceled = 1, t->code = CURLE_ABORTED_BY_CALLBACK;
+    t->done = 1;
+    t->where = W_NONE, t->qnext = NULL;
+    if (ie_unhold_locked(m, t))
+      t->qnext = gone, gone = t;
+  }
+  m->add_head = m->fin_head = m->fin_tail = NULL, m->run = NULL;
+  pthread_mutex_unlock(&m->mu);
+  while (gone) {
+    transfer *t = gone;
+    gone = t->qnext;
+    ie_transfer_free(t);
   }
   if (m->m)
     curl_multi_cleanup(m->m);
@@ -77,39 +231,59 @@ static int multi_close(lua_State *L) {
   m->share = NULL;
   free(m->net.ca_file), free(m->net.ca_path), free(m->net.proxy);
   memset(&m->net, 0, sizeof m->net);
+  hub_unref(m);
   return 0;
 }
 
 static multi *check_open_multi(lua_State *L) {
-  multi *m = (multi *)luaL_checkudata(L, 1, MULTI_MT);
-  if (!m->m)
+  multi_box *b = (multi_box *)luaL_checkudata(L, 1, MULTI_MT);
+  if (!b->m)
     luaL_error(L, "attempt to use a closed multi handle");
-  return m;
+  return b->m;
 }
 
-/* multi:start(spec) -> transfer. The transfer starts on the next perform(). */
+/* multi:start(spec) -> transfer, handed to the network thread at once. */
 static int multi_start(lua_State *L) {
   multi *m = check_open_multi(L);
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
   /* Create safely: an empty, finalisable object first, then the resources. */
-  transfer *t = (transfer *)ie_newuserdata1(L, sizeof *t);
-  memset(t, 0, sizeof *t);
+  xfer_box *b = (xfer_box *)ie_newuserdata1(L, sizeof *b);
+  b->t = NULL;
   luaL_setmetatable(L, XFER_MT);
   lua_newtable(L); /* anchors: the multi, and strings sent from memory */
   lua_pushvalue(L, 1);
   lua_setfield(L, -2, "multi");
   ie_setuservalue(L, -2);
+  transfer *t = (transfer *)calloc(1, sizeof *t);
+  if (!t)
+    return luaL_error(L, "out of memory");
+  t->hub = m, t->refs = 1;
+  pthread_mutex_lock(&m->mu);
+  m->refs++;
+  pthread_mutex_unlock(&m->mu);
+  b->t = t;
   ie_transfer_setup(L, 2, 3, t, m);
-  CURLMcode mc = curl_multi_add_handle(m->m, t->e);
-  if (mc != CURLM_OK)
-    return luaL_error(L, "curl_multi_add_handle: %s", curl_multi_strerror(mc));
-  t->owner = m;
-  t->next = m->head;
-  if (m->head)
-    m->head->prev = t;
-  m->head = t;
+  if (t->decode && !m->dec_started) {
+    if (!thread_start(&m->dec_thread, ie_dec_main, m))
+      return luaL_error(L, "cannot start the decoder thread");
+    m->dec_started = 1;
+  }
+  if (!m->net_started) {
+    if (!thread_start(&m->net_thread, ie_net_main, m))
+      return luaL_error(L, "cannot start the network thread");
+    m->net_started = 1;
+  }
+  pthread_mutex_lock(&m->mu);
+  t->where = W_ADD, t->held = 1, t->refs++;
+  t->all_next = m->all;
+  if (m->all)
+    m->all->all_prev = t;
+  m->all = t;
   m->count++;
+  t->qnext = m->add_head, m->add_head = t;
+  pthread_mutex_unlock(&m->mu);
+  curl_multi_wakeup(m->m);
   /* perform() marks finished transfers: find the object from the pointer */
   ie_getuservalue(L, 1);
   lua_pushlightuserdata(L, t);
@@ -119,51 +293,27 @@ static int multi_start(lua_State *L) {
   return 1;
 }
 
-/* Record finished transfers; when the table at `set` is given, mark each
- * one's object there (found through the multi's weak map at `map`). Returns
- * how many finished. */
-static int collect(lua_State *L, multi *m, int map, int set) {
-  CURLMsg *msg;
-  int left, n = 0;
-  while ((msg = curl_multi_info_read(m->m, &left))) {
-    if (msg->msg != CURLMSG_DONE)
-      continue;
-    transfer *t = NULL;
-    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
-    if (!t)
-      continue;
-    t->code = msg->data.result;
-    t->done = 1;
-    curl_easy_getinfo(t->e, CURLINFO_RESPONSE_CODE, &t->status);
-    /* The last attempt's own count, as well as the progress callback's. */
-    curl_off_t up = 0, total = -1;
-    if (curl_easy_getinfo(t->e, CURLINFO_SIZE_UPLOAD_T, &up) == CURLE_OK &&
-        curl_easy_getinfo(t->e, CURLINFO_CONTENT_LENGTH_UPLOAD_T, &total) == CURLE_OK && total > 0 &&
-        up >= total)
-      t->sent_all = 1;
-    unlink_transfer(t); /* the connection goes back to the multi's pool */
-    n++;
-    if (!set)
-      continue;
-    lua_pushlightuserdata(L, t);
-    lua_rawget(L, map);
-    if (lua_isnil(L, -1)) {
-      lua_pop(L, 1); /* collected already: nobody waits for it */
-    } else {
-      lua_pushboolean(L, 1);
-      lua_rawset(L, set);
-    }
-  }
-  return n;
+/* Wait until the threads hand something over, or timeout seconds pass. */
+static void wait_locked(multi *m, double timeout) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  double s = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 + timeout;
+  ts.tv_sec = (time_t)s;
+  ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
+  while (!m->fin_head && m->gen == m->seen && !m->broken)
+    if (pthread_cond_timedwait(&m->cv, &m->mu, &ts) != 0)
+      break;
 }
 
 /* multi:perform(timeout_s [, finished]) -> running, now, count: how many
  * transfers are still running, the monotonic time after the call, and how
- * many finished in it; each finished transfer's object is marked true in
- * the table `finished` when one is given. One call per frame, and no
- * garbage: the caller keeps one set. Waits up to timeout_s for activity
- * unless something already finished; with nothing in flight it simply
- * sleeps, which is what a caller waiting to retry wants. */
+ * many finished; each finished transfer's object is marked true in the
+ * table `finished` when one is given. One call per frame, and no garbage:
+ * the caller keeps one set. With timeout_s 0 it only takes what the
+ * threads handed over: bounded work, whatever is in flight. Otherwise it
+ * waits up to timeout_s for something to happen (an answer, an event,
+ * progress) unless something already finished; with nothing in flight it
+ * simply sleeps, which is what a caller waiting to retry wants. */
 static int multi_perform(lua_State *L) {
   multi *m = check_open_multi(L);
   lua_Number timeout = luaL_optnumber(L, 2, 0);
@@ -172,19 +322,36 @@ static int multi_perform(lua_State *L) {
     luaL_checktype(L, 3, LUA_TTABLE);
   lua_settop(L, 3);
   ie_getuservalue(L, 1); /* 4: the weak map from pointers to objects */
-  int running = 0;
-  CURLMcode mc = curl_multi_perform(m->m, &running);
-  int finished = mc == CURLM_OK ? collect(L, m, 4, set) : 0;
-  if (mc == CURLM_OK && timeout > 0 && finished == 0) {
-    mc = curl_multi_poll(m->m, NULL, 0, (int)(timeout * 1000), NULL);
-    if (mc == CURLM_OK)
-      mc = curl_multi_perform(m->m, &running);
-    if (mc == CURLM_OK)
-      finished += collect(L, m, 4, set);
+  pthread_mutex_lock(&m->mu);
+  if (timeout > 0)
+    wait_locked(m, timeout);
+  m->seen = m->gen;
+  CURLMcode broken = m->broken;
+  transfer *fin = m->fin_head;
+  m->fin_head = m->fin_tail = NULL;
+  int finished = 0;
+  for (transfer *t = fin; t; t = t->qnext) {
+    t->where = W_NONE, t->done = 1;
+    ie_unhold_locked(m, t); /* never the last: its Lua object holds one */
+    finished++;
   }
-  if (mc != CURLM_OK) /* out of memory or a broken handle: not a transfer's failure */
-    return luaL_error(L, "curl multi: %s", curl_multi_strerror(mc));
-  lua_pushinteger(L, m->count);
+  int count = m->count;
+  pthread_mutex_unlock(&m->mu);
+  if (broken) /* out of memory or a broken handle: not a transfer's failure */
+    return luaL_error(L, "curl multi: %s", curl_multi_strerror(broken));
+  while (set && fin) {
+    transfer *t = fin;
+    fin = t->qnext, t->qnext = NULL;
+    lua_pushlightuserdata(L, t);
+    lua_rawget(L, 4);
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1); /* collected already: nobody waits for it */
+    } else {
+      lua_pushboolean(L, 1);
+      lua_rawset(L, set);
+    }
+  }
+  lua_pushinteger(L, count);
   lua_pushnumber(L, ie_now());
   lua_pushinteger(L, finished);
   return 3;
@@ -198,11 +365,57 @@ static int transfer_done(lua_State *L) {
   return 1;
 }
 
+/* The pictures of d as a list of {bytes=, open=, close=, pixels=, width=,
+ * height=} or {error=, reason=}, at the table on top. */
+static void push_pictures(lua_State *L, const ie_decoded *d) {
+  if (!d || !d->done)
+    return;
+  lua_createtable(L, d->n, 0);
+  for (int i = 0; i < d->n; i++) {
+    const ie_picture *pic = &d->pic[i];
+    lua_createtable(L, 0, 6);
+    if (pic->bytes) {
+      lua_pushlstring(L, (const char *)pic->bytes, pic->nbytes);
+      lua_setfield(L, -2, "bytes");
+    }
+    if (pic->open) {
+      lua_pushinteger(L, (lua_Integer)pic->open);
+      lua_setfield(L, -2, "open");
+      lua_pushinteger(L, (lua_Integer)pic->close);
+      lua_setfield(L, -2, "close");
+    }
+    if (pic->px.p) {
+      lua_pushlstring(L, (const char *)pic->px.p, (size_t)pic->px.w * (size_t)pic->px.h * 4);
+      lua_setfield(L, -2, "pixels");
+      lua_pushinteger(L, pic->px.w);
+      lua_setfield(L, -2, "width");
+      lua_pushinteger(L, pic->px.h);
+      lua_setfield(L, -2, "height");
+    } else {
+      lua_pushstring(L, pic->px.reason ? pic->px.reason : "corrupt");
+      lua_setfield(L, -2, "reason");
+      lua_pushstring(L, pic->px.why[0] ? pic->px.why : "cannot decode the picture");
+      lua_setfield(L, -2, "error");
+    }
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "pictures");
+}
+
+static void push_result(lua_State *L, const transfer *t) {
+  ie_transfer_push_result(L, t);
+  push_pictures(L, t->decoded);
+  if (t->last_byte > 0) {
+    lua_pushnumber(L, t->last_byte);
+    lua_setfield(L, -2, "last_byte");
+  }
+}
+
 /* transfer:result() -> nil while running; else a table describing the answer. */
 static int transfer_result(lua_State *L) {
   transfer *t = check_open_transfer(L);
   if (t->done)
-    ie_transfer_push_result(L, t);
+    push_result(L, t);
   else
     lua_pushnil(L);
   return 1;
@@ -213,72 +426,117 @@ static int transfer_result(lua_State *L) {
 static int transfer_take(lua_State *L) {
   transfer *t = check_open_transfer(L);
   luaL_argcheck(L, t->done, 1, "the transfer has not finished");
-  transfer_result(L);
-  transfer_release(t);
-  t->closed = 1;
+  push_result(L, t);
+  lua_pushcfunction(L, transfer_close);
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, 0);
   return 1;
 }
 
-/* transfer:progress() -> ul_now, ul_total, dl_now, dl_total, answering */
+/* transfer:progress() -> ul_now, ul_total, dl_now, dl_total, answering:
+ * the network thread's latest figures. */
 static int transfer_progress(lua_State *L) {
   transfer *t = check_open_transfer(L);
-  /* Fresh from the handle: libcurl calls the progress callback as rarely as
-   * once a second while nothing moves, and a small upload on a warm
-   * connection is over before it does. */
-  curl_off_t v;
-  if (!t->done && t->e) {
-    if (curl_easy_getinfo(t->e, CURLINFO_SIZE_UPLOAD_T, &v) == CURLE_OK && v > t->ul_now)
-      t->ul_now = v;
-    if (curl_easy_getinfo(t->e, CURLINFO_CONTENT_LENGTH_UPLOAD_T, &v) == CURLE_OK && v > t->ul_total)
-      t->ul_total = v;
-    if (curl_easy_getinfo(t->e, CURLINFO_SIZE_DOWNLOAD_T, &v) == CURLE_OK && v > t->dl_now)
-      t->dl_now = v;
-    if (t->ul_total > 0 && t->ul_now >= t->ul_total)
-      t->sent_all = 1;
+  ie_snap s;
+  if (t->done) { /* the network thread let go of it: its own figures */
+    s.ul_now = t->ul_now, s.ul_total = t->ul_total, s.dl_now = t->dl_now, s.dl_total = t->dl_total;
+    s.answering = 1;
+  } else {
+    pthread_mutex_lock(&t->hub->mu);
+    s = t->snap;
+    pthread_mutex_unlock(&t->hub->mu);
   }
-  lua_pushinteger(L, (lua_Integer)t->ul_now);
-  lua_pushinteger(L, (lua_Integer)t->ul_total);
-  lua_pushinteger(L, (lua_Integer)t->dl_now);
-  lua_pushinteger(L, (lua_Integer)t->dl_total);
-  lua_pushboolean(L, t->answering || t->done);
+  lua_pushinteger(L, (lua_Integer)s.ul_now);
+  lua_pushinteger(L, (lua_Integer)s.ul_total);
+  lua_pushinteger(L, (lua_Integer)s.dl_now);
+  lua_pushinteger(L, (lua_Integer)s.dl_total);
+  lua_pushboolean(L, s.answering);
   return 5;
 }
 
+/* Events taken from a transfer's queue, held by a userdata while Lua
+ * copies them, so that an error on the way cannot leak them. */
+typedef struct {
+  sse_queue q;
+} event_box;
+
+static int event_box_gc(lua_State *L) {
+  event_box *b = (event_box *)lua_touserdata(L, 1);
+  sse_queue_free(&b->q);
+  return 0;
+}
+
 /* transfer:events() -> the server-sent events that arrived since the last
- * call, as {event=, data=} tables, oldest first. */
+ * call, as {event=, data=[, pictures=]} tables, oldest first. An event
+ * whose pictures are still being decoded waits, and the ones after it. */
 static int transfer_events(lua_State *L) {
   transfer *t = check_open_transfer(L);
-  ie_push_events(L, &t->events);
-  sse_queue_clear(&t->events); /* only after Lua has its copies */
+  event_box *b = (event_box *)ie_newuserdata1(L, sizeof *b);
+  sse_queue_init(&b->q, (size_t)-1);
+  b->q.free_extra = ie_decoded_free;
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, event_box_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  int ready = 1;
+  sse_queue *q = &t->events;
+  pthread_mutex_lock(&t->hub->mu);
+  size_t k = 0;
+  while (k < q->n && (!q->ev[k].extra || ((ie_decoded *)q->ev[k].extra)->done))
+    k++;
+  if (k > 0 && sse_queue_reserve(&b->q, k)) {
+    size_t bytes = 0;
+    for (size_t i = 0; i < k; i++)
+      bytes += q->ev[i].dlen;
+    memcpy(b->q.ev, q->ev, k * sizeof *q->ev);
+    memmove(q->ev, q->ev + k, (q->n - k) * sizeof *q->ev);
+    b->q.n = k, q->n -= k, q->bytes -= bytes;
+  } else if (k > 0) {
+    ready = 0;
+  }
+  pthread_mutex_unlock(&t->hub->mu);
+  if (!ready)
+    return luaL_error(L, "out of memory");
+  lua_createtable(L, (int)b->q.n, 0);
+  for (size_t i = 0; i < b->q.n; i++) {
+    const sse_event *e = &b->q.ev[i];
+    lua_createtable(L, 0, 3);
+    lua_pushlstring(L, e->name, e->nlen);
+    lua_setfield(L, -2, "event");
+    lua_pushlstring(L, e->data, e->dlen);
+    lua_setfield(L, -2, "data");
+    push_pictures(L, (const ie_decoded *)e->extra);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  sse_queue_clear(&b->q); /* only after Lua has its copies */
   return 1;
 }
 
 /* transfer:cancel(): abort at once and free the connection. Harmless on a
  * closed transfer, like close: a client's __gc may run after its transfers'. */
 static int transfer_cancel(lua_State *L) {
-  transfer *t = (transfer *)luaL_checkudata(L, 1, XFER_MT);
-  if (!t->closed && !t->done) {
-    t->canceled = 1;
-    t->done = 1;
-    t->code = CURLE_ABORTED_BY_CALLBACK;
-    unlink_transfer(t);
-  }
+  xfer_box *b = (xfer_box *)luaL_checkudata(L, 1, XFER_MT);
+  if (b->t)
+    cancel(b->t);
   return 0;
 }
 
 static int transfer_tostring(lua_State *L) {
-  transfer *t = (transfer *)luaL_checkudata(L, 1, XFER_MT);
-  lua_pushfstring(L, "imgedit.transfer (%s)",
-                  t->closed ? "closed" : t->done ? "done" : "running");
+  xfer_box *b = (xfer_box *)luaL_checkudata(L, 1, XFER_MT);
+  lua_pushfstring(L, "imgedit.transfer (%s)", !b->t ? "closed" : b->t->done ? "done" : "running");
   return 1;
 }
 
 static int multi_tostring(lua_State *L) {
-  multi *m = (multi *)luaL_checkudata(L, 1, MULTI_MT);
-  if (m->m)
-    lua_pushfstring(L, "imgedit.multi (%d running)", m->count);
-  else
+  multi_box *b = (multi_box *)luaL_checkudata(L, 1, MULTI_MT);
+  if (b->m) {
+    pthread_mutex_lock(&b->m->mu);
+    int n = b->m->count;
+    pthread_mutex_unlock(&b->m->mu);
+    lua_pushfstring(L, "imgedit.multi (%d running)", n);
+  } else {
     lua_pushliteral(L, "imgedit.multi (closed)");
+  }
   return 1;
 }
 
@@ -294,13 +552,14 @@ static char *opt_copy(lua_State *L, const char *k) {
 }
 
 /* multi([{ca_file=, ca_path=, proxy=}]) -> a multi handle: one connection
- * pool, one TLS session cache, one set of network settings. */
+ * pool, one TLS session cache, one set of network settings. Its threads
+ * start with its first transfer. */
 static int l_multi(lua_State *L) {
   if (!lua_isnoneornil(L, 1))
     luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
-  multi *m = (multi *)ie_newuserdata1(L, sizeof *m);
-  memset(m, 0, sizeof *m);
+  multi_box *b = (multi_box *)ie_newuserdata1(L, sizeof *b);
+  b->m = NULL;
   luaL_setmetatable(L, MULTI_MT);
   lua_newtable(L); /* pointer -> transfer, weak: it never keeps one alive */
   lua_createtable(L, 0, 1);
@@ -308,6 +567,18 @@ static int l_multi(lua_State *L) {
   lua_setfield(L, -2, "__mode");
   lua_setmetatable(L, -2);
   ie_setuservalue(L, -2);
+  multi *m = (multi *)calloc(1, sizeof *m);
+  if (!m)
+    return luaL_error(L, "out of memory");
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_mutex_init(&m->mu, NULL);
+  pthread_cond_init(&m->cv, &ca);
+  pthread_cond_init(&m->dcv, NULL);
+  pthread_condattr_destroy(&ca);
+  m->refs = 1;
+  b->m = m; /* from here on, the object's __gc frees it */
   m->m = curl_multi_init();
   if (!m->m)
     return luaL_error(L, "curl_multi_init failed");

@@ -5,6 +5,8 @@
 #ifndef IMGEDIT_HTTP_H
 #define IMGEDIT_HTTP_H
 
+#include <pthread.h>
+
 #include <curl/curl.h>
 
 #include "imgedit.h"
@@ -21,12 +23,67 @@ typedef struct ie_net {
 } ie_net;
 
 #define IE_MAX_SOCKS 256
+#define IE_MAX_PICTURES 16
 
+/* One picture decoded off the caller's thread (decoder.c). */
+typedef struct ie_picture {
+  unsigned char *bytes; /* the file's bytes when they came as base64 (malloc), else NULL */
+  size_t nbytes;
+  size_t open, close; /* 1-based positions of the base64 value's quotes in its JSON; 0 for raw bytes */
+  ie_pixels px;       /* px.p NULL: px.reason and px.why say why */
+} ie_picture;
+
+/* What a decode job made of a JSON text (every "b64_json" value in it, in
+ * order) or of raw bytes. */
+typedef struct ie_decoded {
+  int n, done; /* done: written by the decoder, read under the lock */
+  ie_picture pic[IE_MAX_PICTURES];
+} ie_decoded;
+
+typedef struct ie_job {
+  struct ie_job *next;
+  transfer *t;
+  const char *src; /* stays alive: owned by t, which the job holds a ref on */
+  size_t n;
+  int json;
+  ie_decoded *out;
+} ie_job;
+
+/* Where a transfer is, as the multi sees it; changed under the lock. */
+enum { W_NONE, W_ADD, W_RUN, W_DEC, W_FIN };
+
+/* A multi: one libcurl multi handle driven by a network thread of its own,
+ * and a decoder thread started on first use. The Lua object points here;
+ * the struct lives until the Lua object and every transfer let go of it,
+ * since a transfer may outlive its multi. Threading rules:
+ *  - libcurl calls on m and on a transfer's easy handle while it is added
+ *    run on the network thread only; the caller's thread builds an easy
+ *    handle before it is handed over, and reads it after it came back;
+ *  - neither thread ever touches a Lua state but the caller's;
+ *  - what both read or write (the queues, where, refs, the progress
+ *    snapshot, the event queue) is under mu, held briefly, never across a
+ *    libcurl call or a decode. */
 typedef struct multi {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;  /* the caller waits for something to happen */
+  pthread_cond_t dcv; /* the decoder waits for work */
+  int refs;           /* the Lua object, and each transfer that points here */
+  unsigned gen, seen; /* changes the caller has (not) seen */
+  int count;          /* transfers the multi holds */
+  int quit, dquit, cancels;
+  CURLMcode broken; /* the network thread stopped on this error */
+  int net_started, dec_started;
+  pthread_t net_thread, dec_thread;
+  transfer *all;           /* every transfer the multi holds (all_next) */
+  transfer *add_head;      /* handed over, not yet added (qnext) */
+  transfer *fin_head, *fin_tail; /* finished, waiting for the caller (qnext) */
+  ie_job *job_head, *job_tail;
+  lua_Integer max_pixels;
+  /* network thread only: */
   CURLM *m;
-  CURLSH *share;  /* TLS sessions and DNS, shared by the multi's transfers */
-  transfer *head; /* transfers currently added to m */
-  int count;
+  CURLSH *share;    /* TLS sessions and DNS, shared by the multi's transfers */
+  transfer *run;    /* transfers added to m (rnext) */
+  double refreshed; /* when the progress of running transfers was last read */
   ie_net net;
   /* the sockets of its connections (beyond the bound, not tracked: then a
    * resend is blocked, the safe side) */
@@ -40,16 +97,34 @@ typedef struct memsrc {
   size_t len, pos;
 } memsrc;
 
+/* What the caller may read of a running transfer: under the lock. */
+typedef struct ie_snap {
+  curl_off_t ul_now, ul_total, dl_now, dl_total;
+  int answering;
+} ie_snap;
+
 struct transfer {
   CURL *e;
   curl_mime *mime;
   struct curl_slist *headers;
-  multi *owner;
-  transfer *next, *prev;
+  multi *hub; /* never NULL while t lives: the lock and the queues */
+  /* under hub->mu: */
+  int where, refs, held, cancel_req, pending;
+  transfer *all_next, *all_prev, *qnext;
+  ie_snap snap;
+  sse_queue events;
+  ie_decoded *decoded; /* of the body, once decoded */
+  double last_byte;    /* when the last byte of the answer arrived */
+  /* the network thread's while running, the caller's after: */
+  transfer *rnext;
   char *body;
   size_t len, cap, max;
   size_t header_bytes;
-  int done, too_large, header_flood, canceled, closed, idle, answering;
+  int too_large, header_flood, idle, answering;
+  int decode;      /* decode the pictures of the answer to RGBA off the caller's thread */
+  int raw_picture; /* ... the answer is a picture's bytes, not JSON */
+  lua_Integer max_px;
+  sse_queue parsed; /* events parsed, not yet moved to the caller's queue */
   /* A billable request: libcurl may not send it again once the whole body
    * went out (see on_prereq). */
   int billable, sends, resend_blocked, has_body;
@@ -69,8 +144,35 @@ struct transfer {
   /* Streaming answers: decided by the answer's content type. */
   int stream_wanted, mode_decided, sse_on;
   sse parser;
-  sse_queue events;
+  /* the caller's only: */
+  int done, canceled, closed;
 };
+
+/* http.c: lifetimes, shared by the threads. Under the lock: */
+
+/* One ref of t less; 1 when it was the last: then ie_transfer_free it
+ * after unlocking. */
+IE_LOCAL int ie_drop_locked(transfer *t);
+/* The multi lets go of t (it left every queue); ie_drop_locked's answer. */
+IE_LOCAL int ie_unhold_locked(multi *m, transfer *t);
+/* t ended and its pictures are decoded: to the caller's finished list. */
+IE_LOCAL void ie_hand_over_locked(multi *m, transfer *t);
+/* Something the caller can see changed: wake a waiting perform. */
+IE_LOCAL void ie_changed_locked(multi *m);
+/* Without the lock: frees t's resources, then lets go of its multi. */
+IE_LOCAL void ie_transfer_free(transfer *t);
+
+/* worker.c: the network thread. */
+IE_LOCAL void *ie_net_main(void *m);
+
+/* decoder.c: the decoder thread, and its jobs (under the lock). */
+IE_LOCAL void *ie_dec_main(void *m);
+/* Queue a decode of src (JSON, or the picture's bytes); *out gets the
+ * result, done once decoded. 0 when it cannot be queued: nothing decoded. */
+IE_LOCAL int ie_dec_submit_locked(multi *m, transfer *t, const char *src, size_t n, int json, ie_decoded **out);
+/* A job ended; 1 when that was its transfer's last ref. */
+IE_LOCAL int ie_dec_end_locked(multi *m, ie_job *j);
+IE_LOCAL void ie_decoded_free(void *d);
 
 /* transfer.c */
 

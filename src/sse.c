@@ -103,6 +103,19 @@ int sse_feed(sse *s, const char *p, size_t n, sse_emit emit, void *ud) {
 
 /* ---- the queue of parsed events ---- */
 
+int sse_queue_reserve(sse_queue *q, size_t n) {
+  if (n <= q->cap)
+    return 1;
+  size_t nc = q->cap ? q->cap : 8;
+  while (nc < n)
+    nc *= 2;
+  sse_event *ne = realloc(q->ev, nc * sizeof *ne);
+  if (!ne)
+    return 0;
+  q->ev = ne, q->cap = nc;
+  return 1;
+}
+
 void sse_queue_init(sse_queue *q, size_t max) {
   memset(q, 0, sizeof *q);
   q->max = max;
@@ -116,14 +129,9 @@ void sse_queue_push(void *ud, const char *name, size_t nlen, const char *data, s
     q->failed = 1;
     return;
   }
-  if (q->n == q->cap) {
-    size_t nc = q->cap ? q->cap * 2 : 8;
-    sse_event *ne = realloc(q->ev, nc * sizeof *ne);
-    if (!ne) {
-      q->failed = 1;
-      return;
-    }
-    q->ev = ne, q->cap = nc;
+  if (!sse_queue_reserve(q, q->n + 1)) {
+    q->failed = 1;
+    return;
   }
   sse_event *e = &q->ev[q->n];
   e->name = malloc(nlen + 1);
@@ -135,13 +143,28 @@ void sse_queue_push(void *ud, const char *name, size_t nlen, const char *data, s
   }
   memcpy(e->name, name, nlen), e->name[nlen] = '\0', e->nlen = nlen;
   memcpy(e->data, data, dlen), e->data[dlen] = '\0', e->dlen = dlen;
+  e->extra = NULL;
   q->n++;
   q->bytes += dlen;
 }
 
+void sse_queue_move(sse_queue *dst, sse_queue *src) {
+  if (src->failed || src->bytes + dst->bytes > dst->max || !sse_queue_reserve(dst, dst->n + src->n))
+    dst->failed = 1;
+  if (!dst->failed) {
+    memcpy(dst->ev + dst->n, src->ev, src->n * sizeof *src->ev);
+    dst->n += src->n, dst->bytes += src->bytes;
+    src->n = 0, src->bytes = 0;
+  }
+  sse_queue_clear(src);
+}
+
 void sse_queue_clear(sse_queue *q) {
-  for (size_t i = 0; i < q->n; i++)
+  for (size_t i = 0; i < q->n; i++) {
     free(q->ev[i].name), free(q->ev[i].data);
+    if (q->ev[i].extra && q->free_extra)
+      q->free_extra(q->ev[i].extra);
+  }
   q->n = 0;
   q->bytes = 0;
 }

@@ -21,17 +21,24 @@ typedef struct sse {
 typedef struct sse_event {
   char *name, *data;
   size_t nlen, dlen;
+  void *extra; /* the reader's: freed with free_extra */
 } sse_event;
 
 typedef struct sse_queue {
   sse_event *ev;
   size_t n, cap, bytes, max; /* max bounds the data bytes waiting at once */
   int failed;                /* over max or out of memory: stays failed */
+  void (*free_extra)(void *);
 } sse_queue;
 
 void sse_queue_init(sse_queue *q, size_t max);
 /* An sse_emit: ud is the queue. */
 void sse_queue_push(void *ud, const char *event, size_t elen, const char *data, size_t dlen);
+/* Room for n events in all: 1, or 0 when memory ran out. */
+int sse_queue_reserve(sse_queue *q, size_t n);
+/* Moves every event of src to the end of dst (src is left empty); dst
+ * fails when that takes it over its max, or when src had failed. */
+void sse_queue_move(sse_queue *dst, sse_queue *src);
 /* Forget the events taken (the queue stays usable); free releases it all. */
 void sse_queue_clear(sse_queue *q);
 void sse_queue_free(sse_queue *q);

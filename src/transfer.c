@@ -16,20 +16,41 @@
 
 /* ---- libcurl callbacks: C only ---- */
 
+/* Events parsed here go to the caller's queue in one move under the lock,
+ * with a decode job for each that carries a picture when pictures are to
+ * be decoded. */
+static void hand_events(transfer *t) {
+  multi *m = t->hub;
+  pthread_mutex_lock(&m->mu);
+  size_t first = t->events.n;
+  sse_queue_move(&t->events, &t->parsed);
+  for (size_t i = first; t->decode && i < t->events.n; i++) {
+    sse_event *e = &t->events.ev[i];
+    if (memmem(e->data, e->dlen, "\"b64_json\"", 10))
+      ie_dec_submit_locked(m, t, e->data, e->dlen, 1, (ie_decoded **)&e->extra);
+  }
+  ie_changed_locked(m);
+  pthread_mutex_unlock(&m->mu);
+}
+
 static size_t on_body(char *p, size_t sz, size_t n, void *ud) {
   transfer *t = (transfer *)ud;
   size_t len = sz * n;
+  t->last_byte = ie_now();
   if (t->stream_wanted && !t->mode_decided) {
     /* A stream only if the service answers with one (an error is JSON). */
     t->mode_decided = 1;
     t->sse_on = strncasecmp(t->ctype, "text/event-stream", 17) == 0;
     if (t->sse_on) {
       sse_init(&t->parser, t->max);
-      sse_queue_init(&t->events, t->max);
+      sse_queue_init(&t->parsed, t->max);
     }
   }
   if (t->sse_on) {
-    if (sse_feed(&t->parser, p, len, sse_queue_push, &t->events) != 0 || t->events.failed) {
+    int rc = sse_feed(&t->parser, p, len, sse_queue_push, &t->parsed);
+    if (t->parsed.n > 0 || t->parsed.failed)
+      hand_events(t);
+    if (rc != 0 || t->events.failed) { /* events.failed: only this thread sets it */
       t->too_large = 1;
       return 0;
     }
@@ -90,6 +111,12 @@ static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
     return 0;
   }
   if (len > 5 && strncmp(p, "HTTP/", 5) == 0) {
+    if (!t->answering) {
+      pthread_mutex_lock(&t->hub->mu);
+      t->snap.answering = 1;
+      ie_changed_locked(t->hub);
+      pthread_mutex_unlock(&t->hub->mu);
+    }
     t->answering = 1;
     /* A new response (after a redirect or 100-continue): forget the old headers. */
     t->ctype[0] = t->retry_after[0] = t->retry_after_ms[0] = t->request_id[0] = t->should_retry[0] = '\0';
@@ -134,15 +161,21 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
   double now = ie_now();
   if (dlnow != t->dl_now || ulnow != t->ul_now || t->last_move == 0)
     t->last_move = now;
-  t->dl_total = dltotal, t->dl_now = dlnow, t->ul_total = ultotal, t->ul_now = ulnow;
+  if (dlnow != t->dl_now || ulnow != t->ul_now || dltotal != t->dl_total || ultotal != t->ul_total) {
+    t->dl_total = dltotal, t->dl_now = dlnow, t->ul_total = ultotal, t->ul_now = ulnow;
+    pthread_mutex_lock(&t->hub->mu);
+    t->snap.ul_now = ulnow, t->snap.ul_total = ultotal, t->snap.dl_now = dlnow, t->snap.dl_total = dltotal;
+    ie_changed_locked(t->hub);
+    pthread_mutex_unlock(&t->hub->mu);
+  }
   if (ultotal > 0 && ulnow >= ultotal)
     t->sent_all = 1;
   int sending = ultotal > 0 && ulnow < ultotal && !t->answering;
   if (t->idle_limit > 0 && (sending || t->answering) && now - t->last_move > t->idle_limit) {
     t->idle = 1;
-    return 1;
+    return 1; /* non-zero aborts the transfer */
   }
-  return t->canceled; /* non-zero aborts the transfer */
+  return 0;
 }
 
 /* libcurl sends a request again by itself when a reused connection dies
@@ -170,7 +203,7 @@ static int on_prereq(void *ud, char *ip, char *local_ip, int port, int local_por
     t->sent_all = 0; /* what went before never reached the service */
     t->refused += refused;
   }
-  t->sent_to_closed = ie_net_peer_closed(t->owner, local_port);
+  t->sent_to_closed = ie_net_peer_closed(t->hub, local_port);
   t->sent_on_h2 = ie_net_on_h2(t->e);
   return CURL_PREREQFUNC_OK;
 }
@@ -283,6 +316,15 @@ void ie_transfer_setup(lua_State *L, int spec, int self, transfer *t, multi *m) 
   t->idle_limit = ie_opt_number(L, spec, "idle_timeout", 0);
   t->stream_wanted = ie_opt_bool(L, spec, "stream");
   t->billable = ie_opt_bool(L, spec, "billable");
+  /* decode: "json" (each b64_json of the answer, or of a stream's events)
+   * or "bytes" (the answer is the picture), decoded to RGBA off this thread. */
+  const char *dec = ie_opt_lstring(L, spec, "decode", NULL);
+  luaL_argcheck(L, !dec || !strcmp(dec, "json") || !strcmp(dec, "bytes"), spec, "spec.decode: json or bytes");
+  t->decode = dec != NULL;
+  t->raw_picture = dec && !strcmp(dec, "bytes");
+  t->max_px = (lua_Integer)ie_opt_number(L, spec, "max_pixels", 50e6);
+  sse_queue_init(&t->events, t->max);
+  t->events.free_extra = ie_decoded_free;
   CURL *e = t->e;
   curl_easy_setopt(e, CURLOPT_URL, url);
   curl_easy_setopt(e, CURLOPT_PRIVATE, t);

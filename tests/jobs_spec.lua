@@ -41,11 +41,13 @@ describe("jobs", function()
     for i = 1, 200 do
       list[i] = c:submit("generate", small { prompt = "q" .. i })
     end
-    assert.are.equal(200, c:poll(0))
+    -- the network runs on its own thread: the first four may be done already
+    local first = c:poll(0)
+    assert.is_true(first <= 200 and first >= 196, tostring(first))
     for i = 10, 200, 10 do assert.is_true(list[i]:cancel("not needed")) end
-    -- the 20 canceled are no longer counted (and the first four may be done)
+    -- the 20 canceled are no longer counted (and up to two rounds of four may be done)
     local live = c:poll(0)
-    assert.is_true(live <= 180 and live >= 176, tostring(live))
+    assert.is_true(live <= 180 and live >= 172, tostring(live))
     while c:poll(1) > 0 do
       for i, j in ipairs(list) do
         if j:done() and not order[i] then order[i] = true end

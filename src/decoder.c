@@ -1,0 +1,150 @@
+/* The decoder thread of a multi: pictures of answers decoded to RGBA as soon
+ * as their bytes are complete, off the caller's thread, so that a frame
+ * loop's poll only hands them over. A job is a JSON text (each "b64_json"
+ * value in it: a stream event's data or an answer's body) or raw bytes (a
+ * downloaded picture). It holds a ref on its transfer, which owns the text.
+ * Plain C: no Lua state is ever touched here. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "http.h"
+
+void ie_decoded_free(void *p) {
+  ie_decoded *d = (ie_decoded *)p;
+  if (!d)
+    return;
+  for (int i = 0; i < d->n; i++) {
+    free(d->pic[i].bytes);
+    if (d->pic[i].px.p && d->pic[i].px.release)
+      d->pic[i].px.release(d->pic[i].px.p);
+  }
+  free(d);
+}
+
+static void fail(ie_picture *pic, const char *reason, const char *why) {
+  pic->px.reason = reason;
+  snprintf(pic->px.why, sizeof pic->px.why, "%s", why);
+}
+
+/* One base64 value: un-escaped when an encoder wrote "\/" for "/" (the only
+ * escape base64 can need), decoded, then its pixels. */
+static void decode_value(const ie_b64_value *v, lua_Integer max_px, ie_picture *pic) {
+  char *plain = NULL;
+  const char *p = v->p;
+  size_t len = v->len;
+  if (v->bad_dataurl) {
+    fail(pic, "dataurl", "the data URL is not a base64 image");
+    return;
+  }
+  if (v->escaped) {
+    plain = malloc(len ? len : 1);
+    if (!plain) {
+      fail(pic, "memory", "out of memory");
+      return;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < len; i++) {
+      if (p[i] == '\\') {
+        if (i + 1 >= len || p[i + 1] != '/') {
+          free(plain);
+          fail(pic, "escape", "the base64 value holds an escape other than \\/");
+          return;
+        }
+        i++;
+      }
+      plain[k++] = p[i];
+    }
+    p = plain, len = k;
+  }
+  pic->bytes = malloc(len / 4 * 3 + 1);
+  char why[96];
+  if (!pic->bytes)
+    fail(pic, "memory", "out of memory");
+  else if (!ie_b64_decode(p, len, pic->bytes, &pic->nbytes, why, sizeof why))
+    fail(pic, "base64", why), free(pic->bytes), pic->bytes = NULL;
+  else
+    ie_decode_raw(pic->bytes, pic->nbytes, max_px, &pic->px);
+  free(plain);
+}
+
+static void run(const ie_job *j, lua_Integer max_px) {
+  ie_decoded *d = j->out;
+  if (!j->json) {
+    d->n = 1;
+    ie_decode_raw((const unsigned char *)j->src, j->n, max_px, &d->pic[0].px);
+    return;
+  }
+  ie_b64_value v;
+  size_t from = 0;
+  while (d->n < IE_MAX_PICTURES && ie_b64_find(j->src, j->n, from, &v)) {
+    ie_picture *pic = &d->pic[d->n++];
+    pic->open = v.open + 1, pic->close = v.close + 1;
+    decode_value(&v, max_px, pic);
+    from = v.close + 1;
+  }
+}
+
+int ie_dec_submit_locked(multi *m, transfer *t, const char *src, size_t n, int json, ie_decoded **out) {
+  ie_job *j = malloc(sizeof *j);
+  ie_decoded *d = calloc(1, sizeof *d);
+  if (!j || !d || !m->dec_started) {
+    free(j), free(d);
+    return 0;
+  }
+  j->next = NULL, j->t = t, j->src = src, j->n = n, j->json = json, j->out = d;
+  *out = d;
+  t->refs++, t->pending++;
+  if (m->job_tail)
+    m->job_tail->next = j;
+  else
+    m->job_head = j;
+  m->job_tail = j;
+  pthread_cond_signal(&m->dcv);
+  return 1;
+}
+
+/* A job is over (decoded, skipped or dropped): its picture is ready, and
+ * a transfer that waited for its last one is handed over. Under the lock;
+ * returns whether that was t's last ref. */
+int ie_dec_end_locked(multi *m, ie_job *j) {
+  transfer *t = j->t;
+  j->out->done = 1;
+  t->pending--;
+  if (t->where == W_DEC && t->pending == 0 && t->cancel_req) {
+    t->where = W_NONE;
+    ie_unhold_locked(m, t); /* never the last: the job holds one */
+  } else if (t->where == W_DEC && t->pending == 0)
+    ie_hand_over_locked(m, t);
+  else
+    ie_changed_locked(m); /* an event's pictures are ready */
+  return ie_drop_locked(t);
+}
+
+void *ie_dec_main(void *arg) {
+  multi *m = (multi *)arg;
+  pthread_mutex_lock(&m->mu);
+  for (;;) {
+    while (!m->dquit && !m->job_head)
+      pthread_cond_wait(&m->dcv, &m->mu);
+    if (m->dquit)
+      break;
+    ie_job *j = m->job_head;
+    m->job_head = j->next;
+    if (!m->job_head)
+      m->job_tail = NULL;
+    int skip = j->t->cancel_req;
+    lua_Integer max_px = j->t->max_px;
+    pthread_mutex_unlock(&m->mu);
+    if (!skip)
+      run(j, max_px);
+    pthread_mutex_lock(&m->mu);
+    if (ie_dec_end_locked(m, j)) {
+      pthread_mutex_unlock(&m->mu);
+      ie_transfer_free(j->t);
+      pthread_mutex_lock(&m->mu);
+    }
+    free(j);
+  }
+  pthread_mutex_unlock(&m->mu);
+  return NULL;
+}
