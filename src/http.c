@@ -19,6 +19,13 @@
 
 #include "http.h"
 
+/* What one perform(0) hands over at most, in bytes of pictures (pixels
+ * and encoded bytes): at least one picture, then no more once this is
+ * reached, so that pictures arriving together spread over frames. A
+ * 1024x1024 picture's pixels are 4 MiB, and making a Lua string of them
+ * costs milliseconds. */
+#define POLL_BUDGET ((size_t)4 << 20)
+
 #define MULTI_MT "imgedit.multi"
 #define XFER_MT "imgedit.transfer"
 
@@ -293,6 +300,22 @@ static int multi_start(lua_State *L) {
   return 1;
 }
 
+/* The bytes of pictures a handover copies into Lua. */
+static size_t cost_of(const ie_decoded *d) {
+  size_t n = 0;
+  for (int i = 0; d && i < d->n; i++)
+    n += d->pic[i].nbytes + (d->pic[i].px.p ? (size_t)d->pic[i].px.w * (size_t)d->pic[i].px.h * 4 : 0);
+  return n;
+}
+
+/* Whether what costs `cost` may still be handed over in this perform. */
+static int affordable(multi *m, size_t cost) {
+  if (cost && m->spent && m->spent + cost > m->budget)
+    return 0;
+  m->spent += cost;
+  return 1;
+}
+
 /* Wait until the threads hand something over, or timeout seconds pass. */
 static void wait_locked(multi *m, double timeout) {
   struct timespec ts;
@@ -326,13 +349,25 @@ static int multi_perform(lua_State *L) {
   if (timeout > 0)
     wait_locked(m, timeout);
   m->seen = m->gen;
+  m->budget = timeout > 0 ? (size_t)-1 : POLL_BUDGET, m->spent = 0;
   CURLMcode broken = m->broken;
-  transfer *fin = m->fin_head;
+  transfer *fin = NULL, **tail = &fin, *keep = m->fin_head;
   m->fin_head = m->fin_tail = NULL;
   int finished = 0;
-  for (transfer *t = fin; t; t = t->qnext) {
+  while (keep) {
+    transfer *t = keep;
+    keep = t->qnext, t->qnext = NULL;
+    if (!affordable(m, cost_of(t->decoded))) { /* the next perform's */
+      if (m->fin_tail)
+        m->fin_tail->qnext = t;
+      else
+        m->fin_head = t;
+      m->fin_tail = t;
+      continue;
+    }
     t->where = W_NONE, t->done = 1;
     ie_unhold_locked(m, t); /* never the last: its Lua object holds one */
+    *tail = t, tail = &t->qnext;
     finished++;
   }
   int count = m->count;
@@ -468,7 +503,8 @@ static int event_box_gc(lua_State *L) {
 
 /* transfer:events() -> the server-sent events that arrived since the last
  * call, as {event=, data=[, pictures=]} tables, oldest first. An event
- * whose pictures are still being decoded waits, and the ones after it. */
+ * whose pictures are still being decoded waits, and the ones after it; so
+ * does one over what the last perform(0) may still hand over. */
 static int transfer_events(lua_State *L) {
   transfer *t = check_open_transfer(L);
   event_box *b = (event_box *)ie_newuserdata1(L, sizeof *b);
@@ -482,7 +518,8 @@ static int transfer_events(lua_State *L) {
   sse_queue *q = &t->events;
   pthread_mutex_lock(&t->hub->mu);
   size_t k = 0;
-  while (k < q->n && (!q->ev[k].extra || ((ie_decoded *)q->ev[k].extra)->done))
+  while (k < q->n && (!q->ev[k].extra || ((ie_decoded *)q->ev[k].extra)->done) &&
+         affordable(t->hub, cost_of((ie_decoded *)q->ev[k].extra)))
     k++;
   if (k > 0 && sse_queue_reserve(&b->q, k)) {
     size_t bytes = 0;

@@ -78,7 +78,8 @@ typedef struct multi {
   transfer *add_head;      /* handed over, not yet added (qnext) */
   transfer *fin_head, *fin_tail; /* finished, waiting for the caller (qnext) */
   ie_job *job_head, *job_tail;
-  lua_Integer max_pixels;
+  /* the caller's thread only: what one perform(0) may still hand over */
+  size_t budget, spent;
   /* network thread only: */
   CURLM *m;
   CURLSH *share;    /* TLS sessions and DNS, shared by the multi's transfers */

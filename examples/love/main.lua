@@ -1,19 +1,36 @@
 -- A LÖVE 11 game that submits an edit to the emulator (or the service, with
--- IMGEDIT_API_KEY) and keeps drawing while it runs: a progress bar, the
--- partial images as they stream in, then the result. It prints how many
--- frames it drew while waiting and its longest frame, then quits.
+-- IMGEDIT_API_KEY) and keeps drawing while it runs: the partial images
+-- sharpening as they stream in, a progress indicator that keeps moving
+-- while the model works, then the result. The pictures come decoded
+-- (decode = "rgba"): imgedit decodes them on a thread of its own, and a
+-- frame only copies their pixels into a texture. It prints how many frames
+-- it drew while waiting and its longest frame, then quits.
 -- Run: LUA_CPATH='build-luajit/?.so;;' LUA_PATH='lua/?.lua;lua/?/init.lua;;' love examples/love
 local imgedit = require "imgedit"
 local core = require "imgedit.core"
+local ffi = require "ffi" -- LÖVE's LuaJIT: copy pixels without a new allocation
 
-local emu, client, job
-local phase, progress, partials = "upload", 0, 0
-local picture, result
-local frames, longest, t0, done_at = 0, 0, 0, nil
+local emu, client, job, input
+local phase, sent, partials = "upload", 0, 0
+local picture, canvas, result, waited_since
+local pending -- a picture taken in by the last poll, uploaded in the next frame
+local frames, seen, longest, t0, done_at = 0, 0, 0, 0, nil
+local shown = 0 -- pictures uploaded to the texture
+local bar_from, bar_to -- the bar's fraction when the model started, and before the first partial
+local arrivals = {} -- how long the updates that took a picture in lasted, in ms
 
-local function to_love(img)
-  local data = love.filesystem.newFileData(img.bytes, "image." .. img.format)
-  return love.graphics.newImage(love.image.newImageData(data))
+-- A decoded picture into the texture on screen: no decoding here, only a
+-- copy of img.pixels (w*h*4 bytes) into an ImageData kept for the purpose
+-- and the upload. The same texture is reused while the size stays.
+local function show(img)
+  local w, h = img.width, img.height
+  if not canvas or canvas:getWidth() ~= w or canvas:getHeight() ~= h then
+    canvas = love.image.newImageData(w, h, "rgba8")
+    picture = love.graphics.newImage(canvas)
+  end
+  ffi.copy(canvas:getFFIPointer(), img.pixels, w * h * 4)
+  picture:replacePixels(canvas)
+  img.pixels = nil -- the texture has them; let the string go
 end
 
 -- The input: a gradient drawn here, so nothing is downloaded.
@@ -34,26 +51,64 @@ function love.load()
     emu = assert(require("imgedit.emulator").start { latency = 1.5 })
     client = imgedit.new { base_url = emu.url, api_key = emu.key }
   end
+  input = input_png()
+  -- The texture of the size asked for, made before anything arrives.
+  canvas = love.image.newImageData(1024, 1024, "rgba8")
+  picture = love.graphics.newImage(canvas)
+  t0 = love.timer.getTime()
+end
+
+-- How far along the edit is, 0..1, for the bar: the upload is the first
+-- tenth; while the model works the bar creeps on (it cannot know how long
+-- the model takes: it eases towards the next partial's share); each
+-- partial, then the result, moves it to its share.
+local function fraction()
+  if result then return 1 end
+  if phase == "upload" then return 0.1 * sent end
+  local floor, next_at = 0.1 + 0.8 * partials / 3, 0.1 + 0.8 * (partials + 1) / 3
+  local waited = love.timer.getTime() - (waited_since or t0)
+  return floor + (next_at - floor) * (1 - math.exp(-waited / 2))
+end
+
+-- The edit starts once the window has drawn its first frames (its fonts
+-- and shaders are set up then), as a game's would mid-play.
+local function start()
   job = client:submit("edit", {
-    prompt = "Paint this gradient as a stormy sea", images = { { bytes = input_png(), filename = "gradient.png" } },
+    prompt = "Paint this gradient as a stormy sea", images = { { bytes = input, filename = "gradient.png" } },
     size = "1024x1024", stream = true, partial_images = 2,
+    decode = "rgba", -- pixels decoded off the frame: img.pixels, img.width, img.height
     on_progress = function(p)
+      if p.phase ~= "upload" and phase == "upload" then waited_since = love.timer.getTime() end
       phase = p.phase
-      progress = p.upload_total > 0 and p.uploaded / p.upload_total or 0
+      sent = p.upload_total > 0 and p.uploaded / p.upload_total or 0
     end,
     on_partial = function(img)
       partials = partials + 1
-      picture = to_love(img)
+      pending = img -- shown in the next frame: one heavy thing per frame
     end,
   })
   t0 = love.timer.getTime()
 end
 
 function love.update(dt)
-  if not job:done() then
+  local frame_start = love.timer.getTime()
+  local before = partials
+  seen = seen + 1
+  if seen == 3 then start() end
+  if not job then return end
+  -- every frame from the edit's start: the ones in which pictures arrive,
+  -- and the ones that upload them, too
+  if seen > 3 then longest = math.max(longest, dt) end
+  if phase ~= "upload" and partials == 0 then
+    bar_from, bar_to = bar_from or fraction(), fraction() -- the bar while the model works
+  end
+  if pending then
+    show(pending)
+    pending, shown = nil, shown + 1
+    arrivals[#arrivals + 1] = (love.timer.getTime() - frame_start) * 1000
+  elseif not job:done() then
     frames = frames + 1
-    if frames > 1 then longest = math.max(longest, dt) end
-    client:poll(0) -- never blocks: the frame goes on
+    client:poll(0) -- never blocks, never decodes: the frame goes on
   elseif not result then
     local img, err = job:result()
     if not img then
@@ -61,12 +116,18 @@ function love.update(dt)
       love.event.quit(1)
       return
     end
-    result, picture, done_at = img, to_love(img), love.timer.getTime()
-    print(string.format("frames_waiting=%d longest_frame_ms=%.1f partials=%d image=%dx%d seconds=%.2f",
-      frames, longest * 1000, partials, img.width, img.height, done_at - t0))
-    io.stdout:flush()
+    result, done_at, pending = img, love.timer.getTime(), img
   end
-  if done_at and love.timer.getTime() - done_at > 0.5 then love.event.quit(0) end
+  if partials > before then arrivals[#arrivals + 1] = (love.timer.getTime() - frame_start) * 1000 end
+  if done_at and shown == partials + 1 and love.timer.getTime() - done_at > 0.5 then
+    local worst = 0
+    for _, ms in ipairs(arrivals) do worst = math.max(worst, ms) end
+    print(string.format("frames_waiting=%d longest_frame_ms=%.1f picture_frame_ms=%.1f partials=%d shown=%d"
+      .. " bar_waiting=%.3f-%.3f image=%dx%d seconds=%.2f", frames, longest * 1000, worst, partials, shown,
+      bar_from or 0, bar_to or 0, result.width, result.height, done_at - t0))
+    io.stdout:flush()
+    love.event.quit(0)
+  end
   if love.timer.getTime() - t0 > 60 then
     print("timeout")
     love.event.quit(1)
@@ -76,15 +137,18 @@ end
 
 function love.draw()
   local w, h = love.graphics.getDimensions()
-  if picture then
+  if shown > 0 then
     local s = math.min((w - 20) / picture:getWidth(), (h - 60) / picture:getHeight())
     love.graphics.draw(picture, (w - picture:getWidth() * s) / 2, 10, 0, s, s)
   end
   love.graphics.rectangle("line", 20, h - 40, w - 40, 20)
-  local frac = result and 1 or phase == "upload" and progress * 0.2 or phase == "wait" and 0.2 + 0.7 * partials / 3 or 0.95
-  love.graphics.rectangle("fill", 20, h - 40, (w - 40) * frac, 20)
-  love.graphics.print(result and "done" or (phase .. string.rep(".", math.floor(love.timer.getTime() * 4) % 4)),
-    24, h - 62)
+  love.graphics.rectangle("fill", 20, h - 40, (w - 40) * fraction(), 20)
+  -- a spinner: it turns every frame, so a frozen frame shows
+  local a = love.timer.getTime() * 6
+  love.graphics.circle("fill", w - 30 + 8 * math.cos(a), h - 52 + 8 * math.sin(a), 3)
+  local label = result and "done" or phase == "upload" and "uploading"
+    or string.format("the model is working: %d of 2 previews", partials)
+  love.graphics.print(label, 24, h - 62)
 end
 
 function love.quit()

@@ -147,11 +147,36 @@ local function one(bytes, item, meta, url, res, key)
   return img
 end
 
--- image(bytes, res, fields, body, url, key) -> Image | nil, err
+-- attach(img, pic): the pixels the decoder thread made of img's picture
+-- (decode = "rgba"), when pic is that picture: the same bytes, or (raw,
+-- for a download) no bytes of its own. A picture it could not decode gets
+-- img.pixels_error instead.
+function M.attach(img, pic)
+  if not image.is(img) or type(pic) ~= "table" or (pic.bytes and pic.bytes ~= img.bytes) then return end
+  if pic.pixels then
+    img.pixels, img.width, img.height = pic.pixels, pic.width, pic.height
+  else
+    img.pixels_error = "cannot decode the picture: " .. tostring(pic.error)
+  end
+end
+
+-- pixels(img [, pic]): img with its RGBA pixels, for decode = "rgba": the
+-- decoder thread's, else (a picture it could not find: an unusual answer,
+-- a composite) decoded here, on the caller's thread.
+function M.pixels(img, pic)
+  M.attach(img, pic)
+  if rawget(img, "pixels") or img.pixels_error then return img end
+  local ok, err = img:rgba()
+  if not ok then img.pixels_error = err.message end
+  return img
+end
+
+-- image(bytes, res, fields, body, url, key [, pics]) -> Image | nil, err
 -- An answer with several pictures (n > 1) paid for all of them: the first is
 -- the Image, the others are in img.more, in order, each an Image, or
 -- {url=, request_id=} for one to download, or the error that spoiled it.
-function M.image(bytes, res, fields, body, url, key)
+-- pics: what the decoder thread made of them, in the same order.
+function M.image(bytes, res, fields, body, url, key, pics)
   local usage = type(body.usage) == "table" and body.usage or nil
   if usage then -- JSON numbers arrive as floats; token counts are integers
     for k, v in pairs(usage) do
@@ -175,6 +200,12 @@ function M.image(bytes, res, fields, body, url, key)
       img.more[i - 1] = more or e or { url = more_url, request_id = res.request_id }
     end
   end
+  if pics then
+    M.attach(img, pics[1])
+    if #pics == #body.data then
+      for i, more in ipairs(img.more or {}) do M.attach(more, pics[i + 1]) end
+    end
+  end
   return img
 end
 
@@ -185,12 +216,19 @@ function M.read(res, fields, max, key)
   if res.status >= 200 and res.status <= 299 then
     -- The fast path: decode the image straight from the body and parse only
     -- the small rest of the JSON; it must show the value where it belongs.
-    local bytes, open, close = core.json_b64(res.body)
+    -- The decoder thread already found and decoded the one picture, when asked.
+    local pic = res.pictures and #res.pictures == 1 and res.pictures[1]
+    local bytes, open, close
+    if pic and pic.bytes then
+      bytes, open, close = pic.bytes, pic.open, pic.close
+    else
+      bytes, open, close = core.json_b64(res.body)
+    end
     if bytes then
       local rest = cjson.decode(res.body:sub(1, open) .. res.body:sub(close))
       local item = type(rest) == "table" and type(rest.data) == "table" and rest.data[1]
       if type(item) == "table" and item.b64_json == "" then
-        return M.image(bytes, res, fields, rest, type(item.url) == "string" and item.url or nil, key)
+        return M.image(bytes, res, fields, rest, type(item.url) == "string" and item.url or nil, key, res.pictures)
       end
     end
   end
@@ -210,7 +248,10 @@ function M.read(res, fields, max, key)
   end
   local bytes, err, url = decode_item(body.data[1], res, key)
   if err then return nil, err end
-  if bytes then return M.image(bytes, res, fields, body, type(body.data[1].url) == "string" and body.data[1].url or nil, key) end
+  if bytes then
+    return M.image(bytes, res, fields, body, type(body.data[1].url) == "string" and body.data[1].url or nil, key,
+      res.pictures)
+  end
   local scheme = url:match("^(%a[%w+.-]*):")
   if not scheme or (scheme:lower() ~= "http" and scheme:lower() ~= "https") then
     local _, e = protocol("refusing to download the answer's url: scheme '" .. tostring(scheme)
@@ -230,7 +271,7 @@ function M.download(res, fields, body, url, max, key)
         status = res.status, retryable = res.status == 408 or res.status == 429 or res.status >= 500,
       }, key)
   end
-  return M.image(res.body, res, fields, body, url, key)
+  return M.image(res.body, res, fields, body, url, key, res.pictures)
 end
 
 return M

@@ -4,6 +4,7 @@
 -- reading a stream stream.lua's. The blocking calls are a submit plus a
 -- wait on the same jobs.
 local core = require "imgedit.core"
+local image = require "imgedit.image"
 local masks = require "imgedit.mask"
 local providers = require "imgedit.providers"
 local request = require "imgedit.request"
@@ -282,6 +283,8 @@ local function start(self, kind, req, level)
     return job
   end
   spec.timeout, spec.connect_timeout, spec.idle_timeout = opts.timeout, opts.connect_timeout, opts.idle_timeout
+  -- The network thread hands each picture of the answer to the decoder thread.
+  if opts.decode == "rgba" then spec.decode, spec.max_pixels = "json", image.max_pixels end
   job.spec, job.fields, job.inpaint = spec, fields, inpaint
   return enqueue(self, job)
 end
@@ -319,8 +322,8 @@ function Client:poll(timeout)
     if t and (finished[t] or job.on_progress or job.spec and job.spec.stream) then jobs.step(job, now, finished) end
   end
   if self._closed then return 0 end
-  local _, started = self:_pump(now)
-  if started then self._multi:perform(0, finished) end
+  -- New transfers go to the network thread at once: nothing more to drive.
+  self:_pump(now)
   return self._live
 end
 

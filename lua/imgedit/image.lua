@@ -76,6 +76,25 @@ function methods:save(path, opts)
   return path
 end
 
+-- rgba([max_pixels]) -> pixels, width, height | nil, err: the picture as
+-- RGBA8 (width * height * 4 bytes, rows top to bottom). A picture asked
+-- for with decode = "rgba" has them already in img.pixels, decoded off the
+-- caller's thread; any other is decoded here, on the calling thread, once:
+-- the result stays in img.pixels (set it to nil to free it).
+function methods:rgba(max_pixels)
+  local px = rawget(self, "pixels")
+  if px then return px, self.width, self.height end
+  local w, h
+  px, w, h = core.decode(self.bytes, max_pixels or M.max_pixels)
+  if not px then
+    -- a picture the service made and sent broken, or one of the caller's
+    return nil, errors.new(rawget(self, "model") and "protocol" or "invalid_request",
+      "cannot decode the picture: " .. tostring(w), { reason = h })
+  end
+  self.pixels, self.width, self.height = px, w, h
+  return px, w, h
+end
+
 function M.is(v) return getmetatable(v) == Image end
 
 -- from_bytes(bytes [, fields]) -> Image | nil, message, reason

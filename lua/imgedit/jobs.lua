@@ -127,6 +127,12 @@ end
 local function finish(job, img, err)
   if job:done() then return end
   img = hold(job, img)
+  if img and job.opts and job.opts.decode == "rgba" then
+    answer.pixels(img)
+    for _, more in ipairs(img.more or {}) do
+      if image.is(more) then answer.pixels(more) end
+    end
+  end
   if img and img.cost == nil and job.kind ~= "download" then
     img.cost = prices.cost(job.client, img.model or job.fields.model, img.usage, 1 + #(img.more or {}))
   end
@@ -250,7 +256,7 @@ local function advance(job, t, now, finished)
   local c = job.client
   finished[t] = nil
   local res = t:take()
-  job.transfer = nil
+  job.transfer, job._last_byte = nil, res.last_byte
   -- The service's rate-limit headers of its last answer, for callers that pace themselves.
   if job.phase ~= "download" then job.ratelimit = res.ratelimit end
   c._inflight = c._inflight - 1
@@ -292,6 +298,7 @@ function M.launch(job)
       url = job.url, follow = true, user_agent = c.user_agent, headers = { "Accept: image/*" },
       timeout = job.opts.timeout, connect_timeout = job.opts.connect_timeout,
       idle_timeout = job.opts.idle_timeout, max_response_bytes = c.max_download_bytes,
+      decode = job.opts.decode == "rgba" and "bytes" or nil, max_pixels = image.max_pixels,
     }
   else
     job.attempts = job.attempts + 1

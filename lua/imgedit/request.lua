@@ -73,6 +73,8 @@ M.JOB_OPTIONS = {
   -- masks that hold (mask.lua): the composite, its seam, and the drift figures
   preserve = is "boolean", feather = whole(0, 256), drift_tolerance = whole(0, 255),
   drift_warning = function(v) return v == false or type(v) == "number" and v >= 0 and v <= 1, "a share from 0 to 1, or false" end,
+  -- pictures decoded to RGBA8 off the caller's thread (img.pixels)
+  decode = function(v) return v == "rgba" or v == false, "\"rgba\" or false" end,
 }
 
 -- Options of imgedit.new.

@@ -14,7 +14,17 @@ local M = {}
 -- canceled or ended from inside the callback); the rest is then dropped.
 function M.drain(job, events, key, on_partial)
   for _, ev in ipairs(events) do
-    local data = cjson.decode(ev.data)
+    -- With decode = "rgba" the decoder thread found the picture: the JSON
+    -- is read without its big string, which must have sat at b64_json.
+    local pic = ev.pictures and #ev.pictures == 1 and ev.pictures[1]
+    local data
+    if pic and pic.bytes then
+      data = cjson.decode(ev.data:sub(1, pic.open) .. ev.data:sub(pic.close))
+      if type(data) ~= "table" or data.b64_json ~= "" then pic, data = nil, nil end
+    else
+      pic = nil
+    end
+    data = data or cjson.decode(ev.data)
     local typ = type(data) == "table" and type(data.type) == "string" and data.type or ev.event
     if type(data) ~= "table" then
       job.stream_err = job.stream_err or errors.new("protocol", "a stream event is not JSON", nil, key)
@@ -26,8 +36,10 @@ function M.drain(job, events, key, on_partial)
         "the stream reported an error: " .. tostring(type(e.message) == "string" and e.message or "no message"),
         { code = code, type = etype, retryable = false }, key)
     elseif typ:match("partial_image$") then
-      local bytes, msg = answer.b64(data.b64_json)
+      local bytes, msg
+      if pic then bytes = pic.bytes else bytes, msg = answer.b64(data.b64_json) end
       local img = bytes and image.from_bytes(bytes, { partial = true, model = job.fields.model })
+      if img and job.opts and job.opts.decode == "rgba" then answer.pixels(img, pic) end
       if not img then
         job.stream_err = job.stream_err or errors.new("protocol", "a partial image is not usable: " .. tostring(msg),
           nil, key)
@@ -38,7 +50,7 @@ function M.drain(job, events, key, on_partial)
         if not on_partial(img, index) then return end
       end
     elseif typ:match("completed$") then
-      job.completed = data
+      job.completed, job.completed_pic = data, pic
     end
   end
 end
@@ -70,13 +82,15 @@ function M.result(job, res, max, key)
     return nil, errors.new("protocol", "the stream ended without a completed event", { status = res.status,
       request_id = res.request_id, maybe_billed = true }, key)
   end
-  local bytes, msg = answer.b64(done.b64_json)
+  local pic = job.completed_pic
+  local bytes, msg
+  if pic and pic.bytes then bytes = pic.bytes else bytes, msg = answer.b64(done.b64_json) end
   if not bytes then
     return nil, errors.new("protocol", "the completed image: " .. tostring(msg), { request_id = res.request_id,
       maybe_billed = true }, key)
   end
   return answer.image(bytes, res, job.fields, { usage = done.usage, created = done.created_at, data = { done } }, nil,
-    key)
+    key, pic and { pic })
 end
 
 return M
