@@ -53,8 +53,7 @@ static const char *skip_ws(const char *p, const char *end) {
 }
 
 /* The next "b64_json": "..." of a JSON text, from byte `from` on: 1 and its
- * value, or 0 when there is none. A data: URL value gives its payload, or
- * bad_dataurl when it is not a base64 image. */
+ * value's span as written (escapes and all), or 0 when there is none. */
 int ie_b64_find(const char *s, size_t n, size_t from, ie_b64_value *v) {
   static const char key[] = "\"b64_json\"";
   const char *end = s + n;
@@ -77,19 +76,25 @@ int ie_b64_find(const char *s, size_t n, size_t from, ie_b64_value *v) {
     }
     if (q >= end)
       return 0;
-    memset(v, 0, sizeof *v);
     v->open = (size_t)(open - s), v->close = (size_t)(q - s), v->escaped = escaped;
     v->p = p, v->len = (size_t)(q - p);
-    if (v->len >= 5 && strncasecmp(p, "data:", 5) == 0) {
-      const char *comma = memchr(p, ',', v->len < 256 ? v->len : 256);
-      if (!comma || comma - p < 12 || strncasecmp(comma - 7, ";base64", 7) != 0 || strncasecmp(p + 5, "image/", 6) != 0)
-        v->bad_dataurl = 1;
-      else
-        v->len -= (size_t)(comma + 1 - p), v->p = comma + 1;
-    }
     return 1;
   }
   return 0;
+}
+
+/* The base64 of a value: itself, or a data: URL's payload. 0 when it is a
+ * data: URL that is not a base64 image. */
+int ie_b64_payload(const char **p, size_t *len) {
+  const char *s = *p;
+  size_t n = *len;
+  if (n < 5 || strncasecmp(s, "data:", 5) != 0)
+    return 1;
+  const char *comma = memchr(s, ',', n < 256 ? n : 256);
+  if (!comma || comma - s < 12 || strncasecmp(comma - 7, ";base64", 7) != 0 || strncasecmp(s + 5, "image/", 6) != 0)
+    return 0;
+  *len = n - (size_t)(comma + 1 - s), *p = comma + 1;
+  return 1;
 }
 
 static int l_b64decode(lua_State *L) {
@@ -145,7 +150,7 @@ static int l_json_b64(lua_State *L) {
   ie_b64_value v, again;
   if (!ie_b64_find(s, n, 0, &v) || v.escaped || ie_b64_find(s, n, v.close + 1, &again))
     return 0; /* escaped content, or two: leave it to the JSON decoder */
-  if (v.bad_dataurl)
+  if (!ie_b64_payload(&v.p, &v.len))
     return ie_fail(L, "dataurl", "the data URL is not a base64 image");
   if (push_b64(L, v.p, v.len) != 1)
     return 3;

@@ -26,16 +26,13 @@ static void fail(ie_picture *pic, const char *reason, const char *why) {
   snprintf(pic->px.why, sizeof pic->px.why, "%s", why);
 }
 
-/* One base64 value: un-escaped when an encoder wrote "\/" for "/" (the only
- * escape base64 can need), decoded, then its pixels. */
+/* One base64 value, or data: URL: un-escaped when an encoder wrote "\/"
+ * for "/" (the only escape base64 and a data: URL's head need), decoded,
+ * then its pixels. */
 static void decode_value(const ie_b64_value *v, lua_Integer max_px, ie_picture *pic) {
   char *plain = NULL;
   const char *p = v->p;
   size_t len = v->len;
-  if (v->bad_dataurl) {
-    fail(pic, "dataurl", "the data URL is not a base64 image");
-    return;
-  }
   if (v->escaped) {
     plain = malloc(len ? len : 1);
     if (!plain) {
@@ -56,8 +53,13 @@ static void decode_value(const ie_b64_value *v, lua_Integer max_px, ie_picture *
     }
     p = plain, len = k;
   }
-  pic->bytes = malloc(len / 4 * 3 + 1);
   char why[96];
+  if (!ie_b64_payload(&p, &len)) {
+    free(plain);
+    fail(pic, "dataurl", "the data URL is not a base64 image");
+    return;
+  }
+  pic->bytes = malloc(len / 4 * 3 + 1);
   if (!pic->bytes)
     fail(pic, "memory", "out of memory");
   else if (!ie_b64_decode(p, len, pic->bytes, &pic->nbytes, why, sizeof why))

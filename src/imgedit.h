@@ -50,13 +50,13 @@ IE_LOCAL void ie_open_codec(lua_State *L);
 /* Lua-free, for any thread: */
 IE_LOCAL int ie_b64_decode(const char *s, size_t n, unsigned char *out, size_t *outlen, char *why, size_t whylen);
 typedef struct ie_b64_value {
-  const char *p; /* the base64 payload (after a data: URL's comma) */
+  const char *p; /* the string's content, as written */
   size_t len;
   size_t open, close; /* 0-based offsets of the value's quotes */
   int escaped;        /* backslash escapes inside */
-  int bad_dataurl;    /* a data: URL that is not a base64 image */
 } ie_b64_value;
 IE_LOCAL int ie_b64_find(const char *s, size_t n, size_t from, ie_b64_value *v);
+IE_LOCAL int ie_b64_payload(const char **p, size_t *len);
 
 /* ---- pixels (pixels.c) ---- */
 IE_LOCAL void ie_open_pixels(lua_State *L);

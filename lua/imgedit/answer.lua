@@ -148,11 +148,11 @@ local function one(bytes, item, meta, url, res, key)
 end
 
 -- attach(img, pic): the pixels the decoder thread made of img's picture
--- (decode = "rgba"), when pic is that picture: the same bytes, or (raw,
--- for a download) no bytes of its own. A picture it could not decode gets
--- img.pixels_error instead.
+-- (decode = "rgba"), when pic is that picture: one found in JSON (pic.open)
+-- with the same bytes, or a download's whole body. A picture it could not
+-- decode gets img.pixels_error instead.
 function M.attach(img, pic)
-  if not image.is(img) or type(pic) ~= "table" or (pic.bytes and pic.bytes ~= img.bytes) then return end
+  if not image.is(img) or type(pic) ~= "table" or (pic.open and pic.bytes ~= img.bytes) then return end
   if pic.pixels then
     img.pixels, img.width, img.height = pic.pixels, pic.width, pic.height
   else

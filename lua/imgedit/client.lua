@@ -41,6 +41,7 @@ local DEFAULTS = {
   retry_base = 0.5, retry_cap = 8, max_concurrency = 8, max_response_bytes = 128 * 1024 * 1024,
   max_download_bytes = 64 * 1024 * 1024, progress_interval = 0.1,
   preserve = false, feather = masks.FEATHER, drift_tolerance = masks.TOLERANCE, drift_warning = masks.DRIFT_WARNING,
+  decode = false,
 }
 
 -- new(opts) -> client. Every option is checked here, where it is given: an
