@@ -117,6 +117,18 @@ local pl = cjson.decode(sh("lua5.4 bench/poll.lua"))
 row(string.format("poll(0) with %d transfers in flight: calls into imgedit.core", pl.n), string.format("%.0f", pl.core_calls),
   string.format("median %.0f us a poll", pl.median_us), "not one per transfer", pl.core_calls <= 2)
 
+-- ---- a frame's share: the network and decoding off the caller's thread ----
+local fr = cjson.decode(sh("lua5.4 bench/frame.lua"))
+row(string.format("poll(0) with %d uploads of %.1f MB in flight: longest call", fr.uploads, fr.upload_bytes / 1e6),
+  string.format("%.2f ms (p99 %.2f, median %.3f; %d polls)", fr.poll_max_ms, fr.poll_p99_ms, fr.poll_median_ms, fr.polls),
+  string.format("nothing in flight: %.2f ms; before issue 19: 33-49 ms", fr.floor_max_ms), "< 2 ms", fr.poll_max_ms < 2)
+row(string.format("1024x1024 PNG answer (%.1f MB): last byte to pixels in Lua", fr.png_bytes / 1e6),
+  string.format("%.1f ms", fr.after.ready_ms), string.format("decoded on the caller's thread: %.1f ms", fr.before.ready_ms),
+  "", nil)
+row("the same: the main thread's share of it", string.format("%.1f ms (longest poll %.1f)", fr.after.main_ms, fr.after.longest_ms),
+  string.format("decoded on the caller's thread: %.1f ms (one decode: %.1f)", fr.before.main_ms, fr.decode_ms),
+  "no decode on it: < 1/4", fr.after.main_ms < 0.25 * fr.before.main_ms)
+
 -- ---- the scheduler with many jobs waiting ----
 local sc = cjson.decode(sh("lua5.4 bench/schedule.lua"))
 row(string.format("submit %d jobs (64 slots)", sc.large.n), string.format("%.2f s", sc.large.submit_s),

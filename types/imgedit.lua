@@ -56,7 +56,18 @@
 ---@field preserved? {feather: integer, scaled: boolean} composited onto image 1 (preserve = true)
 ---@field raw? imgedit.Image with preserve: the picture as the service sent it
 ---@field preserve_error? string why the mask's figures or the composite could not be made
+---@field pixels? string RGBA8, width*height*4 bytes: with decode = "rgba", or after img:rgba()
+---@field pixels_error? string with decode = "rgba": why this paid picture could not be decoded
 local Image = {}
+
+---The picture as RGBA8 (width*height*4 bytes, rows top to bottom): img.pixels
+---when it came decoded (decode = "rgba"), else decoded here, on the calling
+---thread, once (kept in img.pixels).
+---@param max_pixels? integer
+---@return string|nil pixels
+---@return integer|imgedit.Error width_or_err
+---@return integer|nil height
+function Image:rgba(max_pixels) end
 
 ---Write the image atomically (temp file, fsync, rename); a name that asks
 ---for another format (.png, .jpg/.jpeg, .webp) gets the picture converted.
@@ -110,6 +121,7 @@ function Image:save(path, opts) end
 ---@field retry_cap? number
 ---@field refresh? boolean pipelines: force a new request
 ---@field preserve? boolean with a mask: keep image 1 exactly wherever the mask keeps
+---@field decode? "rgba"|false pictures (partials too) decoded to RGBA8 off the caller's thread: img.pixels
 ---@field feather? integer preserve's seam, in pixels (4)
 ---@field drift_tolerance? integer largest channel difference counted as unchanged (30)
 ---@field drift_warning? number|false warn past this mask_drift (0.10)
@@ -145,6 +157,7 @@ function Image:save(path, opts) end
 ---@field prices? table<string, table|false> model -> {text_in=, image_in=, image_out=} (USD per 1M tokens) or {per_image=}
 ---@field on_warning? fun(msg: string) once per message: a model near its shutdown, a mask's drift (default: stderr)
 ---@field preserve? boolean edits with a mask: keep image 1 exactly wherever the mask keeps
+---@field decode? "rgba"|false pictures (partials too) decoded to RGBA8 off the caller's thread: img.pixels
 ---@field feather? integer preserve's seam, in pixels (4)
 ---@field drift_tolerance? integer largest channel difference counted as unchanged (30)
 ---@field drift_warning? number|false warn past this mask_drift (0.10)
