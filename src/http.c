@@ -300,6 +300,17 @@ static int multi_start(lua_State *L) {
   return 1;
 }
 
+/* The lock, for the caller's thread: perform(0) and what follows it in
+ * the same poll only try it, since the network thread may hold it while
+ * the system has put it aside for a while (two cores, many threads); what
+ * they would have taken waits for the next call. 0 when not taken. */
+static int lock_caller(multi *m) {
+  if (m->trying)
+    return pthread_mutex_trylock(&m->mu) == 0;
+  pthread_mutex_lock(&m->mu);
+  return 1;
+}
+
 /* The bytes of pictures a handover copies into Lua. */
 static size_t cost_of(const ie_decoded *d) {
   size_t n = 0;
@@ -345,7 +356,13 @@ static int multi_perform(lua_State *L) {
     luaL_checktype(L, 3, LUA_TTABLE);
   lua_settop(L, 3);
   ie_getuservalue(L, 1); /* 4: the weak map from pointers to objects */
-  pthread_mutex_lock(&m->mu);
+  m->trying = timeout <= 0;
+  if (!lock_caller(m)) { /* busy: nothing handed over this time */
+    lua_pushinteger(L, m->last_count); /* as of the last look */
+    lua_pushnumber(L, ie_now());
+    lua_pushinteger(L, 0);
+    return 3;
+  }
   if (timeout > 0)
     wait_locked(m, timeout);
   m->seen = m->gen;
@@ -370,7 +387,7 @@ static int multi_perform(lua_State *L) {
     *tail = t, tail = &t->qnext;
     finished++;
   }
-  int count = m->count;
+  int count = m->last_count = m->count;
   pthread_mutex_unlock(&m->mu);
   if (broken) /* out of memory or a broken handle: not a transfer's failure */
     return luaL_error(L, "curl multi: %s", curl_multi_strerror(broken));
@@ -476,10 +493,11 @@ static int transfer_progress(lua_State *L) {
   if (t->done) { /* the network thread let go of it: its own figures */
     s.ul_now = t->ul_now, s.ul_total = t->ul_total, s.dl_now = t->dl_now, s.dl_total = t->dl_total;
     s.answering = 1;
-  } else {
-    pthread_mutex_lock(&t->hub->mu);
-    s = t->snap;
+  } else if (lock_caller(t->hub)) {
+    s = t->seen = t->snap;
     pthread_mutex_unlock(&t->hub->mu);
+  } else {
+    s = t->seen; /* the lock is busy: the figures of the last look */
   }
   lua_pushinteger(L, (lua_Integer)s.ul_now);
   lua_pushinteger(L, (lua_Integer)s.ul_total);
@@ -516,7 +534,10 @@ static int transfer_events(lua_State *L) {
   lua_setmetatable(L, -2);
   int ready = 1;
   sse_queue *q = &t->events;
-  pthread_mutex_lock(&t->hub->mu);
+  if (!lock_caller(t->hub)) { /* busy: the events wait for the next call */
+    lua_newtable(L);
+    return 1;
+  }
   size_t k = 0;
   while (k < q->n && (!q->ev[k].extra || ((ie_decoded *)q->ev[k].extra)->done) &&
          affordable(t->hub, cost_of((ie_decoded *)q->ev[k].extra)))
@@ -636,6 +657,15 @@ static int l_now(lua_State *L) {
   return 1;
 }
 
+/* thread_cpu() -> CPU seconds the calling thread has used: what a call
+ * costs that thread, whatever else the machine runs meanwhile. */
+static int l_thread_cpu(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  lua_pushnumber(L, (double)ts.tv_sec + (double)ts.tv_nsec / 1e9);
+  return 1;
+}
+
 static int l_curl_version(lua_State *L) {
   const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
   lua_pushstring(L, v->version);
@@ -667,6 +697,7 @@ void ie_open_http(lua_State *L) {
   ie_new_class(L, MULTI_MT, multi_methods, multi_close, "close", multi_tostring);
   ie_new_class(L, XFER_MT, xfer_methods, transfer_close, "close", transfer_tostring);
   static const luaL_Reg fns[] = {
-      {"multi", l_multi}, {"curl_version", l_curl_version}, {"now", l_now}, {NULL, NULL}};
+      {"multi", l_multi}, {"curl_version", l_curl_version}, {"now", l_now}, {"thread_cpu", l_thread_cpu},
+      {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

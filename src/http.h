@@ -78,8 +78,10 @@ typedef struct multi {
   transfer *add_head;      /* handed over, not yet added (qnext) */
   transfer *fin_head, *fin_tail; /* finished, waiting for the caller (qnext) */
   ie_job *job_head, *job_tail;
-  /* the caller's thread only: what one perform(0) may still hand over */
+  /* the caller's thread only: what one perform(0) may still hand over,
+   * and whether it only tries the lock (it never waits for it) */
   size_t budget, spent;
+  int trying, last_count;
   /* network thread only: */
   CURLM *m;
   CURLSH *share;    /* TLS sessions and DNS, shared by the multi's transfers */
@@ -147,6 +149,7 @@ struct transfer {
   sse parser;
   /* the caller's only: */
   int done, canceled, closed;
+  ie_snap seen; /* the last snapshot read, for when the lock is busy */
 };
 
 /* http.c: lifetimes, shared by the threads. Under the lock: */
