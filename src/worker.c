@@ -14,11 +14,12 @@
 #define REFRESH_S 0.01
 
 /* The transfer ended on the network: to the decoder when its pictures are
- * wanted, else to the caller. Under the lock. */
-static void ended_locked(multi *m, transfer *t) {
+ * wanted, else to the caller; one the caller canceled is let go. Under the
+ * lock; 1 when that was t's last ref (free it after unlocking). */
+static int ended_locked(multi *m, transfer *t) {
   if (t->cancel_req) {
     t->where = W_NONE;
-    return;
+    return ie_unhold_locked(m, t);
   }
   int ok = t->code == CURLE_OK && !t->sse_on && t->status >= 200 && t->status <= 299;
   if (t->decode && ok && t->len > 0)
@@ -27,6 +28,7 @@ static void ended_locked(multi *m, transfer *t) {
     t->where = W_DEC;
   else
     ie_hand_over_locked(m, t);
+  return 0;
 }
 
 static void unlink_run(multi *m, transfer *t) {
@@ -92,8 +94,10 @@ static void add_new(multi *m) {
     t->code = CURLE_OUT_OF_MEMORY;
     snprintf(t->errbuf, sizeof t->errbuf, "curl_multi_add_handle: %s", curl_multi_strerror(mc));
     pthread_mutex_lock(&m->mu);
-    ended_locked(m, t);
+    int last = ended_locked(m, t);
     pthread_mutex_unlock(&m->mu);
+    if (last)
+      ie_transfer_free(t);
   }
 }
 
@@ -143,16 +147,10 @@ static void collect(multi *m) {
     remove_handle(m, t); /* the connection goes back to the multi's pool */
     pthread_mutex_lock(&m->mu);
     snap_locked(t);
-    if (t->cancel_req) {
-      t->where = W_NONE;
-      int last = ie_unhold_locked(m, t);
-      pthread_mutex_unlock(&m->mu);
-      if (last)
-        ie_transfer_free(t);
-      continue;
-    }
-    ended_locked(m, t);
+    int last = ended_locked(m, t);
     pthread_mutex_unlock(&m->mu);
+    if (last)
+      ie_transfer_free(t);
   }
 }
 

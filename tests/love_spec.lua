@@ -13,8 +13,9 @@ describe("the LÖVE example", function()
     local out = p:read("*a")
     p:close()
     assert.matches("exit=0", out)
-    local frames, longest, partials, shown, from, to, w, h = out:match("frames_waiting=(%d+) longest_frame_ms=([%d.]+)"
-      .. " picture_frame_ms=[%d.]+ partials=(%d+) shown=(%d+) bar_waiting=([%d.]+)%-([%d.]+) image=(%d+)x(%d+)")
+    local frames, cpu, partials, shown, from, to, w, h = out:match("frames_waiting=(%d+) longest_frame_ms=[%d.]+"
+      .. " longest_frame_cpu_ms=([%d.]+) picture_frame_ms=[%d.]+ partials=(%d+) shown=(%d+)"
+      .. " bar_waiting=([%d.]+)%-([%d.]+) image=(%d+)x(%d+)")
     assert.truthy(frames, out)
     assert.is_true(tonumber(frames) >= 20, "frames while waiting: " .. frames)
     assert.are.equal("2", partials)
@@ -22,9 +23,11 @@ describe("the LÖVE example", function()
     assert.are.same({ "1024", "1024" }, { w, h })
     -- the bar moved while the model worked, before any partial came
     assert.is_true(tonumber(to) > tonumber(from) + 0.02, out)
-    -- No frame waited for the network or decoded a picture: about 15 ms on
-    -- an idle machine, 80 to 100 ms when the frame decoded 1024x1024
-    -- pictures. A bound with room for a loaded machine; the note has the numbers.
-    assert.is_true(tonumber(longest) < 40 * H.SLOW, "longest frame " .. longest .. " ms\n" .. out)
+    -- No frame waited for the network or decoded a picture. What a frame
+    -- costs is the main thread's CPU in it (its wall time also holds other
+    -- programs' turns, which a busy machine hands out freely): about 10 ms
+    -- here, and 60 to 100 ms in a frame that decodes a 1024x1024 picture.
+    -- The wall times are in the README and the note.
+    assert.is_true(tonumber(cpu) < 25 * H.SLOW, "longest frame's CPU " .. cpu .. " ms\n" .. out)
   end)
 end)
