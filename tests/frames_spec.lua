@@ -17,10 +17,10 @@ local function on_thread(fn, ...)
     n = n + 1
     return real(...)
   end
-  local r = table.pack(pcall(fn, ...))
+  local ok, a, b = pcall(fn, ...)
   core.decode = real
-  assert(r[1], r[2])
-  return n, table.unpack(r, 2, r.n)
+  assert(ok, a)
+  return n, a, b
 end
 
 describe("frames", function()
