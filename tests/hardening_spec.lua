@@ -204,14 +204,24 @@ describe("bad input", function()
     assert.are.equal(0, #emu:requests())
   end)
 
-  it("reports a file deleted between the check and the upload", function()
+  it("reports a file deleted between the check and the upload, and sends nothing for it", function()
+    -- One slot, held by a slow edit: the doomed one is checked at submit and
+    -- waits its turn (a transfer starts at once on the network thread, so
+    -- with a free slot its upload would race the removal).
+    emu:configure { latency = 0.5 }
+    local one = H.client(emu, { max_concurrency = 1, max_retries = 0 })
+    local first = one:submit("edit", { prompt = "x", images = { pic } })
     local doomed = H.write(dir .. "/doomed.png", H.png(32, 32))
-    local job = c:submit("edit", { prompt = "x", images = { doomed } })
+    local job = one:submit("edit", { prompt = "x", images = { doomed } })
+    assert.are.equal("queued", job.state)
     os.remove(doomed)
-    local img, err = job:wait()
+    local img, err = job:wait() -- an error of the job's, not one raised from poll
     assert.is_nil(img)
     assert.are.equal("io", err.kind)
-    assert.matches("could not be read during the upload", err.message)
+    assert.matches("doomed.png could not be read when its upload was to start", err.message)
+    assert.truthy(first:wait())
+    assert.are.equal(1, #emu:requests()) -- the first edit only
+    one:close()
   end)
 
   it("sends prompts with NUL bytes, invalid UTF-8, line breaks and megabytes intact", function()
