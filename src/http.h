@@ -194,8 +194,8 @@ IE_LOCAL double ie_now(void);
 
 /* net.c */
 
-/* Verification, the caller's CAs, the proxy, the share and socket tracking
- * for one easy handle of m. */
+/* Verification, the caller's CAs, the proxy and socket tracking for one
+ * easy handle of m (the network thread sets the share as it adds it). */
 IE_LOCAL void ie_net_setup(CURL *e, multi *m);
 
 /* Whether the server closed (FIN) the connection of m at local_port. */

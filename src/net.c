@@ -88,7 +88,7 @@ static CURLcode add_cas(CURL *e, void *sslctx, void *ud) {
   return CURLE_OK;
 }
 
-/* Verification always on; the caller's CAs, the proxy and the share. */
+/* Verification always on; the caller's CAs, the proxy, socket tracking. */
 void ie_net_setup(CURL *e, multi *m) {
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
@@ -105,8 +105,8 @@ void ie_net_setup(CURL *e, multi *m) {
     if (*m->net.proxy)
       curl_easy_setopt(e, CURLOPT_NOPROXY, "");
   }
-  if (m->share)
-    curl_easy_setopt(e, CURLOPT_SHARE, m->share);
+  /* The share is set by the network thread as it adds the handle, and
+   * unset as it removes it: a share is used from one thread. */
   curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_sock);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, m);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_sock);
