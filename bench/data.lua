@@ -5,6 +5,14 @@ local core = require "imgedit.core"
 
 local M = { dir = "bench/.data" }
 
+-- sh(cmd) -> what the command printed
+function M.sh(cmd)
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
 -- poll_median(client, n) -> the median seconds of n calls of client:poll(0)
 function M.poll_median(c, n)
   local times = {}

@@ -17,12 +17,7 @@ local thread_cpu = core.thread_cpu or function() return 0 end -- older builds: w
 local idle = core.multi() -- perform(t) on an empty multi sleeps t: a frame's vsync
 local function frame_sleep() idle:perform(0.004) end
 
-local function sh(cmd)
-  local p = io.popen(cmd)
-  local out = p:read("a")
-  p:close()
-  return out
-end
+local sh = data.sh
 
 local function percentile(t, q)
   local s = {}

@@ -3,12 +3,7 @@
 local cjson = require "cjson"
 local data = require "bench.data"
 
-local function sh(cmd)
-  local p = io.popen(cmd)
-  local out = p:read("a")
-  p:close()
-  return out
-end
+local sh = data.sh
 
 local function median(t)
   table.sort(t)

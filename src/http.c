@@ -135,20 +135,22 @@ static void cancel(transfer *t) {
     return;
   t->done = 1, t->canceled = 1, t->code = CURLE_ABORTED_BY_CALLBACK;
   multi *m = t->hub;
-  int wake = 0, last = 0;
+  int wake = 0;
   pthread_mutex_lock(&m->mu);
   t->cancel_req = 1;
   switch (t->where) {
   case W_ADD:
     unqueue(&m->add_head, NULL, t);
-    t->where = W_NONE, last = ie_unhold_locked(m, t);
+    t->where = W_NONE;
+    ie_unhold_locked(m, t); /* never the last: the Lua object holds one */
     break;
   case W_RUN: /* the network thread removes it from libcurl */
     m->cancels++, wake = 1;
     break;
   case W_FIN:
     unqueue(&m->fin_head, &m->fin_tail, t);
-    t->where = W_NONE, last = ie_unhold_locked(m, t);
+    t->where = W_NONE;
+    ie_unhold_locked(m, t); /* never the last: the Lua object holds one */
     break;
   default: /* W_DEC: dropped when its decode ends; W_NONE: nothing held */
     break;
@@ -156,7 +158,6 @@ static void cancel(transfer *t) {
   pthread_mutex_unlock(&m->mu);
   if (wake && m->m)
     curl_multi_wakeup(m->m);
-  (void)last; /* the Lua object still holds its ref */
 }
 
 static int transfer_close(lua_State *L) {
@@ -212,18 +213,16 @@ static int multi_close(lua_State *L) {
   m->job_tail = NULL;
   while (m->all) { /* what was still running ends as canceled */
     transfer *t = m->all;
-    if (t->where == W_RUN) {
-      curl_multi_remove_handle(m->m, t->e);
-      curl_easy_setopt(t->e, CURLOPT_SHARE, NULL);
-    }
-    if (t->where != W_FIN && !t->done)
-      t->done = 1, t->canceled = 1, t->code = CURLE_ABORTED_BY_CALLBACK;
+    if (t->where == W_RUN)
+      ie_remove_handle(m, t);
+    if (t->where != W_FIN && !t->done) /* a finished one keeps its result */
+      t->canceled = 1, t->code = CURLE_ABORTED_BY_CALLBACK;
     t->done = 1;
     t->where = W_NONE, t->qnext = NULL;
     if (ie_unhold_locked(m, t))
       t->qnext = gone, gone = t;
   }
-  m->add_head = m->fin_head = m->fin_tail = NULL, m->run = NULL;
+  m->add_head = m->fin_head = m->fin_tail = NULL;
   pthread_mutex_unlock(&m->mu);
   while (gone) {
     transfer *t = gone;
@@ -249,7 +248,9 @@ static multi *check_open_multi(lua_State *L) {
   return b->m;
 }
 
-/* multi:start(spec) -> transfer, handed to the network thread at once. */
+/* multi:start(spec) -> transfer, handed to the network thread at once;
+ * or nil, message, "read", index when file part `index` cannot be opened
+ * (a file that went away after it was checked: a run-time failure). */
 static int multi_start(lua_State *L) {
   multi *m = check_open_multi(L);
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -271,6 +272,13 @@ static int multi_start(lua_State *L) {
   pthread_mutex_unlock(&m->mu);
   b->t = t;
   ie_transfer_setup(L, 2, 3, t, m);
+  if (t->unreadable) { /* the object frees t */
+    lua_pushnil(L);
+    lua_pushfstring(L, "part %d: %s", t->unreadable, curl_easy_strerror(CURLE_READ_ERROR));
+    lua_pushliteral(L, "read");
+    lua_pushinteger(L, t->unreadable);
+    return 4;
+  }
   if (t->decode && !m->dec_started) {
     if (!thread_start(&m->dec_thread, ie_dec_main, m))
       return luaL_error(L, "cannot start the decoder thread");
@@ -555,16 +563,13 @@ static int transfer_events(lua_State *L) {
   pthread_mutex_unlock(&t->hub->mu);
   if (!ready)
     return luaL_error(L, "out of memory");
-  lua_createtable(L, (int)b->q.n, 0);
+  ie_push_events(L, &b->q);
   for (size_t i = 0; i < b->q.n; i++) {
-    const sse_event *e = &b->q.ev[i];
-    lua_createtable(L, 0, 3);
-    lua_pushlstring(L, e->name, e->nlen);
-    lua_setfield(L, -2, "event");
-    lua_pushlstring(L, e->data, e->dlen);
-    lua_setfield(L, -2, "data");
-    push_pictures(L, (const ie_decoded *)e->extra);
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
+    if (!b->q.ev[i].extra)
+      continue;
+    ie_rawgeti(L, -1, (lua_Integer)i + 1);
+    push_pictures(L, (const ie_decoded *)b->q.ev[i].extra);
+    lua_pop(L, 1);
   }
   sse_queue_clear(&b->q); /* only after Lua has its copies */
   return 1;

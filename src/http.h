@@ -126,6 +126,7 @@ struct transfer {
   int too_large, header_flood, idle, answering;
   int decode;      /* decode the pictures of the answer to RGBA off the caller's thread */
   int raw_picture; /* ... the answer is a picture's bytes, not JSON */
+  int unreadable;  /* the index of a file part that could not be opened */
   lua_Integer max_px;
   sse_queue parsed; /* events parsed, not yet moved to the caller's queue */
   /* A billable request: libcurl may not send it again once the whole body
@@ -168,6 +169,10 @@ IE_LOCAL void ie_transfer_free(transfer *t);
 
 /* worker.c: the network thread. */
 IE_LOCAL void *ie_net_main(void *m);
+/* Copy t's figures to what the caller reads; 1 when they changed. */
+IE_LOCAL int ie_snap_locked(transfer *t);
+/* Out of libcurl's multi, out of its share, off the running list. */
+IE_LOCAL void ie_remove_handle(multi *m, transfer *t);
 
 /* decoder.c: the decoder thread, and its jobs (under the lock). */
 IE_LOCAL void *ie_dec_main(void *m);

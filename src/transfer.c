@@ -112,12 +112,12 @@ static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
   }
   if (len > 5 && strncmp(p, "HTTP/", 5) == 0) {
     if (!t->answering) {
+      t->answering = 1;
       pthread_mutex_lock(&t->hub->mu);
-      t->snap.answering = 1;
+      ie_snap_locked(t);
       ie_changed_locked(t->hub);
       pthread_mutex_unlock(&t->hub->mu);
     }
-    t->answering = 1;
     /* A new response (after a redirect or 100-continue): forget the old headers. */
     t->ctype[0] = t->retry_after[0] = t->retry_after_ms[0] = t->request_id[0] = t->should_retry[0] = '\0';
     memset(t->ratelimit, 0, sizeof t->ratelimit);
@@ -164,7 +164,7 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
   if (dlnow != t->dl_now || ulnow != t->ul_now || dltotal != t->dl_total || ultotal != t->ul_total) {
     t->dl_total = dltotal, t->dl_now = dlnow, t->ul_total = ultotal, t->ul_now = ulnow;
     pthread_mutex_lock(&t->hub->mu);
-    t->snap.ul_now = ulnow, t->snap.ul_total = ultotal, t->snap.dl_now = dlnow, t->snap.dl_total = dltotal;
+    ie_snap_locked(t);
     ie_changed_locked(t->hub);
     pthread_mutex_unlock(&t->hub->mu);
   }
@@ -275,8 +275,14 @@ static void add_parts(lua_State *L, int spec, int self, transfer *t) {
     CURLcode rc = part ? curl_mime_name(part, name) : CURLE_OUT_OF_MEMORY;
     if (rc == CURLE_OK && value)
       rc = curl_mime_data(part, value, len);
-    else if (rc == CURLE_OK && path)
+    else if (rc == CURLE_OK && path) {
       rc = curl_mime_filedata(part, path); /* streamed from disk at send time */
+      if (rc == CURLE_READ_ERROR) { /* gone or unreadable since it was checked: the caller's to say */
+        t->unreadable = (int)i;
+        lua_settop(L, parts - 1);
+        return;
+      }
+    }
     else if (rc == CURLE_OK && data) {
       memsrc *ms = malloc(sizeof *ms);
       if (!ms)

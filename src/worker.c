@@ -40,8 +40,7 @@ static void unlink_run(multi *m, transfer *t) {
   t->rnext = NULL;
 }
 
-/* Out of libcurl's multi, out of its share: back to plain data. */
-static void remove_handle(multi *m, transfer *t) {
+void ie_remove_handle(multi *m, transfer *t) {
   curl_multi_remove_handle(m->m, t->e);
   curl_easy_setopt(t->e, CURLOPT_SHARE, NULL);
   unlink_run(m, t);
@@ -55,12 +54,9 @@ static void refresh(transfer *t) {
     t->ul_total = v;
   if (curl_easy_getinfo(t->e, CURLINFO_SIZE_DOWNLOAD_T, &v) == CURLE_OK && v > t->dl_now)
     t->dl_now = v;
-  if (t->ul_total > 0 && t->ul_now >= t->ul_total)
-    t->sent_all = 1;
 }
 
-/* Whether the caller's view of t changed. */
-static int snap_locked(transfer *t) {
+int ie_snap_locked(transfer *t) {
   ie_snap *s = &t->snap;
   int changed = s->ul_now != t->ul_now || s->ul_total != t->ul_total || s->dl_now != t->dl_now ||
                 s->dl_total != t->dl_total || s->answering != t->answering;
@@ -110,7 +106,7 @@ static void remove_canceled(multi *m) {
     if (!t->cancel_req)
       continue;
     pthread_mutex_unlock(&m->mu);
-    remove_handle(m, t);
+    ie_remove_handle(m, t);
     pthread_mutex_lock(&m->mu);
     t->where = W_NONE;
     if (ie_unhold_locked(m, t))
@@ -144,9 +140,9 @@ static void collect(multi *m) {
         curl_easy_getinfo(t->e, CURLINFO_CONTENT_LENGTH_UPLOAD_T, &total) == CURLE_OK && total > 0 &&
         up >= total)
       t->sent_all = 1;
-    remove_handle(m, t); /* the connection goes back to the multi's pool */
+    ie_remove_handle(m, t); /* the connection goes back to the multi's pool */
     pthread_mutex_lock(&m->mu);
-    snap_locked(t);
+    ie_snap_locked(t);
     int last = ended_locked(m, t);
     pthread_mutex_unlock(&m->mu);
     if (last)
@@ -159,12 +155,15 @@ static void refresh_running(multi *m) {
   if (now - m->refreshed < REFRESH_S || !m->run)
     return;
   m->refreshed = now;
-  for (transfer *t = m->run; t; t = t->rnext)
+  for (transfer *t = m->run; t; t = t->rnext) {
     refresh(t);
+    if (t->ul_total > 0 && t->ul_now >= t->ul_total)
+      t->sent_all = 1;
+  }
   int changed = 0;
   pthread_mutex_lock(&m->mu);
   for (transfer *t = m->run; t; t = t->rnext)
-    changed |= snap_locked(t);
+    changed |= ie_snap_locked(t);
   if (changed)
     ie_changed_locked(m);
   pthread_mutex_unlock(&m->mu);

@@ -302,12 +302,10 @@ function M.launch(job)
     }
   else
     job.attempts = job.attempts + 1
-    local ok, t = pcall(c._multi.start, c._multi, job.spec)
-    if not ok then
+    local t, _, _, i = c._multi:start(job.spec)
+    if not t then
       -- A file checked at submit cannot be opened now: deleted, or made
       -- unreadable, while the job waited for a slot. Nothing was sent.
-      local i = tonumber(tostring(t):match("cannot build part (%d+)"))
-      if not i then error(t, 0) end
       local part = job.spec.parts[i]
       return finish(job, nil, errors.new("io", string.format("%s could not be read when its upload was to start"
         .. " (deleted or changed after the request was checked); nothing was sent", tostring(part.path or part.name)),
