@@ -370,6 +370,20 @@ describe("jobs", function()
       for i = 2, #seen do assert.is_true(seen[i].elapsed >= seen[i - 1].elapsed) end
     end)
 
+    it("tells a phase again every progress_interval while it lasts, and ends with the answer's full size", function()
+      local c = all_client { progress_interval = 0.05 }
+      emu:configure { latency = 0.6 * H.SLOW }
+      local waits, last = 0, nil
+      local img = assert(c:generate(small { on_progress = function(p)
+        if p.phase == "wait" then waits = waits + 1 end
+        last = p
+      end }))
+      assert.is_true(waits >= 3, "wait told " .. waits .. " times")
+      assert.are.equal("download", last.phase)
+      assert.is_true(last.downloaded > #img.bytes)
+      assert.are.equal(1, #emu:requests())
+    end)
+
     it("reports the wait for the model while it lasts, on a warm connection too", function()
       local c = all_client()
       assert(c:generate(small())) -- the connection is warm now

@@ -221,7 +221,8 @@ local function report(job, phase, up, up_total, down, down_total, now, force)
     return true
   end
   job.last_phase, job.last_report = phase, now
-  for i = last + 1, PHASES[phase] do
+  -- the phases not told yet, in order; or the same phase again, with its new figures
+  for i = math.min(last + 1, PHASES[phase]), PHASES[phase] do
     local p = { phase = PHASE_LIST[i], uploaded = up, upload_total = up_total, downloaded = 0, download_total = 0,
       elapsed = now - job.t0, attempt = job.attempts }
     if i == PHASES[phase] then p.downloaded, p.download_total = down, down_total end
