@@ -132,6 +132,9 @@ static int take_answer(lua_State *S) {
   a->stall = ie_opt_number(S, 2, "stall", 0);
   a->event_delay = ie_opt_number(S, 2, "event_delay", 0);
   a->cut_after = (long)ie_opt_integer(S, 2, "cut_after", -1);
+  a->hang_end = ie_opt_number(S, 2, "hang_end", 0);
+  const char *entry = ie_opt_lstring(S, 2, "entry", NULL);
+  snprintf(a->entry, sizeof a->entry, "%s", entry ? entry : "");
   size_t n = 0;
   const char *b = ie_opt_lstring(S, 2, "body", &n);
   if (b && (a->body = copy_bytes(b, n)) != NULL)

@@ -61,6 +61,8 @@ typedef struct emu_answer {
   size_t *event_len, nevents;
   double event_delay; /* ... each after this pause */
   long cut_after;     /* drop the connection after this many events */
+  double hang_end;    /* after the last event, hold the stream open this long */
+  char entry[32];     /* "epoch:id" of the request in the log, told when delivered */
 } emu_answer;
 
 /* server.c */

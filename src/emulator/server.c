@@ -29,6 +29,7 @@ typedef struct req_ctx {
   int too_big, oom, malformed;
   long drop_after; /* close the connection once this much upload arrived */
   int counted;     /* still counted as in flight */
+  char entry[32];  /* the log's name of the request, to tell that its answer was delivered */
   emu *E;          /* for the in-flight count when the request completes */
 } req_ctx;
 
@@ -159,8 +160,9 @@ typedef struct stream_src {
   emu *E;
   char **events;
   size_t *len, n, i, off;
-  double delay;
+  double delay, hang_end;
   long cut;
+  char entry[32];
 } stream_src;
 
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
@@ -169,8 +171,18 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
   if (t->off == 0) {
     if (t->cut >= 0 && (long)t->i >= t->cut)
       return MHD_CONTENT_READER_END_WITH_ERROR;
-    if (t->i >= t->n)
+    if (t->i >= t->n) {
+      if (t->hang_end > 0) { /* the stream stays open after its last event */
+        size_t n;
+        int failed;
+        if (t->entry[0]) /* its every event went out: delivered, whatever follows */
+          free(emu_call(t->E, "delivered", t->entry, &n, &failed));
+        t->entry[0] = '\0';
+        emu_sleep(t->E, t->hang_end);
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+      }
       return MHD_CONTENT_READER_END_OF_STREAM;
+    }
     emu_sleep(t->E, t->delay);
   }
   size_t n = t->len[t->i] - t->off;
@@ -199,7 +211,8 @@ static enum MHD_Result send_answer(emu *E, struct MHD_Connection *con, emu_answe
     if (!t)
       return MHD_NO;
     t->E = E, t->events = a->events, t->len = a->event_len, t->n = a->nevents;
-    t->delay = a->event_delay, t->cut = a->cut_after;
+    t->delay = a->event_delay, t->cut = a->cut_after, t->hang_end = a->hang_end;
+    memcpy(t->entry, a->entry, sizeof t->entry);
     a->events = NULL, a->event_len = NULL, a->nevents = 0; /* the stream owns them now */
     r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 * 1024, stream_read, t, stream_free);
     if (!r) {
@@ -343,6 +356,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
   memset(&a, 0, sizeof a);
   emu_ask(E, "handle", &r, &a);
   emu_sleep(E, a.delay);
+  memcpy(c->entry, a.entry, sizeof c->entry);
   if (!a.events) /* a stream is in flight until its last event is sent */
     uncount(c);
   if (a.drop && a.reset)
@@ -366,8 +380,14 @@ static enum MHD_Result on_cdn(void *cls, struct MHD_Connection *con, const char 
 
 static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
-  (void)cls, (void)con, (void)toe;
+  (void)cls, (void)con;
   req_ctx *c = (req_ctx *)*con_cls;
+  if (c && c->entry[0] && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+    /* every byte of the answer went out: the log says it was delivered */
+    size_t n;
+    int failed;
+    free(emu_call(c->E, "delivered", c->entry, &n, &failed));
+  }
   if (c)
     uncount(c);
   free_ctx(c);

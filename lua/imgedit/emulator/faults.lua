@@ -107,6 +107,16 @@ function F.bend(f, a, sse)
     if f.no_completed then a.events[#a.events] = nil end
   end
   if f.truncate then a.truncate = f.truncate end
+  -- The whole JSON, then the connection breaks before the declared end.
+  if f.whole_then_cut and not a.events then
+    a.truncate = #a.body
+    a.body = a.body .. string.rep(" ", 64)
+  end
+  -- The headers at once, then the model thinks before the body (gateways
+  -- that flush their headers early).
+  if f.think and not a.events then a.stall, a.stall_at = f.think, 0 end
+  -- A stream that stays open after its completed event, then breaks.
+  if f.hang_after_completed and a.events then a.hang_end = f.hang_after_completed end
   if f.stall then a.stall, a.stall_at = f.stall, f.stall_at or 64 end
   if f.oversize then a.body = a.body .. string.rep(" ", f.oversize) end
   a.delay = f.delay or f.latency

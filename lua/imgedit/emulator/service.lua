@@ -14,6 +14,9 @@ local M = {}
 local json_answer, fail, invalid = rules.json_answer, rules.fail, rules.invalid
 local cfg = { latency = 0 }
 local log, files = {}, {}
+-- The log's epoch: a request's answer delivered after a clear() is not
+-- mistaken for one of the new log.
+local epoch = 0
 local seq = 0
 
 -- A key of its own for every emulator: from the system's random source
@@ -455,6 +458,7 @@ function M.handle(req)
     a.delay = 0
   end
   entry.status = entry.status or a.status
+  if not a.drop then a.entry = epoch .. ":" .. entry.id end
   return a
 end
 
@@ -496,7 +500,16 @@ function M.inject_json(s)
   return "true"
 end
 
+-- delivered("epoch:id"): every byte of that request's answer went out.
+function M.delivered(s)
+  local e, id = tostring(s):match("^(%d+):(%d+)$")
+  local entry = tonumber(e) == epoch and log[tonumber(id)]
+  if entry then entry.delivered = true end
+  return "true"
+end
+
 function M.clear()
+  epoch = epoch + 1
   log = {}
   faults.clear()
   return "true"
