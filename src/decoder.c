@@ -21,6 +21,13 @@ void ie_decoded_free(void *p) {
   free(d);
 }
 
+size_t ie_decoded_cost(const ie_decoded *d) {
+  size_t n = 0;
+  for (int i = 0; d && i < d->n; i++)
+    n += d->pic[i].nbytes + (d->pic[i].px.p ? (size_t)d->pic[i].px.w * (size_t)d->pic[i].px.h * 4 : 0);
+  return n;
+}
+
 static void fail(ie_picture *pic, const char *reason, const char *why) {
   pic->px.reason = reason;
   snprintf(pic->px.why, sizeof pic->px.why, "%s", why);
@@ -86,6 +93,25 @@ static void run(const ie_job *j, lua_Integer max_px) {
   }
 }
 
+/* The pictures of a stream's events that wait for the caller are bounded
+ * like the events' data, by max_response_bytes: past it, a picture is
+ * handed over without its pixels (px.reason "memory"; img:rgba() decodes
+ * it where the caller wants), never dropped, and the paid stream goes on. */
+static void bound_locked(transfer *t, ie_decoded *d) {
+  for (int i = 0; i < d->n; i++) {
+    ie_picture *pic = &d->pic[i];
+    size_t px = pic->px.p ? (size_t)pic->px.w * (size_t)pic->px.h * 4 : 0;
+    if (px && t->held_px + pic->nbytes + px > t->events.max) {
+      if (pic->px.release)
+        pic->px.release(pic->px.p);
+      pic->px.p = NULL;
+      fail(pic, "memory", "the pictures of the stream's events waiting to be taken would pass max_response_bytes");
+      px = 0;
+    }
+    t->held_px += pic->nbytes + px;
+  }
+}
+
 int ie_dec_submit_locked(multi *m, transfer *t, const char *src, size_t n, int json, ie_decoded **out) {
   ie_job *j = malloc(sizeof *j);
   ie_decoded *d = calloc(1, sizeof *d);
@@ -112,11 +138,13 @@ int ie_dec_end_locked(multi *m, ie_job *j) {
   transfer *t = j->t;
   j->out->done = 1;
   t->pending--;
+  if (j->out != t->decoded) /* an event's pictures wait in the queue: they count */
+    bound_locked(t, j->out);
   if (t->where == W_DEC && t->pending == 0 && t->cancel_req) {
     t->where = W_NONE;
     ie_unhold_locked(m, t); /* never the last: the job holds one */
   } else if (t->where == W_DEC && t->pending == 0)
-    ie_hand_over_locked(m, t);
+    ie_settle_locked(m, t);
   else
     ie_changed_locked(m); /* an event's pictures are ready */
   return ie_drop_locked(t);

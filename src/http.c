@@ -43,11 +43,14 @@ static void hub_unref(multi *m) {
   pthread_mutex_lock(&m->mu);
   int last = --m->refs == 0;
   pthread_mutex_unlock(&m->mu);
-  if (!last)
+  /* In a forked child an inherited multi stays, listed by procs.c: libcurl
+   * there still points into it, and it is never called again. */
+  if (!last || m->forked)
     return;
   pthread_mutex_destroy(&m->mu);
   pthread_cond_destroy(&m->cv);
   pthread_cond_destroy(&m->dcv);
+  pthread_cond_destroy(&m->pcv);
   free(m);
 }
 
@@ -73,6 +76,15 @@ void ie_changed_locked(multi *m) {
   pthread_cond_broadcast(&m->cv);
 }
 
+void ie_settle_locked(multi *m, transfer *t) {
+  if (t->events.n > 0) { /* transfer_events hands it over with its last event */
+    t->where = W_DRAIN;
+    ie_changed_locked(m);
+  } else {
+    ie_hand_over_locked(m, t);
+  }
+}
+
 void ie_hand_over_locked(multi *m, transfer *t) {
   t->where = W_FIN;
   t->qnext = NULL;
@@ -86,10 +98,12 @@ void ie_hand_over_locked(multi *m, transfer *t) {
 
 void ie_transfer_free(transfer *t) {
   multi *m = t->hub;
-  if (t->e)
-    curl_easy_cleanup(t->e);
-  curl_mime_free(t->mime);
-  curl_slist_free_all(t->headers);
+  if (!t->inherited_e) { /* else libcurl's multi in a forked child still has it */
+    if (t->e)
+      curl_easy_cleanup(t->e);
+    curl_mime_free(t->mime);
+    curl_slist_free_all(t->headers);
+  }
   free(t->body);
   if (t->sse_on)
     sse_free(&t->parser);
@@ -129,35 +143,57 @@ static void unqueue(transfer **head, transfer **tail, transfer *t) {
   t->qnext = NULL;
 }
 
-/* Stop t wherever it is; it ends as canceled, at once for the caller. */
+/* Caller's thread. Stop t wherever it is; it ends as canceled for the
+ * caller at once. A running transfer is the network thread's to take out
+ * of libcurl: this asks and waits for its acknowledgement (one turn of its
+ * loop, which never blocks), after which t's answer and counters are the
+ * caller's to read: what went out tells whether the service may bill it.
+ * Every unhold here is never the last: the Lua object holds one. */
 static void cancel(transfer *t) {
   if (t->done)
     return;
-  t->done = 1, t->canceled = 1, t->code = CURLE_ABORTED_BY_CALLBACK;
+  t->done = 1, t->canceled = 1;
   multi *m = t->hub;
-  int wake = 0;
   pthread_mutex_lock(&m->mu);
   t->cancel_req = 1;
   switch (t->where) {
   case W_ADD:
     unqueue(&m->add_head, NULL, t);
     t->where = W_NONE;
-    ie_unhold_locked(m, t); /* never the last: the Lua object holds one */
+    ie_unhold_locked(m, t);
     break;
-  case W_RUN: /* the network thread removes it from libcurl */
-    m->cancels++, wake = 1;
+  case W_RUN:
+    if (m->net_running) {
+      m->cancels++;
+      pthread_mutex_unlock(&m->mu);
+      curl_multi_wakeup(m->m);
+      pthread_mutex_lock(&m->mu);
+      while (t->where == W_RUN && m->net_running)
+        pthread_cond_wait(&m->cv, &m->mu);
+    }
+    if (t->where == W_RUN) { /* no network thread: it broke, or this is a forked child */
+      if (!m->forked) {
+        pthread_mutex_unlock(&m->mu); /* libcurl may call back, and they lock */
+        ie_remove_handle(m, t);
+        pthread_mutex_lock(&m->mu);
+      }
+      t->where = W_NONE;
+      ie_unhold_locked(m, t);
+    }
     break;
   case W_FIN:
     unqueue(&m->fin_head, &m->fin_tail, t);
     t->where = W_NONE;
-    ie_unhold_locked(m, t); /* never the last: the Lua object holds one */
+    ie_unhold_locked(m, t);
     break;
-  default: /* W_DEC: dropped when its decode ends; W_NONE: nothing held */
+  case W_DRAIN:
+    t->where = W_NONE;
+    ie_unhold_locked(m, t);
+    break;
+  default: /* W_DEC: let go when its decodes end; W_NONE: nothing held */
     break;
   }
   pthread_mutex_unlock(&m->mu);
-  if (wake && m->m)
-    curl_multi_wakeup(m->m);
 }
 
 static int transfer_close(lua_State *L) {
@@ -184,12 +220,7 @@ static transfer *check_open_transfer(lua_State *L) {
 
 /* ---- the multi ---- */
 
-static int multi_close(lua_State *L) {
-  multi_box *b = (multi_box *)luaL_checkudata(L, 1, MULTI_MT);
-  multi *m = b->m;
-  if (!m)
-    return 0;
-  b->m = NULL;
+void ie_multi_stop_threads(multi *m) {
   pthread_mutex_lock(&m->mu);
   m->quit = m->dquit = 1;
   pthread_cond_broadcast(&m->dcv);
@@ -197,11 +228,38 @@ static int multi_close(lua_State *L) {
   if (m->net_started) {
     curl_multi_wakeup(m->m);
     pthread_join(m->net_thread, NULL);
+    m->net_started = 0;
   }
-  if (m->dec_started)
+  if (m->dec_started) {
     pthread_join(m->dec_thread, NULL);
+    m->dec_started = 0;
+  }
+}
+
+/* Caller's thread. In a forked child an inherited multi has no threads
+ * and its libcurl handles are never touched: its transfers only end. */
+static int multi_close(lua_State *L) {
+  multi_box *b = (multi_box *)luaL_checkudata(L, 1, MULTI_MT);
+  multi *m = b->m;
+  if (!m)
+    return 0;
+  b->m = NULL;
+  ie_multi_stop_threads(m);
+  int forked = m->forked;
+  if (!forked)
+    ie_procs_remove(m);
   /* The threads are gone: what they held is this thread's to end. */
-  transfer *gone = NULL;
+  transfer *gone = NULL, *running = NULL;
+  pthread_mutex_lock(&m->mu);
+  for (transfer *t = m->all; t; t = t->all_next)
+    if (t->where == W_RUN && !forked)
+      t->qnext = running, running = t; /* in no queue while running */
+  pthread_mutex_unlock(&m->mu);
+  /* Out of libcurl without the lock: its callbacks may run and take it. */
+  for (transfer *t = running, *next; t; t = next) {
+    next = t->qnext, t->qnext = NULL;
+    ie_remove_handle(m, t);
+  }
   pthread_mutex_lock(&m->mu);
   while (m->job_head) { /* decodes never run: their pictures stay empty */
     ie_job *j = m->job_head;
@@ -213,10 +271,8 @@ static int multi_close(lua_State *L) {
   m->job_tail = NULL;
   while (m->all) { /* what was still running ends as canceled */
     transfer *t = m->all;
-    if (t->where == W_RUN)
-      ie_remove_handle(m, t);
     if (t->where != W_FIN && !t->done) /* a finished one keeps its result */
-      t->canceled = 1, t->code = CURLE_ABORTED_BY_CALLBACK;
+      t->canceled = 1;
     t->done = 1;
     t->where = W_NONE, t->qnext = NULL;
     if (ie_unhold_locked(m, t))
@@ -228,6 +284,10 @@ static int multi_close(lua_State *L) {
     transfer *t = gone;
     gone = t->qnext;
     ie_transfer_free(t);
+  }
+  if (forked) {
+    hub_unref(m);
+    return 0;
   }
   if (m->m)
     curl_multi_cleanup(m->m);
@@ -255,6 +315,13 @@ static int multi_start(lua_State *L) {
   multi *m = check_open_multi(L);
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
+  if (m->forked || m->quit) {
+    lua_pushnil(L);
+    lua_pushstring(L, m->forked ? "the client was made by the parent process of this fork: make a new one here"
+                                : "the client's threads were stopped at exit");
+    lua_pushliteral(L, "forked");
+    return 3;
+  }
   /* Create safely: an empty, finalisable object first, then the resources. */
   xfer_box *b = (xfer_box *)ie_newuserdata1(L, sizeof *b);
   b->t = NULL;
@@ -285,8 +352,13 @@ static int multi_start(lua_State *L) {
     m->dec_started = 1;
   }
   if (!m->net_started) {
-    if (!thread_start(&m->net_thread, ie_net_main, m))
+    pthread_mutex_lock(&m->mu);
+    m->net_running = 1;
+    pthread_mutex_unlock(&m->mu);
+    if (!thread_start(&m->net_thread, ie_net_main, m)) {
+      m->net_running = 0;
       return luaL_error(L, "cannot start the network thread");
+    }
     m->net_started = 1;
   }
   pthread_mutex_lock(&m->mu);
@@ -320,11 +392,20 @@ static int lock_caller(multi *m) {
 }
 
 /* The bytes of pictures a handover copies into Lua. */
-static size_t cost_of(const ie_decoded *d) {
-  size_t n = 0;
-  for (int i = 0; d && i < d->n; i++)
-    n += d->pic[i].nbytes + (d->pic[i].px.p ? (size_t)d->pic[i].px.w * (size_t)d->pic[i].px.h * 4 : 0);
-  return n;
+#define cost_of ie_decoded_cost
+
+/* In a forked child: every transfer inherited from the parent ends now,
+ * unfinished (t->forked); nothing of it is ever sent from here. Under the
+ * lock; they go to the finished list. */
+static void orphan_all_locked(multi *m) {
+  m->add_head = NULL;
+  for (transfer *t = m->all; t; t = t->all_next) {
+    if (t->forked)
+      continue;
+    t->forked = 1;
+    if (t->where != W_FIN)
+      ie_hand_over_locked(m, t);
+  }
 }
 
 /* Whether what costs `cost` may still be handed over in this perform. */
@@ -371,6 +452,8 @@ static int multi_perform(lua_State *L) {
     lua_pushinteger(L, 0);
     return 3;
   }
+  if (m->forked)
+    orphan_all_locked(m);
   if (timeout > 0)
     wait_locked(m, timeout);
   m->seen = m->gen;
@@ -551,15 +634,18 @@ static int transfer_events(lua_State *L) {
          affordable(t->hub, cost_of((ie_decoded *)q->ev[k].extra)))
     k++;
   if (k > 0 && sse_queue_reserve(&b->q, k)) {
-    size_t bytes = 0;
+    size_t bytes = 0, px = 0;
     for (size_t i = 0; i < k; i++)
-      bytes += q->ev[i].dlen;
+      bytes += q->ev[i].dlen, px += cost_of((ie_decoded *)q->ev[i].extra);
     memcpy(b->q.ev, q->ev, k * sizeof *q->ev);
     memmove(q->ev, q->ev + k, (q->n - k) * sizeof *q->ev);
     b->q.n = k, q->n -= k, q->bytes -= bytes;
+    t->held_px -= px < t->held_px ? px : t->held_px;
   } else if (k > 0) {
     ready = 0;
   }
+  if (t->where == W_DRAIN && q->n == 0) /* its last event is out: finished */
+    ie_hand_over_locked(t->hub, t);
   pthread_mutex_unlock(&t->hub->mu);
   if (!ready)
     return luaL_error(L, "out of memory");
@@ -639,12 +725,19 @@ static int l_multi(lua_State *L) {
   pthread_mutex_init(&m->mu, NULL);
   pthread_cond_init(&m->cv, &ca);
   pthread_cond_init(&m->dcv, NULL);
+  pthread_cond_init(&m->pcv, NULL);
   pthread_condattr_destroy(&ca);
   m->refs = 1;
   b->m = m; /* from here on, the object's __gc frees it */
+  ie_procs_add(m);
+  /* libcurl's wake-up socket pair gets close-on-exec: children spawned
+   * by the program must not hold it. */
+  unsigned char fds[IE_FD_SCAN / 8];
+  ie_fds_open(fds);
   m->m = curl_multi_init();
   if (!m->m)
     return luaL_error(L, "curl_multi_init failed");
+  ie_fds_cloexec_new(fds);
   m->net.ca_file = opt_copy(L, "ca_file");
   m->net.ca_path = opt_copy(L, "ca_path");
   m->net.proxy = opt_copy(L, "proxy");

@@ -49,8 +49,35 @@ typedef struct ie_job {
   ie_decoded *out;
 } ie_job;
 
-/* Where a transfer is, as the multi sees it; changed under the lock. */
-enum { W_NONE, W_ADD, W_RUN, W_DEC, W_FIN };
+/* Where a transfer is: its one state, changed only under the multi's lock,
+ * and only along this table (the function that moves it, on which thread):
+ *
+ *   from     to       by                                   thread
+ *   NONE     ADD      multi_start (handed over)            caller
+ *   ADD      RUN      add_new (into libcurl)               network
+ *   ADD      NONE     cancel (never reached libcurl)       caller
+ *   RUN      DEC      ended_locked (pictures to decode)    network
+ *   RUN      DRAIN    ended_locked (events not yet taken)  network
+ *   RUN      FIN      ended_locked (on the finished list)  network
+ *   RUN      NONE     remove_canceled (the cancel's ack)   network
+ *   DEC      DRAIN    ie_dec_end_locked (last decode ends) decoder
+ *   DEC      FIN      ie_dec_end_locked                    decoder
+ *   DEC      NONE     ie_dec_end_locked (canceled)         decoder
+ *   DRAIN    FIN      transfer_events (last event taken)   caller
+ *   DRAIN    NONE     cancel                               caller
+ *   FIN      NONE     multi_perform (taken) or cancel      caller
+ *   any      NONE     multi_close, after both threads      caller
+ *                     stopped; the fork child handler      child
+ *
+ * A transfer is finished for the caller (done) only once it left FIN
+ * through multi_perform: every event it produced was handed over first
+ * (DRAIN), so the per-poll budget and a busy lock delay a hand-over and
+ * never drop one. The network thread writes a transfer's answer (body,
+ * code, status, counters) while it is ADD or RUN, and never after: from
+ * DEC on they are the caller's to read. A cancel of a RUN transfer is a
+ * request (cancel_req) that the network thread carries out and
+ * acknowledges by moving it to NONE; the caller waits for that. */
+enum { W_NONE, W_ADD, W_RUN, W_DEC, W_DRAIN, W_FIN };
 
 /* A multi: one libcurl multi handle driven by a network thread of its own,
  * and a decoder thread started on first use. The Lua object points here;
@@ -67,12 +94,17 @@ typedef struct multi {
   pthread_mutex_t mu;
   pthread_cond_t cv;  /* the caller waits for something to happen */
   pthread_cond_t dcv; /* the decoder waits for work */
+  pthread_cond_t pcv; /* the network thread waits, parked for a fork */
   int refs;           /* the Lua object, and each transfer that points here */
   unsigned gen, seen; /* changes the caller has (not) seen */
   int count;          /* transfers the multi holds */
   int quit, dquit, cancels;
+  int park, parked; /* a fork is about to happen: the network thread waits outside libcurl */
+  int forked;       /* this process is a child forked from the one that made the multi */
+  struct multi *proc_next; /* the process's live multis (procs.c) */
   CURLMcode broken; /* the network thread stopped on this error */
-  int net_started, dec_started;
+  int net_started, dec_started; /* the caller's: threads to join */
+  int net_running;              /* under mu: the network thread is in its loop */
   pthread_t net_thread, dec_thread;
   transfer *all;           /* every transfer the multi holds (all_next) */
   transfer *add_head;      /* handed over, not yet added (qnext) */
@@ -113,6 +145,7 @@ struct transfer {
   multi *hub; /* never NULL while t lives: the lock and the queues */
   /* under hub->mu: */
   int where, refs, held, cancel_req, pending;
+  size_t held_px; /* bytes of decoded pictures of events still queued: they count toward max */
   transfer *all_next, *all_prev, *qnext;
   ie_snap snap;
   sse_queue events;
@@ -149,7 +182,9 @@ struct transfer {
   int stream_wanted, mode_decided, sse_on;
   sse parser;
   /* the caller's only: */
-  int done, canceled, closed;
+  int done, canceled;
+  int forked;       /* inherited by a forked child: it ended there, unfinished */
+  int inherited_e;  /* ... and its easy handle is libcurl's multi's, never to be touched */
   ie_snap seen; /* the last snapshot read, for when the lock is busy */
 };
 
@@ -160,12 +195,25 @@ struct transfer {
 IE_LOCAL int ie_drop_locked(transfer *t);
 /* The multi lets go of t (it left every queue); ie_drop_locked's answer. */
 IE_LOCAL int ie_unhold_locked(multi *m, transfer *t);
-/* t ended and its pictures are decoded: to the caller's finished list. */
+/* t ended and its pictures are decoded: to DRAIN while events of it wait
+ * for the caller, else to the caller's finished list (FIN). */
+IE_LOCAL void ie_settle_locked(multi *m, transfer *t);
+/* t goes to the caller's finished list (FIN). */
 IE_LOCAL void ie_hand_over_locked(multi *m, transfer *t);
 /* Something the caller can see changed: wake a waiting perform. */
 IE_LOCAL void ie_changed_locked(multi *m);
 /* Without the lock: frees t's resources, then lets go of its multi. */
 IE_LOCAL void ie_transfer_free(transfer *t);
+
+/* http.c: stop and join m's threads (close, and the exit hook). */
+IE_LOCAL void ie_multi_stop_threads(multi *m);
+
+/* procs.c: the process's live multis, for its exit and fork hooks. */
+IE_LOCAL void ie_procs_add(multi *m);
+IE_LOCAL void ie_procs_remove(multi *m);
+#define IE_FD_SCAN 4096
+IE_LOCAL void ie_fds_open(unsigned char *bits);
+IE_LOCAL void ie_fds_cloexec_new(const unsigned char *before);
 
 /* worker.c: the network thread. */
 IE_LOCAL void *ie_net_main(void *m);
@@ -182,6 +230,8 @@ IE_LOCAL int ie_dec_submit_locked(multi *m, transfer *t, const char *src, size_t
 /* A job ended; 1 when that was its transfer's last ref. */
 IE_LOCAL int ie_dec_end_locked(multi *m, ie_job *j);
 IE_LOCAL void ie_decoded_free(void *d);
+/* The bytes of pictures (files and pixels) d holds. */
+IE_LOCAL size_t ie_decoded_cost(const ie_decoded *d);
 
 /* transfer.c */
 

@@ -175,3 +175,5 @@ void sse_queue_free(sse_queue *q) {
   q->ev = NULL;
   q->cap = 0;
 }
+
+int sse_mid_event(const sse *s) { return s->llen > 0 || s->dlen > 0 || s->elen > 0; }

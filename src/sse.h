@@ -48,5 +48,7 @@ void sse_init(sse *s, size_t max);
 /* Returns 0, or -1 once the stream is over the limit or memory ran out. */
 int sse_feed(sse *s, const char *p, size_t n, sse_emit emit, void *ud);
 void sse_free(sse *s);
+/* Whether part of an event has arrived and its end not yet. */
+int sse_mid_event(const sse *s);
 
 #endif

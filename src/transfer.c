@@ -5,6 +5,9 @@
  * Every callback here is plain C that only records: no Lua function is ever
  * called from inside libcurl, so no Lua error can longjmp through it. */
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -18,10 +21,16 @@
 
 /* Events parsed here go to the caller's queue in one move under the lock,
  * with a decode job for each that carries a picture when pictures are to
- * be decoded. */
-static void hand_events(transfer *t) {
+ * be decoded. Returns whether the queue is over its bound (its data and
+ * the decoded pictures waiting in it), which the decoder may also find. */
+static int hand_events(transfer *t) {
   multi *m = t->hub;
   pthread_mutex_lock(&m->mu);
+  if (t->parsed.n == 0 && !t->parsed.failed) {
+    int failed = t->events.failed;
+    pthread_mutex_unlock(&m->mu);
+    return failed;
+  }
   size_t first = t->events.n;
   sse_queue_move(&t->events, &t->parsed);
   for (size_t i = first; t->decode && i < t->events.n; i++) {
@@ -29,8 +38,10 @@ static void hand_events(transfer *t) {
     if (memmem(e->data, e->dlen, "\"b64_json\"", 10))
       ie_dec_submit_locked(m, t, e->data, e->dlen, 1, (ie_decoded **)&e->extra);
   }
+  int failed = t->events.failed;
   ie_changed_locked(m);
   pthread_mutex_unlock(&m->mu);
+  return failed;
 }
 
 static size_t on_body(char *p, size_t sz, size_t n, void *ud) {
@@ -48,9 +59,7 @@ static size_t on_body(char *p, size_t sz, size_t n, void *ud) {
   }
   if (t->sse_on) {
     int rc = sse_feed(&t->parser, p, len, sse_queue_push, &t->parsed);
-    if (t->parsed.n > 0 || t->parsed.failed)
-      hand_events(t);
-    if (rc != 0 || t->events.failed) { /* events.failed: only this thread sets it */
+    if (hand_events(t) || rc != 0) {
       t->too_large = 1;
       return 0;
     }
@@ -110,6 +119,7 @@ static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
     t->header_flood = 1;
     return 0;
   }
+  t->last_move = ie_now(); /* the answer's headers are bytes moving */
   if (len > 5 && strncmp(p, "HTTP/", 5) == 0) {
     if (!t->answering) {
       t->answering = 1;
@@ -152,9 +162,11 @@ double ie_now(void) {
 }
 
 /* Records byte counts, and enforces the idle limit: while the request is
- * being sent or the answer received, bytes must keep moving. The wait for
- * the model in between (everything sent, no answer yet) may be long and is
- * governed by the whole-attempt timeout alone. */
+ * being sent or the answer received, bytes must keep moving. The model's
+ * time is governed by the whole-attempt timeout alone, never by this: the
+ * wait between the last byte sent and the answer's first body byte (some
+ * gateways send the headers at once, then think), and in a stream the
+ * wait between whole events (the model makes the next partial). */
 static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
                        curl_off_t ulnow) {
   transfer *t = (transfer *)ud;
@@ -171,7 +183,8 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
   if (ultotal > 0 && ulnow >= ultotal)
     t->sent_all = 1;
   int sending = ultotal > 0 && ulnow < ultotal && !t->answering;
-  if (t->idle_limit > 0 && (sending || t->answering) && now - t->last_move > t->idle_limit) {
+  int receiving = t->answering && dlnow > 0 && (!t->sse_on || sse_mid_event(&t->parser));
+  if (t->idle_limit > 0 && (sending || receiving) && now - t->last_move > t->idle_limit) {
     t->idle = 1;
     return 1; /* non-zero aborts the transfer */
   }
@@ -206,6 +219,66 @@ static int on_prereq(void *ud, char *ip, char *local_ip, int port, int local_por
   t->sent_to_closed = ie_net_peer_closed(t->hub, local_port);
   t->sent_on_h2 = ie_net_on_h2(t->e);
   return CURL_PREREQFUNC_OK;
+}
+
+/* A file part, streamed from disk at send time. Opened here rather than by
+ * libcurl (curl_mime_filedata), so that it is close-on-exec: a program the
+ * caller spawns meanwhile must not hold the caller's files. pread keeps the
+ * rewind libcurl may ask for trivial. */
+typedef struct filesrc {
+  int fd;
+  curl_off_t size, pos;
+} filesrc;
+
+static size_t file_read(char *buf, size_t sz, size_t n, void *arg) {
+  filesrc *f = (filesrc *)arg;
+  size_t k = sz * n;
+  if ((curl_off_t)k > f->size - f->pos)
+    k = (size_t)(f->size - f->pos);
+  if (k == 0)
+    return 0;
+  ssize_t got = pread(f->fd, buf, k, (off_t)f->pos);
+  if (got <= 0) /* shrunk or unreadable since it was opened */
+    return CURL_READFUNC_ABORT;
+  f->pos += got;
+  return (size_t)got;
+}
+
+static int file_seek(void *arg, curl_off_t off, int origin) {
+  filesrc *f = (filesrc *)arg;
+  if (origin != SEEK_SET || off < 0 || off > f->size)
+    return CURL_SEEKFUNC_CANTSEEK;
+  f->pos = off;
+  return CURL_SEEKFUNC_OK;
+}
+
+static void file_free(void *arg) {
+  filesrc *f = (filesrc *)arg;
+  close(f->fd);
+  free(f);
+}
+
+/* The file at path as a part's data; CURLE_READ_ERROR when it cannot be
+ * opened (gone or unreadable since it was checked). */
+static CURLcode file_part(curl_mimepart *part, const char *path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0)
+    return CURLE_READ_ERROR;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return CURLE_READ_ERROR;
+  }
+  filesrc *f = malloc(sizeof *f);
+  if (!f) {
+    close(fd);
+    return CURLE_OUT_OF_MEMORY;
+  }
+  f->fd = fd, f->size = (curl_off_t)st.st_size, f->pos = 0;
+  CURLcode rc = curl_mime_data_cb(part, f->size, file_read, file_seek, file_free, f);
+  if (rc != CURLE_OK)
+    file_free(f);
+  return rc;
 }
 
 static size_t mem_read(char *buf, size_t sz, size_t n, void *arg) {
@@ -276,7 +349,7 @@ static void add_parts(lua_State *L, int spec, int self, transfer *t) {
     if (rc == CURLE_OK && value)
       rc = curl_mime_data(part, value, len);
     else if (rc == CURLE_OK && path) {
-      rc = curl_mime_filedata(part, path); /* streamed from disk at send time */
+      rc = file_part(part, path); /* streamed from disk at send time */
       if (rc == CURLE_READ_ERROR) { /* gone or unreadable since it was checked: the caller's to say */
         t->unreadable = (int)i;
         lua_settop(L, parts - 1);
@@ -299,8 +372,10 @@ static void add_parts(lua_State *L, int spec, int self, transfer *t) {
         lua_pop(L, 1);
       }
     }
-    if (rc == CURLE_OK && (path || data))
-      rc = curl_mime_filename(part, filename);
+    if (rc == CURLE_OK && (path || data)) {
+      const char *base = path ? strrchr(path, '/') : NULL;
+      rc = curl_mime_filename(part, filename ? filename : base ? base + 1 : path);
+    }
     if (rc == CURLE_OK && type)
       rc = curl_mime_type(part, type);
     if (rc != CURLE_OK)
@@ -406,6 +481,8 @@ static void push_ratelimit(lua_State *L, const transfer *t) {
 static const char *reason_of(const transfer *t) {
   if (t->canceled)
     return "canceled";
+  if (t->forked)
+    return "forked";
   if (t->too_large || t->code == CURLE_FILESIZE_EXCEEDED)
     return "too_large";
   if (t->header_flood)

@@ -13,12 +13,14 @@
  * the caller: libcurl's own callback may wait a second while nothing moves. */
 #define REFRESH_S 0.01
 
-/* The transfer ended on the network: to the decoder when its pictures are
- * wanted, else to the caller; one the caller canceled is let go. Under the
- * lock; 1 when that was t's last ref (free it after unlocking). */
+/* The transfer ended on the network (RUN or ADD): to the decoder when its
+ * pictures are wanted, else on to the caller; one the caller canceled is
+ * let go, which acknowledges the cancel. Network thread, under the lock;
+ * 1 when that was t's last ref (free it after unlocking). */
 static int ended_locked(multi *m, transfer *t) {
   if (t->cancel_req) {
     t->where = W_NONE;
+    ie_changed_locked(m); /* the canceling caller waits for this */
     return ie_unhold_locked(m, t);
   }
   int ok = t->code == CURLE_OK && !t->sse_on && t->status >= 200 && t->status <= 299;
@@ -27,7 +29,7 @@ static int ended_locked(multi *m, transfer *t) {
   if (t->pending > 0)
     t->where = W_DEC;
   else
-    ie_hand_over_locked(m, t);
+    ie_settle_locked(m, t);
   return 0;
 }
 
@@ -108,7 +110,8 @@ static void remove_canceled(multi *m) {
     pthread_mutex_unlock(&m->mu);
     ie_remove_handle(m, t);
     pthread_mutex_lock(&m->mu);
-    t->where = W_NONE;
+    t->where = W_NONE; /* the cancel's acknowledgement */
+    ie_changed_locked(m);
     if (ie_unhold_locked(m, t))
       t->qnext = gone, gone = t;
   }
@@ -169,10 +172,23 @@ static void refresh_running(multi *m) {
   pthread_mutex_unlock(&m->mu);
 }
 
+/* A fork is about to happen (procs.c): wait outside libcurl until it did,
+ * so that the child inherits libcurl's state and ours whole. Under the lock. */
+static void park_locked(multi *m) {
+  m->parked = 1;
+  pthread_cond_broadcast(&m->cv);
+  while (m->park)
+    pthread_cond_wait(&m->pcv, &m->mu);
+  m->parked = 0;
+}
+
+/* Network thread. */
 void *ie_net_main(void *arg) {
   multi *m = (multi *)arg;
   for (;;) {
     pthread_mutex_lock(&m->mu);
+    if (m->park)
+      park_locked(m);
     int quit = m->quit, cancels = m->cancels;
     m->cancels = 0;
     pthread_mutex_unlock(&m->mu);
@@ -191,10 +207,14 @@ void *ie_net_main(void *arg) {
     if (mc != CURLM_OK) { /* out of memory or a broken handle: say so, and do not spin */
       pthread_mutex_lock(&m->mu);
       m->broken = mc;
-      ie_changed_locked(m);
       pthread_mutex_unlock(&m->mu);
       break;
     }
   }
+  /* Whoever waits for this thread (a cancel, a fork) stops waiting. */
+  pthread_mutex_lock(&m->mu);
+  m->net_running = 0;
+  ie_changed_locked(m);
+  pthread_mutex_unlock(&m->mu);
   return NULL;
 }

@@ -20,7 +20,7 @@ local TRANSPORT = {
   timeout = { "timeout" }, idle = { "timeout" }, too_large = { "protocol" }, read = { "io", false },
   canceled = { "canceled" }, headers = { "protocol" }, protocol = { "protocol" }, redirects = { "protocol" },
   tls = { "network", false }, network = { "network" }, partial = { "protocol" }, lost = { "network" },
-  proxy = { "network", false },
+  proxy = { "network", false }, forked = { "canceled", false },
 }
 
 -- What a maybe-billed error says of its resending; sent_again() rewrites it
@@ -75,9 +75,12 @@ end
 function M.transport_error(res, what, max, key, billable)
   local t = TRANSPORT[res.reason] or TRANSPORT.network
   local msg
+  -- A forked child's inherited request is the parent's, answered there.
   local billed = billable and M.maybe_billed(res) and res.reason ~= "canceled" and res.reason ~= "read"
+    and res.reason ~= "forked"
   if res.reason == "too_large" then
-    msg = string.format("%s is larger than the %d-byte limit", what, max)
+    msg = string.format("%s is larger than the %d-byte limit (%s)", what == "the request" and "the answer" or what, max,
+      what == "the image download" and "max_download_bytes" or "max_response_bytes")
   elseif res.reason == "headers" then
     msg = what .. " sent too many header bytes"
   elseif res.reason == "idle" then
@@ -88,6 +91,9 @@ function M.transport_error(res, what, max, key, billable)
     msg = "a local file could not be read during the upload: " .. res.error
   elseif res.reason == "canceled" then
     msg = "canceled"
+  elseif res.reason == "forked" then
+    msg = what .. " belongs to the parent process of this fork, which gets its answer; nothing of it is sent from"
+      .. " here (make a new client in this process)"
   elseif res.reason == "tls" then
     local why = TLS[res.tls] or ("the TLS handshake failed: " .. res.error)
     msg = string.format("%s failed: cannot trust %s over TLS: %s", what, host_of(res.url), why)
@@ -212,7 +218,16 @@ end
 -- read(res, fields, key) -> Image | nil, err | nil, nil, url, body
 -- for the answer of an API request.
 function M.read(res, fields, max, key)
-  if not res.ok then return M.transport_error(res, "the request", max, key, true) end
+  if not res.ok then
+    local _, err = M.transport_error(res, "the request", max, key, true)
+    -- The whole answer may have arrived before the failure: its picture is paid for.
+    if res.status >= 200 and res.status <= 299 and #res.body > 0 and res.reason ~= "too_large" then
+      local whole = setmetatable({ ok = true }, { __index = res })
+      local ok, img = pcall(M.read, whole, fields, max, key)
+      if ok and image.is(img) then M.keep(err, img) end
+    end
+    return nil, err
+  end
   if res.status >= 200 and res.status <= 299 then
     -- The fast path: decode the image straight from the body and parse only
     -- the small rest of the JSON; it must show the value where it belongs.
@@ -260,6 +275,14 @@ function M.read(res, fields, max, key)
     return nil, e
   end
   return nil, nil, url, body
+end
+
+-- keep(err, img): a transfer failed after its whole answer arrived: the
+-- paid picture goes with the error.
+function M.keep(err, img)
+  err.image, err.maybe_billed, err.retryable = img, true, false
+  err.message = err.message .. "; the whole answer had arrived before that: its picture is in err.image"
+  return err
 end
 
 -- download(res, ...) -> Image | nil, err, for the url download.

@@ -149,23 +149,37 @@ local function finish(job, img, err)
   job.client:_retire(job)
 end
 
--- Stop the transfer (if any) and free its slot.
+-- Stop the transfer (if any) and free its slot. Returns whether the
+-- service may have the request: the whole of it went out, or it began to
+-- answer (the core's cancel returns once the network thread let go, so
+-- these figures are final).
 local function abort(job)
   local t = job.transfer
-  if not t then return end
+  if not t then return false end
   job.transfer = nil
   t:cancel()
+  local res = t:result()
   t:close()
   job.client._inflight = job.client._inflight - 1
+  return res ~= nil and (res.sent_all or res.answered) and true or false
 end
 
--- cancel() aborts the transfer at once; the job fails with kind "canceled".
--- Returns false when the job had already finished.
+-- cancel() aborts the transfer at once; the job fails with kind "canceled",
+-- with maybe_billed when the whole request had gone out (the service bills
+-- what it received, answered or not). Returns false when the job had
+-- already finished.
 function Job:cancel(why)
   if self:done() then return false end
-  abort(self)
+  local phase = self.phase
+  local billed = abort(self) or phase == "download" or self.answered
   self.state = "failed"
-  self.err = errors.new("canceled", why or "canceled by the caller", { attempts = self.attempts })
+  local msg = why or "canceled by the caller"
+  if billed then
+    msg = msg .. (phase == "download" and "; the picture is paid for and can still be downloaded from " .. self.url
+      or "; the whole request had reached the service, which may bill it")
+  end
+  self.err = errors.new("canceled", msg, { attempts = self.attempts, maybe_billed = billed or nil,
+    url = phase == "download" and self.url or nil, request_id = self.request_id })
   self.client:_retire(self)
   return true
 end
@@ -295,15 +309,24 @@ function M.launch(job)
   local c = job.client
   if job.phase == "download" then
     job.dl_attempts = job.dl_attempts + 1
-    job.transfer = c._multi:start {
+    local t, msg = c._multi:start {
       url = job.url, follow = true, user_agent = c.user_agent, headers = { "Accept: image/*" },
       timeout = job.opts.timeout, connect_timeout = job.opts.connect_timeout,
       idle_timeout = job.opts.idle_timeout, max_response_bytes = c.max_download_bytes,
       decode = job.opts.decode == "rgba" and "bytes" or nil, max_pixels = image.max_pixels,
     }
+    if not t then -- a forked child's inherited client: the picture stays the parent's to fetch
+      return finish(job, nil, errors.new("canceled", msg .. "; the picture is paid for and can still be downloaded"
+        .. " from " .. job.url, { attempts = job.attempts, url = job.url, request_id = job.request_id,
+        maybe_billed = true, retryable = false }, c:_key()))
+    end
+    job.transfer = t
   else
     job.attempts = job.attempts + 1
-    local t, _, _, i = c._multi:start(job.spec)
+    local t, msg, why, i = c._multi:start(job.spec)
+    if not t and why == "forked" then
+      return finish(job, nil, errors.new("canceled", msg, { attempts = job.attempts, retryable = false }, c:_key()))
+    end
     if not t then
       -- A file checked at submit cannot be opened now: deleted, or made
       -- unreadable, while the job waited for a slot. Nothing was sent.

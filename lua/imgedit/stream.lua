@@ -64,6 +64,10 @@ function M.result(job, res, max, key)
   end
   if not res.ok then
     local _, err = answer.transport_error(res, "the stream", max, key, true)
+    if job.completed then -- the completed event arrived before the failure: the picture is whole
+      local img = M.completed(job, res, key)
+      if image.is(img) then return nil, answer.keep(err, img) end
+    end
     if (res.reason == "partial" or res.reason == "network") and res.answered then
       err.kind = "network"
       err.message = "the stream was cut off before its completed event: " .. res.error
@@ -77,12 +81,16 @@ function M.result(job, res, max, key)
     end
     return nil, err
   end
-  local done = job.completed
-  if not done then
+  if not job.completed then
     return nil, errors.new("protocol", "the stream ended without a completed event", { status = res.status,
       request_id = res.request_id, maybe_billed = true }, key)
   end
-  local pic = job.completed_pic
+  return M.completed(job, res, key)
+end
+
+-- completed(job, res, key) -> Image | nil, err: the picture of the stream's completed event.
+function M.completed(job, res, key)
+  local done, pic = job.completed, job.completed_pic
   local bytes, msg
   if pic and pic.bytes then bytes = pic.bytes else bytes, msg = answer.b64(done.b64_json) end
   if not bytes then

@@ -1,0 +1,223 @@
+-- The network thread keeps every money promise (issue 27): a paid picture
+-- is never dropped between polls, a slow model's delivered answer is never
+-- thrown away as stalled, a cancel after the whole request went out says it
+-- may be billed, close never deadlocks on a progress report, queued pixels
+-- count toward the memory bound. Every test counts the requests the
+-- emulator received.
+local H = require "helpers"
+local core = require "imgedit.core"
+
+local function sleep(s) os.execute("sleep " .. s) end
+
+-- Wait until the emulator has answered n requests in full (or 10 s).
+local function answered(emu, n)
+  for _ = 1, 200 do
+    local done = 0
+    for _, r in ipairs(H.api_requests(emu)) do
+      if r.delivered then done = done + 1 end
+    end
+    if done >= n then return true end
+    sleep(0.05)
+  end
+  return false
+end
+
+describe("money", function()
+  local emu, dir, pic
+  H.world(function(e, d)
+    emu, dir = e, d
+    pic = H.write(dir .. "/p.png", H.png(64, 64))
+  end)
+
+  describe("a stream in a frame loop", function()
+    it("hands over the final picture when everything arrived between two polls", function()
+      local c = H.client(emu)
+      for round = 1, 3 do
+        emu:clear()
+        local partials = 0
+        local job = c:submit("edit", { prompt = "x", images = { pic }, stream = true, partial_images = 1,
+          decode = "rgba", on_partial = function() partials = partials + 1 end })
+        assert.is_true(answered(emu, 1), "the emulator delivered the stream")
+        sleep(0.3 * H.SLOW) -- the decoder has it all: the next polls find events and the end together
+        local polls = 0
+        while not job:done() and polls < 100000 do
+          c:poll(0)
+          polls = polls + 1
+        end
+        local img, err = job:result()
+        assert.truthy(img, "round " .. round .. ": " .. tostring(err))
+        assert.are.equal(1024 * 1024 * 4, #img.pixels)
+        assert.are.equal(1, partials)
+        assert.are.equal(1, #H.api_requests(emu))
+      end
+      c:close()
+    end)
+
+    it("hands over every event when they exceed what one poll(0) may take", function()
+      local c = H.client(emu)
+      local seen = {}
+      local job = c:submit("edit", { prompt = "x", images = { pic }, stream = true, partial_images = 3,
+        decode = "rgba", on_partial = function(_, i) seen[#seen + 1] = i end })
+      assert.is_true(answered(emu, 1))
+      sleep(0.5 * H.SLOW)
+      local polls = 0
+      while not job:done() do
+        c:poll(0)
+        polls = polls + 1
+      end
+      local img, err = job:result()
+      assert.truthy(img, tostring(err))
+      assert.are.same({ 0, 1, 2 }, seen)
+      assert.is_true(polls >= 4, "4 MiB of pixels a poll: the three partials and the final spread over polls")
+      assert.are.equal(1, #H.api_requests(emu))
+      c:close()
+    end)
+  end)
+
+  describe("a slow model", function()
+    it("is not stalled past idle_timeout before its answer's headers", function()
+      emu:configure { latency = 2 * H.SLOW }
+      local c = H.client(emu, { idle_timeout = 0.5 * H.SLOW })
+      local img, err = c:edit { prompt = "x", images = { pic }, size = "1024x1024" }
+      assert.truthy(img, tostring(err))
+      assert.are.equal(1, #H.api_requests(emu))
+      c:close()
+    end)
+
+    it("is not stalled past idle_timeout when the headers come first and the body after", function()
+      emu:inject { think = 2 * H.SLOW }
+      local c = H.client(emu, { idle_timeout = 0.5 * H.SLOW })
+      local img, err = c:edit { prompt = "x", images = { pic }, size = "1024x1024" }
+      assert.truthy(img, tostring(err))
+      assert.are.equal(1, #H.api_requests(emu))
+      c:close()
+    end)
+
+    it("is not stalled between a stream's events", function()
+      emu:configure { latency = 3 * H.SLOW }
+      local c = H.client(emu, { idle_timeout = 0.5 * H.SLOW })
+      local img, err = c:edit { prompt = "x", images = { pic }, stream = true, partial_images = 2 }
+      assert.truthy(img, tostring(err))
+      assert.are.equal(1, #H.api_requests(emu))
+      c:close()
+    end)
+
+    it("still stalls when an answer's body stops part way", function()
+      emu:inject { stall = 3 * H.SLOW, stall_at = 100 }
+      local c = H.client(emu, { idle_timeout = 0.5 * H.SLOW, max_retries = 0 })
+      local img, err = c:edit { prompt = "x", images = { pic }, size = "1024x1024" }
+      assert.is_nil(img)
+      assert.are.equal("timeout", err.kind)
+      assert.matches("stalled", err.message)
+      assert.is_true(err.maybe_billed)
+      assert.are.equal(1, #H.api_requests(emu))
+      c:close()
+    end)
+
+    it("hands over a stream's completed picture when the stream then fails", function()
+      emu:inject { hang_after_completed = 5 }
+      local c = H.client(emu, { timeout = 2 * H.SLOW, max_retries = 3 })
+      local img, err = c:edit { prompt = "x", images = { pic }, stream = true, partial_images = 1 }
+      assert.is_nil(img)
+      assert.are.equal("timeout", err.kind)
+      assert.truthy(err.image, "the completed picture came along")
+      assert.are.equal(1024, err.image.width)
+      assert.is_true(err.maybe_billed)
+      assert.are.equal(1, #H.api_requests(emu))
+      c:close()
+    end)
+
+    it("hands over a whole answer's picture when the connection then breaks", function()
+      emu:inject { whole_then_cut = true }
+      local c = H.client(emu, { max_retries = 3 })
+      local img, err = c:edit { prompt = "x", images = { pic }, size = "1024x1024" }
+      assert.is_nil(img)
+      assert.truthy(err.image, tostring(err))
+      assert.are.equal(1024, err.image.width)
+      assert.is_true(err.maybe_billed)
+      assert.are.equal(1, #H.api_requests(emu))
+      c:close()
+    end)
+  end)
+
+  describe("cancel", function()
+    it("after the whole request was sent says maybe_billed", function()
+      emu:configure { latency = 3 * H.SLOW }
+      local c = H.client(emu)
+      local job = c:submit("edit", { prompt = "x", images = { pic } })
+      for _ = 1, 100 do
+        c:poll(0.05)
+        if #H.api_requests(emu) == 1 then break end
+      end
+      sleep(0.2)
+      c:poll(0)
+      assert.is_true(job:cancel())
+      local _, err = job:result()
+      assert.are.equal("canceled", err.kind)
+      assert.is_true(err.maybe_billed)
+      assert.matches("may bill it", err.message)
+      assert.are.equal(1, #H.api_requests(emu))
+      c:close()
+    end)
+
+    it("before anything was sent says nothing of billing", function()
+      local c = H.client(emu, { max_concurrency = 1 })
+      emu:configure { latency = 1 * H.SLOW }
+      local first = c:submit("edit", { prompt = "x", images = { pic } })
+      local queued = c:submit("edit", { prompt = "y", images = { pic } })
+      assert.is_true(queued:cancel())
+      local _, err = queued:result()
+      assert.are.equal("canceled", err.kind)
+      assert.is_nil(err.maybe_billed)
+      assert.truthy(first:wait())
+      assert.are.equal(1, #H.api_requests(emu))
+      c:close()
+    end)
+  end)
+
+  it("closes a client while its uploads report progress, without a deadlock", function()
+    local big = H.write(dir .. "/big.png", H.png(1024, 1024, function(x, y) return (x * 7 + y * 13) % 256 end))
+    local script = H.write(dir .. "/close.lua", [[
+      local imgedit = require "imgedit"
+      local url, key, path = ...
+      for round = 1, 20 do
+        local c = imgedit.new { base_url = url, api_key = key, provider = "apiyi", progress_interval = 0 }
+        local n = 0
+        for i = 1, 6 do
+          c:submit("edit", { prompt = "x", images = { path }, on_progress = function() n = n + 1 end })
+        end
+        for _ = 1, round do c:poll(0.002) end
+        c:close()
+      end
+      print("closed")
+    ]])
+    -- an emulator of its own: the closed uploads would reach the next tests' log
+    local own = H.emulator { latency = 0.5 }
+    local out, code = H.sh("timeout 60 " .. H.CHILD .. H.LUA .. " " .. script .. " " .. own.url .. " " .. own.key
+      .. " " .. big)
+    local n = #H.api_requests(own)
+    own:stop()
+    assert.are.equal(0, code, out)
+    assert.matches("closed", out)
+    assert.is_true(n <= 120)
+  end)
+
+  it("bounds a stream's queued pixels by max_response_bytes, and loses no picture", function()
+    local c = H.client(emu, { max_response_bytes = 6 * 2 ^ 20, max_retries = 0 })
+    local partials = {}
+    local job = c:submit("edit", { prompt = "x", images = { pic }, stream = true, partial_images = 3,
+      decode = "rgba", on_partial = function(p) partials[#partials + 1] = p end })
+    -- nobody takes the events meanwhile: three 4 MiB partials wait in the queue
+    assert.is_true(answered(emu, 1))
+    sleep(1 * H.SLOW)
+    local img, err = job:wait()
+    assert.truthy(img, tostring(err))
+    assert.are.equal(3, #partials)
+    assert.truthy(partials[1].pixels, "the first fits")
+    assert.is_nil(rawget(partials[3], "pixels"))
+    assert.matches("max_response_bytes", partials[3].pixels_error)
+    assert.are.equal((core.decode(partials[3].bytes)), (partials[3]:rgba()), "rgba() decodes it where asked")
+    assert.are.equal(1, #H.api_requests(emu))
+    c:close()
+  end)
+end)
