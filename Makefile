@@ -32,7 +32,7 @@ ALL_CFLAGS = -std=c99 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) $(DEP_CFLA
 LDFLAGS  ?=
 SHARED    = -shared
 
-CORE_SRC = src/core.c src/inspect.c src/codec.c src/fileio.c src/meta.c src/watch.c src/signal.c src/pixels.c src/composite.c src/mask.c src/sse.c src/net.c src/transfer.c src/http.c src/worker.c src/decoder.c
+CORE_SRC = src/core.c src/inspect.c src/codec.c src/fileio.c src/meta.c src/watch.c src/signal.c src/pixels.c src/composite.c src/mask.c src/sse.c src/net.c src/transfer.c src/http.c src/worker.c src/decoder.c src/procs.c
 EMU_SRC  = src/emulator/module.c src/emulator/server.c src/emulator/bridge.c src/emulator/render.c
 HDRS     = src/imgedit.h src/sse.h src/compat.h src/http.h
 EMU_HDRS = $(HDRS) src/emulator/emulator.h
@@ -61,8 +61,13 @@ $(BUILD)/imgedit/emulator/core.so: $(EMU_SRC) $(EMU_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(EMU_CFLAGS) $(SHARED) -o $@ $(EMU_SRC) $(LDFLAGS) $(EMU_LIBS)
 
-# Test-only C hooks (never installed): imgedit_test.sse drives the SSE parser.
-testhooks: $(BUILD)/imgedit_test/sse.so
+# Test-only C hooks (never installed): imgedit_test.sse drives the SSE
+# parser, imgedit_test.proc forks.
+testhooks: $(BUILD)/imgedit_test/sse.so $(BUILD)/imgedit_test/proc.so
+
+$(BUILD)/imgedit_test/proc.so: tests/fuzz/proc_hook.c $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(SHARED) -o $@ tests/fuzz/proc_hook.c $(LDFLAGS)
 
 $(BUILD)/imgedit_test/sse.so: tests/fuzz/sse_hook.c src/sse.c $(HDRS)
 	@mkdir -p $(@D)

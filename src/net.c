@@ -21,7 +21,8 @@
 static curl_socket_t open_sock(void *ud, curlsocktype purpose, struct curl_sockaddr *a) {
   multi *m = (multi *)ud;
   (void)purpose;
-  curl_socket_t fd = socket(a->family, a->socktype, a->protocol);
+  /* Close-on-exec: a program the caller spawns must not hold a connection. */
+  curl_socket_t fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
   if (fd != CURL_SOCKET_BAD && m->nsocks < IE_MAX_SOCKS)
     m->socks[m->nsocks++] = fd;
   return fd;
