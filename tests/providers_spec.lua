@@ -35,6 +35,46 @@ describe("providers", function()
     assert.has_error(function() imgedit.new { provider = "azur" } end)
   end)
 
+  it("check a known model on an unrecognised host by its maker's rules, and refuse a blank prompt anywhere", function()
+    local emu = H.emulator { provider = "compatible" }
+    local dir = H.tmpdir()
+    local png = H.write(dir .. "/a.png", H.png(64, 64))
+    local c = imgedit.new { base_url = emu.url, api_key = emu.key } -- loopback: compatible, gpt-image-2
+    assert.are.equal("compatible", c.provider)
+    local cases = {
+      { { prompt = "x", images = { png, png, png, png, png, png, png, png, png, png, png, png, png, png, png, png,
+        png } }, "images", "17 images given; gpt%-image%-2 accepts at most 16" },
+      { { prompt = "x", images = { png }, input_fidelity = "high" }, "input_fidelity", "do not send input_fidelity" },
+      { { prompt = "x", images = { png }, size = "1000x1000" }, "size", "multiples of 16" },
+      { { prompt = string.rep("a", 40000), images = { png } }, "prompt", "40000 characters; gpt%-image%-2 takes at most 32000" },
+      { { prompt = "   \n\t", images = { png } }, "prompt", "the prompt is blank" },
+    }
+    for _, case in ipairs(cases) do
+      local img, err = c:edit(case[1])
+      assert.is_nil(img)
+      assert.are.equal("invalid_request", err.kind)
+      assert.are.equal(case[2], err.param)
+      assert.matches(case[3], err.message)
+    end
+    -- six images go: OpenAI takes 16, the gateway's five are not applied here
+    assert(c:edit { prompt = "x", images = { png, png, png, png, png, png }, size = "1024x1024" })
+    -- another name: the generic checks alone, blank prompts still refused
+    local other = imgedit.new { base_url = emu.url, api_key = emu.key, model = "my-local-model" }
+    assert(other:edit { prompt = "x", images = { png }, size = "1000x1000" })
+    local _, err = other:generate { prompt = " " }
+    assert.are.equal("prompt", err.param)
+    for _, provider in ipairs { "apiyi", "openai" } do
+      local p = imgedit.new { base_url = emu.url, api_key = emu.key, provider = provider }
+      _, err = p:generate { prompt = "" .. string.rep(" ", 3) }
+      assert.matches("blank", err.message)
+      _, err = p:generate { prompt = string.rep("b", 32001) }
+      assert.are.equal("prompt", err.param)
+    end
+    assert.are.equal(2, #H.api_requests(emu))
+    emu:stop()
+    H.rmtree(dir)
+  end)
+
   it("give OpenAI its own key variable, and Azure its key and endpoint variables", function()
     local emu = H.emulator { provider = "openai" }
     local out = child("OPENAI_API_KEY=" .. emu.key, string.format([[
@@ -101,7 +141,7 @@ describe("providers", function()
     }
     -- true: accepted (and answered); false: refused, locally and by the service.
     local EXPECT = {
-      apiyi = { false, false, false, false, true, true, true, true, false, false },
+      apiyi = { false, false, false, false, true, true, true, false, false, false },
       openai = { true, true, false, true, false, true, true, false, true, false },
       azure = { true, true, false, true, false, false, false, false, true, false },
       compatible = { true, true, true, true, true, true, true, true, true, true },
@@ -183,7 +223,12 @@ describe("providers", function()
       assert.are.equal(16, R.get("openai", "gpt-image-2").max_images)
       assert.are.equal(5, R.get("apiyi", "gpt-image-2").max_images)
       assert.is_nil(R.get("azure", "gpt-image-2").image_formats.webp)
-      assert.is_nil(R.get("compatible", "gpt-image-2").max_images)
+      -- a known model on an unrecognised host: its maker's rules; another name: the generic ones
+      assert.are.equal(16, R.get("compatible", "gpt-image-2").max_images)
+      assert.are.equal(32000, R.get("compatible", "gpt-image-2").max_prompt)
+      assert.is_nil(R.get("compatible", "my-local-model").max_images)
+      assert.is_nil(R.get("compatible", "gpt-image-2-all").max_images)
+      assert.are.equal(32000, R.get("apiyi", "gpt-image-2").max_prompt)
       assert.are.same({ "gpt-image-2", "gpt-image-2-all" }, R.models("apiyi"))
       assert.has_error(function() R.get("azur", "gpt-image-2") end)
       local c = imgedit.new { provider = "openai", api_key = "k", limits = { max_images = 3 } }

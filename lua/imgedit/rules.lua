@@ -19,7 +19,8 @@ local ENUM_BACKGROUND = { "auto", "opaque" }
 -- url or b64_json answers. Both answer one image per call (DESIGN.md).
 local APIYI = {
   ["gpt-image-2"] = {
-    min_images = 1, max_images = 5, max_image_bytes = 10 * MB,
+    -- the gateway serves OpenAI's model: its prompt limit is OpenAI's ([PY-EDIT])
+    min_images = 1, max_images = 5, max_image_bytes = 10 * MB, max_prompt = 32000,
     mask = { format = "png", alpha = true, same_size = true, max_bytes = 50 * MB },
     rejected = { input_fidelity = "gpt-image-2 always uses high input fidelity; do not send input_fidelity" },
     enums = { quality = ENUM_QUALITY, output_format = ENUM_FORMAT, background = ENUM_BACKGROUND },
@@ -138,7 +139,11 @@ end
 local AZURE = {}
 for name, r in pairs(OPENAI) do AZURE[name] = on_azure(r) end
 
--- Rules by provider; "compatible" services get the generic checks only.
+-- Rules by provider. A service the library does not know ("compatible": a
+-- loopback server, a company proxy, a self-hosted gateway) has no rules of
+-- its own: a model it serves that OpenAI makes is checked by OpenAI's rules,
+-- wherever it is served, and never by a gateway's stricter ones; any other
+-- name gets the generic checks alone, so new models work at once.
 M.providers = { apiyi = APIYI, openai = OPENAI, azure = AZURE, compatible = {} }
 
 -- The generic checks every model gets.
@@ -151,7 +156,7 @@ M.GENERIC_MASK = { format = "png", alpha = true, same_size = true }
 -- for_model(model, overrides [, provider]) -> a merged copy
 function M.for_model(model, overrides, provider)
   local models = M.providers[provider or "apiyi"] or {}
-  local base = models[model] or GENERIC
+  local base = models[model] or OPENAI[model] or GENERIC
   local r = {}
   for k, v in pairs(base) do r[k] = v end
   for k, v in pairs(overrides or {}) do r[k] = v end
@@ -242,6 +247,9 @@ function M.check(r, kind, fields, images, mask)
   end
   if type(fields.prompt) ~= "string" or fields.prompt == "" then
     return "prompt is required", "prompt"
+  end
+  if not fields.prompt:find("%S") then -- every provider refuses it, after the upload
+    return "the prompt is blank: say what to make", "prompt"
   end
   if r.max_prompt and #fields.prompt > r.max_prompt then
     return string.format("the prompt is %d characters; %s takes at most %d", #fields.prompt, fields.model, r.max_prompt),
@@ -347,7 +355,8 @@ M.SOURCES = {
     .. " and deprecations",
   azure = "learn.microsoft.com Azure OpenAI how-to (dall-e.md) and REST reference 2025-04-01-preview;"
     .. " otherwise OpenAI's",
-  compatible = "none: any OpenAI-compatible service; only the generic checks (a prompt, one image or more)",
+  compatible = "none of its own: any OpenAI-compatible service; OpenAI's rules for OpenAI's models (gpt-image-2,"
+    .. " ...), only the generic checks (a prompt, one image or more) for other model names",
 }
 
 local function under(n)

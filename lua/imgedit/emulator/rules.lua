@@ -28,7 +28,7 @@ local FIXED = { ["1024x1024"] = true, ["1536x1024"] = true, ["1024x1536"] = true
 
 local APIYI = {
   ["gpt-image-2"] = {
-    max_images = 5, image_max = 10 * MB, mask_max = 50 * MB, strict = true, quality = QUALITY4,
+    max_images = 5, image_max = 10 * MB, mask_max = 50 * MB, strict = true, quality = QUALITY4, max_prompt = 32000,
     image_formats = FORMATS3, output_formats = FORMATS3, b64 = "raw", usage = true,
     response_formats = { b64_json = true },
   },
@@ -130,6 +130,9 @@ end
 
 -- Checks shared by edits and generations.
 function R.check_options(f, m)
+  if type(f.prompt) == "string" and #f.prompt > 0 and not f.prompt:find("%S") then
+    return invalid("Invalid 'prompt': the prompt must not be blank.", "prompt", "invalid_value")
+  end
   if m.max_prompt and #f.prompt > m.max_prompt then
     return invalid(string.format("Invalid 'prompt': string too long. Expected a string with maximum length %d,"
       .. " but got a string with length %d instead.", m.max_prompt, #f.prompt), "prompt", "string_above_max_length")
