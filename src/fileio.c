@@ -11,6 +11,8 @@
 
 #include "imgedit.h"
 
+#include <lualib.h> /* LUA_FILEHANDLE in 5.1 */
+
 static int write_all(int fd, const char *p, size_t n) {
   while (n > 0) {
     ssize_t w = write(fd, p, n);
@@ -230,6 +232,20 @@ static int l_isatty(lua_State *L) {
   return 1;
 }
 
+/* sync(file) -> true | nil, message, "io": what was written to a Lua file
+ * handle is on the disk, a power cut included (fflush, then fdatasync).
+ * The handle's userdata starts with its FILE* in every Lua (5.1's FILE**,
+ * 5.2+'s luaL_Stream). */
+static int l_sync(lua_State *L) {
+  FILE *f = *(FILE **)luaL_checkudata(L, 1, LUA_FILEHANDLE);
+  if (!f)
+    return luaL_argerror(L, 1, "closed file");
+  if (fflush(f) != 0 || fdatasync(fileno(f)) != 0)
+    return ie_fail(L, "io", "cannot sync: %s", strerror(errno));
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 void ie_open_fileio(lua_State *L) {
   static const luaL_Reg fns[] = {{"write_atomic", l_write_atomic},
                                  {"read_file", l_read_file},
@@ -239,6 +255,7 @@ void ie_open_fileio(lua_State *L) {
                                  {"listdir", l_listdir},
                                  {"stat", l_stat},
                                  {"realpath", l_realpath},
+                                 {"sync", l_sync},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

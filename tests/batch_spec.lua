@@ -149,7 +149,11 @@ describe("imgedit.batch", function()
       r, err = imgedit.batch { client = client(), manifest = dup, dir = out_dir() }
       assert.matches("dup.jsonl:2: the name 'a' is used twice %(.*dup.jsonl:1%)", err.message)
       r, err = imgedit.batch { client = client(), jobs = { { prompt = "x", qualty = "low" } }, dir = out_dir() }
-      assert.matches("qualty", err.message)
+      assert.matches("^jobs%[1%]: .*qualty", err.message)
+      local typo = H.write(dir .. "/typo.jsonl", cjson.encode { name = "a", prompt = "x" } .. "\n"
+        .. cjson.encode { name = "b", prompt = "y", qualty = "low" } .. "\n")
+      r, err = imgedit.batch { client = client(), manifest = typo, dir = out_dir() }
+      assert.matches("typo.jsonl:2: .*'qualty'.*did you mean 'quality'", err.message)
       r, err = imgedit.batch { client = client(), jobs = { { name = "../up", prompt = "x" } }, dir = out_dir() }
       assert.matches("bad name '../up'", err.message)
       assert.are.equal(0, #H.api_requests(emu))
@@ -237,6 +241,51 @@ describe("imgedit.batch", function()
       local r = assert(imgedit.batch { client = client(), jobs = jobs, dir = out_dir(), cache = cache, defaults = SMALL })
       assert.are.equal(1, #H.api_requests(emu))
       assert.are.equal("cache", r.jobs[1].resumed)
+    end)
+
+    it("does not send again a job that ended failed and maybe billed, unless asked", function()
+      local o = out_dir()
+      local jobs = { { name = "lost", prompt = "lost" }, { name = "fine", prompt = "fine" } }
+      emu:inject { drop = true } -- the whole request is read, then the connection closes: maybe billed
+      local r = assert(imgedit.batch { client = client { max_retries = 0 }, jobs = jobs, dir = o, defaults = SMALL,
+        concurrency = 1 })
+      assert.are.same({ jobs = 2, done = 1, failed = 1, not_run = 0 }, r.totals)
+      assert.is_true(r.jobs[1].error.maybe_billed)
+      assert.are.equal(2, #H.api_requests(emu))
+      -- a re-run leaves it failed and sends nothing
+      r = assert(imgedit.batch { client = client(), jobs = jobs, dir = o, defaults = SMALL })
+      assert.are.same({ jobs = 2, done = 1, failed = 1, not_run = 0 }, r.totals)
+      assert.are.equal(1, r.this_run.not_sent_maybe_billed)
+      assert.are.equal(2, #H.api_requests(emu))
+      -- asked (the CLI's --retry-maybe-billed): sent again, and named as maybe paid twice
+      local mf = H.write(dir .. "/held.jsonl", cjson.encode(jobs[1]) .. "\n" .. cjson.encode(jobs[2]) .. "\n")
+      local out, code = cli("--json --retry-maybe-billed " .. mf .. " -o " .. o)
+      assert.are.equal(0, code, out)
+      local rep = read_json(o .. "/batch-report.json")
+      assert.are.same({ jobs = 2, done = 2, failed = 0, not_run = 0 }, rep.totals)
+      assert.are.same({ "lost" }, rep.maybe_paid_twice)
+      assert.are.equal(3, #H.api_requests(emu))
+    end)
+
+    it("puts each journal line on the disk before the next request goes out", function()
+      local o = out_dir()
+      local real, synced = core.sync, {}
+      core.sync = function(f)
+        synced[#synced + 1] = { sent = journaled(o, "sent"), requests = #H.api_requests(emu) }
+        return real(f)
+      end
+      local ok, r = pcall(imgedit.batch, { client = client(), dir = o, defaults = SMALL, concurrency = 1,
+        jobs = { { name = "a", prompt = "a" }, { name = "b", prompt = "b" }, { name = "c", prompt = "c" } } })
+      core.sync = real
+      assert(ok, r)
+      assert.are.equal(3, r.totals.done)
+      -- a sync per request, each after its "sent" line and before the request reached the service
+      assert.is_true(#synced >= 3)
+      for i = 1, 3 do
+        assert.are.equal(i, synced[i].sent)
+        assert.are.equal(i - 1, synced[i].requests)
+      end
+      assert.are.equal(3, #H.api_requests(emu))
     end)
 
     it("after kill -9, a re-run finishes the batch; only jobs in flight at the kill are sent again", function()

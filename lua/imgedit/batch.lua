@@ -13,7 +13,12 @@
 -- A second run reads every journal in the folder: a job that ended done
 -- is skipped, a picture paid for whose download failed is fetched from its
 -- url, and a job that was sent but never ended (in flight at the crash) is
--- the only kind sent again: the report names those (maybe_paid_twice).
+-- the only kind sent again: the report names those (maybe_paid_twice). A
+-- job that ended failed with maybe_billed (the service may have made and
+-- billed it) is not sent again unless asked (retry_maybe_billed). Each
+-- journal line is on the disk (fdatasync), not only in the kernel, before
+-- the next request goes out: after a power cut a paid job never looks
+-- unpaid.
 --
 -- Memory does not grow with the batch: the manifest is read a line at a
 -- time, jobs are submitted only as slots free up, and a finished job is
@@ -65,7 +70,7 @@ end
 local CHECK = {
   client = true, jobs = true, manifest = true, prompt = true, pictures = true, dir = true, defaults = true,
   concurrency = true, budget = true, shard = true, cache = true, lineage = true, on_job = true, on_tick = true,
-  interrupts = true, tick = true,
+  interrupts = true, tick = true, retry_maybe_billed = true,
 }
 
 -- ---- the journal ----
@@ -105,10 +110,17 @@ local function read_journals(dir, names)
   return known
 end
 
-local function append(f, ev)
-  -- One write of one line, flushed: the kernel has it before the next step.
+-- One write of one line, flushed: the kernel has it before the next step.
+-- With durable, it and every line before it are on the disk: the "sent"
+-- line before its request goes out (one fdatasync a job; measured in
+-- bench/README.md).
+local function append(f, ev, durable)
   f:write(cjson.encode(ev), "\n")
   f:flush()
+  if durable then
+    local ok, msg = core.sync(f)
+    if not ok then error("cannot write the batch journal to the disk: " .. tostring(msg), 0) end
+  end
 end
 
 -- ---- one job ----
@@ -306,6 +318,12 @@ function Run:_start(entry)
     slot.paid_twice = true
   elseif last and last.event == "failed" and last.key == item.key and last.error and last.error.maybe_billed
     and not last.url then
+    -- It ended failed, and the service may have made and billed it: sent
+    -- again only when the caller asks; the report keeps it failed.
+    if not self.retry_maybe_billed then
+      self.stats.held = self.stats.held + 1
+      return true
+    end
     slot.paid_twice = true
   end
   -- Paid for earlier, its download failed: fetch it, do not pay again.
@@ -334,7 +352,7 @@ function Run:_start(entry)
       if user then return user(info) end
     end
   end
-  append(self.journal, { event = "sent", name = name, key = item.key, at = iso(os.time()) })
+  append(self.journal, { event = "sent", name = name, key = item.key, at = iso(os.time()) }, true)
   self.running = self.running + 1
   self:_reserve(item, 1)
   local sok, job = pcall(self.client.submit, self.client, slot.kind, req)
@@ -422,7 +440,8 @@ function Run:_report(src)
     dir = self.dir, shard = self.shard and (self.shard.i .. "/" .. self.shard.n) or nil,
     started = iso(self.started), seconds = n.seconds, stopped = self.stopped,
     totals = { jobs = #list, done = t.done, failed = t.failed, not_run = t.not_run },
-    this_run = { done = s.done, failed = s.failed, skipped_done_before = s.before, requests = s.requests,
+    this_run = { done = s.done, failed = s.failed, skipped_done_before = s.before,
+      not_sent_maybe_billed = s.held, requests = s.requests,
       tokens = s.tokens, usd = s.usd, rpm = n.rpm, throttled = self.pace.throttles,
       concurrency = { ceiling = self.pace.ceiling, lowest = math.max(1, math.floor(self.pace.lowest)),
         final = self.pace:slots() } },
@@ -509,7 +528,11 @@ function M.run(o)
       dup = string.format("%s: the name '%s' is used twice (%s)", where, entry.name, names[entry.name])
       return true
     end
-    request.job_options(client, request_of(entry), 1)
+    local jok, jerr = pcall(request.job_options, client, request_of(entry), 1)
+    if not jok then -- a misspelt field, a wrong type: named with its line
+      dup = where .. ": " .. (tostring(errors.is(jerr) and jerr.message or jerr):gsub("^[^:]*:%d+: ", ""))
+      return true
+    end
     names[entry.name] = where
     if in_shard(shard, entry.name) then total = total + 1 end
   end)
@@ -522,9 +545,10 @@ function M.run(o)
   local run = setmetatable({
     client = client, dir = dir, shard = shard, budget = budget, lineage = o.lineage ~= false, cache = cache or nil,
     on_job = o.on_job, on_tick = o.on_tick, interrupts = o.interrupts, signals = 0, names = names,
+    retry_maybe_billed = o.retry_maybe_billed and true or nil,
     known = read_journals(dir, names), journal = jf, total = total, running = 0, slots = {}, again = {},
     pace = pace_mod.new(ceiling), t0 = core.now(), started = os.time(), rpm_marks = {},
-    stats = { done = 0, failed = 0, before = 0, requests = 0, tokens = 0, usd = 0, paid_twice = {} },
+    stats = { done = 0, failed = 0, before = 0, held = 0, requests = 0, tokens = 0, usd = 0, paid_twice = {} },
     reserved = { requests = 0, tokens = 0, usd = 0 },
   }, Run)
   -- The pipeline's describe, key and cache, without its journal.
@@ -578,6 +602,7 @@ function M.run(o)
       client:poll(wait)
     end
   end)
+  core.sync(jf)
   jf:close()
   if not ok_run then error(run_err, 0) end
   if run.on_tick then run.on_tick(run:numbers()) end

@@ -21,6 +21,8 @@ function M.options(cmd)
   cmd:option("--shard", "I/N: run the I-th of N shares of the manifest (split by job name).")
   cmd:option("--cache", "A folder of finished pictures by content address, shared with pipelines.")
   cmd:flag("--emulate", "Run against a local emulator instead of the service.")
+  cmd:flag("--retry-maybe-billed", "Send again the jobs that ended failed although the service may have made and"
+    .. " billed them (maybe paid twice).")
   cmd:flag("--no-lineage", "Do not write how each picture was made into it.")
   cmd:flag("--json", "One JSON line per finished job on stdout, then one for the batch.")
   cmd:flag("-q --quiet", "No progress display.")
@@ -89,7 +91,8 @@ function M.run(a, ctx)
     budget = { tokens = ctx.number_opt(a.budget_tokens, "budget-tokens"), usd = ctx.number_opt(a.budget_usd, "budget-usd") }
   end
   local opts = { client = client, dir = a.output, defaults = defaults, budget = budget, shard = a.shard,
-    cache = a.cache, lineage = not a.no_lineage, interrupts = interrupts }
+    cache = a.cache, lineage = not a.no_lineage, interrupts = interrupts,
+    retry_maybe_billed = a.retry_maybe_billed or nil }
   if a.prompt then
     opts.pictures, opts.prompt = a.inputs, a.prompt
   elseif #a.inputs > 1 then
