@@ -169,10 +169,9 @@ describe("image inspection", function()
     info, msg = core.inspect(riff(vp8x), true)
     assert.is_nil(info)
     assert.matches("no image data", msg)
-    -- and the cost does not grow with the declared size: one pass over chunk headers
-    local t0 = core.now()
-    for _ = 1, 200 do core.inspect(bomb, true) end
-    assert.is_true(core.now() - t0 < 0.5 * H.SLOW)
+    -- the same verdict every time (its cost, one pass over the chunk
+    -- headers whatever size they declare, is measured in the benchmark)
+    for _ = 1, 20 do assert.is_nil((core.inspect(bomb, true))) end
   end)
 
   it("reports a directory and a missing file", function()

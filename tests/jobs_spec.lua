@@ -20,9 +20,8 @@ describe("jobs", function()
     local jobs = {}
     for i = 1, 8 do jobs[i] = c:submit("edit", small { images = { pic }, prompt = "variation " .. i }) end
     for _, j in ipairs(jobs) do assert.truthy(j:wait()) end
-    local wall = core.now() - t0
-    assert.is_true(wall < 1 + H.SLOW, "wall time " .. wall)
-    assert.are.equal(8, emu:stats().max_in_flight)
+    assert.is_true(core.now() - t0 >= 1)
+    assert.are.equal(8, emu:stats().max_in_flight) -- all eight at once: the model's time overlapped
     assert.are.equal(8, emu:stats().requests)
   end)
 
@@ -122,19 +121,15 @@ describe("jobs", function()
     local t0 = core.now()
     local jobs = {}
     for i = 1, 8 do jobs[i] = c:submit("generate", small()) end
-    local worst = 0
     local polls = 0
     while c:poll(0) > 0 do
       polls = polls + 1
-      local t = core.now()
       c:poll(0)
-      worst = math.max(worst, core.now() - t)
     end
     assert.is_true(core.now() - t0 >= 0.5)
+    -- many polls returned while the answers were still being made: none
+    -- waited for them (what a poll(0) costs is measured in make bench)
     assert.is_true(polls > 10)
-    -- a loose bound (the benchmark measures it): no poll(0) waited for the
-    -- 0.5 s answers; a busy machine can stall any call for 0.1 s
-    assert.is_true(worst < 0.3 * H.SLOW, "slowest poll(0): " .. worst)
     for _, j in ipairs(jobs) do assert.truthy(j:result()) end
   end)
 
@@ -189,10 +184,8 @@ describe("jobs", function()
       local slow = c:submit("generate", small { prompt = "slow" })
       while slow.state ~= "waiting" do c:poll(0.05) end -- its 429 has arrived
       local fast = c:submit("generate", small { prompt = "fast" })
-      local t0 = core.now()
       assert.truthy(fast:wait())
-      assert.is_true(core.now() - t0 < 0.9 * H.SLOW)
-      assert.is_false(slow:done())
+      assert.is_false(slow:done()) -- fast came back while slow still waited out its Retry-After
       assert.truthy(slow:wait())
       assert.are.equal(2, slow.attempts)
     end)
@@ -292,11 +285,10 @@ describe("jobs", function()
 
     it("stops a download that stalls, as a timeout", function()
       emu:inject { stall = 2, stall_at = 50 }
-      local t0 = core.now()
       local _, err = all_client { idle_timeout = 0.5 }:generate(small())
       assert.are.equal("timeout", err.kind)
       assert.matches("stalled", err.message)
-      if H.SLOW == 1 then assert.is_true(core.now() - t0 < 1.9) end
+      assert.is_nil(emu:requests()[1].delivered, "stopped before the stalled answer was delivered")
       assert.are.equal(1, #emu:requests())
     end)
 
@@ -316,14 +308,12 @@ describe("jobs", function()
       emu:inject { status = 503, retry_after = 3600 }
       local waits = {}
       local c = all_client { max_retry_after = 0.2, on_retry = function(i) waits[#waits + 1] = i.wait end }
-      local t0 = core.now()
       local img, err = c:generate(small())
       assert.is_nil(img)
       assert.are.equal("rate_limit", err.kind)
       assert.are.equal(3600, err.retry_after)
       assert.matches("3600 s", err.message)
-      assert.are.same({}, waits)
-      assert.is_true(core.now() - t0 < 1 * H.SLOW)
+      assert.are.same({}, waits) -- no wait was scheduled
       assert.are.equal(1, #emu:requests())
     end)
   end)
@@ -388,12 +378,16 @@ describe("jobs", function()
       local c = all_client()
       assert(c:generate(small())) -- the connection is warm now
       emu:configure { latency = 1.0 * H.SLOW }
-      local waited
+      local waited, reports = nil, 0
       assert(c:generate(small { on_progress = function(p)
-        if p.phase == "wait" and not waited then waited = p.elapsed end
+        if p.phase == "wait" then
+          waited = waited or p.elapsed
+          reports = reports + 1
+        end
       end }))
       assert.is_number(waited)
-      assert.is_true(waited < 0.5 * H.SLOW, "the first wait report came at " .. tostring(waited))
+      -- told while the model worked, and again: not once at the end
+      assert.is_true(reports >= 2, "wait told " .. reports .. " times")
     end)
 
     it("reports every phase even when the answer comes at once", function()

@@ -15,8 +15,8 @@ describe("the LÖVE example", function()
     local out = p:read("*a")
     p:close()
     assert.matches("exit=0", out)
-    local frames, cpu, partials, shown, from, to, w, h = out:match("frames_waiting=(%d+) longest_frame_ms=[%d.]+"
-      .. " longest_frame_cpu_ms=([%d.]+) picture_frame_ms=[%d.]+ partials=(%d+) shown=(%d+)"
+    local frames, _, partials, shown, predecoded, from, to, w, h = out:match("frames_waiting=(%d+) longest_frame_ms=[%d.]+"
+      .. " longest_frame_cpu_ms=([%d.]+) picture_frame_ms=[%d.]+ partials=(%d+) shown=(%d+) predecoded=(%d+)"
       .. " bar_waiting=([%d.]+)%-([%d.]+) image=(%d+)x(%d+)")
     assert.truthy(frames, out)
     assert.is_true(tonumber(frames) >= 20, "frames while waiting: " .. frames)
@@ -25,11 +25,10 @@ describe("the LÖVE example", function()
     assert.are.same({ "1024", "1024" }, { w, h })
     -- the bar moved while the model worked, before any partial came
     assert.is_true(tonumber(to) > tonumber(from) + 0.02, out)
-    -- No frame waited for the network or decoded a picture. What a frame
-    -- costs is the main thread's CPU in it (its wall time also holds other
-    -- programs' turns, which a busy machine hands out freely): about 10 ms
-    -- here, and 60 to 100 ms in a frame that decodes a 1024x1024 picture.
-    -- The wall times are in the README and the note.
-    assert.is_true(tonumber(cpu) < 25 * H.SLOW, "longest frame's CPU " .. cpu .. " ms\n" .. out)
+    -- No frame decoded a picture: each arrived with its pixels, made on
+    -- imgedit's decoder thread. What a frame costs (its CPU and wall time)
+    -- is a figure for the benchmark and the README, never a test's: a busy
+    -- machine's scheduler makes any time bound a matter of luck.
+    assert.are.equal("3", predecoded, out)
   end)
 end)

@@ -19,6 +19,7 @@ local frames, seen, longest, t0, done_at = 0, 0, 0, 0, nil
 -- machine runs (the wall time also holds other programs' turns).
 local thread_cpu, cpu_at, longest_cpu = core.thread_cpu, nil, 0
 local shown = 0 -- pictures uploaded to the texture
+local predecoded = 0 -- ... of which arrived decoded, their pixels made off the frame
 local bar_from, bar_to -- the bar's fraction when the model started, and before the first partial
 local arrivals = {} -- how long the updates that took a picture in lasted, in ms
 
@@ -27,6 +28,7 @@ local arrivals = {} -- how long the updates that took a picture in lasted, in ms
 -- and the upload. The same texture is reused while the size stays.
 local function show(img)
   local w, h = img.width, img.height
+  if rawget(img, "pixels") then predecoded = predecoded + 1 end
   if not canvas or canvas:getWidth() ~= w or canvas:getHeight() ~= h then
     canvas = love.image.newImageData(w, h, "rgba8")
     picture = love.graphics.newImage(canvas)
@@ -128,9 +130,9 @@ function love.update(dt)
     local worst = 0
     for _, ms in ipairs(arrivals) do worst = math.max(worst, ms) end
     print(string.format("frames_waiting=%d longest_frame_ms=%.1f longest_frame_cpu_ms=%.1f picture_frame_ms=%.1f"
-      .. " partials=%d shown=%d bar_waiting=%.3f-%.3f image=%dx%d seconds=%.2f", frames, longest * 1000,
-      longest_cpu * 1000, worst, partials, shown, bar_from or 0, bar_to or 0, result.width, result.height,
-      done_at - t0))
+      .. " partials=%d shown=%d predecoded=%d bar_waiting=%.3f-%.3f image=%dx%d seconds=%.2f", frames,
+      longest * 1000, longest_cpu * 1000, worst, partials, shown, predecoded, bar_from or 0, bar_to or 0,
+      result.width, result.height, done_at - t0))
     io.stdout:flush()
     love.event.quit(0)
   end
