@@ -18,6 +18,7 @@
  *    libcurl is never called again on an inherited handle in the child: its
  *    TLS shutdown would write into the parent's connection. */
 #include <dirent.h>
+#include <dlfcn.h>
 #include <string.h>
 #include <time.h>
 #include <fcntl.h>
@@ -96,6 +97,13 @@ static void after_fork_child(void) {
 }
 
 static void hooks(void) {
+  /* The hooks are the process's, not a Lua state's: this module stays
+   * loaded when a state that loaded it closes, so that no hook is left
+   * pointing into unmapped code (sanitizer runtimes keep their own list of
+   * exit handlers, which a dlclose does not empty). */
+  Dl_info self;
+  if (dladdr(&once, &self) && self.dli_fname) /* any object of this module */
+    dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
   atexit(at_exit);
   pthread_atfork(before_fork, after_fork_parent, after_fork_child);
 }

@@ -26,6 +26,12 @@ H.SLOW = tonumber(os.getenv("IMGEDIT_TEST_SLOW")) or 1
 -- Under `make test-asan` the sanitizer runtime is preloaded into this
 -- interpreter; the programs the tests start (script, make, sh) are not ours
 -- and must not inherit it.
+-- Under ThreadSanitizer (make soak) even starting a child shell with its
+-- runtime preloaded crashes it: this process forgets the preload (it is
+-- loaded already) before it starts any.
+if (os.getenv("LD_PRELOAD") or ""):find("tsan", 1, true) then
+  require("imgedit_test.proc").unsetenv("LD_PRELOAD")
+end
 if os.getenv("LD_PRELOAD") then
   local popen, execute = io.popen, os.execute
   io.popen = function(cmd, ...) return popen("unset LD_PRELOAD; " .. cmd, ...) end

@@ -115,7 +115,7 @@ describe("money", function()
     end)
 
     it("hands over a stream's completed picture when the stream then fails", function()
-      emu:inject { hang_after_completed = 5 }
+      emu:inject { hang_after_completed = 10 * H.SLOW }
       local c = H.client(emu, { timeout = 2 * H.SLOW, max_retries = 3 })
       local img, err = c:edit { prompt = "x", images = { pic }, stream = true, partial_images = 1 }
       assert.is_nil(img)

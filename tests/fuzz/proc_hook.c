@@ -3,6 +3,7 @@
  * exec), for the specs of what a forked child inherits. Lua 5.4 has no
  * binding in Debian (lua-posix stops at 5.3). Built by `make testhooks`,
  * never installed. */
+#include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -27,6 +28,13 @@ static int l_wait(lua_State *L) {
   return 1;
 }
 
+/* unsetenv(name): the programs this process starts do not get it (a
+ * ThreadSanitizer runtime preloaded here would crash a child shell). */
+static int l_unsetenv(lua_State *L) {
+  unsetenv(luaL_checkstring(L, 1));
+  return 0;
+}
+
 static int l_getpid(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)getpid());
   return 1;
@@ -35,7 +43,7 @@ static int l_getpid(lua_State *L) {
 IE_API int luaopen_imgedit_test_proc(lua_State *L);
 int luaopen_imgedit_test_proc(lua_State *L) {
   static const luaL_Reg fns[] = {
-      {"fork", l_fork}, {"wait", l_wait}, {"getpid", l_getpid}, {NULL, NULL}};
+      {"fork", l_fork}, {"wait", l_wait}, {"getpid", l_getpid}, {"unsetenv", l_unsetenv}, {NULL, NULL}};
   lua_newtable(L);
   luaL_setfuncs(L, fns, 0);
   return 1;

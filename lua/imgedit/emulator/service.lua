@@ -475,7 +475,7 @@ function M.early(req)
   local f = faults.take_early()
   if not f then return { status = 0 } end
   local entry = record(req)
-  entry.status = 0
+  entry.status, entry.early = 0, true -- cut while the body arrived: never billed
   if f.drop_early then return { drop = true } end
   return { truncate = f.drop_upload } -- drop once this many body bytes arrived
 end

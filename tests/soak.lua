@@ -1,0 +1,202 @@
+-- The money soak (issue 27): seeded random mixes of edits and generations,
+-- streams with partials, decode = "rgba" or not, driven by poll(0) frame
+-- loops (tight, and with frames), poll(t) and wait; model times on both
+-- sides of idle_timeout and timeout; the emulator's faults (5xx, 429,
+-- resets and closes before and after the whole upload, headers then a
+-- thinking model, stalls, cut streams, streams held open after their
+-- completed event, whole answers whose connection then breaks); cancels,
+-- closes and dropped clients at random moments. Then the invariants:
+--   - every request the emulator answered in full (a 200, every byte sent)
+--     reaches its caller, as an Image, err.image or err.url, unless the
+--     caller let the job go (cancel, close, a dropped client);
+--   - no job's request reached the service twice (a 200, or a connection
+--     closed after the whole upload) without the caller asking;
+--   - no job is left running.
+-- Used by tests/soak_spec.lua (bounded, in make test) and `make soak`
+-- (longer, under ASan and ThreadSanitizer builds).
+local core = require "imgedit.core"
+local imgedit = require "imgedit"
+local H = require "helpers"
+
+local S = {}
+
+-- Faults injected in arrival order; r(n) draws 1..n.
+local FAULTS = {
+  function(r) return { status = ({ 500, 502, 503 })[r(3)] } end,
+  function() return { status = 429, retry_after_ms = 30 } end,
+  function() return { drop = true } end,
+  function() return { reset = true } end,
+  function() return { drop_early = true } end,
+  function(r) return { drop_upload = 100 + r(3000) } end,
+  function(r) return { stall = 0.2 + r(12) / 10, stall_at = 60 + r(200) } end,
+  function(r) return { think = r(25) / 10 } end,
+  function(r) return { latency = r(35) / 10 } end,
+  function(r) return { cut_after = r(2) } end,
+  function(r) return { hang_after_completed = r(3) } end,
+  function() return { whole_then_cut = true } end,
+  function(r) return { truncate = r(400) } end,
+}
+
+local PATTERNS = { "tight", "frames", "poll", "wait" }
+
+-- run{seed, seconds, log} -> stats, violations (a list of strings)
+function S.run(o)
+  local seed = o.seed or 1
+  math.randomseed(seed)
+  local function r(n) return math.random(n) end
+  local log = o.log or function() end
+  local emu = H.emulator { provider = "apiyi" }
+  emu:configure { fail_rate = 0.04, reset_rate = 0.02, seed = seed }
+  -- no shell: under a ThreadSanitizer preload a child shell cannot start
+  local pic = os.tmpname()
+  H.write(pic, H.png(48, 48, function(x, y) return (x * 5 + y) % 256 end))
+  local sleeper = imgedit.new { base_url = emu.url, api_key = emu.key } -- idle: its poll(t) sleeps t
+  local jobs = {} -- prompt -> { outcome = ..., let_go = why }
+  local stats = { jobs = 0, rounds = 0, images = 0, err_image = 0, err_url = 0, failed = {}, canceled = 0,
+    closed = 0, dropped = 0, left_running = 0 }
+  local violations = {}
+  local n = 0
+  local t_end = core.now() + (o.seconds or 40)
+
+  while core.now() < t_end do
+    stats.rounds = stats.rounds + 1
+    emu:clear()
+    emu:configure { fail_rate = 0.04, reset_rate = 0.02, latency = r(3) == 1 and r(15) / 10 or 0 }
+    for _ = 1, r(6) do emu:inject(FAULTS[r(#FAULTS)](r)) end
+    local idle = ({ 0.4, 0.8, 1.5 })[r(3)]
+    local c = imgedit.new { base_url = emu.url, api_key = emu.key, provider = "apiyi", idle_timeout = idle,
+      timeout = ({ 2.5, 4, 8 })[r(3)], max_retries = r(3) - 1, retry_base = 0.01, max_concurrency = 2 + r(6),
+      decode = r(2) == 1 and "rgba" or nil }
+    local mine = {}
+    for _ = 1, 2 + r(8) do
+      n = n + 1
+      local prompt = string.format("soak-%d-%d", seed, n)
+      local req = { prompt = prompt, size = "1024x640", quality = "low", output_format = r(2) == 1 and "jpeg" or "png" }
+      if r(3) > 1 then
+        req.stream, req.partial_images = true, r(3) - 1
+        req.on_partial = function() end
+      end
+      if r(4) == 1 then req.decode = "rgba" end
+      local kind = r(2) == 1 and "edit" or "generate"
+      if kind == "edit" then req.images = { pic } end
+      local rec = { kind = kind, stream = req.stream }
+      jobs[prompt] = rec
+      mine[#mine + 1] = { prompt = prompt, job = c:submit(kind, req), rec = rec }
+      stats.jobs = stats.jobs + 1
+    end
+    local pattern = PATTERNS[r(#PATTERNS)]
+    local chaos = r(6) -- 1: cancel some, 2: close mid-way, 3: drop the client, else none
+    local deadline = core.now() + 25 * H.SLOW
+    local polls = 0
+    local function pending()
+      for _, m in ipairs(mine) do if not m.job:done() then return true end end
+      return false
+    end
+    while pending() and core.now() < deadline do
+      polls = polls + 1
+      if chaos == 1 and r(40) == 1 then
+        local m = mine[r(#mine)]
+        if m.job:cancel("soak") then m.rec.let_go = "canceled" end
+      end
+      if (chaos == 2 or chaos == 3) and polls == 1 + r(60) then break end
+      if pattern == "tight" then
+        c:poll(0)
+      elseif pattern == "frames" then
+        c:poll(0)
+        sleeper:poll(0.016)
+      elseif pattern == "poll" then
+        c:poll(r(20) / 100)
+      else
+        mine[r(#mine)].job:wait()
+      end
+    end
+    if chaos == 2 or chaos == 3 then
+      for _, m in ipairs(mine) do
+        if not m.job:done() then m.rec.let_go = chaos == 2 and "closed" or "dropped" end
+      end
+    end
+    for _, m in ipairs(mine) do
+      local rec, job = m.rec, m.job
+      if not job:done() and not rec.let_go then
+        stats.left_running = stats.left_running + 1
+        violations[#violations + 1] = string.format("%s: left running (%s, pattern %s)", m.prompt, job.state, pattern)
+        rec.let_go = "stuck"
+      elseif job:done() then
+        local img, err = job:result()
+        rec.img, rec.err = img, err
+        if img then
+          stats.images = stats.images + 1
+        elseif err.image then
+          stats.err_image = stats.err_image + 1
+        elseif err.url then
+          stats.err_url = stats.err_url + 1
+        else
+          stats.failed[err.kind] = (stats.failed[err.kind] or 0) + 1
+        end
+        if err and err.kind == "canceled" then rec.let_go = rec.let_go or "canceled" end
+      end
+    end
+    if chaos == 3 then
+      mine, c = nil, nil -- the client and its jobs are dropped: __gc closes them
+      collectgarbage()
+      collectgarbage()
+    else
+      c:close()
+    end
+    -- the emulator's answers are in; give a cut connection's last word time to land
+    sleeper:poll(0.05)
+    S.check(emu, jobs, violations, stats)
+    for _, rec in pairs(jobs) do
+      if rec.let_go then stats[rec.let_go] = (stats[rec.let_go] or 0) + 1 end
+    end
+    jobs = {}
+    log(stats)
+  end
+  sleeper:close()
+  emu:stop()
+  os.remove(pic)
+  return stats, violations
+end
+
+-- The invariants over one round's log.
+function S.check(emu, jobs, violations, stats)
+  local billed, delivered = {}, {}
+  stats.requests = (stats.requests or 0)
+  stats.delivered = (stats.delivered or 0)
+  for _, e in ipairs(H.api_requests(emu)) do
+    local p = e.fields and e.fields.prompt
+    if p and jobs[p] then
+      stats.requests = stats.requests + 1
+      local status = tonumber(e.status)
+      if status == 200 or (status == 0 and not e.early) then billed[p] = (billed[p] or 0) + 1 end
+      if status == 200 and e.delivered then
+        delivered[p] = true
+        stats.delivered = stats.delivered + 1
+      end
+    end
+  end
+  for p, k in pairs(billed) do
+    if k > 1 then violations[#violations + 1] = string.format("%s: reached the service %d times unasked", p, k) end
+  end
+  for p in pairs(delivered) do
+    local rec = jobs[p]
+    if not rec.let_go and not (rec.img or (rec.err and (rec.err.image or rec.err.url))) then
+      violations[#violations + 1] = string.format("%s: a delivered answer was lost (%s%s): %s", p, rec.kind,
+        rec.stream and ", stream" or "", tostring(rec.err))
+    end
+  end
+end
+
+-- A line of counts.
+function S.summary(s)
+  local kinds = {}
+  for k, v in pairs(s.failed) do kinds[#kinds + 1] = k .. "=" .. v end
+  table.sort(kinds)
+  return string.format("soak: %d rounds, %d jobs, %d requests, %d answers delivered in full; reached the caller:"
+    .. " %d images, %d err.image, %d err.url; let go by the caller: %d canceled, %d closed, %d dropped;"
+    .. " failed: %s; left running: %d", s.rounds, s.jobs, s.requests or 0, s.delivered or 0, s.images, s.err_image,
+    s.err_url, s.canceled or 0, s.closed or 0, s.dropped or 0, #kinds > 0 and table.concat(kinds, " ") or "none",
+    s.left_running)
+end
+
+return S
