@@ -39,7 +39,7 @@ EMU_HDRS = $(HDRS) src/emulator/emulator.h
 
 BUSTED  ?= $(LUA) /usr/bin/busted
 
-.PHONY: testhooks all deps deps-test deps-hardening deps-all test-all test test-asan test-valgrind demo bench bench-deps install uninstall clean check format fuzz fuzz-smoke
+.PHONY: soak test-tsan testhooks all deps deps-test deps-hardening deps-all test-all test test-asan test-valgrind demo bench bench-deps install uninstall clean check format fuzz fuzz-smoke
 
 BUILD ?= build
 
@@ -142,6 +142,33 @@ test-asan: all
 	  LD_PRELOAD="$(ASAN_RT)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:exitcode=99:intercept_tls_get_addr=0 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  $(BUSTED) --cpath='build-asan/?.so' -o tests/summary.lua tests
+
+# The network thread's specs under a ThreadSanitizer build of the C code
+# (the runtime preloaded into the stock interpreter; any report fails).
+TSAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=thread
+TSAN_RT    = $(shell $(CC) -print-file-name=libtsan.so)
+TSAN_SPECS = tests/money_spec.lua tests/process_spec.lua tests/frames_spec.lua tests/stream_spec.lua tests/soak_spec.lua
+test-tsan: all
+	@$(MAKE) --no-print-directory BUILD=build-tsan CFLAGS="$(TSAN_FLAGS)" all testhooks >/dev/null
+	@LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build-tsan/?.so;;' IMGEDIT_TEST_SLOW=3 \
+	  LD_PRELOAD="$(TSAN_RT)" TSAN_OPTIONS=halt_on_error=1:exitcode=66:second_deadlock_stack=1 \
+	  $(BUSTED) --cpath='build-tsan/?.so' -o tests/summary.lua $(TSAN_SPECS)
+
+# The money soak, longer than make test's (SOAK_SECONDS each), under the
+# ASan+UBSan build, then under the ThreadSanitizer build.
+SOAK_SECONDS ?= 300
+soak: all
+	@$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="$(ASAN_FLAGS)" all testhooks >/dev/null
+	@$(MAKE) --no-print-directory BUILD=build-tsan CFLAGS="$(TSAN_FLAGS)" all testhooks >/dev/null
+	@echo "== ASan+UBSan"; LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build-asan/?.so;;' IMGEDIT_TEST_SLOW=2 \
+	  IMGEDIT_SOAK_SECONDS=$(SOAK_SECONDS) LD_PRELOAD="$(ASAN_RT)" \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:exitcode=99:intercept_tls_get_addr=0 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  $(BUSTED) --cpath='build-asan/?.so' -o tests/summary.lua tests/soak_spec.lua
+	@echo "== ThreadSanitizer"; LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build-tsan/?.so;;' IMGEDIT_TEST_SLOW=3 \
+	  IMGEDIT_SOAK_SECONDS=$(SOAK_SECONDS) LD_PRELOAD="$(TSAN_RT)" \
+	  TSAN_OPTIONS=halt_on_error=1:exitcode=66:second_deadlock_stack=1 \
+	  $(BUSTED) --cpath='build-tsan/?.so' -o tests/summary.lua tests/soak_spec.lua
 
 # The whole suite under valgrind's memcheck: zero errors, zero definite leaks.
 test-valgrind: all testhooks
