@@ -146,6 +146,11 @@ row("the same batch: 429 answers", string.format("%d of %d requests", bt.refused
 row("the same batch: RSS MB after 200 / 2,000 jobs", string.format("%.1f / %.1f", bt.rss200, bt.rss_n), "",
   "within 20 %", bt.rss_n <= 1.2 * bt.rss200)
 
+-- ---- the batch journal on the disk before each request ----
+local jn = cjson.decode(sh("lua5.4 bench/journal.lua"))
+row(string.format("batch journal: %d lines, each fdatasync'ed", jn.n), string.format("%.3f s (%.2f ms a job)", jn.synced_s,
+  jn.synced_s / jn.n * 1000), string.format("flushed only: %.3f s", jn.flushed_s), "", nil)
+
 -- ---- connections and TLS handshakes through a real TLS front ----
 local nw = cjson.decode(sh("lua5.4 bench/network.lua"))
 if nw.h1 then
