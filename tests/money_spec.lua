@@ -75,23 +75,20 @@ describe("money", function()
   end)
 
   describe("a slow model", function()
-    it("is not stalled past idle_timeout before its answer's headers", function()
-      emu:configure { latency = 2 * H.SLOW }
-      local c = H.client(emu, { idle_timeout = 0.5 * H.SLOW })
-      local img, err = c:edit { prompt = "x", images = { pic }, size = "1024x1024" }
-      assert.truthy(img, tostring(err))
-      assert.are.equal(1, #H.api_requests(emu))
-      c:close()
-    end)
-
-    it("is not stalled past idle_timeout when the headers come first and the body after", function()
-      emu:inject { think = 2 * H.SLOW }
-      local c = H.client(emu, { idle_timeout = 0.5 * H.SLOW })
-      local img, err = c:edit { prompt = "x", images = { pic }, size = "1024x1024" }
-      assert.truthy(img, tostring(err))
-      assert.are.equal(1, #H.api_requests(emu))
-      c:close()
-    end)
+    -- the model past idle_timeout: before the answer, or after its headers
+    for _, case in ipairs {
+      { "before its answer's headers", function() emu:configure { latency = 2 * H.SLOW } end },
+      { "when the headers come first and the body after", function() emu:inject { think = 2 * H.SLOW } end },
+    } do
+      it("is not stalled past idle_timeout " .. case[1], function()
+        case[2]()
+        local c = H.client(emu, { idle_timeout = 0.5 * H.SLOW })
+        local img, err = c:edit { prompt = "x", images = { pic }, size = "1024x1024" }
+        assert.truthy(img, tostring(err))
+        assert.are.equal(1, #H.api_requests(emu))
+        c:close()
+      end)
+    end
 
     it("is not stalled between a stream's events", function()
       emu:configure { latency = 3 * H.SLOW }
