@@ -157,6 +157,38 @@ describe("money", function()
       c:close()
     end)
 
+    it("is carried out by the network thread before result() reads the answer (the internal API)", function()
+      local body = '{"model":"gpt-image-2","prompt":"x","size":"1024x1024"}'
+      for round = 1, 12 do
+        emu:clear()
+        if round <= 6 then -- in the send or the model's time
+          emu:configure { latency = 0.3 }
+        else -- while the answer's body is arriving
+          emu:configure { latency = 0 }
+          emu:inject { stall = 2, stall_at = 4000 }
+        end
+        local m = core.multi()
+        local t = m:start { url = emu.url .. "/images/generations", body = body, timeout = 10,
+          headers = { "Authorization: Bearer " .. emu.key, "Content-Type: application/json" } }
+        if round <= 6 then
+          for _ = 1, round do m:perform(0.005) end
+        else
+          for _ = 1, 400 do
+            m:perform(0.01)
+            if select(3, t:progress()) > 0 then break end
+          end
+          assert.is_true(select(3, t:progress()) > 0, "the answer began")
+        end
+        t:cancel()
+        local res = t:result()
+        assert.are.equal("canceled", res.reason)
+        assert.is_string(res.body) -- the network thread no longer writes it
+        t:close()
+        m:close()
+        assert.is_true(#H.api_requests(emu) <= 1)
+      end
+    end)
+
     it("before anything was sent says nothing of billing", function()
       local c = H.client(emu, { max_concurrency = 1 })
       emu:configure { latency = 1 * H.SLOW }
