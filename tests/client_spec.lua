@@ -237,7 +237,8 @@ describe("the edit call end to end", function()
       local img, err = H.client(emu, { max_response_bytes = 100000 }):generate { prompt = "x" }
       assert.is_nil(img)
       assert.are.equal("protocol", err.kind)
-      assert.matches("100000%-byte limit", err.message)
+      assert.matches("^the answer is larger than the 100000%-byte limit %(max_response_bytes%)", err.message)
+      assert.are.equal(1, #H.api_requests(emu))
     end)
 
     it("caps url downloads at max_download_bytes", function()
@@ -245,7 +246,7 @@ describe("the edit call end to end", function()
       local img, err = c:edit { prompt = "x", images = { person } }
       assert.is_nil(img)
       assert.are.equal("protocol", err.kind)
-      assert.matches("download is larger than the 1000%-byte limit", err.message)
+      assert.matches("download is larger than the 1000%-byte limit %(max_download_bytes%)", err.message)
     end)
 
     it("maps service errors to kinds, JSON or HTML", function()
