@@ -158,7 +158,9 @@ local function abort(job)
   if not t then return false end
   job.transfer = nil
   t:cancel()
-  local res = t:result()
+  -- a client's __gc may run after its transfers' own: a closed one says nothing
+  local ok, res = pcall(t.result, t)
+  if not ok then res = nil end
   t:close()
   job.client._inflight = job.client._inflight - 1
   return res ~= nil and (res.sent_all or res.answered) and true or false
