@@ -161,6 +161,17 @@ double ie_now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* Whether bytes of the answer wait on e's connection, unread: on a busy
+ * machine the network thread may not have run for longer than idle_timeout,
+ * and an answer sitting in the socket is not a stalled one. */
+static int bytes_waiting(CURL *e) {
+  curl_socket_t fd = CURL_SOCKET_BAD;
+  if (curl_easy_getinfo(e, CURLINFO_ACTIVESOCKET, &fd) != CURLE_OK || fd == CURL_SOCKET_BAD)
+    return 0;
+  struct pollfd p = {fd, POLLIN, 0};
+  return poll(&p, 1, 0) == 1 && (p.revents & POLLIN) != 0;
+}
+
 /* Records byte counts, and enforces the idle limit: while the request is
  * being sent or the answer received, bytes must keep moving. The model's
  * time is governed by the whole-attempt timeout alone, never by this: the
@@ -185,6 +196,10 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
   int sending = ultotal > 0 && ulnow < ultotal && !t->answering;
   int receiving = t->answering && dlnow > 0 && (!t->sse_on || sse_mid_event(&t->parser));
   if (t->idle_limit > 0 && (sending || receiving) && now - t->last_move > t->idle_limit) {
+    if (receiving && bytes_waiting(t->e)) { /* they came; this thread was slow to read them */
+      t->last_move = now;
+      return 0;
+    }
     t->idle = 1;
     return 1; /* non-zero aborts the transfer */
   }

@@ -20,7 +20,18 @@ local H = require "helpers"
 
 local S = {}
 
--- Faults injected in arrival order; r(n) draws 1..n.
+-- Faults injected in arrival order; r(n) draws 1..n. Times are drawn
+-- well clear of the round's limits (under half, or over twice): an answer
+-- that comes as the client gives up is a race of the test, not a promise
+-- kept or broken (its last bytes reach the server's kernel either way).
+-- idle and total are the round's idle_timeout and timeout.
+local function clear_of(r, limit) return r(2) == 1 and limit * r(4) / 10 or limit * (2 + r(5) / 10) end
+-- The model's time: past idle_timeout yet well within timeout (which it
+-- must survive) when the round allows, else clear of the timeout.
+local function model_time(r, idle, total)
+  if r(2) == 1 and 2.5 * idle < 0.4 * total then return 2.5 * idle end
+  return clear_of(r, total)
+end
 local FAULTS = {
   function(r) return { status = ({ 500, 502, 503 })[r(3)] } end,
   function() return { status = 429, retry_after_ms = 30 } end,
@@ -28,11 +39,11 @@ local FAULTS = {
   function() return { reset = true } end,
   function() return { drop_early = true } end,
   function(r) return { drop_upload = 100 + r(3000) } end,
-  function(r) return { stall = 0.2 + r(12) / 10, stall_at = 60 + r(200) } end,
-  function(r) return { think = r(25) / 10 } end,
-  function(r) return { latency = r(35) / 10 } end,
+  function(r, idle) return { stall = clear_of(r, idle), stall_at = 60 + r(200) } end,
+  function(r, idle, total) return { think = model_time(r, idle, total) } end,
+  function(r, idle, total) return { latency = model_time(r, idle, total) } end,
   function(r) return { cut_after = r(2) } end,
-  function(r) return { hang_after_completed = r(3) } end,
+  function(r, _, total) return { hang_after_completed = clear_of(r, total) } end,
   function() return { whole_then_cut = true } end,
   function(r) return { truncate = r(400) } end,
 }
@@ -61,11 +72,13 @@ function S.run(o)
   while core.now() < t_end do
     stats.rounds = stats.rounds + 1
     emu:clear()
-    emu:configure { fail_rate = 0.04, reset_rate = 0.02, latency = r(3) == 1 and r(15) / 10 or 0 }
-    for _ = 1, r(6) do emu:inject(FAULTS[r(#FAULTS)](r)) end
-    local idle = ({ 0.4, 0.8, 1.5 })[r(3)]
+    local idle = ({ 0.3, 0.6, 1.2 })[r(3)] * H.SLOW
+    local total = ({ 2.5, 4 })[r(2)] * H.SLOW
+    -- the model's time for every answer of the round: well under the timeout
+    emu:configure { fail_rate = 0.04, reset_rate = 0.02, latency = r(3) == 1 and total * r(3) / 10 or 0 }
+    for _ = 1, r(6) do emu:inject(FAULTS[r(#FAULTS)](r, idle, total)) end
     local c = imgedit.new { base_url = emu.url, api_key = emu.key, provider = "apiyi", idle_timeout = idle,
-      timeout = ({ 2.5, 4, 8 })[r(3)], max_retries = r(3) - 1, retry_base = 0.01, max_concurrency = 2 + r(6),
+      timeout = total, max_retries = r(3) - 1, retry_base = 0.01, max_concurrency = 2 + r(6),
       decode = r(2) == 1 and "rgba" or nil }
     local mine = {}
     for _ = 1, 2 + r(8) do

@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -378,12 +379,24 @@ static enum MHD_Result on_cdn(void *cls, struct MHD_Connection *con, const char 
   return on_request(cls, con, url, method, version, upload_data, upload_size, con_cls, "cdn");
 }
 
+/* Whether the client had closed its end before the answer's last bytes
+ * were written: the kernel takes them all the same (a write after the
+ * peer's FIN succeeds), but nobody reads them. */
+static int peer_gone(struct MHD_Connection *con) {
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(con, MHD_CONNECTION_INFO_CONNECTION_FD);
+  if (!ci)
+    return 0;
+  struct pollfd p = {ci->connect_fd, POLLRDHUP, 0};
+  return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+
 static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
   (void)cls, (void)con;
   req_ctx *c = (req_ctx *)*con_cls;
-  if (c && c->entry[0] && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) {
-    /* every byte of the answer went out: the log says it was delivered */
+  if (c && c->entry[0] && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && !peer_gone(con)) {
+    /* every byte of the answer went out to a client still there: the log
+     * says it was delivered */
     size_t n;
     int failed;
     free(emu_call(c->E, "delivered", c->entry, &n, &failed));
