@@ -25,6 +25,7 @@
 -- written out and dropped. What stays per job is its name (to refuse a
 -- name used twice) and, on a resume, what the journal said of it.
 local core = require "imgedit.core"
+local client_mod = require "imgedit.client"
 local cjson = require "cjson"
 local errors = require "imgedit.errors"
 local image = require "imgedit.image"
@@ -201,7 +202,7 @@ function Run:_save(slot, img)
   if self.lineage then
     local parents = {}
     for i, s in ipairs(item.inputs) do parents[i] = s.sha256 end
-    img = lineage.attach(img, lineage.record {
+    img = image.with_lineage(img, lineage.record {
       prompt = item.req.prompt, model = item.model, params = item.fields, step = item.name, parents = parents,
       mask = item.mask and item.mask.sha256, request_id = img.request_id,
     })
@@ -497,8 +498,8 @@ function M.run(o)
   local shard = parse_shard(o.shard)
   local client = o.client
   if client == nil then
-    client = require("imgedit").new { max_concurrency = o.concurrency }
-  elseif getmetatable(client) ~= require("imgedit.client").Client then
+    client = client_mod.new { max_concurrency = o.concurrency }
+  elseif getmetatable(client) ~= client_mod.Client then
     error("bad option 'client' (an imgedit client expected)", 2)
   end
   local ceiling = o.concurrency or client.max_concurrency

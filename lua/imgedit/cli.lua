@@ -371,7 +371,7 @@ local function cmd_request(a)
     for i, f in ipairs(req.images or {}) do parents[i] = core.sha256_file(f) end
     local params = {}
     for k, v in pairs(req) do if type(v) ~= "function" and not request.CONTROL[k] then params[k] = v end end
-    img = lineage.attach(img, lineage.record { prompt = a.prompt, model = model, params = params, parents = parents,
+    img = image.with_lineage(img, lineage.record { prompt = a.prompt, model = model, params = params, parents = parents,
       mask = req.mask and core.sha256_file(req.mask), request_id = img.request_id, held = img })
   end
   local saved, serr = img:save(a.output)
@@ -506,7 +506,24 @@ local function cmd_run(a)
     -- the service's url, so a new port each run would never hit the cache.
     local E = require "imgedit.emulator"
     emu = E.start { port = EMULATE_PORT } or assert(E.start {})
-    imgedit.defaults.base_url, imgedit.defaults.api_key, imgedit.defaults.provider = emu.url, emu.key, emu.provider
+  end
+  -- With --emulate, the script's clients go to the emulator unless it names
+  -- its own service: the script's library hands the choice to imgedit.new
+  -- (no global is written).
+  local steer = emu and { base_url = emu.url, api_key = emu.key, provider = emu.provider } or {}
+  local function new(opts)
+    local o = {}
+    for k, v in pairs(steer) do o[k] = v end
+    for k, v in pairs(opts or {}) do o[k] = v end
+    return imgedit.new(o)
+  end
+  -- pipeline{} and batch{} without a client get one of those
+  local function with_client(opts)
+    if type(opts) ~= "table" or opts.client ~= nil or not emu then return opts end
+    local o = {}
+    for k, v in pairs(opts) do o[k] = v end
+    o.client = new { max_concurrency = o.concurrency }
+    return o
   end
   local script_arg = { [0] = a.script }
   for i, v in ipairs(a.args) do script_arg[i] = v end
@@ -519,11 +536,11 @@ local function cmd_run(a)
   -- One run of the script: ok, err, and the pipelines it made (for --watch).
   local function once()
     local made = {}
-    local lib = setmetatable({ pipeline = function(opts)
-      local p = imgedit.pipeline(opts)
+    local lib = setmetatable({ new = new, pipeline = function(opts)
+      local p = imgedit.pipeline(with_client(opts))
       made[#made + 1] = p
       return p
-    end }, { __index = imgedit })
+    end, batch = function(opts) return imgedit.batch(with_client(opts)) end }, { __index = imgedit })
     local env = setmetatable({ imgedit = lib, arg = script_arg, assert = assert_any }, { __index = _G })
     local chunk, lerr = compat.loadfile(a.script, env)
     if not chunk then return false, setmetatable({ load = lerr }, { __tostring = function() return lerr end }), made end

@@ -2,6 +2,7 @@
 -- computed on first use, since most images are never hashed.
 local core = require "imgedit.core"
 local errors = require "imgedit.errors"
+local lineage = require "imgedit.lineage"
 
 local M = {}
 
@@ -172,10 +173,27 @@ function M.inspect(src)
   return setmetatable(info, { __index = function(t, k)
     if k ~= "lineage" then return nil end
     local bytes = type(src) == "string" and core.read_file(src) or src.bytes
-    local l = bytes and require("imgedit.lineage").read(bytes) or false
+    local l = bytes and lineage.read(bytes) or false
     rawset(t, "lineage", l or nil)
     return l or nil
   end })
+end
+
+-- What from_bytes reads from the bytes themselves.
+local FROM_BYTES = { bytes = true, sha256 = true, format = true, width = true, height = true, channels = true,
+  has_alpha = true }
+
+-- with_lineage(img, record) -> a new Image whose bytes carry the record
+-- (lineage.record; the other fields kept), or img itself if its format
+-- cannot carry it.
+function M.with_lineage(img, record)
+  local bytes = core.xmp_embed(img.bytes, lineage.packet(record))
+  if not bytes then return img end
+  local fields = {}
+  for k, v in pairs(img) do
+    if not FROM_BYTES[k] then fields[k] = v end
+  end
+  return M.from_bytes(bytes, fields) or img
 end
 
 return M

@@ -4,7 +4,6 @@
 -- the same bytes on every run and the pipeline's cache keys stay put.
 local core = require "imgedit.core"
 local cjson = require "cjson.safe"
-local image = require "imgedit.image"
 
 local M = {}
 
@@ -73,20 +72,5 @@ function M.record(o)
     preserved = held.preserved }
 end
 
--- What from_bytes reads from the bytes themselves.
-local FROM_BYTES = { bytes = true, sha256 = true, format = true, width = true, height = true, channels = true,
-  has_alpha = true }
-
--- attach(img, record) -> a new Image whose bytes carry the record (the
--- other fields kept), or img itself if its format cannot carry it.
-function M.attach(img, t)
-  local bytes = core.xmp_embed(img.bytes, M.packet(t))
-  if not bytes then return img end
-  local fields = {}
-  for k, v in pairs(img) do
-    if not FROM_BYTES[k] then fields[k] = v end
-  end
-  return image.from_bytes(bytes, fields) or img
-end
 
 return M

@@ -25,7 +25,7 @@ local OWN = store.OWN
 -- quiet=, lineage=true}
 function M.new(opts)
   if type(opts) ~= "table" then error("bad argument #1 to 'pipeline' (table expected)", 2) end
-  local client = opts.client or require("imgedit").new {}
+  local client = opts.client or client_mod.new {}
   if getmetatable(client) ~= client_mod.Client then error("bad option 'client' (an imgedit client expected)", 2) end
   local budget = opts.budget
   if type(budget) == "number" then budget = { tokens = budget } end

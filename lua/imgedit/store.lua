@@ -219,7 +219,7 @@ function Pipeline:_finish(item, img, how, started, attempts)
     local old = lineage.read(img.bytes)
     local parents = {}
     for i, s in ipairs(item.inputs) do parents[i] = s.sha256 end
-    img = lineage.attach(img, lineage.record {
+    img = image.with_lineage(img, lineage.record {
       prompt = item.req.prompt, model = item.model, params = item.fields, step = item.name, parents = parents,
       mask = item.mask and item.mask.sha256, request_id = img.request_id or (old and old.request_id), held = img,
     })
