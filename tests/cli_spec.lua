@@ -310,11 +310,17 @@ describe("the imgedit command", function()
         local c = imgedit.new {}
         assert(c:generate { prompt = "x" })
         print(c.base_url)
+        -- a pipeline and a batch without a client go there too; no global is written
+        local p = imgedit.pipeline { dir = os.tmpname() .. ".d", cache = false, quiet = true }
+        print("pipeline " .. p.client.base_url)
+        print("defaults " .. tostring(next(imgedit.defaults)))
         assert(c:generate { prompt = "x", size = "1x1" })
       ]])
       local out, code = sh(BASE .. "" .. H.LUA .. " bin/imgedit run --emulate " .. script)
       assert.are.equal(3, code, out)
       assert.matches("http://127%.0%.0%.1:%d+/v1", out)
+      assert.matches("pipeline http://127%.0%.0%.1:%d+/v1", out)
+      assert.matches("defaults nil", out)
       assert.matches("invalid_request", out)
     end)
   end)
