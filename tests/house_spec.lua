@@ -191,5 +191,59 @@ describe("the house", function()
     end
     H.rmtree(dir)
   end)
-end)
 
+  -- The files of src/ and lua/, from git (what a clone has).
+  local function tracked(under)
+    local out = {}
+    local p = io.popen("git ls-files '" .. under .. "'")
+    for line in p:lines() do out[#out + 1] = line end
+    p:close()
+    return out
+  end
+
+  it("names every file under src/ and lua/ in docs/architecture.md", function()
+    local doc = H.read("docs/architecture.md")
+    local files = tracked("src")
+    for _, f in ipairs(tracked("lua")) do files[#files + 1] = f end
+    assert.is_true(#files > 40)
+    for _, f in ipairs(files) do
+      local name = f:match("[^/]+$")
+      assert.truthy(doc:find("`" .. name .. "`", 1, true) or doc:find(f, 1, true), f .. " is not in docs/architecture.md")
+    end
+  end)
+
+  it("has no module that requires another in a cycle, however deep or lazy the require", function()
+    local graph, names = {}, {}
+    for _, f in ipairs(tracked("lua")) do
+      local mod = f:gsub("^lua/", ""):gsub("/init%.lua$", ""):gsub("%.lua$", ""):gsub("/", ".")
+      names[#names + 1] = mod
+      graph[mod] = {}
+      for dep in H.read(f):gmatch("require%s*%(?%s*[\"']([%w_.]+)[\"']") do
+        if dep:match("^imgedit") and dep ~= mod then graph[mod][dep] = true end
+      end
+    end
+    table.sort(names)
+    -- depth-first, with the path: a module met again on it closes a cycle
+    local state, cycles = {}, {}
+    local function visit(m, path)
+      if state[m] == "done" or not graph[m] then return end
+      if state[m] == "open" then
+        local from
+        for i, p in ipairs(path) do if p == m then from = i end end
+        cycles[#cycles + 1] = table.concat(path, " -> ", from) .. " -> " .. m
+        return
+      end
+      state[m] = "open"
+      path[#path + 1] = m
+      local deps = {}
+      for d in pairs(graph[m]) do deps[#deps + 1] = d end
+      table.sort(deps)
+      for _, d in ipairs(deps) do visit(d, path) end
+      path[#path] = nil
+      state[m] = "done"
+    end
+    for _, m in ipairs(names) do visit(m, {}) end
+    assert.are.same({}, cycles)
+    assert.truthy(graph["imgedit.client"]["imgedit.jobs"], "the walk reads the requires")
+  end)
+end)
