@@ -69,4 +69,17 @@ describe("reference docs and editor types", function()
       assert.truthy(types:find("function Emulator:" .. k .. "(", 1, true), "emu:" .. k .. " has no types")
     end
   end)
+
+  it("gives every name of the reference editor types, and documents every typed function", function()
+    -- the module's functions: each heading `imgedit.x(` has its types, and back
+    for name in docs:gmatch("\n### `imgedit%.([%w_]+)%(") do
+      assert.truthy(types:find("function imgedit." .. name .. "(", 1, true), "imgedit." .. name .. " has no types")
+    end
+    for name in types:gmatch("\nfunction imgedit%.([%w_]+)%(") do
+      documented("imgedit." .. name)
+    end
+    for class, prefix in pairs { Client = "client:", Job = "job:", Pipeline = "p:", Emulator = "emu:", Image = "img:" } do
+      for name in types:gmatch("\nfunction " .. class .. ":([%w_]+)%(") do documented(prefix .. name) end
+    end
+  end)
 end)

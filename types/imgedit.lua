@@ -365,6 +365,62 @@ function Pipeline:branch(name) end
 ---@return imgedit.Report
 function Pipeline:report(opts) end
 
+---@class imgedit.BatchEvent
+---@field event "done"|"failed"
+---@field name string
+---@field file? string
+---@field tokens? integer
+---@field cost? {usd: number}
+---@field attempts? integer
+---@field request_id? string
+---@field error? {kind: string, message: string, maybe_billed?: boolean}
+---@field resumed? "file"|"cache"|"url"
+---@field maybe_paid_twice? boolean
+
+---@class imgedit.BatchNumbers
+---@field total? integer
+---@field done integer
+---@field failed integer
+---@field before integer
+---@field running integer
+---@field left? integer
+---@field requests integer
+---@field tokens integer
+---@field usd number
+---@field rpm number
+---@field eta? number
+---@field concurrency integer
+---@field throttled integer
+---@field stopping? boolean
+
+---@class imgedit.BatchOptions
+---@field client? imgedit.Client default imgedit.new{max_concurrency = concurrency}
+---@field manifest? string a .jsonl or .csv path (one of manifest, jobs, pictures)
+---@field jobs? imgedit.Request[] with `name`
+---@field pictures? string[] paths, folders or globs, with prompt
+---@field prompt? string
+---@field dir? string default "out"
+---@field defaults? imgedit.Request fields for jobs that do not give them
+---@field concurrency? integer
+---@field budget? integer|{tokens?: integer, requests?: integer, usd?: number}
+---@field shard? string|integer[] "I/N" or {I, N}
+---@field cache? string|false
+---@field lineage? boolean
+---@field retry_maybe_billed? boolean send again the jobs that ended failed with maybe_billed
+---@field on_job? fun(event: imgedit.BatchEvent)
+---@field on_tick? fun(numbers: imgedit.BatchNumbers)
+---@field tick? number
+---@field interrupts? {take: fun(self): integer}
+
+---@class imgedit.BatchReport
+---@field totals {jobs: integer, done: integer, failed: integer, not_run: integer}
+---@field this_run {done: integer, failed: integer, skipped_done_before: integer, not_sent_maybe_billed: integer, requests: integer, tokens: integer, usd: number, rpm: number, throttled: integer, concurrency: {ceiling: integer, lowest: integer, final: integer}}
+---@field stopped? string "interrupted" or "budget: ..."
+---@field maybe_paid_twice string[]
+---@field jobs table[]
+---@field report string
+---@field failed_manifest string
+
 ---@class imgedit.Emulator
 ---@field url string ends in /v1
 ---@field key string
@@ -429,6 +485,11 @@ function imgedit.fit(src, opts) end
 ---@param opts {client?: imgedit.Client, dir?: string, cache?: string|false, budget?: integer|{tokens?: integer, requests?: integer, usd?: number}, on_step?: fun(info: table), quiet?: boolean, lineage?: boolean}
 ---@return imgedit.Pipeline
 function imgedit.pipeline(opts) end
+
+---@param opts imgedit.BatchOptions
+---@return imgedit.BatchReport|nil
+---@return imgedit.Error|nil
+function imgedit.batch(opts) end
 
 ---@param v any
 ---@return boolean
