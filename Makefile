@@ -225,7 +225,7 @@ check:
 	  --suppress=missingIncludeSystem -q -D__GNUC__ -DLLONG_MAX=9223372036854775807LL $(LUA_CFLAGS) src
 
 format:
-	clang-format -i src/*.c src/*.h src/emulator/*.c src/emulator/*.h
+	clang-format -i src/*.c src/*.h src/emulator/*.c src/emulator/*.h tests/fuzz/*.c
 
 # The installed command names the interpreter it was built for.
 install: all

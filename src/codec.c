@@ -215,10 +215,12 @@ static int l_sha256_file(lua_State *L) {
 }
 
 void ie_open_codec(lua_State *L) {
-  static const luaL_Reg fns[] = {
-      {"b64decode", l_b64decode},         {"b64encode", l_b64encode},
-      {"dataurl_decode", l_dataurl_decode}, {"sha256", l_sha256},
-      {"sha256_file", l_sha256_file},     {"json_b64", l_json_b64},
-      {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"b64decode", l_b64decode},
+                                 {"b64encode", l_b64encode},
+                                 {"dataurl_decode", l_dataurl_decode},
+                                 {"sha256", l_sha256},
+                                 {"sha256_file", l_sha256_file},
+                                 {"json_b64", l_json_b64},
+                                 {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

@@ -38,8 +38,8 @@ static void distance_to_keep(const unsigned char *alpha, uint16_t *d, int w, int
   size_t n = (size_t)w * (size_t)h;
   for (size_t i = 0; i < n; i++)
     d[i] = alpha[i] ? 0 : cap;
-#define RELAX(cond, j, cost)                                                                                         \
-  if ((cond) && d[j] + (cost) < v)                                                                                   \
+#define RELAX(cond, j, cost)                                                                                           \
+  if ((cond) && d[j] + (cost) < v)                                                                                     \
   v = (uint16_t)(d[j] + (cost))
   for (int y = 0; y < h; y++)
     for (int x = 0; x < w; x++) {

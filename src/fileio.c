@@ -90,8 +90,7 @@ static int l_read_file(lua_State *L) {
   if (!S_ISREG(st.st_mode))
     return ie_fail(L, "io", S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
   if (st.st_size > max)
-    return ie_fail(L, "too_large", "file is %lld bytes, more than %lld", (long long)st.st_size,
-                   (long long)max);
+    return ie_fail(L, "too_large", "file is %lld bytes, more than %lld", (long long)st.st_size, (long long)max);
   /* Allocate before opening: a memory error raised here cannot leak the fd. */
   ie_buf b;
   size_t want = (size_t)st.st_size;

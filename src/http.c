@@ -190,8 +190,7 @@ static void cancel(transfer *t) {
     t->where = W_NONE;
     ie_unhold_locked(m, t);
     break;
-  default: /* W_DEC: let go when its decodes end; W_NONE: nothing held */
-    break;
+  default: /* W_DEC: let go when its decodes end; W_NONE: nothing held */ break;
   }
   pthread_mutex_unlock(&m->mu);
 }
@@ -446,7 +445,7 @@ static int multi_perform(lua_State *L) {
   lua_settop(L, 3);
   ie_getuservalue(L, 1); /* 4: the weak map from pointers to objects */
   m->trying = timeout <= 0;
-  if (!lock_caller(m)) { /* busy: nothing handed over this time */
+  if (!lock_caller(m)) {               /* busy: nothing handed over this time */
     lua_pushinteger(L, m->last_count); /* as of the last look */
     lua_pushnumber(L, ie_now());
     lua_pushinteger(L, 0);
@@ -783,8 +782,7 @@ void ie_open_http(lua_State *L) {
     lua_pushboolean(L, 1);
     lua_setfield(L, LUA_REGISTRYINDEX, "imgedit.curl_ready");
   }
-  static const luaL_Reg multi_methods[] = {
-      {"start", multi_start}, {"perform", multi_perform}, {NULL, NULL}};
+  static const luaL_Reg multi_methods[] = {{"start", multi_start}, {"perform", multi_perform}, {NULL, NULL}};
   static const luaL_Reg xfer_methods[] = {{"done", transfer_done},
                                           {"result", transfer_result},
                                           {"take", transfer_take},
@@ -795,7 +793,6 @@ void ie_open_http(lua_State *L) {
   ie_new_class(L, MULTI_MT, multi_methods, multi_close, "close", multi_tostring);
   ie_new_class(L, XFER_MT, xfer_methods, transfer_close, "close", transfer_tostring);
   static const luaL_Reg fns[] = {
-      {"multi", l_multi}, {"curl_version", l_curl_version}, {"now", l_now}, {"thread_cpu", l_thread_cpu},
-      {NULL, NULL}};
+      {"multi", l_multi}, {"curl_version", l_curl_version}, {"now", l_now}, {"thread_cpu", l_thread_cpu}, {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

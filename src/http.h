@@ -99,15 +99,15 @@ typedef struct multi {
   unsigned gen, seen; /* changes the caller has (not) seen */
   int count;          /* transfers the multi holds */
   int quit, dquit, cancels;
-  int park, parked; /* a fork is about to happen: the network thread waits outside libcurl */
-  int forked;       /* this process is a child forked from the one that made the multi */
-  struct multi *proc_next; /* the process's live multis (procs.c) */
-  CURLMcode broken; /* the network thread stopped on this error */
+  int park, parked;             /* a fork is about to happen: the network thread waits outside libcurl */
+  int forked;                   /* this process is a child forked from the one that made the multi */
+  struct multi *proc_next;      /* the process's live multis (procs.c) */
+  CURLMcode broken;             /* the network thread stopped on this error */
   int net_started, dec_started; /* the caller's: threads to join */
   int net_running;              /* under mu: the network thread is in its loop */
   pthread_t net_thread, dec_thread;
-  transfer *all;           /* every transfer the multi holds (all_next) */
-  transfer *add_head;      /* handed over, not yet added (qnext) */
+  transfer *all;                 /* every transfer the multi holds (all_next) */
+  transfer *add_head;            /* handed over, not yet added (qnext) */
   transfer *fin_head, *fin_tail; /* finished, waiting for the caller (qnext) */
   ie_job *job_head, *job_tail;
   /* the caller's thread only: what one perform(0) may still hand over,
@@ -165,11 +165,11 @@ struct transfer {
   /* A billable request: libcurl may not send it again once the whole body
    * went out (see on_prereq). */
   int billable, sends, resend_blocked, has_body;
-  int sent_to_closed; /* this send went into a connection the server had closed */
-  int sent_on_h2;     /* ... as an HTTP/2 stream */
-  int refused;        /* HTTP/2 streams the server refused, sent again */
-  int via_proxy;      /* through the caller's proxy option */
-  int sent_all; /* the whole body went out at least once: sticky across re-sends */
+  int sent_to_closed;           /* this send went into a connection the server had closed */
+  int sent_on_h2;               /* ... as an HTTP/2 stream */
+  int refused;                  /* HTTP/2 streams the server refused, sent again */
+  int via_proxy;                /* through the caller's proxy option */
+  int sent_all;                 /* the whole body went out at least once: sticky across re-sends */
   double idle_limit, last_move; /* seconds; no bytes moving while sending or receiving */
   CURLcode code;
   long status;
@@ -183,9 +183,9 @@ struct transfer {
   sse parser;
   /* the caller's only: */
   int done, canceled;
-  int forked;       /* inherited by a forked child: it ended there, unfinished */
-  int inherited_e;  /* ... and its easy handle is libcurl's multi's, never to be touched */
-  ie_snap seen; /* the last snapshot read, for when the lock is busy */
+  int forked;      /* inherited by a forked child: it ended there, unfinished */
+  int inherited_e; /* ... and its easy handle is libcurl's multi's, never to be touched */
+  ie_snap seen;    /* the last snapshot read, for when the lock is busy */
 };
 
 /* http.c: lifetimes, shared by the threads. Under the lock: */

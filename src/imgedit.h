@@ -192,7 +192,6 @@ static inline void ie_new_class(lua_State *L, const char *name, const luaL_Reg *
 }
 
 /* Push nil, message, reason: the run-time failure convention of the core. */
-IE_LOCAL int ie_fail(lua_State *L, const char *reason, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+IE_LOCAL int ie_fail(lua_State *L, const char *reason, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #endif

@@ -92,8 +92,14 @@ static int inspect_png(const ie_src *s, ie_info *o, char *why, size_t wl) {
   case 0: o->channels = 1; break;
   case 2: o->channels = 3; break;
   case 3: o->channels = 3; break;
-  case 4: o->channels = 2; o->has_alpha = 1; break;
-  case 6: o->channels = 4; o->has_alpha = 1; break;
+  case 4:
+    o->channels = 2;
+    o->has_alpha = 1;
+    break;
+  case 6:
+    o->channels = 4;
+    o->has_alpha = 1;
+    break;
   default: return say(why, wl, IE_CORRUPT, "corrupt PNG (colour type %d)", ctype);
   }
   uint64_t off = 8, idat = 0;
@@ -240,8 +246,8 @@ static int webp_frame_holds(const ie_src *s, const ie_info *o, int animated, cha
     }
     if (w || h) {
       if (w != o->width || h != o->height)
-        return say(why, wl, IE_CORRUPT, "corrupt WebP (a %ux%u canvas, but its image is %ux%u)",
-                   (unsigned)o->width, (unsigned)o->height, (unsigned)w, (unsigned)h);
+        return say(why, wl, IE_CORRUPT, "corrupt WebP (a %ux%u canvas, but its image is %ux%u)", (unsigned)o->width,
+                   (unsigned)o->height, (unsigned)w, (unsigned)h);
       return IE_OK;
     }
     off += 8 + (uint64_t)len + (len & 1);
@@ -254,8 +260,8 @@ static int inspect_webp(const ie_src *s, ie_info *o, char *why, size_t wl) {
   size_t got = src_read(s, 0, h, sizeof h);
   uint64_t riff = (uint64_t)le32(h + 4) + 8;
   if (riff > s->size)
-    return say(why, wl, IE_TRUNCATED, "truncated WebP (RIFF size %llu, file %llu bytes)",
-               (unsigned long long)riff, (unsigned long long)s->size);
+    return say(why, wl, IE_TRUNCATED, "truncated WebP (RIFF size %llu, file %llu bytes)", (unsigned long long)riff,
+               (unsigned long long)s->size);
   if (riff < s->size)
     return say(why, wl, IE_CORRUPT, "corrupt WebP (%llu bytes after the RIFF data)",
                (unsigned long long)(s->size - riff));

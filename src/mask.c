@@ -163,9 +163,7 @@ static int l_mask_stats(lua_State *L) {
 }
 
 void ie_open_mask(lua_State *L) {
-  static const luaL_Reg fns[] = {{"mask_shapes", l_mask_shapes},
-                                 {"mask_from_gray", l_mask_from_gray},
-                                 {"mask_stats", l_mask_stats},
-                                 {NULL, NULL}};
+  static const luaL_Reg fns[] = {
+      {"mask_shapes", l_mask_shapes}, {"mask_from_gray", l_mask_from_gray}, {"mask_stats", l_mask_stats}, {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

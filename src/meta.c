@@ -9,7 +9,7 @@
 #include "imgedit.h"
 
 static const char PNG_SIG[8] = {(char)0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-static const char PNG_KEY[] = "XML:com.adobe.xmp"; /* the keyword, with its NUL */
+static const char PNG_KEY[] = "XML:com.adobe.xmp";             /* the keyword, with its NUL */
 static const char JPEG_XMP[] = "http://ns.adobe.com/xap/1.0/"; /* the header, with its NUL */
 
 static uint32_t be32(const unsigned char *p) {
@@ -308,14 +308,10 @@ static int l_xmp_embed(lua_State *L) {
   const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
   const char *x = luaL_checklstring(L, 2, &xn);
   switch (kind_of(s, n)) {
-  case K_PNG:
-    return png_embed(L, s, n, x, xn);
-  case K_JPEG:
-    return jpeg_embed(L, s, n, x, xn);
-  case K_WEBP:
-    return webp_embed(L, s, n, x, xn);
-  default:
-    return ie_fail(L, "format", "metadata goes only into PNG, JPEG and WebP files");
+  case K_PNG: return png_embed(L, s, n, x, xn);
+  case K_JPEG: return jpeg_embed(L, s, n, x, xn);
+  case K_WEBP: return webp_embed(L, s, n, x, xn);
+  default: return ie_fail(L, "format", "metadata goes only into PNG, JPEG and WebP files");
   }
 }
 
@@ -324,15 +320,10 @@ static int l_xmp_read(lua_State *L) {
   size_t n;
   const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
   switch (kind_of(s, n)) {
-  case K_PNG:
-    return png_read(L, s, n);
-  case K_JPEG:
-    return jpeg_read(L, s, n);
-  case K_WEBP:
-    return webp_read(L, s, n);
-  default:
-    lua_pushnil(L);
-    return 1;
+  case K_PNG: return png_read(L, s, n);
+  case K_JPEG: return jpeg_read(L, s, n);
+  case K_WEBP: return webp_read(L, s, n);
+  default: lua_pushnil(L); return 1;
   }
 }
 

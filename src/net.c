@@ -68,8 +68,8 @@ int ie_net_peer_closed(const multi *m, int local_port) {
  * connection agreed on. */
 int ie_net_on_h2(CURL *e) {
   struct curl_tlssessioninfo *ti = NULL;
-  if (curl_easy_getinfo(e, CURLINFO_TLS_SSL_PTR, &ti) != CURLE_OK || !ti ||
-      ti->backend != CURLSSLBACKEND_OPENSSL || !ti->internals)
+  if (curl_easy_getinfo(e, CURLINFO_TLS_SSL_PTR, &ti) != CURLE_OK || !ti || ti->backend != CURLSSLBACKEND_OPENSSL ||
+      !ti->internals)
     return 0;
   const unsigned char *p = NULL;
   unsigned n = 0;

@@ -4,18 +4,18 @@
  * while Lua copies them, so an out-of-memory error raised by Lua cannot leak
  * them. composite.c decodes and encodes through the same functions. */
 #include <limits.h>
+#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <setjmp.h>
 #include <string.h>
 
 #include <png.h>
-#include <zlib.h>
 #include <stb_image.h>
 #include <stb_image_resize.h>
 #include <stb_image_write.h>
 #include <webp/decode.h>
 #include <webp/encode.h>
+#include <zlib.h>
 
 #include "imgedit.h"
 
@@ -285,7 +285,6 @@ void ie_open_pixels(lua_State *L) {
     lua_setfield(L, -2, "__gc");
   }
   lua_pop(L, 1);
-  static const luaL_Reg fns[] = {
-      {"decode", l_decode}, {"encode", l_encode}, {"resize", l_resize}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"decode", l_decode}, {"encode", l_encode}, {"resize", l_resize}, {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

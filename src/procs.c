@@ -19,12 +19,12 @@
  *    TLS shutdown would write into the parent's connection. */
 #include <dirent.h>
 #include <dlfcn.h>
-#include <string.h>
-#include <time.h>
 #include <fcntl.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "http.h"

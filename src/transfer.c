@@ -6,14 +6,14 @@
  * called from inside libcurl, so no Lua error can longjmp through it. */
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "http.h"
 
@@ -178,8 +178,7 @@ static int bytes_waiting(CURL *e) {
  * wait between the last byte sent and the answer's first body byte (some
  * gateways send the headers at once, then think), and in a stream the
  * wait between whole events (the model makes the next partial). */
-static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
-                       curl_off_t ulnow) {
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow) {
   transfer *t = (transfer *)ud;
   double now = ie_now();
   if (dlnow != t->dl_now || ulnow != t->ul_now || t->last_move == 0)
@@ -364,14 +363,13 @@ static void add_parts(lua_State *L, int spec, int self, transfer *t) {
     if (rc == CURLE_OK && value)
       rc = curl_mime_data(part, value, len);
     else if (rc == CURLE_OK && path) {
-      rc = file_part(part, path); /* streamed from disk at send time */
+      rc = file_part(part, path);   /* streamed from disk at send time */
       if (rc == CURLE_READ_ERROR) { /* gone or unreadable since it was checked: the caller's to say */
         t->unreadable = (int)i;
         lua_settop(L, parts - 1);
         return;
       }
-    }
-    else if (rc == CURLE_OK && data) {
+    } else if (rc == CURLE_OK && data) {
       memsrc *ms = malloc(sizeof *ms);
       if (!ms)
         rc = CURLE_OUT_OF_MEMORY;
@@ -453,8 +451,7 @@ void ie_transfer_setup(lua_State *L, int spec, int self, transfer *t, multi *m) 
   curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 256L * 1024);
   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t->max);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(ie_opt_number(L, spec, "timeout", 600) * 1000));
-  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
-                   (long)(ie_opt_number(L, spec, "connect_timeout", 15) * 1000));
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(ie_opt_number(L, spec, "connect_timeout", 15) * 1000));
   const char *ua = ie_opt_lstring(L, spec, "user_agent", NULL);
   if (ua)
     curl_easy_setopt(e, CURLOPT_USERAGENT, ua);
@@ -507,7 +504,7 @@ static const char *reason_of(const transfer *t) {
   if (t->resend_blocked)
     return "lost";
   if (t->via_proxy && (t->code == CURLE_COULDNT_CONNECT || t->code == CURLE_COULDNT_RESOLVE_PROXY))
-    return "proxy"; /* the caller's proxy could not be reached */
+    return "proxy";      /* the caller's proxy could not be reached */
   long connect_code = 0; /* a proxy's answer to CONNECT */
   if (t->code != CURLE_OK && t->e && curl_easy_getinfo(t->e, CURLINFO_HTTP_CONNECTCODE, &connect_code) == CURLE_OK &&
       connect_code >= 300)
@@ -580,4 +577,3 @@ void ie_transfer_push_result(lua_State *L, const transfer *t) {
   if (t->e && curl_easy_getinfo(t->e, CURLINFO_EFFECTIVE_URL, &eff) == CURLE_OK && eff)
     set_str(L, "url", eff);
 }
-

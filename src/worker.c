@@ -140,8 +140,7 @@ static void collect(multi *m) {
     /* The last attempt's own count, as well as the progress callback's. */
     curl_off_t up = 0, total = -1;
     if (curl_easy_getinfo(t->e, CURLINFO_SIZE_UPLOAD_T, &up) == CURLE_OK &&
-        curl_easy_getinfo(t->e, CURLINFO_CONTENT_LENGTH_UPLOAD_T, &total) == CURLE_OK && total > 0 &&
-        up >= total)
+        curl_easy_getinfo(t->e, CURLINFO_CONTENT_LENGTH_UPLOAD_T, &total) == CURLE_OK && total > 0 && up >= total)
       t->sent_all = 1;
     ie_remove_handle(m, t); /* the connection goes back to the multi's pool */
     pthread_mutex_lock(&m->mu);

@@ -35,7 +35,7 @@ typedef struct emu_part {
 typedef struct emu_request {
   const char *listener, *path, *method;
   const char *authorization, *content_type, *user_agent; /* NULL when absent */
-  const char *api_key, *api_version; /* Azure's key header and ?api-version= */
+  const char *api_key, *api_version;                     /* Azure's key header and ?api-version= */
   int client_port;                                       /* 0 when unknown */
   const emu_part *parts;
   size_t nparts;
@@ -50,14 +50,14 @@ typedef struct emu_answer {
   char *body;
   size_t len;
   double delay;
-  int drop;           /* close the connection without answering */
-  int reset;          /* ... with a TCP reset rather than a close */
-  long truncate;      /* send this many body bytes, then cut the connection */
-  long stall_at;      /* after this many body bytes ... */
-  double stall;       /* ... pause this long (a trickling answer) */
-  char *headers;      /* "name\0value\0name\0value\0\0" */
+  int drop;      /* close the connection without answering */
+  int reset;     /* ... with a TCP reset rather than a close */
+  long truncate; /* send this many body bytes, then cut the connection */
+  long stall_at; /* after this many body bytes ... */
+  double stall;  /* ... pause this long (a trickling answer) */
+  char *headers; /* "name\0value\0name\0value\0\0" */
   size_t hlen, hcap;
-  char **events;      /* a streamed answer: these, one after another ... */
+  char **events; /* a streamed answer: these, one after another ... */
   size_t *event_len, nevents;
   double event_delay; /* ... each after this pause */
   long cut_after;     /* drop the connection after this many events */

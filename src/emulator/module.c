@@ -144,10 +144,13 @@ IE_API int luaopen_imgedit_emulator_core(lua_State *L);
 
 int luaopen_imgedit_emulator_core(lua_State *L) {
   ie_checkversion(L);
-  static const luaL_Reg methods[] = {
-      {"call", h_call},           {"ports", h_ports}, {"in_flight", h_in_flight},
-      {"reset_peak", h_reset_peak}, {"stopped", h_stopped}, {"stop", h_stop},
-      {NULL, NULL}};
+  static const luaL_Reg methods[] = {{"call", h_call},
+                                     {"ports", h_ports},
+                                     {"in_flight", h_in_flight},
+                                     {"reset_peak", h_reset_peak},
+                                     {"stopped", h_stopped},
+                                     {"stop", h_stop},
+                                     {NULL, NULL}};
   ie_new_class(L, EMU_MT, methods, h_stop, NULL, NULL);
   lua_newtable(L);
   lua_pushcfunction(L, l_start);

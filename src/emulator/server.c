@@ -79,9 +79,8 @@ static void free_ctx(req_ctx *c) {
   free(c);
 }
 
-static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind, const char *key,
-                               const char *filename, const char *content_type,
-                               const char *transfer_encoding, const char *data, uint64_t off,
+static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind, const char *key, const char *filename,
+                               const char *content_type, const char *transfer_encoding, const char *data, uint64_t off,
                                size_t size) {
   req_ctx *c = (req_ctx *)cls;
   (void)kind, (void)transfer_encoding;
@@ -131,7 +130,6 @@ typedef struct slow_src {
   double stall;
   int stalled;
 } slow_src;
-
 
 static ssize_t slow_read(void *cls, uint64_t pos, char *buf, size_t max) {
   slow_src *t = (slow_src *)cls;
@@ -262,8 +260,8 @@ static void reset_on_close(struct MHD_Connection *con) {
 }
 
 /* What the service sees of a request: read off the connection and ctx. */
-static void describe(struct MHD_Connection *con, const char *listener, const char *url,
-                     const char *method, const req_ctx *c, emu_request *r) {
+static void describe(struct MHD_Connection *con, const char *listener, const char *url, const char *method,
+                     const req_ctx *c, emu_request *r) {
   memset(r, 0, sizeof *r);
   r->listener = listener, r->path = url, r->method = method;
   r->authorization = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Authorization");
@@ -279,9 +277,8 @@ static void describe(struct MHD_Connection *con, const char *listener, const cha
   r->too_big = c->too_big, r->malformed = c->malformed || c->oom;
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_size, void **con_cls,
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const char *url, const char *method,
+                                  const char *version, const char *upload_data, size_t *upload_size, void **con_cls,
                                   const char *listener) {
   emu *E = (emu *)cls;
   (void)version;
@@ -324,8 +321,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
       *upload_size = 0;
       return MHD_YES;
     }
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(E->sink_len, E->sink_body, MHD_RESPMEM_PERSISTENT);
+    struct MHD_Response *r = MHD_create_response_from_buffer(E->sink_len, E->sink_body, MHD_RESPMEM_PERSISTENT);
     if (!r)
       return MHD_NO;
     MHD_add_response_header(r, "Content-Type", "application/json");
@@ -367,15 +363,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
   return ok;
 }
 
-static enum MHD_Result on_api(void *cls, struct MHD_Connection *con, const char *url,
-                              const char *method, const char *version, const char *upload_data,
-                              size_t *upload_size, void **con_cls) {
+static enum MHD_Result on_api(void *cls, struct MHD_Connection *con, const char *url, const char *method,
+                              const char *version, const char *upload_data, size_t *upload_size, void **con_cls) {
   return on_request(cls, con, url, method, version, upload_data, upload_size, con_cls, "api");
 }
 
-static enum MHD_Result on_cdn(void *cls, struct MHD_Connection *con, const char *url,
-                              const char *method, const char *version, const char *upload_data,
-                              size_t *upload_size, void **con_cls) {
+static enum MHD_Result on_cdn(void *cls, struct MHD_Connection *con, const char *url, const char *method,
+                              const char *version, const char *upload_data, size_t *upload_size, void **con_cls) {
   return on_request(cls, con, url, method, version, upload_data, upload_size, con_cls, "cdn");
 }
 
@@ -390,8 +384,7 @@ static int peer_gone(struct MHD_Connection *con) {
   return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 
-static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
-                         enum MHD_RequestTerminationCode toe) {
+static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls, enum MHD_RequestTerminationCode toe) {
   (void)cls, (void)con;
   req_ctx *c = (req_ctx *)*con_cls;
   if (c && c->entry[0] && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && !peer_gone(con)) {
@@ -407,19 +400,18 @@ static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
   *con_cls = NULL;
 }
 
-static struct MHD_Daemon *listen_on(emu *E, unsigned port, MHD_AccessHandlerCallback cb,
-                                    unsigned *bound) {
+static struct MHD_Daemon *listen_on(emu *E, unsigned port, MHD_AccessHandlerCallback cb, unsigned *bound) {
   struct sockaddr_in sa;
   memset(&sa, 0, sizeof sa);
   sa.sin_family = AF_INET;
   sa.sin_port = htons((uint16_t)port);
   sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK); /* never reachable from outside */
-  struct MHD_Daemon *d = MHD_start_daemon(
-      MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD, (uint16_t)port, NULL, NULL,
-      cb, E, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED,
-      on_completed, E, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-      /* room for the header floods that tests ask for */
-      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(1024 * 1024), MHD_OPTION_END);
+  struct MHD_Daemon *d =
+      MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD, (uint16_t)port, NULL, NULL, cb,
+                       E, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED, on_completed, E,
+                       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+                       /* room for the header floods that tests ask for */
+                       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(1024 * 1024), MHD_OPTION_END);
   if (d) {
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
     *bound = info ? info->port : port;

@@ -14,32 +14,32 @@ int luaopen_imgedit_core(lua_State *L);
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size);
 
 static const char *const CODE[] = {
-  /* 0: base64 and data URLs */
-  "local core = require 'imgedit.core'\n"
-  "return function(s)\n"
-  "  local b = core.b64decode(s)\n"
-  "  if b then assert(core.b64decode(core.b64encode(b)) == b) end\n"
-  "  local d, mime = core.dataurl_decode(s)\n"
-  "  if d then assert(type(mime) == 'string') end\n"
-  "end\n",
-  /* 1: reading a JSON answer of a 200 */
-  "local answer = require 'imgedit.answer'\n"
-  "return function(s)\n"
-  "  local res = { ok = true, status = 200, body = s, content_type = 'application/json' }\n"
-  "  local img, err, url = answer.read(res, { model = 'gpt-image-2' }, 1e6, 'sk-secret-key')\n"
-  "  assert(img or err or url)\n"
-  "  if err then assert(err.kind == 'protocol' and type(err.message) == 'string') end\n"
-  "  if err then assert(not tostring(err):find('sk-secret-key', 1, true)) end\n"
-  "end\n",
-  /* 2: mask decoding: pixels, alpha from grey, coverage */
-  "local core = require 'imgedit.core'\n"
-  "return function(s)\n"
-  "  local px, w, h = core.decode(s, 4000000)\n"
-  "  if not px then return end\n"
-  "  local m = core.mask_from_gray(px, w, h, { feather = 2 })\n"
-  "  local clear, solid, total = core.mask_stats(m)\n"
-  "  assert(total == w * h and clear + solid <= total)\n"
-  "end\n",
+    /* 0: base64 and data URLs */
+    "local core = require 'imgedit.core'\n"
+    "return function(s)\n"
+    "  local b = core.b64decode(s)\n"
+    "  if b then assert(core.b64decode(core.b64encode(b)) == b) end\n"
+    "  local d, mime = core.dataurl_decode(s)\n"
+    "  if d then assert(type(mime) == 'string') end\n"
+    "end\n",
+    /* 1: reading a JSON answer of a 200 */
+    "local answer = require 'imgedit.answer'\n"
+    "return function(s)\n"
+    "  local res = { ok = true, status = 200, body = s, content_type = 'application/json' }\n"
+    "  local img, err, url = answer.read(res, { model = 'gpt-image-2' }, 1e6, 'sk-secret-key')\n"
+    "  assert(img or err or url)\n"
+    "  if err then assert(err.kind == 'protocol' and type(err.message) == 'string') end\n"
+    "  if err then assert(not tostring(err):find('sk-secret-key', 1, true)) end\n"
+    "end\n",
+    /* 2: mask decoding: pixels, alpha from grey, coverage */
+    "local core = require 'imgedit.core'\n"
+    "return function(s)\n"
+    "  local px, w, h = core.decode(s, 4000000)\n"
+    "  if not px then return end\n"
+    "  local m = core.mask_from_gray(px, w, h, { feather = 2 })\n"
+    "  local clear, solid, total = core.mask_stats(m)\n"
+    "  assert(total == w * h and clear + solid <= total)\n"
+    "end\n",
 };
 
 static lua_State *L;
