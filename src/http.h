@@ -188,7 +188,7 @@ struct transfer {
   ie_snap seen;    /* the last snapshot read, for when the lock is busy */
 };
 
-/* http.c: lifetimes, shared by the threads. Under the lock: */
+/* hub.c: lifetimes, shared by the threads. Under the lock: */
 
 /* One ref of t less; 1 when it was the last: then ie_transfer_free it
  * after unlocking. */
@@ -205,8 +205,28 @@ IE_LOCAL void ie_changed_locked(multi *m);
 /* Without the lock: frees t's resources, then lets go of its multi. */
 IE_LOCAL void ie_transfer_free(transfer *t);
 
-/* http.c: stop and join m's threads (close, and the exit hook). */
+/* hub.c, the caller's side: */
+
+/* Stop and join m's threads (close, and the exit hook). */
 IE_LOCAL void ie_multi_stop_threads(multi *m);
+/* Once the threads stopped: every transfer ends, libcurl's handles go, m
+ * lets go of itself. */
+IE_LOCAL void ie_multi_end(multi *m);
+/* One ref of m less; the last frees it (never in a forked child). */
+IE_LOCAL void ie_hub_unref(multi *m);
+/* fn on a thread of its own, with every signal blocked; 1 when started. */
+IE_LOCAL int ie_thread_start(pthread_t *th, void *(*fn)(void *), void *arg);
+/* Stop t wherever it is; it ends as canceled. Waits for the network
+ * thread's acknowledgement of a running one. */
+IE_LOCAL void ie_transfer_cancel(transfer *t);
+/* The lock: only tried when m->trying (poll(0)); 0 when not taken. */
+IE_LOCAL int ie_lock_caller(multi *m);
+/* A forked child's inherited transfers end now, to the finished list. Locked. */
+IE_LOCAL void ie_orphan_all_locked(multi *m);
+/* Whether what costs `cost` may still be handed over in this perform. Locked. */
+IE_LOCAL int ie_affordable(multi *m, size_t cost);
+/* Wait until the threads hand something over, or timeout seconds pass. Locked. */
+IE_LOCAL void ie_wait_locked(multi *m, double timeout);
 
 /* procs.c: the process's live multis, for its exit and fork hooks. */
 IE_LOCAL void ie_procs_add(multi *m);
