@@ -253,7 +253,17 @@ IE_LOCAL void ie_decoded_free(void *d);
 /* The bytes of pictures (files and pixels) d holds. */
 IE_LOCAL size_t ie_decoded_cost(const ie_decoded *d);
 
-/* transfer.c */
+/* record.c: the network thread's callbacks, set on e for t. */
+IE_LOCAL void ie_transfer_callbacks(CURL *e, transfer *t);
+/* A file part streamed from disk (opened close-on-exec); CURLE_READ_ERROR
+ * when the file cannot be opened. */
+IE_LOCAL CURLcode ie_part_file(curl_mimepart *part, const char *path);
+/* A part from len bytes at data, which the caller keeps alive. */
+IE_LOCAL CURLcode ie_part_memory(curl_mimepart *part, const char *data, size_t len);
+/* x-ratelimit-{limit,remaining,reset}-{requests,tokens,images}, in t->ratelimit's order. */
+IE_LOCAL extern const char *const ie_ratelimit_headers[9];
+
+/* transfer.c (the caller's thread) */
 
 /* Build t's easy handle from the spec table at index spec; strings sent
  * from memory are anchored in the uservalue of the transfer object at self;
