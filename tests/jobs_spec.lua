@@ -330,7 +330,7 @@ describe("jobs", function()
       local img, err = slow:result()
       assert.is_nil(img)
       assert.are.equal("canceled", err.kind)
-      assert.are.equal(0, c._inflight)
+      assert.are.equal(0, require("imgedit.jobs").in_flight(c))
       emu:configure { latency = 0 }
       c:poll(0) -- the queued job takes the freed slot
       assert.are.equal("running", next_job.state)

@@ -83,7 +83,6 @@ function M.new(opts)
   end
   local c = { base_url = (base:gsub("/+$", "")), user_agent = USER_AGENT, limits = opts.limits, provider = provider,
     on_progress = opts.on_progress, on_retry = opts.on_retry, on_warning = opts.on_warning, _warned = {}, prices = opts.prices,
-    _inflight = 0,
     -- The scheduler's lists, so that a submit or a poll costs what happened,
     -- not how many jobs wait: new jobs in a FIFO (_queue[_qhead.._qtail]), jobs
     -- ready again (a retry whose backoff is over, a url to fetch) before
@@ -209,7 +208,7 @@ function Client:_pump(now)
     for _, job in ipairs(self._waiting) do
       if job.state == "waiting" then
         if now >= job.retry_at then
-          job.state = "queued"
+          jobs.wake(job)
           self._ready[#self._ready + 1] = job
         else
           still[#still + 1] = job
@@ -219,7 +218,7 @@ function Client:_pump(now)
     end
     self._waiting = still
   end
-  while self._inflight < self.max_concurrency and not self._closed do
+  while jobs.free_slot(self) and not self._closed do
     local job = next_queued(self)
     if not job then break end
     jobs.launch(job)
@@ -237,11 +236,6 @@ function Client:_pump(now)
   return next_wake, started
 end
 
-local function new_job(c, kind)
-  c._seq = (c._seq or 0) + 1
-  return setmetatable({ client = c, kind = kind, state = "queued", attempts = 0, phase = "api",
-    t0 = core.now(), last_report = 0, seq = c._seq }, jobs.Job)
-end
 
 local function enqueue(c, job)
   c._all[job] = true
@@ -249,7 +243,7 @@ local function enqueue(c, job)
   c._qtail = c._qtail + 1
   c._queue[c._qtail] = job
   -- Only a free slot makes a submit do more than queue the job.
-  if c._inflight < c.max_concurrency then c:_pump(job.t0) end
+  if jobs.free_slot(c) then c:_pump(job.t0) end
   return job
 end
 
@@ -263,7 +257,7 @@ local function start(self, kind, req, level)
     error(string.format("bad argument #2 to '%s' (table expected, got %s)", kind, type(req)), level + 1)
   end
   local opts = request.job_options(self, req, level + 1)
-  local job = new_job(self, kind)
+  local job = jobs.new(self, kind)
   job.opts = opts
   job.on_progress, job.on_retry, job.on_partial = opts.on_progress, opts.on_retry, req.on_partial
   if kind == "download" then

@@ -4,8 +4,11 @@
 -- and ends "done" or "failed". Everything happens inside client:poll(), in
 -- the caller's Lua state; libcurl never calls into Lua.
 --
--- State changes happen in `finish`, `launch`, `retry_or_fail` and
--- `Job:cancel`, and every callback of the caller is called through `call`,
+-- Every change of a job's state and of its client's count of transfers in
+-- flight (`_inflight`) is in this file: `M.new`, `M.wake`, `launch`,
+-- `advance`, `retry_or_fail`, `finish`, `abort` and `Job:cancel`. What a
+-- paid picture gets before it is handed over is deliver.lua's. Every
+-- callback of the caller is called through `call`,
 -- under pcall. A callback may call the library back (cancel any job, submit,
 -- poll, even wait): after each callback the machine looks again at what the
 -- job has become, and a cancel always wins.
@@ -13,9 +16,8 @@ local compat = require "imgedit.compat"
 local core = require "imgedit.core"
 local errors = require "imgedit.errors"
 local answer = require "imgedit.answer"
+local deliver = require "imgedit.deliver"
 local image = require "imgedit.image"
-local masks = require "imgedit.mask"
-local prices = require "imgedit.prices"
 local retry = require "imgedit.retry"
 local stream = require "imgedit.stream"
 
@@ -30,6 +32,23 @@ function Job.__tostring(j)
 end
 
 function Job:done() return self.state == "done" or self.state == "failed" end
+
+-- new(client, kind) -> a queued job of the client's.
+function M.new(c, kind)
+  c._seq = (c._seq or 0) + 1
+  c._inflight = c._inflight or 0 -- its transfers in flight: counted here alone
+  return setmetatable({ client = c, kind = kind, state = "queued", attempts = 0, phase = "api",
+    t0 = core.now(), last_report = 0, seq = c._seq }, Job)
+end
+
+-- wake(job): its backoff is over; it waits for a slot again.
+function M.wake(job) job.state = "queued" end
+
+-- in_flight(client) -> how many of its transfers are in flight.
+function M.in_flight(c) return c._inflight or 0 end
+
+-- free_slot(client) -> whether another transfer may start.
+function M.free_slot(c) return M.in_flight(c) < c.max_concurrency end
 
 -- result() -> Image | nil, err; nil, nil while the job runs.
 function Job:result()
@@ -57,85 +76,9 @@ function Job:wait()
   return self:result()
 end
 
--- hold_one(job, img, warn) -> the Image to hand over: for an edit with a
--- mask, img with its mask_drift and mask_spill, or with preserve the
--- composite (img.raw the service's own). The picture is paid for, so
--- nothing here may lose it: a failure hands img over as it came, with
--- img.preserve_error. Warnings go to warn(msg), for finish to deliver.
-local function hold_one(job, img, warn)
-  local src, o = job.inpaint, job.opts
-  local function failed(why)
-    img.preserve_error = why
-    warn("the mask's figures" .. (o.preserve and " and preserve" or "") .. " failed: " .. why
-      .. (o.preserve and "; the service's picture is kept as it came" or ""))
-    return img
-  end
-  -- image 1 and the mask as they were sent: a file changed since is not used
-  local function again(entry, what)
-    if entry.data then return entry.data end
-    local bytes, msg = core.read_file(entry.path)
-    if not bytes then return nil, what .. " could not be read again: " .. tostring(msg) end
-    if #bytes ~= entry.info.bytes then return nil, what .. " changed on disk after it was sent" end
-    return bytes
-  end
-  local base, why = again(src.base, "image 1")
-  if not base then return failed(why) end
-  local mask
-  mask, why = again(src.mask, "the mask")
-  if not mask then return failed(why) end
-  local opts = { feather = o.feather, tolerance = o.drift_tolerance,
-    quality = masks._quality(job.fields.output_compression) }
-  local ok, r, e = pcall(o.preserve and masks.preserve or masks.compare, img, { bytes = base }, { bytes = mask }, opts)
-  if not ok or not r then return failed(ok and e.message or tostring(r)) end
-  if o.preserve then
-    local bi = src.base.info
-    if bi.width * r.height ~= bi.height * r.width then
-      warn(string.format("image 1 is %dx%d and the answer %dx%d: preserve stretched image 1 to the answer's shape",
-        bi.width, bi.height, r.width, r.height))
-    end
-    return r
-  end
-  img.mask_drift, img.mask_spill = r.drift, r.spill
-  if o.drift_warning and r.drift > o.drift_warning then
-    warn(string.format("the answer changed %.1f%% of the area the mask keeps (mask_drift, over"
-      .. " drift_warning = %g%%); preserve = true puts image 1 back there", r.drift * 100, o.drift_warning * 100))
-  end
-  return img
-end
-
--- hold(job, img) -> img: hold_one for each picture of an edit with a mask,
--- then its warnings through the client's on_warning. One that raises ends
--- the job as kind "callback", the picture in err.image, as any callback's.
-local function hold(job, img)
-  if not job.inpaint or not img then return img end
-  local warnings = {}
-  local function warn(msg) warnings[#warnings + 1] = msg end
-  img = hold_one(job, img, warn)
-  for i, more in ipairs(img.more or {}) do
-    if image.is(more) then img.more[i] = hold_one(job, more, warn) end
-  end
-  for _, msg in ipairs(warnings) do
-    local ok, e = pcall(job.client._warn, job.client, msg)
-    if not ok and not job.cb_err then
-      job.cb_err = errors.new("callback", "on_warning raised an error: " .. tostring(errors.is(e) and e.message or e),
-        { callback = "on_warning", cause = e, attempts = job.attempts, retryable = false, maybe_billed = true })
-    end
-  end
-  return img
-end
-
 local function finish(job, img, err)
   if job:done() then return end
-  img = hold(job, img)
-  if img and job.opts and job.opts.decode == "rgba" then
-    answer.pixels(img)
-    for _, more in ipairs(img.more or {}) do
-      if image.is(more) then answer.pixels(more) end
-    end
-  end
-  if img and img.cost == nil and job.kind ~= "download" then
-    img.cost = prices.cost(job.client, img.model or job.fields.model, img.usage, 1 + #(img.more or {}))
-  end
+  if img then img = deliver.picture(job, img) end
   if job.cb_err then
     -- A callback failed after the request could be billed: the job fails
     -- as the callback's, but what was paid for comes along.
