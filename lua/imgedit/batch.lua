@@ -26,7 +26,6 @@
 -- name used twice) and, on a resume, what the journal said of it.
 local core = require "imgedit.core"
 local client_mod = require "imgedit.client"
-local cjson = require "cjson"
 local errors = require "imgedit.errors"
 local image = require "imgedit.image"
 local lineage = require "imgedit.lineage"
@@ -35,6 +34,8 @@ local pace_mod = require "imgedit.pace"
 local prices = require "imgedit.prices"
 local request = require "imgedit.request"
 local store = require "imgedit.store"
+local J = require "imgedit.batch_journal"
+local report_mod = require "imgedit.batch_report"
 
 local M = {}
 
@@ -42,87 +43,13 @@ local M = {}
 -- after the client's own retries, before it fails as rate_limit.
 local REQUEUES = 50
 
-local function iso(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t)) end
-
 -- ---- options ----
-
-local function parse_shard(s)
-  if s == nil then return nil end
-  local i, n
-  if type(s) == "table" then
-    i, n = s[1], s[2]
-  else
-    i, n = tostring(s):match("^(%d+)/(%d+)$")
-    i, n = tonumber(i), tonumber(n)
-  end
-  if type(i) ~= "number" or type(n) ~= "number" or n < 1 or i < 1 or i > n or i % 1 ~= 0 or n % 1 ~= 0 then
-    error("bad option 'shard' (I/N with 1 <= I <= N expected, got " .. tostring(s) .. ")", 3)
-  end
-  return { i = i, n = n }
-end
-
--- A job belongs to shard I of N by its name's hash: the same split on every
--- machine, whatever the order of the manifest's lines.
-local function in_shard(shard, name)
-  if not shard or shard.n == 1 then return true end
-  return tonumber(core.sha256(name):sub(1, 8), 16) % shard.n == shard.i - 1
-end
 
 local CHECK = {
   client = true, jobs = true, manifest = true, prompt = true, pictures = true, dir = true, defaults = true,
   concurrency = true, budget = true, shard = true, cache = true, lineage = true, on_job = true, on_tick = true,
   interrupts = true, tick = true, retry_maybe_billed = true,
 }
-
--- ---- the journal ----
-
--- ".I-of-N" in a shard's own file names; "" without shards.
-local function suffix(shard)
-  return shard and shard.n > 1 and string.format(".%d-of-%d", shard.i, shard.n) or ""
-end
-
-local function journal_name(shard) return ".imgedit-batch" .. suffix(shard) .. ".jsonl" end
-
--- Every journal in dir, read into name -> what is known: `last` (the last
--- ended event) and `open` (sent after it, never ended: in flight at a crash).
-local function read_journals(dir, names)
-  local known = {}
-  for _, e in ipairs(core.listdir(dir) or {}) do
-    if e.name:match("^%.imgedit%-batch.*%.jsonl$") then
-      local f = io.open(dir .. "/" .. e.name, "rb")
-      for line in f and f:lines() or function() end do
-        local ok, ev = pcall(cjson.decode, line)
-        -- A line cut short by a kill is skipped.
-        if ok and type(ev) == "table" and type(ev.name) == "string" and (names == nil or names[ev.name]) then
-          local k = known[ev.name] or {}
-          known[ev.name] = k
-          if ev.event == "sent" then
-            k.open = ev
-          elseif ev.event == "requeued" then
-            k.open = nil
-          elseif ev.event == "done" or ev.event == "failed" then
-            k.last, k.open = ev, nil
-          end
-        end
-      end
-      if f then f:close() end
-    end
-  end
-  return known
-end
-
--- One write of one line, flushed: the kernel has it before the next step.
--- With durable, it and every line before it are on the disk: the "sent"
--- line before its request goes out (one fdatasync a job; measured in
--- bench/README.md).
-local function append(f, ev, durable)
-  f:write(cjson.encode(ev), "\n")
-  f:flush()
-  if durable then
-    local ok, msg = core.sync(f)
-    if not ok then error("cannot write the batch journal to the disk: " .. tostring(msg), 0) end
-  end
-end
 
 -- ---- one job ----
 
@@ -190,8 +117,8 @@ end
 function Run:_ended(ev)
   local s = self.stats
   if ev.event == "done" then s.done = s.done + 1 else s.failed = s.failed + 1 end
-  ev.at = iso(os.time())
-  append(self.journal, ev)
+  ev.at = J.iso(os.time())
+  J.append(self.journal, ev)
   if self.on_job then self.on_job(ev) end
   if ev.event == "done" and ev.maybe_paid_twice then s.paid_twice[#s.paid_twice + 1] = ev.name end
 end
@@ -255,7 +182,7 @@ function Run:_finish(slot)
       slot.entry._requeued = (slot.requeued or 0) + 1
       table.insert(self.again, 1, slot.entry)
       -- Closes its "sent": refused, so a crash now does not make it look paid.
-      append(self.journal, { event = "requeued", name = item.name, key = item.key })
+      J.append(self.journal, { event = "requeued", name = item.name, key = item.key })
       return
     end
   end
@@ -353,7 +280,7 @@ function Run:_start(entry)
       if user then return user(info) end
     end
   end
-  append(self.journal, { event = "sent", name = name, key = item.key, at = iso(os.time()) }, true)
+  J.append(self.journal, { event = "sent", name = name, key = item.key, at = J.iso(os.time()) }, true)
   self.running = self.running + 1
   self:_reserve(item, 1)
   local sok, job = pcall(self.client.submit, self.client, slot.kind, req)
@@ -391,78 +318,8 @@ function Run:numbers(now)
     concurrency = self.pace:slots(), throttled = self.pace.throttles, stopping = self.stopping or nil }
 end
 
--- Write batch-report.json and failed.jsonl from the journals: every job of
--- this run's share of the manifest, in manifest order.
-function Run:_report(src)
-  local known = read_journals(self.dir, self.names)
-  local list, failed = {}, {}
-  local t = { done = 0, failed = 0, not_run = 0 }
-  src.each(function(entry)
-    if not in_shard(self.shard, entry.name) then return end
-    local k = known[entry.name]
-    local ev = k and k.last
-    local rec
-    if ev and ev.event == "done" then
-      rec = { name = entry.name, status = "done", file = ev.file, files = ev.files, tokens = ev.tokens,
-        cost = ev.cost, attempts = ev.attempts, request_id = ev.request_id, seconds = ev.seconds, at = ev.at,
-        resumed = ev.resumed, maybe_paid_twice = ev.maybe_paid_twice }
-      t.done = t.done + 1
-    else
-      rec = { name = entry.name, status = ev and "failed" or "not_run" }
-      if ev then
-        rec.error, rec.attempts, rec.request_id, rec.url, rec.at = ev.error, ev.attempts, ev.request_id, ev.url, ev.at
-        rec.maybe_paid_twice = ev.maybe_paid_twice
-        t.failed = t.failed + 1
-      else
-        t.not_run = t.not_run + 1
-      end
-      -- The job as a manifest line that runs from anywhere.
-      local line = {}
-      for key, v in pairs(entry) do
-        if key:sub(1, 1) ~= "_" and type(v) ~= "function" then line[key] = v end
-      end
-      local ok_paths = true
-      if line.images then
-        local abs = {}
-        for i, p in ipairs(line.images) do
-          if type(p) ~= "string" then ok_paths = false else abs[i] = core.realpath(p) or p end
-        end
-        line.images = abs
-      end
-      if type(line.mask) == "string" then line.mask = core.realpath(line.mask) or line.mask end
-      if line.mask ~= nil and type(line.mask) ~= "string" then ok_paths = false end
-      if ok_paths then failed[#failed + 1] = cjson.encode(line) end
-    end
-    list[#list + 1] = rec
-  end)
-  local s = self.stats
-  local n = self:numbers()
-  local report = {
-    dir = self.dir, shard = self.shard and (self.shard.i .. "/" .. self.shard.n) or nil,
-    started = iso(self.started), seconds = n.seconds, stopped = self.stopped,
-    totals = { jobs = #list, done = t.done, failed = t.failed, not_run = t.not_run },
-    this_run = { done = s.done, failed = s.failed, skipped_done_before = s.before,
-      not_sent_maybe_billed = s.held, requests = s.requests,
-      tokens = s.tokens, usd = s.usd, rpm = n.rpm, throttled = self.pace.throttles,
-      concurrency = { ceiling = self.pace.ceiling, lowest = math.max(1, math.floor(self.pace.lowest)),
-        final = self.pace:slots() } },
-    maybe_paid_twice = s.paid_twice,
-    jobs = list,
-  }
-  local ext = suffix(self.shard)
-  report.report = self.dir .. "/batch-report" .. ext .. ".json"
-  report.failed_manifest = self.dir .. "/failed" .. ext .. ".jsonl"
-  local empty = setmetatable({}, cjson.empty_array_mt or {})
-  local enc = {}
-  for k, v in pairs(report) do enc[k] = v end
-  if #s.paid_twice == 0 then enc.maybe_paid_twice = empty end
-  if #list == 0 then enc.jobs = empty end
-  local ok, msg = core.write_atomic(report.report, cjson.encode(enc) .. "\n")
-  if not ok then report.report_error = msg end
-  ok, msg = core.write_atomic(report.failed_manifest, #failed > 0 and table.concat(failed, "\n") .. "\n" or "")
-  if not ok then report.report_error = msg end
-  return report
-end
+-- Write batch-report.json and failed.jsonl (batch_report.lua).
+function Run:_report(src) return report_mod.write(self, src) end
 
 function Run:_interrupted()
   local n = self.interrupts and self.interrupts:take() or 0
@@ -495,7 +352,7 @@ function M.run(o)
   local budget = o.budget
   if type(budget) == "number" then budget = { tokens = budget } end
   if budget ~= nil and type(budget) ~= "table" then error("bad option 'budget' (number or table expected)", 2) end
-  local shard = parse_shard(o.shard)
+  local shard = J.parse_shard(o.shard)
   local client = o.client
   if client == nil then
     client = client_mod.new { max_concurrency = o.concurrency }
@@ -535,19 +392,19 @@ function M.run(o)
       return true
     end
     names[entry.name] = where
-    if in_shard(shard, entry.name) then total = total + 1 end
+    if J.in_shard(shard, entry.name) then total = total + 1 end
   end)
   local bad = dup or (not pok and (tostring(read_ok):gsub("^[^:]*:%d+: ", ""))) or (not read_ok and rerr)
   if bad then return nil, errors.new("invalid_request", bad, { param = "manifest" }) end
   for n in pairs(names) do names[n] = true end
 
-  local jf, jerr = io.open(dir .. "/" .. journal_name(shard), "ab")
+  local jf, jerr = io.open(dir .. "/" .. J.journal_name(shard), "ab")
   if not jf then error("cannot write the batch journal in " .. dir .. ": " .. tostring(jerr), 2) end
   local run = setmetatable({
     client = client, dir = dir, shard = shard, budget = budget, lineage = o.lineage ~= false, cache = cache or nil,
     on_job = o.on_job, on_tick = o.on_tick, interrupts = o.interrupts, signals = 0, names = names,
     retry_maybe_billed = o.retry_maybe_billed and true or nil,
-    known = read_journals(dir, names), journal = jf, total = total, running = 0, slots = {}, again = {},
+    known = J.read_journals(dir, names), journal = jf, total = total, running = 0, slots = {}, again = {},
     pace = pace_mod.new(ceiling), t0 = core.now(), started = os.time(), rpm_marks = {},
     stats = { done = 0, failed = 0, before = 0, held = 0, requests = 0, tokens = 0, usd = 0, paid_twice = {} },
     reserved = { requests = 0, tokens = 0, usd = 0 },
@@ -561,7 +418,7 @@ function M.run(o)
   -- at a time, so that the manifest is never held whole.
   local feed = coroutine.wrap(function()
     src.each(function(entry)
-      if in_shard(shard, entry.name) then coroutine.yield(entry) end
+      if J.in_shard(shard, entry.name) then coroutine.yield(entry) end
     end)
     return nil
   end)

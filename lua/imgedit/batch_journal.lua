@@ -1,0 +1,82 @@
+-- A batch's journal and shards: the append-only journal (one line when a
+-- request is sent, one when its job ends, on the disk before the next
+-- request goes out), reading every journal of a folder back, and which
+-- jobs a shard I of N runs.
+local core = require "imgedit.core"
+local cjson = require "cjson"
+
+local M = {}
+
+function M.iso(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t)) end
+
+function M.parse_shard(s)
+  if s == nil then return nil end
+  local i, n
+  if type(s) == "table" then
+    i, n = s[1], s[2]
+  else
+    i, n = tostring(s):match("^(%d+)/(%d+)$")
+    i, n = tonumber(i), tonumber(n)
+  end
+  if type(i) ~= "number" or type(n) ~= "number" or n < 1 or i < 1 or i > n or i % 1 ~= 0 or n % 1 ~= 0 then
+    error("bad option 'shard' (I/N with 1 <= I <= N expected, got " .. tostring(s) .. ")", 3)
+  end
+  return { i = i, n = n }
+end
+
+-- A job belongs to shard I of N by its name's hash: the same split on every
+-- machine, whatever the order of the manifest's lines.
+function M.in_shard(shard, name)
+  if not shard or shard.n == 1 then return true end
+  return tonumber(core.sha256(name):sub(1, 8), 16) % shard.n == shard.i - 1
+end
+
+-- ".I-of-N" in a shard's own file names; "" without shards.
+function M.suffix(shard)
+  return shard and shard.n > 1 and string.format(".%d-of-%d", shard.i, shard.n) or ""
+end
+
+function M.journal_name(shard) return ".imgedit-batch" .. M.suffix(shard) .. ".jsonl" end
+
+-- Every journal in dir, read into name -> what is known: `last` (the last
+-- ended event) and `open` (sent after it, never ended: in flight at a crash).
+function M.read_journals(dir, names)
+  local known = {}
+  for _, e in ipairs(core.listdir(dir) or {}) do
+    if e.name:match("^%.imgedit%-batch.*%.jsonl$") then
+      local f = io.open(dir .. "/" .. e.name, "rb")
+      for line in f and f:lines() or function() end do
+        local ok, ev = pcall(cjson.decode, line)
+        -- A line cut short by a kill is skipped.
+        if ok and type(ev) == "table" and type(ev.name) == "string" and (names == nil or names[ev.name]) then
+          local k = known[ev.name] or {}
+          known[ev.name] = k
+          if ev.event == "sent" then
+            k.open = ev
+          elseif ev.event == "requeued" then
+            k.open = nil
+          elseif ev.event == "done" or ev.event == "failed" then
+            k.last, k.open = ev, nil
+          end
+        end
+      end
+      if f then f:close() end
+    end
+  end
+  return known
+end
+
+-- One write of one line, flushed: the kernel has it before the next step.
+-- With durable, it and every line before it are on the disk: the "sent"
+-- line before its request goes out (one fdatasync a job; measured in
+-- bench/README.md).
+function M.append(f, ev, durable)
+  f:write(cjson.encode(ev), "\n")
+  f:flush()
+  if durable then
+    local ok, msg = core.sync(f)
+    if not ok then error("cannot write the batch journal to the disk: " .. tostring(msg), 0) end
+  end
+end
+
+return M
