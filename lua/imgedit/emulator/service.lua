@@ -4,20 +4,15 @@
 -- inject (faults.lua), and makes the picture. It shares no validation code
 -- with the client, so the client's checks can be tested against it.
 local core = require "imgedit.core"
-local render = require "imgedit.emulator.core"
 local faults = require "imgedit.emulator.faults"
 local rules = require "imgedit.emulator.rules"
 local cjson = require "cjson"
+local S = require "imgedit.emulator.state"
+local endpoints = require "imgedit.emulator.endpoints"
 
 local M = {}
 
 local json_answer, fail, invalid = rules.json_answer, rules.fail, rules.invalid
-local cfg = { latency = 0 }
-local log, files = {}, {}
--- The log's epoch: a request's answer delivered after a clear() is not
--- mistaken for one of the new log.
-local epoch = 0
-local seq = 0
 
 -- A key of its own for every emulator: from the system's random source
 -- (math.random is not seeded on 5.1, 5.3 and LuaJIT, so it would repeat).
@@ -32,12 +27,12 @@ end
 function M.configure_json(s)
   local t = cjson.decode(s)
   for k, v in pairs(t) do
-    if v ~= cjson.null then cfg[k] = v end
+    if v ~= cjson.null then S.cfg[k] = v end
   end
-  cfg.key = cfg.key or random_key()
-  if t.seed ~= nil or not cfg.seeded then
-    math.randomseed(tonumber(cfg.seed) or 1)
-    cfg.seeded = true
+  S.cfg.key = S.cfg.key or random_key()
+  if t.seed ~= nil or not S.cfg.seeded then
+    math.randomseed(tonumber(S.cfg.seed) or 1)
+    S.cfg.seeded = true
   end
 end
 
@@ -51,7 +46,7 @@ local window = {} -- arrival times of the API requests let through in the last s
 -- being one second: remaining is what is left of it, reset the time until
 -- it is whole again ("resets to its initial state"), e.g. "840ms".
 local function shed(entry, headers)
-  local limit = tonumber(cfg.rate_limit) or 0
+  local limit = tonumber(S.cfg.rate_limit) or 0
   if limit > 0 then
     local now = core.now()
     local keep = {}
@@ -72,7 +67,7 @@ local function shed(entry, headers)
     end
   end
   local r = math.random()
-  local fail_rate, reset_rate = tonumber(cfg.fail_rate) or 0, tonumber(cfg.reset_rate) or 0
+  local fail_rate, reset_rate = tonumber(S.cfg.fail_rate) or 0, tonumber(S.cfg.reset_rate) or 0
   if r < fail_rate then
     entry.status = 500
     return fail(500, "The server had an error while processing your request.", nil, nil, "server_error")
@@ -83,13 +78,13 @@ local function shed(entry, headers)
   end
 end
 
-function M.key() return cfg.key end
+function M.key() return S.cfg.key end
 
 -- ---- the request log ----
 
 local function record(req)
   local e = {
-    id = #log + 1, listener = req.listener, method = req.method, path = req.path,
+    id = #S.log + 1, listener = req.listener, method = req.method, path = req.path,
     authorization = req.authorization ~= nil, api_key = req.api_key ~= nil, api_version = req.api_version,
     user_agent = req.user_agent, content_type = req.content_type, client_port = req.client_port,
     fields = {}, field_order = {}, files = {},
@@ -115,220 +110,8 @@ local function record(req)
       end
     end
   end
-  log[#log + 1] = e
+  S.log[#S.log + 1] = e
   return e
-end
-
--- ---- the picture ----
-
-local function tint_of(prompt)
-  local h = core.sha256(prompt or "")
-  local function byte(i) return tonumber(h:sub(2 * i - 1, 2 * i), 16) end
-  return { byte(1), byte(2), byte(3) }, { 255 - byte(1), 255 - byte(2), 255 - byte(3) }
-end
-
-local function layer(bytes)
-  local px, w, h = core.decode(bytes)
-  if not px then return nil end
-  return { px = px, w = w, h = h }
-end
-
-local function output_size(size, first)
-  local w, h = rules.parse_size(size or "")
-  if w and w > 0 and h > 0 and w <= 4096 and h <= 4096 then return w, h end
-  if first and first.width and first.height then
-    if first.width > first.height * 1.2 then return 1536, 1024 end
-    if first.height > first.width * 1.2 then return 1024, 1536 end
-  end
-  return 1024, 1024
-end
-
-local function picture(prompt, images, mask, w, h, fmt, compression)
-  local tint, fill = tint_of(prompt)
-  local spec = { width = w, height = h, tint = tint, fill = fill, insets = {} }
-  for i, bytes in ipairs(images) do
-    local l = layer(bytes)
-    if i == 1 then spec.base = l elseif l then spec.insets[#spec.insets + 1] = l end
-  end
-  if mask then spec.mask = layer(mask) end
-  local px = render._compose(spec)
-  return core.encode(px, w, h, fmt, tonumber(compression) or 90), px
-end
-
--- ---- endpoints ----
-
-local function parts_of(req)
-  local fields, images, mask = {}, {}, nil
-  for _, p in ipairs(req.parts or {}) do
-    if p.name == "image[]" or p.name == "image" then
-      images[#images + 1] = p
-    elseif p.name == "mask" then
-      mask = p
-    elseif not p.filename then
-      fields[p.name] = p.data
-    end
-  end
-  return fields, images, mask
-end
-
-local function sse(event, t)
-  return "event: " .. event .. "\ndata: " .. cjson.encode(t) .. "\n\n"
-end
-
--- A streamed answer: k partial images, each a coarser version of the final
--- one, then the completed event; the model's time is spread across them.
-local function stream_answer(kind, f, bytes, px, w, h, fmt, use, entry)
-  local prefix = kind == "edit" and "image_edit." or "image_generation."
-  local k = tonumber(f.partial_images) or 0
-  local common = { size = w .. "x" .. h, quality = f.quality or "auto", background = f.background or "auto",
-    output_format = fmt, created_at = os.time() }
-  local events = {}
-  for i = 0, k - 1 do
-    local f2 = 2 ^ (k - i + 1) -- coarse first, finer later
-    local sw, sh = math.max(1, math.floor(w / f2)), math.max(1, math.floor(h / f2))
-    local coarse = core.resize(core.resize(px, w, h, sw, sh), sw, sh, w, h)
-    local t = { type = prefix .. "partial_image", b64_json = core.b64encode(core.encode(coarse, w, h, fmt)),
-      partial_image_index = i }
-    for key, v in pairs(common) do t[key] = v end
-    events[#events + 1] = sse(prefix .. "partial_image", t)
-  end
-  local done = { type = prefix .. "completed", b64_json = core.b64encode(bytes), usage = use }
-  for key, v in pairs(common) do done[key] = v end
-  events[#events + 1] = sse(prefix .. "completed", done)
-  entry.output_sha256 = core.sha256(bytes)
-  entry.status = 200
-  entry.stream = true
-  return { status = 200, events = events, headers = { ["Content-Type"] = "text/event-stream",
-    ["Cache-Control"] = "no-cache", ["x-request-id"] = "req_emu_" .. entry.id }, stream_parts = k + 1 }
-end
-
-local function wants_stream(m, f)
-  return m.strict and (f.stream == true or f.stream == "true")
-end
-
--- The answer's data: one item per picture (n of them where the model takes n).
-local function image_answer(m, f, pictures, fmt, use, entry)
-  local data = {}
-  for i, bytes in ipairs(pictures) do
-    seq = seq + 1
-    local item = {}
-    local rf = f.response_format or m.default_response or "b64_json"
-    if rf == "url" then
-      local name = string.format("%d-%s.%s", seq, core.sha256(bytes):sub(1, 12), fmt)
-      files[name] = { bytes = bytes, type = "image/" .. fmt }
-      item.url = cfg.cdn_url .. "/files/" .. name
-    elseif m.b64 == "dataurl" then
-      item.b64_json = "data:image/" .. fmt .. ";base64," .. core.b64encode(bytes)
-    else
-      item.b64_json = core.b64encode(bytes)
-    end
-    data[i] = item
-  end
-  local bytes = pictures[1]
-  local t = { created = os.time(), data = data }
-  if m.usage then t.usage = use end
-  if m.strict then
-    t.output_format = fmt
-    t.size = nil
-  end
-  entry.output_sha256 = core.sha256(bytes)
-  entry.status = 200
-  return json_answer(200, t, { ["x-request-id"] = "req_emu_" .. entry.id })
-end
-
--- The model a request names, or the service's refusal of it.
-local function model_of(f, what)
-  if type(f.model) ~= "string" then
-    return nil, invalid("Missing required parameter: 'model'.", "model", "missing_required_parameter")
-  end
-  local m = rules.model(cfg.provider, f.model)
-  if m and m.gone and os.date("!%Y-%m-%d") >= m.gone then
-    return nil, fail(404, "The model `" .. f.model .. "` has been deprecated, learn more here:"
-      .. " https://platform.openai.com/docs/deprecations", nil, "model_not_found")
-  end
-  if not m or (what == "edits" and m.edits == false) then
-    return nil, invalid("Invalid model '" .. f.model .. "' for image " .. what, "model", "model_not_found")
-  end
-  return m
-end
-
--- n pictures of a request: the first is the prompt's, the others its variations.
-local function pictures_for(f, datas, mask, w, h, fmt)
-  local out, first_px = {}, nil
-  for i = 1, tonumber(f.n) or 1 do
-    local bytes, px = picture(i == 1 and f.prompt or (f.prompt .. "#" .. i), datas, mask, w, h, fmt,
-      f.output_compression)
-    out[i], first_px = bytes, first_px or px
-  end
-  return out, first_px
-end
-
-local function edits(req, entry)
-  if not (req.content_type or ""):lower():find("multipart/form-data", 1, true) then
-    return invalid("Edits take multipart/form-data", nil, "invalid_content_type")
-  end
-  if req.malformed then return invalid("Malformed multipart body", nil, "invalid_body") end
-  local f, images, mask = parts_of(req)
-  f.model = f.model or req.deployment
-  local m, bad = model_of(f, "edits")
-  if not m then return bad end
-  entry.model = f.model
-  if not f.prompt or f.prompt == "" then
-    return invalid("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
-  end
-  if #images == 0 then
-    return invalid("Missing required parameter: 'image'.", "image", "missing_required_parameter")
-  end
-  if m.max_images and #images > m.max_images then
-    return invalid(string.format("Too many images: %d given, at most %d", #images, m.max_images), "image")
-  end
-  local err = rules.check_options(f, m)
-  if err then return err end
-  local infos = {}
-  for i, p in ipairs(images) do
-    local info, e = rules.check_image(p, i, m)
-    if not info then return e end
-    infos[i] = info
-  end
-  if mask and m.strict then
-    local e = rules.check_mask(mask, infos[1], m)
-    if e then return e end
-  end
-  local fmt = m.output_formats and m.output_formats[f.output_format or ""] and f.output_format or "png"
-  local w, h = output_size(f.size, infos[1])
-  local datas = {}
-  for i, p in ipairs(images) do datas[i] = p.data end
-  local use = rules.usage(f.prompt, infos, w, h, f.quality, tonumber(f.n))
-  if wants_stream(m, f) then
-    local bytes, px = picture(f.prompt, datas, mask and mask.data, w, h, fmt, f.output_compression)
-    return stream_answer("edit", f, bytes, px, w, h, fmt, use, entry)
-  end
-  return image_answer(m, f, pictures_for(f, datas, mask and mask.data, w, h, fmt), fmt, use, entry)
-end
-
-local function generations(req, entry)
-  local ok, f = pcall(cjson.decode, req.body or "")
-  if not ok or type(f) ~= "table" then
-    return invalid("We could not parse the JSON body of your request.", nil, "invalid_json")
-  end
-  for k, v in pairs(f) do if v == cjson.null then f[k] = nil end end
-  f.model = f.model or req.deployment
-  local m, bad = model_of(f, "generations")
-  if not m then return bad end
-  entry.model = f.model
-  if type(f.prompt) ~= "string" or f.prompt == "" then
-    return invalid("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
-  end
-  local err = rules.check_options(f, m)
-  if err then return err end
-  local fmt = m.output_formats and m.output_formats[f.output_format or ""] and f.output_format or "png"
-  local w, h = output_size(f.size)
-  local use = rules.usage(f.prompt, {}, w, h, f.quality, tonumber(f.n))
-  if wants_stream(m, f) then
-    local bytes, px = picture(f.prompt, {}, nil, w, h, fmt, f.output_compression)
-    return stream_answer("generate", f, bytes, px, w, h, fmt, use, entry)
-  end
-  return image_answer(m, f, pictures_for(f, {}, nil, w, h, fmt), fmt, use, entry)
 end
 
 local function unhex(s)
@@ -349,7 +132,7 @@ local function cdn(req, entry)
     return { status = 302, body = "", headers = { Location = unhex(target) } }
   end
   local name = req.path:match("^/files/([%w%-%.]+)$")
-  local file = name and files[name]
+  local file = name and S.files[name]
   if req.method ~= "GET" or not file then
     entry.status = 404
     return { status = 404, body = "not found", headers = { ["Content-Type"] = "text/plain" } }
@@ -366,7 +149,7 @@ local function azure_error(status, code, message)
 end
 
 local function azure(req, entry)
-  if req.api_key ~= cfg.key then
+  if req.api_key ~= S.cfg.key then
     return azure_error(401, "401", "Access denied due to invalid subscription key or wrong API endpoint. Make sure"
       .. " to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.")
   end
@@ -376,8 +159,8 @@ local function azure(req, entry)
   if req.method ~= "POST" then return azure_error(405, "405", "Method not allowed") end
   entry.deployment = deployment
   req.deployment = deployment -- the model a request names none of
-  if what == "edits" then return edits(req, entry) end
-  if what == "generations" then return generations(req, entry) end
+  if what == "edits" then return endpoints.edits(req, entry) end
+  if what == "generations" then return endpoints.generations(req, entry) end
   return azure_error(404, "404", "Resource not found")
 end
 
@@ -387,7 +170,7 @@ end
 local function moderation(entry)
   entry.status = 400
   local h = { ["x-request-id"] = "req_emu_" .. entry.id }
-  if cfg.provider == "azure" then
+  if S.cfg.provider == "azure" then
     return json_answer(400, { created = os.time(), error = { code = "contentFilter", param = "prompt",
       message = "Your task failed as a result of our safety system.",
       inner_error = { code = "ResponsibleAIPolicyViolation",
@@ -418,9 +201,9 @@ local function api(req, entry)
   end
   if req.too_big then
     a = fail(413, "Request body too large", nil, "request_too_large")
-  elseif cfg.provider == "azure" then
+  elseif S.cfg.provider == "azure" then
     a = azure(req, entry)
-  elseif req.authorization ~= "Bearer " .. cfg.key then
+  elseif req.authorization ~= "Bearer " .. S.cfg.key then
     local given = (req.authorization or ""):match("^Bearer%s+(.*)$")
     -- Like the real service: name the problem, show only the key's ends.
     local shown = given and #given > 8 and (given:sub(1, 3) .. "..." .. given:sub(-2)) or "none"
@@ -428,9 +211,9 @@ local function api(req, entry)
   elseif req.method ~= "POST" then
     a = fail(405, "Method not allowed", nil, "method_not_allowed")
   elseif req.path == "/v1/images/edits" then
-    a = edits(req, entry)
+    a = endpoints.edits(req, entry)
   elseif req.path == "/v1/images/generations" then
-    a = generations(req, entry)
+    a = endpoints.generations(req, entry)
   else
     a = fail(404, "Unknown request URL: " .. req.method .. " " .. req.path, nil, "unknown_url")
   end
@@ -440,7 +223,7 @@ local function api(req, entry)
   for k, v in pairs(shed_headers) do a.headers[k] = v end
   a.headers["x-request-id"] = a.headers["x-request-id"] or ("req_emu_" .. entry.id)
   -- Faults that bend an otherwise normal answer.
-  if fault then faults.bend(fault, a, sse) end
+  if fault then faults.bend(fault, a, endpoints.sse) end
   return a
 end
 
@@ -452,13 +235,13 @@ function M.handle(req)
   else
     a = api(req, entry)
   end
-  a.delay = a.delay or (req.listener == "api" and cfg.latency or 0)
+  a.delay = a.delay or (req.listener == "api" and S.cfg.latency or 0)
   if a.events then -- a stream answers at once, then spreads the wait over its events
     a.event_delay = a.delay / #a.events
     a.delay = 0
   end
   entry.status = entry.status or a.status
-  if not a.drop then a.entry = epoch .. ":" .. entry.id end
+  if not a.drop then a.entry = S.epoch .. ":" .. entry.id end
   return a
 end
 
@@ -488,11 +271,11 @@ end
 -- ---- control from the caller's state (JSON in, JSON out) ----
 
 function M.requests_json()
-  return #log == 0 and "[]" or cjson.encode(log)
+  return #S.log == 0 and "[]" or cjson.encode(S.log)
 end
 
 function M.stats_json()
-  return cjson.encode({ requests = #log })
+  return cjson.encode({ requests = #S.log })
 end
 
 function M.inject_json(s)
@@ -503,14 +286,14 @@ end
 -- delivered("epoch:id"): every byte of that request's answer went out.
 function M.delivered(s)
   local e, id = tostring(s):match("^(%d+):(%d+)$")
-  local entry = tonumber(e) == epoch and log[tonumber(id)]
+  local entry = tonumber(e) == S.epoch and S.log[tonumber(id)]
   if entry then entry.delivered = true end
   return "true"
 end
 
 function M.clear()
-  epoch = epoch + 1
-  log = {}
+  S.epoch = S.epoch + 1
+  S.log = {}
   faults.clear()
   return "true"
 end
