@@ -39,7 +39,7 @@ EMU_HDRS = $(HDRS) src/emulator/emulator.h
 
 BUSTED  ?= $(LUA) /usr/bin/busted
 
-.PHONY: soak test-tsan testhooks all deps deps-test deps-hardening deps-all test-all test test-asan test-valgrind demo bench bench-deps install uninstall clean check format fuzz fuzz-smoke
+.PHONY: test-quick soak test-tsan testhooks all deps deps-test deps-hardening deps-all test-all test test-asan test-valgrind demo bench bench-deps install uninstall clean check format fuzz fuzz-smoke
 
 BUILD ?= build
 
@@ -109,6 +109,15 @@ ENV = LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;'
 
 test: all testhooks
 	@$(ENV) $(BUSTED) -o tests/summary.lua tests
+
+# The fast loop while working (under a minute here): the specs of the core,
+# the client, jobs, streams and rules; not the soak, batches, the real
+# network, forks and exits, LuaRocks, LÖVE, the browser or the examples,
+# which make test runs.
+QUICK_SPECS = codec inspect mask rules careless watch lineage client stream hardening preserve frames billing \
+              providers docs
+test-quick: all testhooks
+	@$(ENV) $(BUSTED) -o tests/summary.lua $(foreach s,$(QUICK_SPECS),tests/$(s)_spec.lua)
 
 # Every supported Lua: 5.4, 5.3, 5.1 and LuaJIT 2.1, each built into its own
 # folder and tested with its own interpreter (busted runs on all of them).
