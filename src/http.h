@@ -263,6 +263,14 @@ IE_LOCAL CURLcode ie_part_memory(curl_mimepart *part, const char *data, size_t l
 /* x-ratelimit-{limit,remaining,reset}-{requests,tokens,images}, in t->ratelimit's order. */
 IE_LOCAL extern const char *const ie_ratelimit_headers[9];
 
+/* xfer.c: the transfer's Lua object; http.c makes it in multi:start. */
+#define IE_XFER_MT "imgedit.transfer"
+typedef struct {
+  transfer *t; /* NULL once closed */
+} ie_xfer_box;
+IE_LOCAL int ie_transfer_close(lua_State *L);
+IE_LOCAL void ie_open_transfers(lua_State *L);
+
 /* transfer.c (the caller's thread) */
 
 /* Build t's easy handle from the spec table at index spec; strings sent
