@@ -7,6 +7,7 @@ local compat = require "imgedit.compat"
 local core = require "imgedit.core"
 local cjson = require "cjson.safe"
 local errors = require "imgedit.errors"
+local options = require "imgedit.options"
 local image = require "imgedit.image"
 local providers = require "imgedit.providers"
 local rules = require "imgedit.rules"
@@ -14,14 +15,18 @@ local rules = require "imgedit.rules"
 local M = {}
 
 -- ---- options ----
+-- The mechanics (a check's message, "did you mean") are options.lua's,
+-- shared with the emulator; what the client takes is here.
+
+local unknown, closest = options.unknown, options.closest
+M.check_option, M.check_options = options.check_option, options.check_options
+
 -- Each option's check: a type, and a range where there is one. The messages
 -- name the option and what was given, like Lua's own argument errors.
 
-local function positive(v) return type(v) == "number" and v > 0 and v == v, "a number > 0" end
-local function nonneg(v) return type(v) == "number" and v >= 0 and v == v, "a number >= 0" end
-local function count(v) return compat.tointeger(v) ~= nil and v >= 0, "a whole number >= 0" end
+local positive, nonneg, count = options.checks.positive, options.checks.nonneg, options.checks.count
 local function at_least_one(v) return compat.tointeger(v) ~= nil and v >= 1, "a whole number >= 1" end
-local function is(ty) return function(v) return type(v) == ty, ty end end
+local is = options.checks.is
 local function whole(lo, hi)
   return function(v) return compat.tointeger(v) ~= nil and v >= lo and v <= hi, "a whole number from " .. lo .. " to " .. hi end
 end
@@ -61,8 +66,7 @@ local function proxy(v)
   return ok, "a proxy url (http, https, socks4, socks4a, socks5, socks5h) or \"\""
 end
 
--- The checks, for other option tables (the emulator's).
-M.checks = { positive = positive, nonneg = nonneg, count = count, is = is }
+M.checks = options.checks
 
 -- Options a job reads, given on the client or per request.
 M.JOB_OPTIONS = {
@@ -98,64 +102,11 @@ for k, check in pairs(M.JOB_OPTIONS) do M.CLIENT_OPTIONS[k] = check end
 M.CONTROL = { prompt = true, images = true, mask = true, model = true, on_partial = true, _no_checks = true }
 for k in pairs(M.JOB_OPTIONS) do M.CONTROL[k] = true end
 
--- The edit distance of two short names, for "did you mean".
-local function distance(a, b)
-  local prev = {}
-  for j = 0, #b do prev[j] = j end
-  for i = 1, #a do
-    local cur = { [0] = i }
-    for j = 1, #b do
-      local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
-      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
-    end
-    prev = cur
-  end
-  return prev[#b]
-end
-
--- The known name nearest to name, if within `within` edits (default: a
--- third of the name, at least 2).
-local function closest(name, known, within)
-  local best, best_d
-  for k in pairs(known) do
-    local d = distance(name, k)
-    if not best_d or d < best_d or (d == best_d and k < best) then best, best_d = k, d end
-  end
-  if best_d and best_d <= (within or math.max(2, math.floor(#name / 3))) then return best end
-end
-
--- check_option(name, value, checks, level): raises for a value of the wrong
--- type or range; nil is always allowed (the default applies).
-function M.check_option(name, v, checks, level)
-  if v == nil then return v end
-  local ok, want = checks[name](v)
-  if not ok then
-    local got = type(v) == "number" and tostring(v) or type(v) == "string" and string.format("%q", v) or type(v)
-    error(string.format("bad option '%s' (%s expected, got %s)", name, want, got), level + 1)
-  end
-  return v
-end
-
-local function unknown(what, k, known, level, where)
-  local hint = type(k) == "string" and closest(k, known)
-  error(string.format("unknown %s '%s'%s%s", what, tostring(k), where or "",
-    hint and (" (did you mean '" .. hint .. "'?)") or ""), level + 1)
-end
-
 -- The entries a client's `limits` may override (rules.lua's tables).
 local RULE_KEYS = { min_images = true, max_images = true, max_image_bytes = true, mask = true, rejected = true,
   enums = true, size = true, compression_formats = true, integers = true, booleans = true, response_formats = true,
   images_per_answer = true, max_prompt = true, image_formats = true, square = true, transparent_formats = true,
   edits = true, shutdown = true }
-
--- check_options(opts, checks, fn, level): every key of opts is one of checks
--- (name -> check) with a value it accepts; fn names the function taking them.
-function M.check_options(opts, checks, fn, level)
-  for k, v in pairs(opts) do
-    if type(k) ~= "string" or not checks[k] then unknown("option", k, checks, level + 1, " to " .. fn) end
-    M.check_option(k, v, checks, level + 1)
-  end
-end
 
 -- check_new(opts, level): every option of imgedit.new, and no unknown ones.
 function M.check_new(opts, level)

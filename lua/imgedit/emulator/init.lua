@@ -6,7 +6,7 @@
 -- the object users see, and speaks to that state in JSON strings, so no Lua
 -- value ever crosses between the two.
 local cjson = require "cjson"
-local request = require "imgedit.request"
+local options = require "imgedit.options"
 
 local found, core = pcall(require, "imgedit.emulator.core")
 if not found then
@@ -15,14 +15,17 @@ end
 
 local M = {}
 
-local checks = request.checks
+local checks = options.checks
 local function port(v)
   return checks.count(v) and v <= 65535, "a port number from 0 to 65535"
 end
 
 -- Settings the service takes, at start and later through configure.
 local function rate(v) return type(v) == "number" and v >= 0 and v <= 1, "a number from 0 to 1" end
-local SETTINGS = { latency = checks.nonneg, key = checks.is "string", provider = request.CLIENT_OPTIONS.provider,
+-- the providers the emulator plays (emulator/rules.lua)
+local function provider(v) return v == "apiyi" or v == "openai" or v == "azure" or v == "compatible",
+  "\"apiyi\", \"openai\", \"azure\" or \"compatible\"" end
+local SETTINGS = { latency = checks.nonneg, key = checks.is "string", provider = provider,
   rate_limit = checks.nonneg, fail_rate = rate, reset_rate = rate, seed = checks.count }
 local START = { port = port, cdn_port = port, sink = checks.is "boolean" }
 for k, check in pairs(SETTINGS) do START[k] = check end
@@ -99,7 +102,7 @@ end
 -- read and then reset (as a lost answer); seed: their random sequence.
 function methods.configure(self, opts)
   if type(opts) ~= "table" then error("bad argument #1 to 'configure' (table expected, got " .. type(opts) .. ")", 2) end
-  request.check_options(opts, SETTINGS, "configure", 2)
+  options.check_options(opts, SETTINGS, "configure", 2)
   if opts.provider ~= nil then error("the provider is chosen at start", 2) end
   h_of(self):call("configure_json", cjson.encode(opts))
 end
@@ -108,7 +111,7 @@ end
 function M.start(opts)
   if opts == nil then opts = {} end
   if type(opts) ~= "table" then error("bad argument #1 to 'start' (table expected, got " .. type(opts) .. ")", 2) end
-  request.check_options(opts, START, "imgedit.emulator.start", 2)
+  options.check_options(opts, START, "imgedit.emulator.start", 2)
   local settings = {}
   for k in pairs(SETTINGS) do settings[k] = opts[k] end
   local h, err = core.start(cjson.encode(settings), opts.port or 0, opts.cdn_port or 0, opts.sink)
