@@ -13,6 +13,25 @@ describe("the edit call end to end", function()
   end)
 
   describe("gpt-image-2", function()
+    it("sends an Image without reading its header again (it was read when the Image was made)", function()
+      local c = H.client(emu)
+      local first = assert(c:edit { prompt = "a", images = { person } })
+      local real, seen = core.inspect, {}
+      core.inspect = function(src, ...)
+        seen[#seen + 1] = src
+        return real(src, ...)
+      end
+      local ok, second = pcall(c.edit, c, { prompt = "b", images = { first } })
+      core.inspect = real
+      assert(ok, second)
+      assert.truthy(second)
+      local again = 0
+      for _, src in ipairs(seen) do if src == first.bytes then again = again + 1 end end
+      assert.are.equal(0, again, "image 1's header was read again")
+      assert.are.equal(first.sha256, H.api_requests(emu)[2].files[1].sha256)
+      assert.are.equal(2, #H.api_requests(emu))
+    end)
+
     it("edits: fields, parts in order, content types from the bytes, usage", function()
       local c = H.client(emu)
       local img, err = c:edit { prompt = "Put the person from image 1 into image 2", images = { person, scene },

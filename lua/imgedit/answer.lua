@@ -215,6 +215,13 @@ function M.image(bytes, res, fields, body, url, key, pics)
   return img
 end
 
+-- without_value(text, open, close) -> the JSON text read without the
+-- string value between its quotes at open and close (1-based): the big
+-- base64 of a picture, already decoded on its own.
+function M.without_value(text, open, close)
+  return cjson.decode(text:sub(1, open) .. text:sub(close))
+end
+
 -- read(res, fields, key) -> Image | nil, err | nil, nil, url, body
 -- for the answer of an API request.
 function M.read(res, fields, max, key)
@@ -240,7 +247,7 @@ function M.read(res, fields, max, key)
       bytes, open, close = core.json_b64(res.body)
     end
     if bytes then
-      local rest = cjson.decode(res.body:sub(1, open) .. res.body:sub(close))
+      local rest = M.without_value(res.body, open, close)
       local item = type(rest) == "table" and type(rest.data) == "table" and rest.data[1]
       if type(item) == "table" and item.b64_json == "" then
         return M.image(bytes, res, fields, rest, type(item.url) == "string" and item.url or nil, key, res.pictures)

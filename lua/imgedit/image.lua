@@ -99,6 +99,11 @@ end
 function M.is(v) return getmetatable(v) == Image end
 
 -- from_bytes(bytes [, fields]) -> Image | nil, message, reason
+-- What an Image's header said, kept with the bytes it was read from, so
+-- that sending the Image does not read the header again (weak: it goes
+-- with the Image).
+local HEADERS = setmetatable({}, { __mode = "k" })
+
 function M.from_bytes(bytes, fields)
   local info, msg, reason = core.inspect(bytes, true)
   if not info then return nil, msg, reason end
@@ -107,7 +112,15 @@ function M.from_bytes(bytes, fields)
     channels = info.channels, has_alpha = info.has_alpha,
   }, Image)
   for k, v in pairs(fields or {}) do img[k] = v end
+  HEADERS[img] = { bytes = bytes, info = info }
   return img
+end
+
+-- header_of(img) -> what core.inspect said of img's bytes, or nil when
+-- they were replaced since.
+function M.header_of(img)
+  local h = HEADERS[img]
+  if h and rawequal(h.bytes, rawget(img, "bytes")) then return h.info end
 end
 
 local function basename(path) return (path:match("([^/]*)$")) end

@@ -169,7 +169,9 @@ local function resolve(src, label, default_name)
     entry = { path = src, filename = image.basename(src) }
     label = string.format("%s (%s)", label, entry.filename)
   elseif type(src) == "table" and type(src.bytes) == "string" then
-    info, msg = core.inspect(src.bytes, true)
+    -- an Image's header was read when it was made
+    info = image.is(src) and image.header_of(src) or nil
+    if not info then info, msg = core.inspect(src.bytes, true) end
     entry = { data = src.bytes, filename = src.filename or default_name }
     if src.filename then label = string.format("%s (%s)", label, src.filename) end
   else

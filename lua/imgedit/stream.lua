@@ -19,7 +19,7 @@ function M.drain(job, events, key, on_partial)
     local pic = ev.pictures and #ev.pictures == 1 and ev.pictures[1]
     local data
     if pic and pic.bytes then
-      data = cjson.decode(ev.data:sub(1, pic.open) .. ev.data:sub(pic.close))
+      data = answer.without_value(ev.data, pic.open, pic.close)
       if type(data) ~= "table" or data.b64_json ~= "" then pic, data = nil, nil end
     else
       pic = nil
