@@ -135,7 +135,7 @@ function Run:_save(slot, img)
     })
   end
   -- The cache first: a kill between the two then finds it there.
-  if self.cache then self.shim:_store({ key = item.cache_key }, img) end
+  if self.cache then self.store:put({ key = item.cache_key }, img) end
   local path = self.dir .. "/" .. item.name .. "." .. image.EXT[img.format]
   local ok, msg = core.write_atomic(path, img.bytes)
   if not ok then return nil, errors.new("io", path .. ": " .. msg, { param = "dir", image = img }) end
@@ -212,7 +212,7 @@ function Run:_start(entry)
   local name = entry.name
   local req = request_of(entry)
   local kind = req.images and "edit" or "generate"
-  local item, derr = self.shim:_describe(kind, name, req)
+  local item, derr = self.store:describe(kind, name, req)
   local prior = self.known[name]
   local now = core.now()
   if not item then
@@ -259,7 +259,7 @@ function Run:_start(entry)
     slot.kind, slot.resumed, slot.paid_twice = "download", "url", nil
     req = { url = last.url, request_id = last.request_id, model = item.model }
   elseif self.cache then
-    local img = self.shim:_lookup { key = item.cache_key, req = item.req, name = item.name }
+    local img = self.store:lookup { key = item.cache_key, req = item.req, name = item.name }
     if img then return self:_settle(slot, img, "cache") end
   end
   local ok, why = self:_afford(item)
@@ -409,10 +409,8 @@ function M.run(o)
     stats = { done = 0, failed = 0, before = 0, held = 0, requests = 0, tokens = 0, usd = 0, paid_twice = {} },
     reserved = { requests = 0, tokens = 0, usd = 0 },
   }, Run)
-  -- The pipeline's describe, key and cache, without its journal.
-  run.shim = setmetatable({ prefix = "", dir = dir, client = client, journal = { steps = {} },
-    shared = { cache = cache or nil, read = setmetatable({}, { __newindex = function() end }) } },
-    { __index = store.methods })
+  -- The pipelines' keys and cache; the batch's journal is its own.
+  run.store = store.new { dir = dir, client = client, journal = false, shared = { cache = cache or nil } }
 
   -- The second pass runs the jobs, in a coroutine that hands them over one
   -- at a time, so that the manifest is never held whole.

@@ -15,7 +15,6 @@ local Pipeline = {}
 Pipeline.__index = Pipeline
 M.Pipeline = Pipeline
 M.canon = store.canon
-for k, f in pairs(store.methods) do Pipeline[k] = f end
 
 local OWN = store.OWN
 
@@ -47,7 +46,7 @@ function M._open(shared, dir, prefix)
   local ok, msg = core.mkdir_p(dir)
   if not ok then error("cannot use the pipeline folder " .. dir .. ": " .. msg, 3) end
   local p = setmetatable({ dir = dir, prefix = prefix, shared = shared, client = shared.client }, Pipeline)
-  p.journal = store.read_journal(dir)
+  p.store = store.new { dir = dir, prefix = prefix, shared = shared, client = shared.client }
   return p
 end
 
@@ -126,9 +125,9 @@ end
 function Pipeline:_run(items)
   local out, todo = {}, {}
   for i, it in ipairs(items) do
-    local img, how = self:_lookup(it)
+    local img, how = self.store:lookup(it)
     if img then
-      local saved, err = self:_finish(it, img, how, core.now(), 0)
+      local saved, err = self.store:finish(it, img, how, core.now(), 0)
       out[i] = saved or err
     else
       todo[#todo + 1] = i
@@ -144,7 +143,7 @@ function Pipeline:_run(items)
   end
   local jobs = {}
   local function submit(i)
-    local it, pend = items[i], self:_pending_url(items[i])
+    local it, pend = items[i], self.store:pending_url(items[i])
     if pend then
       return { job = self.client:submit("download", { url = pend.pending_url, request_id = pend.request_id,
         model = pend.model }), started = core.now(), from_url = true }
@@ -174,17 +173,17 @@ function Pipeline:_run(items)
         if j.from_url and e and e.status and e.status >= 400 and e.status < 500 then
           -- The url is gone (expired or unknown): the picture cannot be had
           -- any more, so this run pays for a new one.
-          self:_record_pending(items[i], {})
+          self.store:record_pending(items[i], {})
           jobs[i] = submit(i)
         else
           j.recorded = true
           left = left - 1
           if not j.from_url then self:_spend(items[i], img, j.job.attempts) end
           if img then
-            local saved, serr = self:_finish(items[i], img, j.from_url and "url" or nil, j.started, j.job.attempts)
+            local saved, serr = self.store:finish(items[i], img, j.from_url and "url" or nil, j.started, j.job.attempts)
             out[i] = saved or serr
           else
-            self:_record_pending(items[i], e)
+            self.store:record_pending(items[i], e)
             out[i] = e
           end
         end
@@ -197,7 +196,7 @@ end
 
 local function single(self, kind, name, req)
   check_name(self, name, kind)
-  local item, err = self:_describe(kind, name, req)
+  local item, err = self.store:describe(kind, name, req)
   if not item then return nil, err end
   local r = self:_run({ item })[1]
   if errors.is(r) then return nil, r end
@@ -219,7 +218,7 @@ function Pipeline:fan_out(name, reqs, opts)
   for i, req in ipairs(reqs) do
     local step = name .. "-" .. i
     check_name(self, step, "fan_out")
-    local item, err = self:_describe(kind, step, req)
+    local item, err = self.store:describe(kind, step, req)
     if not item then return nil, err end
     items[i] = item
   end

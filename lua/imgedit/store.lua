@@ -2,8 +2,9 @@
 -- journal and each step's files. A finished step is saved to
 -- dir/<name>.<ext> with a JSON sidecar, stored in the cache under its key,
 -- and recorded in dir/.imgedit-journal.json; all three writes are atomic,
--- and what is read back is verified by its SHA-256. The run loop is
--- pipeline.lua's; these are its methods for the disk.
+-- and what is read back is verified by its SHA-256. A store is an object
+-- (store.new): a pipeline holds one per folder, a batch one that keeps
+-- no journal of its own. The run loops are pipeline.lua's and batch.lua's.
 local core = require "imgedit.core"
 local cjson = require "cjson"
 local request = require "imgedit.request"
@@ -14,8 +15,9 @@ local masks = require "imgedit.mask"
 local tokens = require "imgedit.tokens"
 
 local M = {}
-local Pipeline = {} -- methods, mixed into pipeline.lua's class
-M.methods = Pipeline
+local Store = {}
+Store.__index = Store
+M.Store = Store
 
 local JOURNAL = ".imgedit-journal.json"
 
@@ -61,6 +63,17 @@ local function load_verified(path, sha, fields)
 end
 
 -- The journal of the folder `dir`, or a new one.
+-- new{dir, client, shared, prefix = "", journal = true} -> a store: its
+-- folder, the client whose service keys name, what stores of one run
+-- share (cache = a folder or nil, read = the input files read, or nil,
+-- lineage, records, on_step), the step names' prefix, and whether it keeps
+-- dir/.imgedit-journal.json (a batch has a journal of its own).
+function M.new(o)
+  local keep = o.journal ~= false
+  return setmetatable({ dir = o.dir, client = o.client, shared = o.shared, prefix = o.prefix or "",
+    keep_journal = keep, journal = keep and M.read_journal(o.dir) or { steps = {} } }, Store)
+end
+
 function M.read_journal(dir)
   local j = read_json(dir .. "/" .. JOURNAL)
   return (j and type(j.steps) == "table") and j or { version = 1, steps = {} }
@@ -85,7 +98,7 @@ local function source_of(src)
 end
 
 -- Describe one item: its key and what the sidecar records.
-function Pipeline:_describe(kind, name, req)
+function Store:describe(kind, name, req)
   if type(req) ~= "table" then error("bad argument #2 to '" .. kind .. "' (table expected)", 4) end
   local c = self.client
   local fields = {}
@@ -113,10 +126,12 @@ function Pipeline:_describe(kind, name, req)
   end
   -- The files this run read, for `imgedit run --watch`.
   local read = self.shared.read
-  for _, src in ipairs(kind == "edit" and request.image_list(req.images) or {}) do
-    if type(src) == "string" then read[src] = true end
+  if read then
+    for _, src in ipairs(kind == "edit" and request.image_list(req.images) or {}) do
+      if type(src) == "string" then read[src] = true end
+    end
+    if type(req.mask) == "string" then read[req.mask] = true end
   end
-  if type(req.mask) == "string" then read[req.mask] = true end
   local model = req.model or c.model
   -- preserve changes the picture kept, so it is in the key (the drift figures do not).
   local preserve = req.preserve
@@ -140,35 +155,41 @@ end
 
 -- ---- cache and journal ----
 
-function Pipeline:_cache_paths(key)
+-- The journal on disk, unless the store keeps none (a batch's: it has a
+-- journal of its own).
+function Store:write_journal()
+  if self.keep_journal then write_json(self.dir .. "/" .. JOURNAL, self.journal) end
+end
+
+function Store:cache_paths(key)
   local d = self.shared.cache .. "/" .. key:sub(1, 2)
   return d, d .. "/" .. key .. ".json"
 end
 
 -- A stored result, or nil when absent or corrupt (then it will be replaced).
-function Pipeline:_lookup(item)
+function Store:lookup(item)
   if item.req.refresh then return nil end
   if self.shared.cache then
-    local d, meta_path = self:_cache_paths(item.key)
+    local d, meta_path = self:cache_paths(item.key)
     local meta = read_json(meta_path)
     if meta and type(meta.sha256) == "string" and type(meta.file) == "string" then
       local img = load_verified(d .. "/" .. meta.file, meta.sha256, with_held({ usage = meta.usage,
         model = meta.model, url = meta.url, cost = meta.cost, cached = true }, meta))
-      if img then return self:_settle(item, img), "cache" end
+      if img then return self:settle(item, img), "cache" end
     end
   end
   local j = self.journal.steps[item.name:sub(#self.prefix + 1)]
   if type(j) == "table" and j.key == item.key then
     local img = load_verified(j.file, j.sha256, with_held({ usage = j.usage, model = j.model, cost = j.cost,
       cached = true }, j))
-    if img then return self:_settle(item, img), "journal" end
+    if img then return self:settle(item, img), "journal" end
   end
   return nil
 end
 
 -- A stored picture whose composite failed when it was paid for (say image
 -- 1 could not be read then) is composited now: never paid for again.
-function Pipeline:_settle(item, img)
+function Store:settle(item, img)
   if not (item.preserve and img.preserve_error) then return img end
   local first = request.image_list(item.req.images)[1]
   local held = masks.preserve(img, first, item.req.mask, { feather = item.preserve.feather,
@@ -178,9 +199,9 @@ function Pipeline:_settle(item, img)
   return held
 end
 
-function Pipeline:_store(item, img)
+function Store:put(item, img)
   if not self.shared.cache then return true end
-  local d, meta_path = self:_cache_paths(item.key)
+  local d, meta_path = self:cache_paths(item.key)
   local ok, msg = core.mkdir_p(d)
   local file = item.key .. "." .. image.EXT[img.format]
   if ok then ok, msg = core.write_atomic(d .. "/" .. file, img.bytes) end
@@ -194,13 +215,13 @@ end
 
 -- A picture that was paid for but whose download failed: its url is kept
 -- in the journal, so that a re-run fetches it instead of paying again.
-function Pipeline:_pending_url(item)
+function Store:pending_url(item)
   if item.req.refresh then return nil end
   local j = self.journal.steps[item.name:sub(#self.prefix + 1)]
   if type(j) == "table" and j.key == item.key and type(j.pending_url) == "string" then return j end
 end
 
-function Pipeline:_record_pending(item, err)
+function Store:record_pending(item, err)
   local name = item.name:sub(#self.prefix + 1)
   if err.url then
     self.journal.steps[name] = { key = item.key, pending_url = err.url, request_id = err.request_id,
@@ -208,11 +229,11 @@ function Pipeline:_record_pending(item, err)
   elseif type(self.journal.steps[name]) == "table" and self.journal.steps[name].pending_url then
     self.journal.steps[name] = nil -- gone: the next run pays for a new one
   end
-  write_json(self.dir .. "/" .. JOURNAL, self.journal)
+  self:write_journal()
 end
 
 -- Save the output and its sidecar, then record the step in the journal.
-function Pipeline:_finish(item, img, how, started, attempts)
+function Store:finish(item, img, how, started, attempts)
   if self.shared.lineage then
     -- How it was made, inside the file. A picture from the cache keeps the
     -- request id its first run wrote there.
@@ -254,10 +275,10 @@ function Pipeline:_finish(item, img, how, started, attempts)
     partials = partials and #partials > 0 and partials or nil, order = #self.shared.records + 1,
   }, img))
   if not ok then return nil, errors.new("io", item.file_base .. ".json: " .. msg, { param = "dir", image = img }) end
-  if how == nil or how == "url" or img.settled then self:_store(item, img) end
+  if how == nil or how == "url" or img.settled then self:put(item, img) end
   self.journal.steps[item.name:sub(#self.prefix + 1)] = with_held({ key = item.key, file = path,
     sha256 = img.sha256, usage = usage, model = img.model, cost = img.cost }, img)
-  write_json(self.dir .. "/" .. JOURNAL, self.journal)
+  self:write_journal()
   local rec = { name = item.name, hit = how ~= nil, requests = attempts, seconds = seconds,
     tokens_in = how == nil and usage and usage.input_tokens or 0,
     tokens_out = how == nil and usage and usage.output_tokens or 0, file = path,
