@@ -84,8 +84,15 @@ describe("frames", function()
   it("decodes each picture of an answer with several, and url answers' downloads", function()
     local other = H.emulator { provider = "compatible" }
     local c = imgedit.new { base_url = other.url, api_key = other.key, model = "local-model", decode = "rgba" }
-    local n, img = on_thread(c.generate, c, { prompt = "three", n = 3, size = "64x64" })
+    -- the base64 is decoded once, on the decoder thread: never again here
+    local b64, real_b64, real_url = 0, core.b64decode, core.dataurl_decode
+    core.b64decode = function(...) b64 = b64 + 1 return real_b64(...) end
+    core.dataurl_decode = function(...) b64 = b64 + 1 return real_url(...) end
+    local ok, n, img = pcall(on_thread, c.generate, c, { prompt = "three", n = 3, size = "64x64" })
+    core.b64decode, core.dataurl_decode = real_b64, real_url
+    assert(ok, n)
     assert.are.equal(0, n)
+    assert.are.equal(0, b64, "base64 decoded again on the caller's thread")
     assert.are.equal(2, #img.more)
     for _, one in ipairs { img, img.more[1], img.more[2] } do
       assert.are.equal((core.decode(one.bytes)), one.pixels)

@@ -200,7 +200,13 @@ function M.image(bytes, res, fields, body, url, key, pics)
       if type(item) ~= "table" then
         _, e = protocol("the answer's data[" .. i .. "] is not an object", res, key)
       else
-        more, e, more_url = decode_item(item, res, key)
+        -- the decoder thread's bytes when it decoded this one (its value spliced out)
+        local pic = pics and #pics == #body.data and pics[i]
+        if pic and pic.bytes and item.b64_json == "" then
+          more = pic.bytes
+        else
+          more, e, more_url = decode_item(item, res, key)
+        end
         if more then more, e = one(more, item, meta, nil, res, key) end
       end
       img.more[i - 1] = more or e or { url = more_url, request_id = res.request_id }
@@ -222,6 +228,20 @@ function M.without_value(text, open, close)
   return cjson.decode(text:sub(1, open) .. text:sub(close))
 end
 
+-- without_values(text, pics) -> the JSON text read without the values of
+-- every picture the decoder thread found (pics, in order), or nil when one
+-- of them is not there to splice.
+local function without_values(text, pics)
+  local parts, from = {}, 1
+  for _, pic in ipairs(pics) do
+    if not (pic.bytes and pic.open and pic.close and pic.open >= from) then return nil end
+    parts[#parts + 1] = text:sub(from, pic.open)
+    from = pic.close
+  end
+  parts[#parts + 1] = text:sub(from)
+  return cjson.decode(table.concat(parts))
+end
+
 -- read(res, fields, key) -> Image | nil, err | nil, nil, url, body
 -- for the answer of an API request.
 function M.read(res, fields, max, key)
@@ -239,6 +259,15 @@ function M.read(res, fields, max, key)
     -- The fast path: decode the image straight from the body and parse only
     -- the small rest of the JSON; it must show the value where it belongs.
     -- The decoder thread already found and decoded the one picture, when asked.
+    -- Several pictures, all decoded there: the JSON without any of them.
+    local pics = res.pictures
+    if pics and #pics > 1 then
+      local rest = without_values(res.body, pics)
+      local data = type(rest) == "table" and type(rest.data) == "table" and rest.data
+      if data and #data == #pics and type(data[1]) == "table" and data[1].b64_json == "" then
+        return M.image(pics[1].bytes, res, fields, rest, type(data[1].url) == "string" and data[1].url or nil, key, pics)
+      end
+    end
     local pic = res.pictures and #res.pictures == 1 and res.pictures[1]
     local bytes, open, close
     if pic and pic.bytes then
