@@ -1,4 +1,5 @@
--- Every rule of DESIGN.md's table, twice: the client refuses locally (and the
+-- Every rule of the service's table (docs/architecture.md, "The
+-- contract"), twice: the client refuses locally (and the
 -- emulator sees nothing), and with the local check bypassed the emulator
 -- answers 400 itself, so both sides implement the rule.
 local H = require "helpers"

@@ -16,7 +16,7 @@ local ENUM_BACKGROUND = { "auto", "opaque" }
 -- "Same size and format as original, <= 50MB"; "input_fidelity - gpt-image-2
 -- forces high-fidelity; passing it returns 400"; sizes as OpenAI's guide.
 -- shared/seeds/000 (gpt-image-2-all): "Recommended <= 10MB per image";
--- url or b64_json answers. Both answer one image per call (DESIGN.md).
+-- url or b64_json answers. Both answer one image per call (docs/architecture.md, "The contract").
 local APIYI = {
   ["gpt-image-2"] = {
     -- the gateway serves OpenAI's model: its prompt limit is OpenAI's ([PY-EDIT])

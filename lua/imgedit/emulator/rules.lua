@@ -1,6 +1,7 @@
 -- The service's rules, as the emulator applies them: its models, the checks
 -- of fields, images and masks, the error answers' shape, and token usage.
--- From DESIGN.md and the vendor pages; it shares no code with the client's
+-- From the contract (docs/architecture.md) and the vendor pages; it
+-- shares no code with the client's
 -- rules (imgedit/rules.lua), so each can be tested against the other.
 local core = require "imgedit.core"
 local cjson = require "cjson"
@@ -9,7 +10,7 @@ local R = {}
 
 local MB = 1024 * 1024
 
--- Each provider's models as the emulator plays them, from DESIGN.md, the
+-- Each provider's models as the emulator plays them, from the contract (docs/architecture.md), the
 -- seeds and each provider's pages (docs/sources/providers.md). Limits are
 -- the largest accepted value: "less than 50MB" is 50 MB - 1.
 --   max_images, image_max, mask_max, max_prompt    counts and bytes
