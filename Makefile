@@ -145,7 +145,7 @@ ASAN_RT    = $(shell $(CC) -print-file-name=libasan.so) $(shell $(CC) -print-fil
 # TLS that a second thread gets in libstb (its failure reason is
 # thread-local), and LeakSanitizer's tracer then crashes at exit now and
 # then ("Tracer caught signal 11"), reporting no leak.
-test-asan: all
+test-asan: all testhooks
 	@$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="$(ASAN_FLAGS)" all testhooks >/dev/null
 	@LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build-asan/?.so;;' IMGEDIT_TEST_SLOW=2 \
 	  LD_PRELOAD="$(ASAN_RT)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:exitcode=99:intercept_tls_get_addr=0 \
@@ -157,7 +157,7 @@ test-asan: all
 TSAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=thread
 TSAN_RT    = $(shell $(CC) -print-file-name=libtsan.so)
 TSAN_SPECS = tests/money_spec.lua tests/process_spec.lua tests/frames_spec.lua tests/stream_spec.lua tests/soak_spec.lua
-test-tsan: all
+test-tsan: all testhooks
 	@$(MAKE) --no-print-directory BUILD=build-tsan CFLAGS="$(TSAN_FLAGS)" all testhooks >/dev/null
 	@LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build-tsan/?.so;;' IMGEDIT_TEST_SLOW=3 \
 	  LD_PRELOAD="$(TSAN_RT)" TSAN_OPTIONS=halt_on_error=1:exitcode=66:second_deadlock_stack=1 \
@@ -166,7 +166,7 @@ test-tsan: all
 # The money soak, longer than make test's (SOAK_SECONDS each), under the
 # ASan+UBSan build, then under the ThreadSanitizer build.
 SOAK_SECONDS ?= 300
-soak: all
+soak: all testhooks
 	@$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="$(ASAN_FLAGS)" all testhooks >/dev/null
 	@$(MAKE) --no-print-directory BUILD=build-tsan CFLAGS="$(TSAN_FLAGS)" all testhooks >/dev/null
 	@echo "== ASan+UBSan"; LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build-asan/?.so;;' IMGEDIT_TEST_SLOW=2 \
