@@ -20,16 +20,13 @@
 
 /* Events parsed here go to the caller's queue in one move under the lock,
  * with a decode job for each that carries a picture when pictures are to
- * be decoded. Returns whether the queue is over its bound (its data and
- * the decoded pictures waiting in it), which the decoder may also find. */
+ * be decoded. Returns whether the queue went over its bound (the data of
+ * the events waiting; their decoded pictures are bounded by decoder.c). */
 static int hand_events(transfer *t) {
+  if (t->parsed.n == 0 && !t->parsed.failed)
+    return t->events.failed; /* only this thread writes it: no lock for a chunk with no whole event */
   multi *m = t->hub;
   pthread_mutex_lock(&m->mu);
-  if (t->parsed.n == 0 && !t->parsed.failed) {
-    int failed = t->events.failed;
-    pthread_mutex_unlock(&m->mu);
-    return failed;
-  }
   size_t first = t->events.n;
   sse_queue_move(&t->events, &t->parsed);
   for (size_t i = first; t->decode && i < t->events.n; i++) {
