@@ -77,13 +77,16 @@ function H.exists(path)
   return f ~= nil
 end
 
-function H.ls(dir)
+-- lines(cmd) -> the lines a command prints.
+function H.lines(cmd)
   local out = {}
-  local p = io.popen("ls -A '" .. dir .. "'")
+  local p = io.popen(cmd)
   for line in p:lines() do out[#out + 1] = line end
   p:close()
   return out
 end
+
+function H.ls(dir) return H.lines("ls -A '" .. dir .. "'") end
 
 -- ---- RGBA pictures and encoders from the C core ----
 

@@ -193,13 +193,7 @@ describe("the house", function()
   end)
 
   -- The files of src/ and lua/, from git (what a clone has).
-  local function tracked(under)
-    local out = {}
-    local p = io.popen("git ls-files '" .. under .. "'")
-    for line in p:lines() do out[#out + 1] = line end
-    p:close()
-    return out
-  end
+  local function tracked(under) return H.lines("git ls-files '" .. under .. "'") end
 
   it("names every file under src/ and lua/ in docs/architecture.md", function()
     local doc = H.read("docs/architecture.md")
