@@ -32,9 +32,9 @@ ALL_CFLAGS = -std=c99 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) $(DEP_CFLA
 LDFLAGS  ?=
 SHARED    = -shared
 
-CORE_SRC = src/core.c src/inspect.c src/codec.c src/fileio.c src/meta.c src/watch.c src/signal.c src/pixels.c src/composite.c src/mask.c src/sse.c src/net.c src/record.c src/transfer.c src/hub.c src/http.c src/xfer.c src/worker.c src/decoder.c src/procs.c
+CORE_SRC = src/core.c src/inspect.c src/codec.c src/fileio.c src/meta.c src/meta_webp.c src/watch.c src/signal.c src/pixels.c src/composite.c src/mask.c src/sse.c src/net.c src/record.c src/transfer.c src/hub.c src/http.c src/xfer.c src/worker.c src/decoder.c src/procs.c
 EMU_SRC  = src/emulator/module.c src/emulator/server.c src/emulator/bridge.c src/emulator/render.c
-HDRS     = src/imgedit.h src/sse.h src/compat.h src/http.h
+HDRS     = src/imgedit.h src/sse.h src/compat.h src/http.h src/meta.h
 EMU_HDRS = $(HDRS) src/emulator/emulator.h
 
 BUSTED  ?= $(LUA) /usr/bin/busted
@@ -203,7 +203,7 @@ FUZZ_CC    ?= clang
 FUZZ_FLAGS  = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE \
               -fvisibility=hidden $(DEP_CFLAGS)
 FUZZ_LUA    = $(shell $(PKG_CONFIG) --libs $(LUA_PC))
-FUZZERS     = build/fuzz/sse build/fuzz/inspect build/fuzz/b64 build/fuzz/answer build/fuzz/mask
+FUZZERS     = build/fuzz/sse build/fuzz/inspect build/fuzz/b64 build/fuzz/answer build/fuzz/mask build/fuzz/xmp
 
 fuzz: $(FUZZERS)
 
@@ -215,9 +215,10 @@ build/fuzz/inspect: tests/fuzz/fuzz_inspect.c src/inspect.c src/core.c $(CORE_SR
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_inspect.c $(CORE_SRC) $(CORE_LIBS) $(FUZZ_LUA)
 
-build/fuzz/b64 build/fuzz/answer build/fuzz/mask: tests/fuzz/fuzz_lua.c $(CORE_SRC) $(HDRS)
+build/fuzz/b64 build/fuzz/answer build/fuzz/mask build/fuzz/xmp: tests/fuzz/fuzz_lua.c $(CORE_SRC) $(HDRS)
 	@mkdir -p $(@D)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -DTARGET_CODE=$(if $(findstring b64,$@),0,$(if $(findstring answer,$@),1,2)) \
+	$(FUZZ_CC) $(FUZZ_FLAGS) \
+	  -DTARGET_CODE=$(if $(findstring b64,$@),0,$(if $(findstring answer,$@),1,$(if $(findstring xmp,$@),3,2))) \
 	  -o $@ tests/fuzz/fuzz_lua.c $(CORE_SRC) $(CORE_LIBS) $(FUZZ_LUA)
 
 FUZZ_SECONDS ?= 30

@@ -3,29 +3,16 @@
  * segment) and WebP (an XMP chunk, with the VP8X header that announces it).
  * These are the places other tools (exiftool, image viewers) look. An
  * older packet is replaced, so writing the same packet twice gives the same
- * bytes: a picture's lineage must not change its hash from run to run. */
+ * bytes: a picture's lineage must not change its hash from run to run.
+ * xmp_strip takes a packet out again. WebP is meta_webp.c's. */
 #include <string.h>
 
 #include "imgedit.h"
+#include "meta.h"
 
 static const char PNG_SIG[8] = {(char)0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
 static const char PNG_KEY[] = "XML:com.adobe.xmp";             /* the keyword, with its NUL */
 static const char JPEG_XMP[] = "http://ns.adobe.com/xap/1.0/"; /* the header, with its NUL */
-
-static uint32_t be32(const unsigned char *p) {
-  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static uint32_t le32(const unsigned char *p) {
-  return (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | p[0];
-}
-static void put_be32(unsigned char *p, uint32_t v) {
-  p[0] = (unsigned char)(v >> 24), p[1] = (unsigned char)(v >> 16), p[2] = (unsigned char)(v >> 8);
-  p[3] = (unsigned char)v;
-}
-static void put_le32(unsigned char *p, uint32_t v) {
-  p[0] = (unsigned char)v, p[1] = (unsigned char)(v >> 8), p[2] = (unsigned char)(v >> 16);
-  p[3] = (unsigned char)(v >> 24);
-}
 
 /* PNG's CRC-32 of the chunk type and data, bit by bit: a few hundred bytes
  * each time, so no table (and no global to build it in). */
@@ -202,88 +189,59 @@ static int jpeg_read(lua_State *L, const unsigned char *s, size_t n) {
   return 1;
 }
 
-/* ---- WebP ---- */
+/* ---- Stripping: the picture as it was before a packet was embedded ---- */
 
-static void add_chunk(luaL_Buffer *b, const char *fourcc, const void *data, size_t len) {
-  unsigned char head[8];
-  memcpy(head, fourcc, 4);
-  put_le32(head + 4, (uint32_t)len);
-  luaL_addlstring(b, (const char *)head, 8);
-  luaL_addlstring(b, (const char *)data, len);
-  if (len & 1)
-    luaL_addchar(b, '\0');
-}
-
-static int webp_embed(lua_State *L, const unsigned char *s, size_t n, const char *x, size_t xn) {
-  if (n < 20 || memcmp(s, "RIFF", 4) != 0 || memcmp(s + 8, "WEBP", 4) != 0)
-    return ie_fail(L, "format", "not a RIFF WebP file");
-  size_t end = (size_t)le32(s + 4) + 8;
-  if (end > n)
-    end = n;
+/* Each strip pushes the bytes without a marked packet, or the bytes given
+ * (argument 1) when they hold none: the common case makes no copy. */
+static int png_strip(lua_State *L, const unsigned char *s, size_t n, const char *m, size_t mn) {
   luaL_Buffer b;
   luaL_buffinit(L, &b);
-  luaL_addlstring(&b, (const char *)s, 12); /* RIFF size (patched below) WEBP */
-  size_t off = 12;
-  if (memcmp(s + 12, "VP8X", 4) != 0) {
-    /* A simple file: the extended header must come first to announce XMP. */
-    ie_src src = {s, -1, n};
-    ie_info info;
-    char why[128];
-    if (ie_inspect(&src, &info, why, sizeof why) != IE_OK || info.width == 0 || info.height == 0)
-      return ie_fail(L, "format", "the WebP's size cannot be read");
-    unsigned char x8[10] = {0};
-    x8[0] = (unsigned char)(0x04 | (info.has_alpha ? 0x10 : 0));
-    uint32_t w = info.width - 1, h = info.height - 1;
-    x8[4] = (unsigned char)w, x8[5] = (unsigned char)(w >> 8), x8[6] = (unsigned char)(w >> 16);
-    x8[7] = (unsigned char)h, x8[8] = (unsigned char)(h >> 8), x8[9] = (unsigned char)(h >> 16);
-    add_chunk(&b, "VP8X", x8, 10);
+  luaL_addlstring(&b, (const char *)s, 8);
+  size_t off = 8;
+  int cut = 0;
+  while (off + 12 <= n) {
+    uint32_t len = be32(s + off);
+    if (len > n - off - 12)
+      break;
+    if (png_is_xmp(s + off + 4, s + off + 8, len) && ie_xmp_carries(s + off + 8, len, m, mn))
+      cut = 1;
+    else
+      luaL_addlstring(&b, (const char *)s + off, (size_t)len + 12);
+    off += (size_t)len + 12;
   }
-  while (off + 8 <= end) {
-    size_t len = le32(s + off + 4), padded = len + (len & 1);
-    if (len > end - off - 8)
-      return ie_fail(L, "format", "a WebP chunk runs past the end of the file");
-    if (padded > end - off - 8)
-      padded = len;
-    if (memcmp(s + off, "VP8X", 4) == 0 && len >= 10) {
-      unsigned char x8[10];
-      memcpy(x8, s + off + 8, 10);
-      x8[0] |= 0x04; /* XMP present */
-      add_chunk(&b, "VP8X", x8, 10);
-      if (len > 10)
-        luaL_addlstring(&b, (const char *)s + off + 18, padded - 10);
-    } else if (memcmp(s + off, "XMP ", 4) != 0) {
-      luaL_addlstring(&b, (const char *)s + off, padded + 8);
-    }
-    off += padded + 8;
-  }
-  add_chunk(&b, "XMP ", x, xn); /* XMP comes last, after the image data */
+  luaL_addlstring(&b, (const char *)s + off, n - off);
   luaL_pushresult(&b);
-  /* The RIFF size: everything after its own eight bytes. */
-  size_t total;
-  const char *out = lua_tolstring(L, -1, &total);
-  unsigned char sz[4];
-  put_le32(sz, (uint32_t)(total - 8));
-  lua_pushlstring(L, out, 4);
-  lua_pushlstring(L, (const char *)sz, 4);
-  lua_pushlstring(L, out + 8, total - 8);
-  lua_concat(L, 3);
-  lua_remove(L, -2);
+  if (!cut)
+    lua_pushvalue(L, 1);
   return 1;
 }
 
-static int webp_read(lua_State *L, const unsigned char *s, size_t n) {
-  size_t off = 12;
-  while (off + 8 <= n) {
-    size_t len = le32(s + off + 4);
-    if (len > n - off - 8)
-      break;
-    if (memcmp(s + off, "XMP ", 4) == 0) {
-      lua_pushlstring(L, (const char *)s + off + 8, len);
-      return 1;
-    }
-    off += len + (len & 1) + 8;
-  }
-  lua_pushnil(L);
+typedef struct {
+  luaL_Buffer *b;
+  const char *m;
+  size_t mn;
+  int cut;
+} jpeg_cut;
+
+static int jpeg_keep(const unsigned char *seg, size_t len, void *ud) {
+  jpeg_cut *c = ud;
+  if (jpeg_is_xmp(seg, len) && ie_xmp_carries(seg + 4, len - 2, c->m, c->mn))
+    c->cut = 1;
+  else
+    luaL_addlstring(c->b, (const char *)seg, len + 2);
+  return 0;
+}
+
+static int jpeg_strip(lua_State *L, const unsigned char *s, size_t n, const char *m, size_t mn) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addlstring(&b, (const char *)s, 2);
+  jpeg_cut c = {&b, m, mn, 0};
+  size_t sos = jpeg_walk(s, n, jpeg_keep, &c);
+  luaL_addlstring(&b, (const char *)s + sos, n - sos);
+  luaL_pushresult(&b);
+  if (!c.cut || sos == 0)
+    lua_pushvalue(L, 1);
   return 1;
 }
 
@@ -310,8 +268,25 @@ static int l_xmp_embed(lua_State *L) {
   switch (kind_of(s, n)) {
   case K_PNG: return png_embed(L, s, n, x, xn);
   case K_JPEG: return jpeg_embed(L, s, n, x, xn);
-  case K_WEBP: return webp_embed(L, s, n, x, xn);
+  case K_WEBP: return ie_webp_embed(L, s, n, x, xn);
   default: return ie_fail(L, "format", "metadata goes only into PNG, JPEG and WebP files");
+  }
+}
+
+/* xmp_strip(bytes, marker) -> the bytes without an XMP packet that holds
+ * marker: as they were before xmp_embed put it there (WebP: see
+ * webp_strip). The same string when there is none, or when the file is
+ * not one that xmp_embed writes. */
+static int l_xmp_strip(lua_State *L) {
+  size_t n, mn;
+  const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
+  const char *m = luaL_checklstring(L, 2, &mn);
+  lua_settop(L, 2);
+  switch (kind_of(s, n)) {
+  case K_PNG: return png_strip(L, s, n, m, mn);
+  case K_JPEG: return jpeg_strip(L, s, n, m, mn);
+  case K_WEBP: return ie_webp_strip(L, s, n, m, mn);
+  default: lua_pushvalue(L, 1); return 1;
   }
 }
 
@@ -322,12 +297,13 @@ static int l_xmp_read(lua_State *L) {
   switch (kind_of(s, n)) {
   case K_PNG: return png_read(L, s, n);
   case K_JPEG: return jpeg_read(L, s, n);
-  case K_WEBP: return webp_read(L, s, n);
+  case K_WEBP: return ie_webp_read(L, s, n);
   default: lua_pushnil(L); return 1;
   }
 }
 
 void ie_open_meta(lua_State *L) {
-  static const luaL_Reg fns[] = {{"xmp_embed", l_xmp_embed}, {"xmp_read", l_xmp_read}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {
+      {"xmp_embed", l_xmp_embed}, {"xmp_read", l_xmp_read}, {"xmp_strip", l_xmp_strip}, {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

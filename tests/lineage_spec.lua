@@ -39,6 +39,42 @@ describe("lineage", function()
     assert.matches("only into PNG, JPEG and WebP", msg)
   end)
 
+  it("comes out again: strip gives back the bytes it went into, and leaves what is not its own", function()
+    local opaque, clear = H.rgba(40, 24), H.rgba(40, 24, function(x) return x * 6 end)
+    local files = {
+      png = core.encode(opaque, 40, 24, "png"), png_alpha = core.encode(clear, 40, 24, "png"),
+      jpeg = core.encode(opaque, 40, 24, "jpeg", 80),
+      webp_lossy = core.encode(opaque, 40, 24, "webp", 80), -- simple: one VP8 chunk
+      webp_lossless = core.encode(clear, 40, 24, "webp", 80, true), -- simple: one VP8L chunk, alpha in it
+      webp_alpha = core.encode(clear, 40, 24, "webp", 80), -- extended: VP8X, ALPH, VP8
+    }
+    assert.are.equal("VP8 ", files.webp_lossy:sub(13, 16))
+    assert.are.equal("VP8L", files.webp_lossless:sub(13, 16))
+    assert.are.equal("VP8X", files.webp_alpha:sub(13, 16))
+    local rec = lineage.record { prompt = "p", model = "m", request_id = "req_1", parents = { "ab" } }
+    for name, plain in pairs(files) do
+      assert.are.equal(plain, lineage.strip(plain), name) -- nothing to strip: the same bytes
+      local with = assert(core.xmp_embed(plain, lineage.packet(rec)))
+      assert.are_not.equal(plain, with, name)
+      assert.are.equal(plain, lineage.strip(with), name)
+      assert.are.equal(core.sha256(plain), lineage.sha256(with), name)
+      -- another record (another request id) on the same picture: the same picture
+      local other = assert(core.xmp_embed(with, lineage.packet(lineage.record { prompt = "p", request_id = "req_2" })))
+      assert.are.equal(plain, lineage.strip(other), name)
+    end
+    -- a packet that is not imgedit's stays: strip takes only its own
+    local foreign = '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF/></x:xmpmeta>'
+    for _, name in ipairs { "png", "jpeg", "webp_alpha" } do
+      local theirs = assert(core.xmp_embed(files[name], foreign))
+      assert.are.equal(theirs, lineage.strip(theirs), name)
+      assert.are.equal(foreign, core.xmp_read(lineage.strip(theirs)), name)
+    end
+    -- not a picture, or a broken one: handed back as it came
+    for _, junk in ipairs { "", "GIF89a", "RIFF\0\0\0\0WEBPVP8X", "\255\216\255\225\0" } do
+      assert.are.equal(junk, lineage.strip(junk))
+    end
+  end)
+
   it("is in every step a pipeline saves, in all three formats, the same bytes on a re-run", function()
     H.write(dir .. "/in.png", H.png(64, 48))
     local function run()
@@ -55,9 +91,12 @@ describe("lineage", function()
     assert.are.same({ v = 1, prompt = "first", model = "gpt-image-2", params = { quality = "low", output_format = "jpeg" },
       step = "first", parents = { core.sha256_file(dir .. "/in.png") }, request_id = a.request_id }, la)
     assert.matches("^req_emu_", la.request_id)
-    -- each picture names its parents by the hash of the very files it was made from
-    assert.are.same({ core.sha256_file(a.path) }, imgedit.inspect(b.path).lineage.parents)
-    assert.are.same({ core.sha256_file(b.path), core.sha256_file(dir .. "/in.png") }, imgedit.inspect(c.path).lineage.parents)
+    -- each picture names its parents by the pictures it was made from: the
+    -- service's bytes, without the lineage saved into them
+    assert.are_not.equal(core.sha256_file(a.path), a.picture_sha256)
+    assert.are.same({ a.picture_sha256 }, imgedit.inspect(b.path).lineage.parents)
+    assert.are.same({ lineage.sha256_file(b.path), core.sha256_file(dir .. "/in.png") },
+      imgedit.inspect(c.path).lineage.parents)
     assert.are.equal("webp", imgedit.inspect(b.path).format)
     assert.are.equal("third", imgedit.inspect(c).lineage.step)
     local before = { H.read(a.path), H.read(b.path), H.read(c.path) }

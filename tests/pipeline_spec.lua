@@ -44,13 +44,15 @@ describe("pipelines", function()
     local side = cjson.decode(H.read(out .. "/b.json"))
     assert.are.equal("dusk", side.prompt)
     assert.are.equal("gpt-image-2", side.model)
-    assert.are.equal(a.sha256, side.inputs[1].sha256)
+    assert.are.equal(a.picture_sha256, side.inputs[1].sha256) -- the picture, not the file with its lineage
     assert.are.equal(b.sha256, side.output.sha256)
+    assert.are.equal(b.picture_sha256, side.output.picture)
     assert.is_false(side.cache_hit)
     assert.is_true(side.usage.total_tokens > 0)
     assert.are.equal(4, #emu:requests())
-    -- the output of a arrived at b byte for byte
-    assert.are.equal(a.sha256, emu:requests()[2].files[1].sha256)
+    -- the picture a's service made arrived at b byte for byte (a's file adds its lineage)
+    assert.are.equal(a.picture_sha256, emu:requests()[2].files[1].sha256)
+    assert.are_not.equal(a.sha256, a.picture_sha256)
 
     emu:clear()
     local p2 = imgedit.pipeline { client = c, dir = out, cache = cache, quiet = true }
@@ -124,6 +126,26 @@ describe("pipelines", function()
     assert.is_nil(img.cached)
   end)
 
+  it("one picture, one key: a step paid for again (a new request id in its file) leaves the steps after it cached",
+    function()
+      local out, cache = fresh(), fresh()
+      local function run(refresh)
+        local p = imgedit.pipeline { client = c, dir = out, cache = cache, quiet = true }
+        local a = assert(p:edit("a", { prompt = "day", images = { pic }, refresh = refresh }))
+        return a, assert(p:edit("b", { prompt = "dusk", images = { a } }))
+      end
+      local a1, b1 = run()
+      local before = #emu:requests() -- not cleared: the emulator's request ids go on
+      local a2, b2 = run(true)
+      assert.are.equal(before + 1, #emu:requests()) -- a paid again, b not
+      assert.are.equal("day", emu:requests()[before + 1].fields.prompt)
+      assert.are_not.equal(a1.request_id, a2.request_id)
+      assert.are_not.equal(a1.sha256, a2.sha256) -- the saved files name their requests
+      assert.are.equal(a1.picture_sha256, a2.picture_sha256) -- the service made the same picture
+      assert.is_true(b2.cached)
+      assert.are.equal(b1.sha256, b2.sha256)
+    end)
+
   it("fans out in parallel, in order, and iterates", function()
     emu:configure { latency = 0.3 * H.SLOW }
     local p = imgedit.pipeline { client = c, dir = fresh(), cache = fresh(), quiet = true }
@@ -140,8 +162,10 @@ describe("pipelines", function()
     assert.are.equal(2, #all)
     assert.are.equal(all[2], last)
     local r = emu:requests()
-    assert.are.equal(shots[1].sha256, r[1].files[1].sha256)
-    assert.are.equal(all[1].sha256, r[2].files[1].sha256)
+    -- what is sent is the picture the service made, not the file with its lineage
+    assert.are.equal(shots[1].picture_sha256, r[1].files[1].sha256)
+    assert.are.equal(all[1].picture_sha256, r[2].files[1].sha256)
+    assert.are_not.equal(shots[1].sha256, r[1].files[1].sha256)
   end)
 
   it("keeps what finished when one fan-out item fails, and pays only for it next time", function()

@@ -34,7 +34,8 @@
 ---@field format "png"|"jpeg"|"webp"
 ---@field width integer
 ---@field height integer
----@field sha256 string
+---@field sha256 string of the bytes
+---@field picture_sha256 string of the picture without the lineage imgedit wrote into it
 ---@field channels? integer
 ---@field has_alpha? boolean
 ---@field usage? imgedit.Usage

@@ -110,11 +110,11 @@ local function cmd_request(a)
   end
   if not a.no_lineage then
     local parents = {}
-    for i, f in ipairs(req.images or {}) do parents[i] = core.sha256_file(f) end
+    for i, f in ipairs(req.images or {}) do parents[i] = lineage.sha256_file(f) end
     local params = {}
     for k, v in pairs(req) do if type(v) ~= "function" and not request.CONTROL[k] then params[k] = v end end
     img = image.with_lineage(img, lineage.record { prompt = a.prompt, model = model, params = params, parents = parents,
-      mask = req.mask and core.sha256_file(req.mask), request_id = img.request_id, held = img })
+      mask = req.mask and lineage.sha256_file(req.mask), request_id = img.request_id, held = img })
   end
   local saved, serr = img:save(a.output)
   if not saved then

@@ -1,5 +1,7 @@
--- Image objects: bytes plus what the header says about them. The SHA-256 is
--- computed on first use, since most images are never hashed.
+-- Image objects: bytes plus what the header says about them. The SHA-256s
+-- are computed on first use, since most images are never hashed: sha256 of
+-- the bytes, picture_sha256 of the picture without its lineage (what cache
+-- keys and lineage parents name).
 local core = require "imgedit.core"
 local errors = require "imgedit.errors"
 local lineage = require "imgedit.lineage"
@@ -15,6 +17,10 @@ Image.__index = function(self, k)
   if k == "sha256" then
     local h = core.sha256(rawget(self, "bytes"))
     rawset(self, "sha256", h)
+    return h
+  elseif k == "picture_sha256" then
+    local h = lineage.sha256(rawget(self, "bytes"))
+    rawset(self, "picture_sha256", h)
     return h
   end
   return methods[k]
@@ -193,8 +199,8 @@ function M.inspect(src)
 end
 
 -- What from_bytes reads from the bytes themselves.
-local FROM_BYTES = { bytes = true, sha256 = true, format = true, width = true, height = true, channels = true,
-  has_alpha = true }
+local FROM_BYTES = { bytes = true, sha256 = true, picture_sha256 = true, format = true, width = true, height = true,
+  channels = true, has_alpha = true }
 
 -- with_lineage(img, record) -> a new Image whose bytes carry the record
 -- (lineage.record; the other fields kept), or img itself if its format

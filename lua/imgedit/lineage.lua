@@ -52,6 +52,23 @@ end
 -- read(bytes) -> record | nil
 function M.read(bytes) return M.parse(core.xmp_read(bytes)) end
 
+-- strip(bytes) -> the picture without the lineage written into it: the
+-- bytes the service made (WebP: in their simple form when that says all,
+-- src/meta.c), what an edit sends and what cache keys hash, so that one
+-- picture has one key however often, and with whatever history, it was
+-- saved. The same string when it carries none.
+function M.strip(bytes) return core.xmp_strip(bytes, NS) end
+
+-- sha256(bytes) -> the SHA-256 of strip(bytes).
+function M.sha256(bytes) return core.sha256(M.strip(bytes)) end
+
+-- sha256_file(path) -> the same of a file | nil, message
+function M.sha256_file(path)
+  local bytes, msg = core.read_file(path)
+  if not bytes then return nil, msg end
+  return M.sha256(bytes)
+end
+
 local function share(x) return x and tonumber(string.format("%.6f", x)) end
 
 -- record{...} -> the lineage of a picture: prompt, model, params (the

@@ -166,7 +166,9 @@ d.dataset.overflow=d.scrollWidth>innerWidth+1?"yes":"no"});
 function M.render(steps, html_dir, title)
   local by_sha, names = {}, {}
   for _, s in ipairs(steps) do
-    by_sha[s.output.sha256 or ""] = by_sha[s.output.sha256 or ""] or s
+    -- inputs name pictures (without lineage); records before that, files
+    local pic = s.output.picture or s.output.sha256 or ""
+    by_sha[pic] = by_sha[pic] or s
     names[s.step] = s
   end
   -- Both sides absolute (links resolved), so any two places relate.

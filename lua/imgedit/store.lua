@@ -85,14 +85,14 @@ local function source_of(src)
   if type(src) == "string" then
     local info, msg = core.inspect(src)
     if not info then return nil, msg end
-    local sha, err = core.sha256_file(src)
+    local sha, err = lineage.sha256_file(src)
     if not sha then return nil, err end
     return { sha256 = sha, width = info.width, height = info.height, source = src }
   elseif image.is(src) then
-    return { sha256 = src.sha256, width = src.width, height = src.height, source = src.step or src.filename }
+    return { sha256 = src.picture_sha256, width = src.width, height = src.height, source = src.step or src.filename }
   elseif type(src) == "table" and type(src.bytes) == "string" then
     local info = core.inspect(src.bytes, true) or {}
-    return { sha256 = core.sha256(src.bytes), width = info.width, height = info.height, source = src.filename }
+    return { sha256 = lineage.sha256(src.bytes), width = info.width, height = info.height, source = src.filename }
   end
   error("bad request field 'images' (path, Image or {bytes=...} expected)", 5)
 end
@@ -270,8 +270,8 @@ function Store:finish(item, img, how, started, attempts)
     step = item.name, kind = item.kind, model = item.model, prompt = item.req.prompt, params = params,
     inputs = inputs, mask = src(item.mask), usage = usage or cjson.null, tokens_spent = spent_now,
     cache_hit = how ~= nil, resumed_from = how or cjson.null, requests = attempts, started = iso(os.time() - seconds),
-    seconds = seconds, output = { file = path, sha256 = img.sha256, format = img.format, width = img.width,
-      height = img.height }, request_id = img.request_id, cost = img.cost or cjson.null,
+    seconds = seconds, output = { file = path, sha256 = img.sha256, picture = img.picture_sha256,
+      format = img.format, width = img.width, height = img.height }, request_id = img.request_id, cost = img.cost or cjson.null,
     partials = partials and #partials > 0 and partials or nil, order = #self.shared.records + 1,
   }, img))
   if not ok then return nil, errors.new("io", item.file_base .. ".json: " .. msg, { param = "dir", image = img }) end

@@ -1,6 +1,6 @@
 /* libFuzzer targets that go through the Lua layer, where that is where the
- * code lives: base64 and data URLs, the JSON answer handling, and mask
- * decoding. One harness, built once per target with -DTARGET_CODE naming the
+ * code lives: base64 and data URLs, the JSON answer handling, mask
+ * decoding, and lineage written into and stripped from files. One harness, built once per target with -DTARGET_CODE naming the
  * Lua function to call with the input. A Lua error is fine (the code under
  * test returns nil, err); anything that escapes a pcall is a finding. */
 #include <stdio.h>
@@ -39,6 +39,16 @@ static const char *const CODE[] = {
     "  local m = core.mask_from_gray(px, w, h, { feather = 2 })\n"
     "  local clear, solid, total = core.mask_stats(m)\n"
     "  assert(total == w * h and clear + solid <= total)\n"
+    "end\n",
+    /* 3: lineage in and out of PNG, JPEG and WebP files */
+    "local core = require 'imgedit.core'\n"
+    "local lineage = require 'imgedit.lineage'\n"
+    "local packet = lineage.packet(lineage.record { prompt = 'p', request_id = 'req_1' })\n"
+    "return function(s)\n"
+    "  local plain = lineage.strip(s)\n"
+    "  assert(type(plain) == 'string' and lineage.strip(plain) == plain)\n"
+    "  local with = core.xmp_embed(s, packet)\n"
+    "  if with then assert(lineage.strip(lineage.strip(with)) == lineage.strip(with)) end\n"
     "end\n",
 };
 
