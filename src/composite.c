@@ -108,13 +108,35 @@ typedef struct decode_job {
  * stay on its stack until the join. */
 static void *decode_thread(void *arg) {
   decode_job *j = (decode_job *)arg;
-  j->ok = ie_decode_raw(j->bytes, j->len, j->max_px, &j->out);
+  if (!j->ok)
+    j->ok = ie_decode_raw(j->bytes, j->len, j->max_px, &j->out);
   return NULL;
 }
 
+/* The answer's pixels, when the caller has them (decode = "rgba" made them
+ * on the decoder thread): borrowed from the Lua string at index px, which
+ * stays on the stack; the header still comes from the bytes. */
+static void given_pixels(lua_State *L, int px, lua_Integer w, lua_Integer h, decode_job *j) {
+  size_t n;
+  const char *s = lua_tolstring(L, px, &n);
+  ie_src src = {j->bytes, -1, j->len};
+  char why[160];
+  luaL_argcheck(L, ie_inspect(&src, &j->out.info, why, sizeof why) == IE_OK, 1, "cannot read the answer's header");
+  luaL_argcheck(L,
+                w > 0 && h > 0 && (lua_Integer)j->out.info.width == w && (lua_Integer)j->out.info.height == h &&
+                    n == (size_t)w * (size_t)h * 4,
+                4, "answer_rgba is not the answer's pixels (width x height x 4 bytes)");
+  j->out.p = (unsigned char *)s, j->out.release = NULL; /* not ours to free */
+  j->out.w = (int)w, j->out.h = (int)h;
+  j->ok = 1;
+}
+
 /* A guess at a decode's cost from the header: pixels, JPEG's at a fifth
- * (stb decodes it about five times faster than PNG or WebP here). */
+ * (stb decodes it about five times faster than PNG or WebP here); none for
+ * pixels already decoded. */
 static double decode_cost(const decode_job *j) {
+  if (j->ok)
+    return 0;
   ie_src src = {j->bytes, -1, j->len};
   ie_info info;
   char why[160];
@@ -129,8 +151,12 @@ static void set_int(lua_State *L, const char *k, lua_Integer v) {
   lua_setfield(L, -2, k);
 }
 
-/* inpaint(answer, base, mask [, {tolerance=30, preserve=false, feather=4, quality=90, max_pixels=}])
- * -> {width=, height=, keep=, edit=, drifted=, unchanged=, scaled=, bytes=} | nil, message, reason
+/* inpaint(answer, base, mask [, {tolerance=30, preserve=false, feather=4, quality=90, max_pixels=,
+ *         answer_rgba=, width=, height=, keep_rgba=false}])
+ * -> {width=, height=, keep=, edit=, drifted=, unchanged=, scaled=, bytes=, rgba=} | nil, message, reason
+ * answer_rgba, width, height: the answer's pixels, decoded already; with
+ * keep_rgba, a PNG composite's pixels come back as rgba too (the PNG holds
+ * exactly them), so nobody decodes what was just encoded.
  * keep: pixels the mask keeps (alpha > 0), drifted: those of them whose
  * largest channel difference from image 1 passes the tolerance; edit:
  * pixels to edit (alpha 0), unchanged: those within it. Image 1 and the mask
@@ -147,16 +173,24 @@ static int l_inpaint(lua_State *L) {
   lua_Integer quality = o ? ie_opt_integer(L, o, "quality", 90) : 90;
   lua_Integer max_px = o ? ie_opt_integer(L, o, "max_pixels", DEFAULT_MAX_PIXELS) : DEFAULT_MAX_PIXELS;
   int preserve = o ? ie_opt_bool(L, o, "preserve") : 0;
+  int keep_rgba = o ? ie_opt_bool(L, o, "keep_rgba") : 0;
   luaL_argcheck(L, tol >= 0 && tol <= 255, 4, "tolerance out of range 0-255");
   luaL_argcheck(L, feather >= 0 && feather <= MAX_FEATHER, 4, "feather out of range 0-256");
   luaL_argcheck(L, quality >= 1 && quality <= 100, 4, "quality out of range 1-100");
   lua_settop(L, 4);
+  decode_job jobs[3] = {{as, an, max_px, {0}, 0}, {bs, bn, max_px, {0}, 0}, {ms, mn, max_px, {0}, 0}};
+  if (o) {
+    lua_getfield(L, o, "answer_rgba"); /* index 5, kept while the pixels are used */
+    if (!lua_isnil(L, 5)) {
+      luaL_argcheck(L, lua_type(L, 5) == LUA_TSTRING, 4, "answer_rgba must be a string");
+      given_pixels(L, 5, ie_opt_integer(L, o, "width", 0), ie_opt_integer(L, o, "height", 0), &jobs[0]);
+    }
+  }
 
   /* The boxes first, so that nothing decoded is ever unowned; then the
    * costliest decode runs on a thread of its own while the other two run
    * here: the decodes are most of the cost (bench/README.md). */
   void *boxes[3];
-  decode_job jobs[3] = {{as, an, max_px, {0}, 0}, {bs, bn, max_px, {0}, 0}, {ms, mn, max_px, {0}, 0}};
   int big = 0;
   for (int i = 0; i < 3; i++) {
     boxes[i] = ie_box_push(L);
@@ -252,6 +286,10 @@ static int l_inpaint(lua_State *L) {
   if (fmt < 0 || !ie_encode_push(L, out, w, h, fmt, (int)quality, flags))
     return ie_fail(L, "encode", "cannot encode the composite as %s", info.format);
   lua_setfield(L, result, "bytes");
+  if (keep_rgba && fmt == 0) {
+    lua_pushlstring(L, (const char *)out, n * 4);
+    lua_setfield(L, result, "rgba");
+  }
   lua_settop(L, result);
   return 1;
 }

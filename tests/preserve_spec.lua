@@ -113,6 +113,29 @@ describe("preserve", function()
     end
   end)
 
+  it("takes the answer's pixels when they are decoded already, and gives a PNG composite's back", function()
+    local red = string.rep("\250\10\10\255", W * H_)
+    -- the pixels given are used, not the bytes decoded again (they differ here on purpose)
+    local a, b, m = bytes(answer, W, H_).bytes, bytes(base, W, H_).bytes, mask_png().bytes
+    local r = assert(core.inpaint(a, b, m,
+      { preserve = true, feather = 0, answer_rgba = red, width = W, height = H_, keep_rgba = true }))
+    local out = core.decode(r.bytes)
+    assert.are.equal(out, r.rgba) -- the PNG holds exactly the pixels handed back
+    for _, xy in ipairs { { 20, 20 }, { 30, 40 } } do
+      local i = (xy[2] * W + xy[1]) * 4
+      assert.is_true(in_edit(xy[1], xy[2]))
+      assert.are.equal("\250\10\10\255", out:sub(i + 1, i + 4))
+    end
+    -- pixels of another size are refused, not read past their end
+    assert.has_error(function()
+      core.inpaint(a, b, m, { answer_rgba = "xx", width = W, height = H_ })
+    end)
+    -- a JPEG composite's pixels are what its bytes decode to, so none are handed back
+    local j = assert(core.inpaint(core.encode(answer, W, H_, "jpeg"), b, m,
+      { preserve = true, keep_rgba = true }))
+    assert.is_nil(j.rgba)
+  end)
+
   it("the seam fades with distance: nearer the kept area, nearer image 1", function()
     local img = assert(imgedit.mask.preserve(bytes(answer, W, H_), bytes(base, W, H_), mask_png(), { feather = 6 }))
     local out = core.decode(img.bytes)
@@ -214,6 +237,22 @@ describe("an edit with a mask, through the emulator", function()
     assert.are.same({ r.drift, r.spill }, { img.mask_drift, img.mask_spill })
   end)
 
+  it("with decode = \"rgba\": the composite takes the decoder thread's pixels, and nothing is decoded twice", function()
+    local decodes, given = 0, nil
+    local real_decode, real_inpaint = core.decode, core.inpaint
+    core.decode = function(...) decodes = decodes + 1 return real_decode(...) end
+    core.inpaint = function(a, b, m, o) given = o.answer_rgba ~= nil return real_inpaint(a, b, m, o) end
+    local ok, img, err = pcall(edit, { preserve = true }, { decode = "rgba" })
+    core.decode, core.inpaint = real_decode, real_inpaint
+    assert(ok, img)
+    assert(img, tostring(err))
+    assert.is_true(given) -- the answer's pixels, from the decoder thread
+    assert.are.equal(0, decodes) -- and the composite's pixels came with it
+    assert.is_truthy(img.preserved)
+    assert.are.equal(real_decode(img.bytes), img.pixels)
+    assert.are.equal(1, #H.api_requests(emu))
+  end)
+
   it("warns once the drift passes drift_warning, and not with preserve", function()
     local _, _, warnings = edit(nil, { drift_warning = 0.001 })
     assert.are.equal(1, #warnings)
@@ -307,8 +346,9 @@ describe("an edit with a mask, through the emulator", function()
     assert.are.equal(1, #H.api_requests(emu))
   end)
 
-  it("image 1 changed on disk while the request was out: not used for the composite", function()
-    local mine = H.write(dir .. "/mine.png", H.read(photo))
+  it("image 1 changed on disk while the request was out: the composite uses the bytes that were sent", function()
+    local sent = H.read(photo)
+    local mine = H.write(dir .. "/mine.png", sent)
     emu:configure { latency = 0.3 }
     local warnings = {}
     local c = H.all_client(emu, { on_warning = function(m) warnings[#warnings + 1] = m end })
@@ -316,9 +356,12 @@ describe("an edit with a mask, through the emulator", function()
     c:poll(0.05)
     H.write(mine, core.encode(picture(32, 32, base_fn), 32, 32, "png"))
     local img = assert(job:wait())
-    assert.is_nil(img.preserved)
-    assert.matches("image 1 changed on disk after it was sent", img.preserve_error)
-    assert.matches("changed on disk", warnings[1])
+    assert.is_nil(img.preserve_error)
+    assert.are.same({}, warnings)
+    assert.are.equal(core.sha256(sent), H.api_requests(emu)[1].files[1].sha256)
+    -- image 1 as it was sent, read once: the composite is what it makes
+    local again = assert(imgedit.mask.preserve(img.raw, { bytes = sent }, mask))
+    assert.are.equal(again.bytes, img.bytes)
     assert.are.equal(1, #H.api_requests(emu))
   end)
 

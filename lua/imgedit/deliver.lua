@@ -25,22 +25,12 @@ local function hold_one(job, img, warn)
       .. (o.preserve and "; the service's picture is kept as it came" or ""))
     return img
   end
-  -- image 1 and the mask as they were sent: a file changed since is not used
-  local function again(entry, what)
-    if entry.data then return entry.data end
-    local bytes, msg = core.read_file(entry.path)
-    if not bytes then return nil, what .. " could not be read again: " .. tostring(msg) end
-    if #bytes ~= entry.info.bytes then return nil, what .. " changed on disk after it was sent" end
-    return bytes
-  end
-  local base, why = again(src.base, "image 1")
-  if not base then return failed(why) end
-  local mask
-  mask, why = again(src.mask, "the mask")
-  if not mask then return failed(why) end
+  -- image 1 and the mask as they were sent (request.prepare read them once);
+  -- the answer's pixels when the decoder thread made them
   local opts = { feather = o.feather, tolerance = o.drift_tolerance,
-    quality = masks._quality(job.fields.output_compression) }
-  local ok, r, e = pcall(o.preserve and masks.preserve or masks.compare, img, { bytes = base }, { bytes = mask }, opts)
+    quality = masks._quality(job.fields.output_compression), pixels = o.decode == "rgba" }
+  local ok, r, e = pcall(o.preserve and masks.preserve or masks.compare, img, { bytes = src.base.data },
+    { bytes = src.mask.data }, opts)
   if not ok or not r then return failed(ok and e.message or tostring(r)) end
   if o.preserve then
     local bi = src.base.info

@@ -188,8 +188,11 @@ local function inpaint(answer, base, mask, o, preserve, fn)
   end
   local a, b, m = three(answer, base, mask)
   if not a then return nil, b end
+  -- An answer decoded already (decode = "rgba") is not decoded again.
+  local px = image.is(answer) and rawget(answer, "pixels") or nil
   local r, msg, reason = core.inpaint(a, b, m, { tolerance = o.tolerance or M.TOLERANCE, feather = o.feather or M.FEATHER,
-    quality = o.quality, preserve = preserve, max_pixels = image.max_pixels })
+    quality = o.quality, preserve = preserve, max_pixels = image.max_pixels, answer_rgba = px,
+    width = px and answer.width, height = px and answer.height, keep_rgba = o.pixels == true })
   if not r then return nil, errors.new("invalid_request", msg, { param = "mask", reason = reason }) end
   r.drift = r.keep > 0 and r.drifted / r.keep or 0
   r.spill = r.edit > 0 and r.unchanged / r.edit or 0
@@ -210,13 +213,14 @@ end
 local CARRIED = { usage = true, url = true, model = true, created = true, request_id = true, revised_prompt = true,
   cost = true, more = true }
 
--- preserve(answer, base, mask [, {feather = 4, tolerance = 30, quality = 90}]) -> Image | nil, err
+-- preserve(answer, base, mask [, {feather = 4, tolerance = 30, quality = 90, pixels = false}]) -> Image | nil, err
 -- The answer composited onto image 1: the service's pixels where the mask
 -- edits, image 1's wherever it keeps (exactly, when the sizes match), with
 -- a seam of `feather` pixels blended inside the edit area. In the answer's
 -- format (quality for jpeg and webp). img.raw is the answer as it came;
 -- img.mask_drift and img.mask_spill are its figures; img.preserved =
--- {feather=, scaled=}.
+-- {feather=, scaled=}. With pixels = true the composite comes with its
+-- img.pixels when it has them at no cost (a PNG: what was encoded).
 function M.preserve(answer, base, mask, o)
   local r, err = inpaint(answer, base, mask, o, true, "preserve")
   if not r then return nil, err end
@@ -232,6 +236,7 @@ function M.preserve(answer, base, mask, o)
   end
   local img, msg = image.from_bytes(r.bytes, fields)
   if not img then return nil, errors.new("invalid_request", "the composite: " .. tostring(msg), { param = "mask" }) end
+  if r.rgba then img.pixels = r.rgba end
   return img
 end
 

@@ -9,6 +9,7 @@ local cjson = require "cjson.safe"
 local errors = require "imgedit.errors"
 local options = require "imgedit.options"
 local image = require "imgedit.image"
+local lineage = require "imgedit.lineage"
 local providers = require "imgedit.providers"
 local rules = require "imgedit.rules"
 
@@ -169,10 +170,21 @@ local function resolve(src, label, default_name)
     entry = { path = src, filename = image.basename(src) }
     label = string.format("%s (%s)", label, entry.filename)
   elseif type(src) == "table" and type(src.bytes) == "string" then
-    -- an Image's header was read when it was made
-    info = image.is(src) and image.header_of(src) or nil
-    if not info then info, msg = core.inspect(src.bytes, true) end
-    entry = { data = src.bytes, filename = src.filename or default_name }
+    local data = src.bytes
+    if image.is(src) then
+      -- An Image goes as the picture the service made: the lineage the
+      -- library wrote into it (earlier prompts, request ids) stays home.
+      -- Its header was read when it was made.
+      data = lineage.strip(data)
+      info = image.header_of(src)
+      if info and #data ~= info.bytes then
+        local sent = { bytes = #data }
+        for k, v in pairs(info) do sent[k] = sent[k] or v end
+        info = sent
+      end
+    end
+    if not info then info, msg = core.inspect(data, true) end
+    entry = { data = data, filename = src.filename or default_name }
     if src.filename then label = string.format("%s (%s)", label, src.filename) end
   else
     return nil, nil, true
@@ -223,9 +235,9 @@ local function json_value(k, v)
 end
 
 -- prepare(client, kind, req, key, level) -> spec, fields, inpaint | nil, err
--- inpaint: for an edit with a mask, {base = image 1, mask =} (path or
--- data), what the mask's figures and preserve's composite read once the
--- answer is in.
+-- inpaint: for an edit with a mask, {base = image 1, mask =}, each with
+-- .data, the bytes sent: what the mask's figures and preserve's composite
+-- read once the answer is in.
 function M.prepare(client, kind, req, key, level)
   if req.prompt ~= nil and type(req.prompt) ~= "string" then
     error("bad request field 'prompt' (string expected, got " .. type(req.prompt) .. ")", level + 1)
@@ -298,6 +310,23 @@ function M.prepare(client, kind, req, key, level)
       fields.response_format = nil -- the model always answers base64
     end
   end
+  local inpaint = kind == "edit" and mask and images[1] and { base = images[1], mask = mask } or nil
+  if inpaint then
+    -- The mask's figures and preserve's composite read image 1 and the mask
+    -- once the answer is in: they are read now, once, and these bytes are
+    -- sent, so that both use what the service was given.
+    for _, e in ipairs { inpaint.base, inpaint.mask } do
+      if e.path then
+        local bytes, msg = core.read_file(e.path)
+        if bytes and #bytes ~= e.info.bytes then bytes, msg = nil, "changed while it was read" end
+        if not bytes then
+          return fail("invalid_request", e.label .. ": " .. tostring(msg),
+            e == mask and { param = "mask" } or { param = "images", index = 1 }, key)
+        end
+        e.data, e.path = bytes, nil
+      end
+    end
+  end
   local stream = req.stream == true or req.stream == "true"
   local spec = {
     stream = stream,
@@ -335,7 +364,7 @@ function M.prepare(client, kind, req, key, level)
     spec.body = cjson.encode(body)
     spec.headers[#spec.headers + 1] = "Content-Type: application/json"
   end
-  return spec, fields, kind == "edit" and mask and images[1] and { base = images[1], mask = mask } or nil
+  return spec, fields, inpaint
 end
 
 return M
