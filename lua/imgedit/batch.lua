@@ -26,6 +26,7 @@
 -- name used twice) and, on a resume, what the journal said of it.
 local core = require "imgedit.core"
 local client_mod = require "imgedit.client"
+local budgets = require "imgedit.budget"
 local errors = require "imgedit.errors"
 local image = require "imgedit.image"
 local lineage = require "imgedit.lineage"
@@ -82,27 +83,12 @@ Run.__index = Run
 
 -- Budget: what is spent plus what the jobs in flight may still cost.
 function Run:_afford(item)
-  local b = self.budget
-  if not b then return true end
+  if not self.budget then return true end
   local s, f = self.stats, self.reserved
-  if b.requests and s.requests + f.requests + 1 > b.requests then
-    return nil, string.format("the budget's %d requests would be passed", b.requests)
-  end
-  if b.tokens and s.tokens + f.tokens + item.estimate > b.tokens then
-    return nil, string.format("the budget's %d tokens would be passed (%d spent, %d in flight, %d more for %s)",
-      b.tokens, s.tokens, f.tokens, item.estimate, item.name)
-  end
-  if b.usd then
-    local usd = prices.estimate(self.client, item.model, item.parts)
-    if not usd then
-      return nil, string.format("no price is known for %s, so a budget in usd cannot be kept", item.model)
-    end
-    item.usd_estimate = usd
-    if s.usd + f.usd + usd > b.usd then
-      return nil, string.format("the budget's $%.2f would be passed ($%.4f spent, $%.4f in flight, $%.4f more for %s)",
-        b.usd, s.usd, f.usd, usd, item.name)
-    end
-  end
+  local usd, msg = budgets.check(self.budget, { requests = s.requests + f.requests, tokens = s.tokens + f.tokens,
+    usd = s.usd + f.usd }, { item }, self.client)
+  if not usd then return nil, msg end
+  item.usd_estimate = usd
   return true
 end
 
@@ -298,25 +284,8 @@ function Run:_start(entry)
   return true
 end
 
--- The live numbers, for on_tick and the report.
-function Run:numbers(now)
-  local s = self.stats
-  now = now or core.now()
-  local secs = now - self.t0
-  -- Requests a minute over the last minute (or since the start).
-  local rq = self.rpm_marks
-  rq[#rq + 1] = { now, s.requests }
-  while #rq > 2 and now - rq[2][1] >= 60 do table.remove(rq, 1) end
-  local span = now - rq[1][1]
-  local rpm = span > 0.5 and (s.requests - rq[1][2]) / span * 60 or 0
-  local ended = s.done + s.failed
-  local left = self.total and math.max(0, self.total - s.before - ended) or nil
-  local eta
-  if left and ended > 0 and secs > 0 then eta = left / (ended / secs) end
-  return { total = self.total, done = s.done, failed = s.failed, before = s.before, running = self.running,
-    left = left, requests = s.requests, tokens = s.tokens, usd = s.usd, rpm = rpm, eta = eta, seconds = secs,
-    concurrency = self.pace:slots(), throttled = self.pace.throttles, stopping = self.stopping or nil }
-end
+-- The live numbers, for on_tick and the report (batch_report.lua).
+function Run:numbers(now) return report_mod.numbers(self, now) end
 
 -- Write batch-report.json and failed.jsonl (batch_report.lua).
 function Run:_report(src) return report_mod.write(self, src) end
@@ -349,9 +318,7 @@ function M.run(o)
   for _, k in ipairs { "on_job", "on_tick" } do
     if o[k] ~= nil and type(o[k]) ~= "function" then error("bad option '" .. k .. "' (function expected)", 2) end
   end
-  local budget = o.budget
-  if type(budget) == "number" then budget = { tokens = budget } end
-  if budget ~= nil and type(budget) ~= "table" then error("bad option 'budget' (number or table expected)", 2) end
+  local budget = budgets.option(o.budget, 2)
   local shard = J.parse_shard(o.shard)
   local client = o.client
   if client == nil then

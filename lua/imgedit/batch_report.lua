@@ -1,4 +1,4 @@
--- A batch's report, from its journals: batch-report.json (per job of this
+-- A batch's numbers as it runs, and its report, from its journals: batch-report.json (per job of this
 -- run's share, in manifest order: status, tokens, cost, attempts, request
 -- id, error) and failed.jsonl (every job not done, as a manifest that runs
 -- from anywhere).
@@ -7,6 +7,26 @@ local cjson = require "cjson"
 local J = require "imgedit.batch_journal"
 
 local M = {}
+
+-- numbers(run [, now]) -> the live numbers, for on_tick and the report.
+function M.numbers(self, now)
+  local s = self.stats
+  now = now or core.now()
+  local secs = now - self.t0
+  -- Requests a minute over the last minute (or since the start).
+  local rq = self.rpm_marks
+  rq[#rq + 1] = { now, s.requests }
+  while #rq > 2 and now - rq[2][1] >= 60 do table.remove(rq, 1) end
+  local span = now - rq[1][1]
+  local rpm = span > 0.5 and (s.requests - rq[1][2]) / span * 60 or 0
+  local ended = s.done + s.failed
+  local left = self.total and math.max(0, self.total - s.before - ended) or nil
+  local eta
+  if left and ended > 0 and secs > 0 then eta = left / (ended / secs) end
+  return { total = self.total, done = s.done, failed = s.failed, before = s.before, running = self.running,
+    left = left, requests = s.requests, tokens = s.tokens, usd = s.usd, rpm = rpm, eta = eta, seconds = secs,
+    concurrency = self.pace:slots(), throttled = self.pace.throttles, stopping = self.stopping or nil }
+end
 
 -- Write batch-report.json and failed.jsonl from the journals: every job of
 -- this run's share of the manifest, in manifest order.

@@ -4,6 +4,7 @@
 -- keys, the cache, the journal and each step's files are store.lua's.
 local core = require "imgedit.core"
 local client_mod = require "imgedit.client"
+local budgets = require "imgedit.budget"
 local errors = require "imgedit.errors"
 local image = require "imgedit.image"
 local prices = require "imgedit.prices"
@@ -26,9 +27,7 @@ function M.new(opts)
   if type(opts) ~= "table" then error("bad argument #1 to 'pipeline' (table expected)", 2) end
   local client = opts.client or client_mod.new {}
   if getmetatable(client) ~= client_mod.Client then error("bad option 'client' (an imgedit client expected)", 2) end
-  local budget = opts.budget
-  if type(budget) == "number" then budget = { tokens = budget } end
-  if budget ~= nil and type(budget) ~= "table" then error("bad option 'budget' (number or table expected)", 2) end
+  local budget = budgets.option(opts.budget, 2)
   local cache = opts.cache
   if cache == nil then cache = ".imgedit-cache" end
   if cache ~= false and type(cache) ~= "string" then error("bad option 'cache' (folder or false expected)", 2) end
@@ -62,32 +61,8 @@ end
 -- ---- budget ----
 
 function Pipeline:_afford(items)
-  local b, s = self.shared.budget, self.shared.spent
-  local need, n = 0, 0
-  for _, it in ipairs(items) do need, n = need + it.estimate, n + 1 end
-  if b.requests and s.requests + n > b.requests then
-    return nil, errors.new("budget", string.format("%s needs %d request%s; %d of the budget's %d are spent",
-      items[1].name, n, n == 1 and "" or "s", s.requests, b.requests))
-  end
-  if b.tokens and s.tokens + need > b.tokens then
-    return nil, errors.new("budget", string.format(
-      "%s would need up to %d tokens (estimate); %d of the budget's %d are spent", items[1].name, need, s.tokens, b.tokens))
-  end
-  if b.usd then
-    local usd = 0
-    for _, it in ipairs(items) do
-      local u = prices.estimate(self.client, it.model, it.parts)
-      if not u then
-        return nil, errors.new("budget", string.format("%s: no price is known for %s, so a budget in usd cannot be"
-          .. " kept; give the client prices = {[%q] = {...}}", it.name, it.model, it.model))
-      end
-      usd = usd + u
-    end
-    if s.usd + usd > b.usd then
-      return nil, errors.new("budget", string.format("%s would cost up to $%.4f (estimate); $%.4f of the budget's"
-        .. " $%.2f is spent", items[1].name, usd, s.usd, b.usd))
-    end
-  end
+  local ok, msg = budgets.check(self.shared.budget, self.shared.spent, items, self.client)
+  if not ok then return nil, errors.new("budget", msg) end
   return true
 end
 
