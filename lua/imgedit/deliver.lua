@@ -3,7 +3,6 @@
 -- composite onto image 1; with decode = "rgba", its pixels; its cost. The
 -- picture is paid for, so nothing here may lose it: a failure hands it
 -- over as it came, saying why.
-local core = require "imgedit.core"
 local errors = require "imgedit.errors"
 local answer = require "imgedit.answer"
 local image = require "imgedit.image"
