@@ -56,13 +56,15 @@ local TLS = {
 
 -- A proxy's refusal of the tunnel, by its status.
 local PROXY = {
-  [407] = "it wants credentials (give them in the url: http://user:password@host:port)",
+  -- (said without a url: errors redact the user and password of any url)
+  [407] = "it wants credentials (give them in the proxy url, as user:password@ before its host)",
   [403] = "it does not allow this host or port",
 }
 
--- "host:port" of a url, for messages.
+-- "host:port" of a url, for messages: never its user and password.
 local function host_of(url)
-  return tostring(url or ""):match("^%a[%w+.-]*://([^/?#]+)") or "the server"
+  local auth = tostring(url or ""):match("^%a[%w+.-]*://([^/?#]+)")
+  return auth and auth:gsub("^.*@", "") or "the server"
 end
 
 -- Whether the service may have the request, and bill it, although no usable

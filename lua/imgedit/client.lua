@@ -10,6 +10,7 @@ local providers = require "imgedit.providers"
 local request = require "imgedit.request"
 local rules = require "imgedit.rules"
 local jobs = require "imgedit.jobs"
+local text = require "imgedit.text"
 
 local M = {}
 
@@ -31,8 +32,10 @@ local Client = {}
 Client.__index = Client
 M.Client = Client
 
+-- The base url without its user and password, like the key: never shown.
 function Client.__tostring(c)
-  return string.format("imgedit.client(%s, %s, %s%s)", c.provider, c.base_url, c.model, c._closed and ", closed" or "")
+  return string.format("imgedit.client(%s, %s, %s%s)", c.provider, text.safe(c.base_url), text.safe(c.model),
+    c._closed and ", closed" or "")
 end
 
 local DEFAULTS = {
@@ -78,7 +81,8 @@ function M.new(opts)
   end
   local provider = opts.provider or providers.detect(base)
   if provider == "azure" and (base:find("/openai/v1/*$") or base:find("/openai/deployments", 1, true)) then
-    error("provider 'azure' takes the resource endpoint as base_url (https://NAME.openai.azure.com), not '" .. base
+    error("provider 'azure' takes the resource endpoint as base_url (https://NAME.openai.azure.com), not '"
+      .. text.redact(base)
       .. "': images go through Azure's deployments API, /openai/deployments/{deployment}/images/...", 2)
   end
   local c = { base_url = (base:gsub("/+$", "")), user_agent = USER_AGENT, limits = opts.limits, provider = provider,
@@ -120,7 +124,7 @@ function Client:_warn(msg)
   if not msg or self._warned[msg] then return end
   self._warned[msg] = true
   if self.on_warning then return self.on_warning(msg) end
-  io.stderr:write("imgedit: warning: ", msg, "\n")
+  io.stderr:write("imgedit: warning: ", text.safe(msg, true), "\n")
 end
 
 -- rules([model]) -> the rules this client checks a request for model (its

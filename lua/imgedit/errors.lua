@@ -1,6 +1,9 @@
 -- Structured run-time errors: tables with a stable `kind` a program can
 -- compare, the service's status/code/param when there is one, and a
--- __tostring for people. Messages are scrubbed of the API key.
+-- __tostring for people. Messages are scrubbed of the API key and of the
+-- user and password of any url in them.
+local text = require "imgedit.text"
+
 local M = {}
 
 M.KINDS = {
@@ -14,14 +17,18 @@ local Error = {}
 Error.__index = Error
 M.Error = Error
 
+-- For people, and so for terminals: the service's words arrive, their
+-- control characters shown escaped (\x1b), never emitted; a message keeps
+-- its newlines. err.message itself stays exactly as the service sent it.
 function Error.__tostring(e)
+  local function safe(v) return text.safe(v) end
   local extra = {}
-  if e.status then extra[#extra + 1] = "status " .. tostring(e.status) end
-  if e.param then extra[#extra + 1] = "param " .. tostring(e.param) end
-  if e.code then extra[#extra + 1] = "code " .. tostring(e.code) end
+  if e.status then extra[#extra + 1] = "status " .. safe(e.status) end
+  if e.param then extra[#extra + 1] = "param " .. safe(e.param) end
+  if e.code then extra[#extra + 1] = "code " .. safe(e.code) end
   if e.attempts and e.attempts > 1 then extra[#extra + 1] = e.attempts .. " attempts" end
-  if e.request_id then extra[#extra + 1] = "request " .. tostring(e.request_id) end
-  local s = "imgedit: " .. e.kind .. ": " .. tostring(e.message)
+  if e.request_id then extra[#extra + 1] = "request " .. safe(e.request_id) end
+  local s = "imgedit: " .. e.kind .. ": " .. text.safe(e.message, true)
   if #extra > 0 then s = s .. " (" .. table.concat(extra, ", ") .. ")" end
   return s
 end
@@ -52,6 +59,11 @@ function M.new(kind, message, fields, secret)
   if e.retryable == nil then e.retryable = RETRYABLE[kind] or false end
   for _, k in ipairs { "message", "code", "param", "type", "request_id", "url" } do
     e[k] = scrub(e[k], secret)
+  end
+  -- A url's credentials are kept out like the key; err.url is left whole,
+  -- as it is the service's own address of a paid picture (client:download).
+  for _, k in ipairs { "message", "code", "param", "type", "request_id" } do
+    e[k] = text.redact(e[k])
   end
   return e
 end

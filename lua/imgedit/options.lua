@@ -3,6 +3,7 @@
 -- check, the error naming the option and what was given, like Lua's own
 -- argument errors, and "did you mean" for a misspelt name. Pure Lua.
 local compat = require "imgedit.compat"
+local text = require "imgedit.text"
 
 local M = {}
 
@@ -44,7 +45,9 @@ function M.check_option(name, v, checks, level)
   if v == nil then return v end
   local ok, want = checks[name](v)
   if not ok then
-    local got = type(v) == "number" and tostring(v) or type(v) == "string" and string.format("%q", v) or type(v)
+    -- A url given is shown without its user and password (base_url, proxy).
+    local got = type(v) == "number" and tostring(v) or type(v) == "string" and string.format("%q", text.redact(v))
+      or type(v)
     error(string.format("bad option '%s' (%s expected, got %s)", name, want, got), level + 1)
   end
   return v
