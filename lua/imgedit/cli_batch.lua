@@ -3,6 +3,7 @@
 local compat = require "imgedit.compat"
 local cjson = require "cjson"
 local core = require "imgedit.core"
+local text = require "imgedit.text"
 
 local M = {}
 
@@ -122,7 +123,7 @@ function M.run(a, ctx)
       local out = { name = ev.name, status = ev.event, file = ev.file, tokens = ev.tokens, cost = ev.cost,
         attempts = ev.attempts, request_id = ev.request_id, seconds = ev.seconds, error = ev.error,
         resumed = ev.resumed, maybe_paid_twice = ev.maybe_paid_twice }
-      io.stdout:write(cjson.encode(out), "\n")
+      io.stdout:write(text.json(cjson.encode(out)), "\n")
       io.stdout:flush()
     end
   end
@@ -144,15 +145,19 @@ function M.run(a, ctx)
       report = report.report, failed_manifest = report.failed_manifest,
       maybe_paid_twice = #report.maybe_paid_twice > 0 and report.maybe_paid_twice or nil }
   elseif not a.quiet then
+    -- Job names come from a manifest, paths and reasons from outside: safe().
+    local safe = text.safe
     print(string.format("batch: %d jobs: %d done (%d before this run), %d failed, %d not run; %d requests,"
       .. " %d tokens, $%.4f, %.1f s", t.jobs, t.done, r.skipped_done_before, t.failed, t.not_run, r.requests, r.tokens,
       r.usd, report.seconds))
     if #report.maybe_paid_twice > 0 then
-      print("sent again after a crash (maybe paid twice): " .. table.concat(report.maybe_paid_twice, ", "))
+      print("sent again after a crash (maybe paid twice): " .. safe(table.concat(report.maybe_paid_twice, ", ")))
     end
-    if report.stopped then print("stopped: " .. report.stopped) end
-    print("report: " .. report.report)
-    if t.done < t.jobs then print("to run what is left: imgedit batch " .. report.failed_manifest .. " -o " .. a.output) end
+    if report.stopped then print("stopped: " .. safe(report.stopped)) end
+    print("report: " .. safe(report.report))
+    if t.done < t.jobs then
+      print("to run what is left: imgedit batch " .. safe(report.failed_manifest) .. " -o " .. safe(a.output))
+    end
   end
   if report.stopped == "interrupted" then return 130 end
   if report.stopped then return ctx.EXIT.limit end

@@ -4,6 +4,7 @@
 local cjson = require "cjson"
 local core = require "imgedit.core"
 local image = require "imgedit.image"
+local text = require "imgedit.text"
 
 local M = {}
 
@@ -32,7 +33,7 @@ end
 
 local function json_out(t)
   local s = cjson.encode(t):gsub('"\\u0001imgedit%-empty%-list\\u0001"', "[]")
-  print(s)
+  print(text.json(s))
 end
 
 local ERROR_FIELDS = { "kind", "message", "param", "status", "code", "request_id", "url", "maybe_billed",
@@ -50,10 +51,13 @@ end
 -- their JSON object too.
 M.json_mode = false
 
+-- The line on stderr is made safe (text.lua): a message may hold the
+-- service's words or a file's name. The JSON object keeps them exact.
 local function fail(code, msg, err)
-  stderr("imgedit: ", msg, "\n")
+  stderr("imgedit: ", text.safe(msg, true), "\n")
   if M.json_mode then
-    local e = err and error_object(err) or { kind = code == 2 and "usage" or "failure", message = msg }
+    -- cjson escapes the controls; a url's credentials go as on stderr.
+    local e = err and error_object(err) or { kind = code == 2 and "usage" or "failure", message = text.redact(msg) }
     json_out { ok = false, error = e }
   end
   return code
@@ -144,6 +148,7 @@ local function mask_line(t)
     held and string.format("; image 1 kept outside the mask, %d-pixel seam", held) or "")
 end
 
+M.safe, M.quote = text.safe, text.quote
 M.stderr, M.EMULATE_PORT, M.list, M.json_out, M.error_object = stderr, EMULATE_PORT, list, json_out, error_object
 M.fail, M.fail_err, M.number_opt, M.exists, M.human = fail, fail_err, number_opt, exists, human
 M.progress_display, M.check_output, M.rescue, M.mask_line = progress_display, check_output, rescue, mask_line

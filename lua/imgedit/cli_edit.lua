@@ -11,7 +11,7 @@ local request = require "imgedit.request"
 local C = require "imgedit.cli_common"
 local stderr, json_out, fail, fail_err = C.stderr, C.json_out, C.fail, C.fail_err
 local number_opt, human, progress_display, check_output = C.number_opt, C.human, C.progress_display, C.check_output
-local rescue, mask_line = C.rescue, C.mask_line
+local rescue, mask_line, safe, quote = C.rescue, C.mask_line, C.safe, C.quote
 
 local M = {}
 
@@ -75,7 +75,7 @@ local function cmd_request(a)
     req.on_partial = function(img, index)
       local path = string.format("%s.partial-%d.%s", stem, index, img.format == "jpeg" and "jpg" or img.format)
       local ok = img:save(path)
-      if ok and not a.quiet and not a.json then stderr("\r\27[Kpartial image ", index, ": ", path, "\n") end
+      if ok and not a.quiet and not a.json then stderr("\r\27[Kpartial image ", index, ": ", safe(path), "\n") end
     end
   end
   local done = function() end
@@ -90,9 +90,10 @@ local function cmd_request(a)
       parts[#parts + 1] = string.format("image[%d]=%s (%s)", i, img, info and (info.mime .. ", " .. human(info.bytes)) or "?")
     end
     if req.mask then parts[#parts + 1] = "mask=" .. req.mask end
-    stderr(string.format("imgedit: POST %s model=%s prompt=%q %s\n",
-      providers.url(client, a.command == "edit" and "edits" or "generations", model), model, a.prompt,
-      table.concat(parts, " ")))
+    -- The url without its user and password; names and prompt escaped.
+    stderr(safe(string.format("imgedit: POST %s model=%s prompt=%s %s",
+      providers.url(client, a.command == "edit" and "edits" or "generations", model), model, quote(a.prompt),
+      table.concat(parts, " "))), "\n")
     req.on_retry = function(info)
       stderr(string.format("imgedit: attempt %d failed (%s%s); retrying in %.1fs\n", info.attempt, info.kind,
         info.status and (", HTTP " .. info.status) or "", info.wait))
@@ -105,7 +106,7 @@ local function cmd_request(a)
     -- A callback or a download that failed after payment may still hold the picture.
     local paid = err.image
     if paid then err.saved_to = rescue(paid, a.output) end
-    if err.saved_to then stderr("imgedit: the paid picture was saved to ", err.saved_to, "\n") end
+    if err.saved_to then stderr("imgedit: the paid picture was saved to ", safe(err.saved_to), "\n") end
     return fail_err(err)
   end
   if not a.no_lineage then
@@ -134,7 +135,7 @@ local function cmd_request(a)
       converted_from = info.format ~= img.format and img.format or nil, mask_drift = img.mask_drift,
       mask_spill = img.mask_spill, preserved = img.preserved, preserve_error = img.preserve_error }
   elseif not a.quiet then
-    print(string.format("%s: %s %dx%d, %s%s%s%s", a.output, info.format, img.width, img.height, human(info.bytes),
+    print(string.format("%s: %s %dx%d, %s%s%s%s", safe(a.output), info.format, img.width, img.height, human(info.bytes),
       info.format ~= img.format and (" (converted from " .. img.format .. ")") or "",
       img.usage and string.format(", %d tokens", img.usage.total_tokens or 0) or "",
       img.cost and string.format(", $%.4f%s", img.cost.usd, img.cost.upper_bound and " at most" or "") or ""))

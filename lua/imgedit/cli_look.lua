@@ -8,7 +8,7 @@ local providers = require "imgedit.providers"
 local C = require "imgedit.cli_common"
 local stderr, list, json_out, error_object = C.stderr, C.list, C.json_out, C.error_object
 local fail, fail_err, number_opt, human = C.fail, C.fail_err, C.number_opt, C.human
-local check_output, mask_line = C.check_output, C.mask_line
+local check_output, mask_line, safe, quote = C.check_output, C.mask_line, C.safe, C.quote
 
 local M = {}
 
@@ -27,26 +27,29 @@ local function cmd_inspect(a)
       failed = true
     end
     rows[#rows + 1] = row
+    -- Lineage is read from the picture, which may come from anywhere: every
+    -- field of it, and the file's name, is printed through safe().
     if not a.json then
       if info then
-        print(string.format("%s: %s %dx%d, %d channels%s, %s%s%s", f, info.format, info.width or 0,
+        print(string.format("%s: %s %dx%d, %d channels%s, %s%s%s", safe(f), info.format, info.width or 0,
           info.height or 0, info.channels or 0, info.has_alpha and " with alpha" or "", human(info.bytes),
           info.accepted and "" or ", not accepted for upload", row.ok_as_mask and ", usable as a mask" or ""))
         local l = info.lineage
         if l then
-          print(string.format("  made by %s%s from %d input%s: %q", tostring(l.model), l.step and (" as step " .. l.step) or "",
-            #(l.parents or {}), #(l.parents or {}) == 1 and "" or "s", tostring(l.prompt)))
+          local parents = type(l.parents) == "table" and l.parents or {}
+          print(string.format("  made by %s%s from %d input%s: %s", safe(l.model),
+            l.step and (" as step " .. safe(l.step)) or "", #parents, #parents == 1 and "" or "s", quote(l.prompt)))
           local ps = {}
-          for k, v in pairs(type(l.params) == "table" and l.params or {}) do ps[#ps + 1] = k .. "=" .. tostring(v) end
+          for k, v in pairs(type(l.params) == "table" and l.params or {}) do ps[#ps + 1] = safe(k) .. "=" .. safe(v) end
           table.sort(ps)
           if #ps > 0 then print("  params " .. table.concat(ps, ", ")) end
-          for i, p in ipairs(l.parents or {}) do print(string.format("  input %d sha256 %s", i, p)) end
-          if l.mask then print("  mask sha256 " .. l.mask) end
+          for i, p in ipairs(parents) do print(string.format("  input %d sha256 %s", i, safe(p))) end
+          if l.mask then print("  mask sha256 " .. safe(l.mask)) end
           if type(l.mask_drift) == "number" then print(mask_line(l)) end
-          if l.request_id then print("  request " .. l.request_id) end
+          if l.request_id then print("  request " .. safe(l.request_id)) end
         end
       else
-        print(f .. ": " .. err.message)
+        print(safe(f) .. ": " .. safe(err.message))
       end
     end
   end
@@ -104,9 +107,9 @@ local function cmd_mask(a)
     t.ok, t.path, t.warnings, t.problems = true, a.output, list(warnings), list(report.problems)
     json_out(t)
   else
-    print(string.format("%s: %dx%d mask, %.1f%% to edit", a.output, m.width, m.height, (report.coverage or 0) * 100))
+    print(string.format("%s: %dx%d mask, %.1f%% to edit", safe(a.output), m.width, m.height, (report.coverage or 0) * 100))
   end
-  for _, w in ipairs(warnings) do stderr("imgedit: warning: ", w, "\n") end
+  for _, w in ipairs(warnings) do stderr("imgedit: warning: ", safe(w), "\n") end
   return 0
 end
 
@@ -123,7 +126,7 @@ local function cmd_report(a)
   if a.json then
     json_out { ok = true, html = out, steps = #steps }
   else
-    print(string.format("contact sheet: %s (%d step%s)", out, #steps, #steps == 1 and "" or "s"))
+    print(string.format("contact sheet: %s (%d step%s)", safe(out), #steps, #steps == 1 and "" or "s"))
   end
   return 0
 end
@@ -145,14 +148,14 @@ local function cmd_rules(a)
     json_out { ok = true, provider = provider, source = R.sources[provider], models = models }
     return 0
   end
-  print(string.format("provider %s (source: %s)", provider, R.sources[provider]))
+  print(string.format("provider %s (source: %s)", provider, safe(R.sources[provider])))
   if #names == 0 then print("no models listed: every model gets the generic checks (a prompt; an edit needs an image)") end
   for _, m in ipairs(names) do
     local known = R.providers[provider][m] ~= nil
     print("")
-    print(m .. (known and "" or " (not listed for this provider: the generic checks only)"))
+    print(safe(m) .. (known and "" or " (not listed for this provider: the generic checks only)"))
     for _, row in ipairs(R.describe(R.get(provider, m))) do
-      print(string.format("  %-19s %s", row[1], row[2]))
+      print(string.format("  %-19s %s", safe(row[1]), safe(row[2])))
     end
   end
   return 0

@@ -3,7 +3,7 @@
 local compat = require "imgedit.compat"
 local imgedit = require "imgedit"
 local C = require "imgedit.cli_common"
-local EMULATE_PORT, fail, fail_err, number_opt = C.EMULATE_PORT, C.fail, C.fail_err, C.number_opt
+local EMULATE_PORT, fail, fail_err, number_opt, safe = C.EMULATE_PORT, C.fail, C.fail_err, C.number_opt, C.safe
 
 local M = {}
 
@@ -58,8 +58,9 @@ local function cmd_run(a)
   local ok, e
   if a.watch then
     local runs = a.runs and compat.tointeger(number_opt(a.runs, "runs"))
+    -- The lines name steps, files and errors: made safe here, where they are printed.
     ok, e = require("imgedit.watch").loop { script = a.script, run = once, runs = runs, out = function(line)
-      io.stdout:write(line, "\n")
+      io.stdout:write(safe(line), "\n")
       io.stdout:flush()
     end }
   else
@@ -79,7 +80,7 @@ local function cmd_emulate(a)
   })
   if not started then error({ usage = (tostring(emu):gsub("^[^:]*:%d+: ", "")) }) end
   if not emu then return fail(1, err) end
-  print("url " .. emu.url)
+  print("url " .. safe(emu.url))
   print("key " .. emu.key)
   print("provider " .. emu.provider .. " (a client on 127.0.0.1 needs --provider " .. emu.provider .. ")")
   if emu.provider == "azure" then

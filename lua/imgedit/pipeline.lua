@@ -9,6 +9,7 @@ local errors = require "imgedit.errors"
 local image = require "imgedit.image"
 local prices = require "imgedit.prices"
 local store = require "imgedit.store"
+local text = require "imgedit.text"
 
 local M = {}
 
@@ -238,16 +239,18 @@ function Pipeline:report(opts)
     local path, msg = require("imgedit.sheet").write(self.dir, opts.html, opts.title, names)
     r.html, r.html_error = path, not path and msg or nil
   end
+  -- Step names and paths come from the script and its folder: printed safe.
   if not opts.quiet and not sh.quiet then
+    local safe = text.safe
     print(string.format("pipeline: %d steps, %d from cache, %d requests, %d tokens in, %d out, $%.4f, %.1f s",
       r.steps, r.hits, r.requests, r.tokens_in, r.tokens_out, r.usd, r.seconds))
     for _, rec in ipairs(sh.records) do
-      print(string.format("  %-24s %-6s %7d tokens %9s %6.1f s  %s%s", rec.name, rec.hit and "cached" or "paid",
-        rec.tokens_in + rec.tokens_out, rec.usd and string.format("$%.4f", rec.usd) or "-", rec.seconds, rec.file,
+      print(string.format("  %-24s %-6s %7d tokens %9s %6.1f s  %s%s", safe(rec.name), rec.hit and "cached" or "paid",
+        rec.tokens_in + rec.tokens_out, rec.usd and string.format("$%.4f", rec.usd) or "-", rec.seconds, safe(rec.file),
         rec.mask_drift and string.format("  mask drift %.1f%%, spill %.1f%%%s", rec.mask_drift * 100,
           rec.mask_spill * 100, rec.preserved and ", preserved" or "") or ""))
     end
-    if r.html then print("contact sheet: " .. r.html) end
+    if r.html then print("contact sheet: " .. safe(r.html)) end
   end
   return r
 end
