@@ -109,14 +109,15 @@ function N.nghttpx(dir, o)
 end
 
 -- tinyproxy on 127.0.0.1, any CONNECT port allowed (or only o.connect_port);
--- its log names each request.
+-- its log names each request. o.basic_auth = "user password": it wants them.
 function N.tinyproxy(dir, o)
   local port = N.free_port()
   local s = setmetatable({ port = port, access = dir .. "/tinyproxy-" .. port .. ".log" }, Server)
   local conf = dir .. "/tinyproxy-" .. port .. ".conf"
   H.write(conf, table.concat({ "Port " .. port, "Listen 127.0.0.1", "Timeout 60", "Allow 127.0.0.1",
     "LogFile \"" .. s.access .. "\"", "LogLevel Info", "MaxClients 50", "DisableViaHeader Yes",
-    o and o.connect_port and ("ConnectPort " .. o.connect_port) or "", "" }, "\n"))
+    o and o.connect_port and ("ConnectPort " .. o.connect_port) or "",
+    o and o.basic_auth and ("BasicAuth " .. o.basic_auth) or "", "" }, "\n"))
   local log = dir .. "/tinyproxy-" .. port .. ".out"
   s.pid = spawn("tinyproxy -d -c '" .. conf .. "'", log)
   wait_port(s.pid, port, "tinyproxy", log)
