@@ -26,6 +26,7 @@ int luaopen_imgedit_core(lua_State *L) {
   lua_setfield(L, -2, "inspect");
   ie_open_codec(L);
   ie_open_fileio(L);
+  ie_open_appender(L);
   ie_open_meta(L);
   ie_open_watch(L);
   ie_open_signal(L);

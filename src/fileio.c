@@ -166,8 +166,10 @@ static int l_can_write(lua_State *L) {
   return 1;
 }
 
-/* listdir(path) -> { {name=, dir=bool}, ... } in no order, without . and ..
- * | nil, message, "io": what the contact sheet and the watcher walk. */
+/* listdir(path) -> { {name=, dir=bool, link=bool}, ... } in no order,
+ * without . and .. | nil, message, "io": what the contact sheet and the
+ * watcher walk. dir follows a link; link says it was one, so that a walk
+ * can refuse to follow it (a link to . or to / never ends). */
 static int l_listdir(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   DIR *d = opendir(path);
@@ -179,12 +181,15 @@ static int l_listdir(lua_State *L) {
   while ((e = readdir(d)) != NULL) {
     if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
       continue;
-    int is_dir = e->d_type == DT_DIR;
-    if (e->d_type == DT_UNKNOWN || e->d_type == DT_LNK) { /* some file systems say nothing */
-      struct stat st;
+    int is_dir = e->d_type == DT_DIR, is_link = e->d_type == DT_LNK;
+    struct stat st;
+    if (e->d_type == DT_UNKNOWN) /* some file systems say nothing */
+      is_link = fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode);
+    if (e->d_type == DT_UNKNOWN || is_link)
       is_dir = fstatat(dirfd(d), e->d_name, &st, 0) == 0 && S_ISDIR(st.st_mode);
-    }
-    lua_createtable(L, 0, 2);
+    lua_createtable(L, 0, 3);
+    lua_pushboolean(L, is_link);
+    lua_setfield(L, -2, "link");
     lua_pushstring(L, e->d_name);
     lua_setfield(L, -2, "name");
     lua_pushboolean(L, is_dir);
@@ -195,14 +200,23 @@ static int l_listdir(lua_State *L) {
   return 1;
 }
 
-/* stat(path) -> {size=, mtime=, dir=} | nil, message, "io". mtime has
- * nanoseconds as a fraction: two saves within a second still differ. */
+/* stat(path [, nofollow]) -> {size=, mtime=, dir=, link=, id=} | nil,
+ * message, "io". mtime has nanoseconds as a fraction: two saves within a
+ * second still differ. id is "device:inode", the file's identity however
+ * its path is spelt; with nofollow a link is described, not its target. */
 static int l_stat(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
+  int nofollow = lua_toboolean(L, 2);
   struct stat st;
-  if (stat(path, &st) != 0)
+  if ((nofollow ? lstat(path, &st) : stat(path, &st)) != 0)
     return ie_fail(L, "io", "%s: %s", path, strerror(errno));
-  lua_createtable(L, 0, 3);
+  lua_createtable(L, 0, 5);
+  lua_pushboolean(L, S_ISLNK(st.st_mode));
+  lua_setfield(L, -2, "link");
+  char id[48];
+  snprintf(id, sizeof id, "%llu:%llu", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
+  lua_pushstring(L, id);
+  lua_setfield(L, -2, "id");
   lua_pushnumber(L, (lua_Number)st.st_size);
   lua_setfield(L, -2, "size");
   lua_pushnumber(L, (lua_Number)st.st_mtim.tv_sec + (lua_Number)st.st_mtim.tv_nsec / 1e9);

@@ -94,6 +94,7 @@ IE_LOCAL void ie_open_mask(lua_State *L);
 
 /* ---- files (fileio.c) ---- */
 IE_LOCAL void ie_open_fileio(lua_State *L);
+IE_LOCAL void ie_open_appender(lua_State *L);
 
 /* ---- metadata in image files (meta.c) ---- */
 IE_LOCAL void ie_open_meta(lua_State *L);

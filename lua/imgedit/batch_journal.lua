@@ -71,12 +71,9 @@ end
 -- line before its request goes out (one fdatasync a job; measured in
 -- bench/README.md).
 function M.append(f, ev, durable)
-  f:write(cjson.encode(ev), "\n")
-  f:flush()
-  if durable then
-    local ok, msg = core.sync(f)
-    if not ok then error("cannot write the batch journal to the disk: " .. tostring(msg), 0) end
-  end
+  local ok, msg = f:write(cjson.encode(ev), "\n")
+  if ok and durable then ok, msg = f:sync() end
+  if not ok then error("cannot write the batch journal to the disk: " .. tostring(msg), 0) end
 end
 
 return M
