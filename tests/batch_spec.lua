@@ -226,10 +226,19 @@ describe("imgedit.batch", function()
       assert.are.equal(1, #H.api_requests(emu))
       assert.are.equal("file", r.jobs[1].resumed)
       assert.are.same({}, r.maybe_paid_twice)
-      -- another picture under that name is not taken for it: sent again, and said
-      H.write(b .. "/kept.png", H.png(8, 8))
+      -- another picture under that name is not taken for it, nor replaced
+      -- unasked: nothing is sent for it
+      local other = H.png(8, 8)
+      H.write(b .. "/kept.png", other)
       H.write(b .. "/.imgedit-batch.jsonl", sent .. "\n")
       r = assert(imgedit.batch { client = client(), jobs = jobs, dir = b, defaults = SMALL })
+      assert.are.equal(1, #H.api_requests(emu))
+      assert.are.equal("failed", r.jobs[1].status)
+      assert.matches("kept.png exists and this run did not make it", r.jobs[1].error.message)
+      assert.are.equal(other, H.read(b .. "/kept.png"))
+      -- with overwrite: sent again, and said
+      H.write(b .. "/.imgedit-batch.jsonl", sent .. "\n")
+      r = assert(imgedit.batch { client = client(), jobs = jobs, dir = b, defaults = SMALL, overwrite = true })
       assert.are.equal(2, #H.api_requests(emu))
       assert.are.same({ "kept" }, r.maybe_paid_twice)
     end)
@@ -269,14 +278,18 @@ describe("imgedit.batch", function()
 
     it("puts each journal line on the disk before the next request goes out", function()
       local o = out_dir()
-      local real, synced = core.sync, {}
-      core.sync = function(f)
+      -- the journal's own file (core.append): its sync method, watched
+      local probe = assert(core.append(os.tmpname()))
+      local methods = getmetatable(probe).__index
+      probe:close()
+      local real, synced = methods.sync, {}
+      methods.sync = function(f)
         synced[#synced + 1] = { sent = journaled(o, "sent"), requests = #H.api_requests(emu) }
         return real(f)
       end
       local ok, r = pcall(imgedit.batch, { client = client(), dir = o, defaults = SMALL, concurrency = 1,
         jobs = { { name = "a", prompt = "a" }, { name = "b", prompt = "b" }, { name = "c", prompt = "c" } } })
-      core.sync = real
+      methods.sync = real
       assert(ok, r)
       assert.are.equal(3, r.totals.done)
       -- a sync per request, each after its "sent" line and before the request reached the service

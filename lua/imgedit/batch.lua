@@ -28,6 +28,7 @@ local core = require "imgedit.core"
 local client_mod = require "imgedit.client"
 local budgets = require "imgedit.budget"
 local errors = require "imgedit.errors"
+local files = require "imgedit.files"
 local image = require "imgedit.image"
 local lineage = require "imgedit.lineage"
 local manifest = require "imgedit.manifest"
@@ -48,7 +49,7 @@ local REQUEUES = 50
 
 local CHECK = {
   client = true, jobs = true, manifest = true, prompt = true, pictures = true, dir = true, defaults = true,
-  concurrency = true, budget = true, shard = true, cache = true, lineage = true, on_job = true, on_tick = true,
+  concurrency = true, budget = true, overwrite = true, shard = true, cache = true, lineage = true, on_job = true, on_tick = true,
   interrupts = true, tick = true, retry_maybe_billed = true,
 }
 
@@ -109,6 +110,18 @@ function Run:_ended(ev)
   if ev.event == "done" and ev.maybe_paid_twice then s.paid_twice[#s.paid_twice + 1] = ev.name end
 end
 
+-- Whether the file at path is this job's, made by an earlier run: its
+-- lineage says so, or the journal's "done" names it with these bytes.
+function Run:_ours(item, path)
+  if made_by(path, item) then return true end
+  local prior = self.known[item.name]
+  local last = prior and prior.last
+  if not (last and last.event == "done") then return false end
+  local named = last.file == path
+  for _, f in ipairs(type(last.files) == "table" and last.files or {}) do named = named or f == path end
+  return named and (last.file ~= path or core.sha256_file(path) == last.sha256)
+end
+
 -- Save a picture the job got (paid now, or fetched from an old url).
 function Run:_save(slot, img)
   local item = slot.item
@@ -123,16 +136,20 @@ function Run:_save(slot, img)
   -- The cache first: a kill between the two then finds it there.
   if self.cache then self.store:put({ key = item.cache_key }, img) end
   local path = self.dir .. "/" .. item.name .. "." .. image.EXT[img.format]
-  local ok, msg = core.write_atomic(path, img.bytes)
-  if not ok then return nil, errors.new("io", path .. ": " .. msg, { param = "dir", image = img }) end
-  local files = { path }
+  local w = self.store.shared.files
+  local ok, err = w:write(path, img.bytes, function(p) return self:_ours(item, p) end)
+  if not ok then
+    err.image = img
+    return nil, err
+  end
+  local list = { path }
   for i, more in ipairs(img.more or {}) do
     if image.is(more) then
       local p = string.format("%s/%s.%d.%s", self.dir, item.name, i + 1, image.EXT[more.format])
-      if core.write_atomic(p, more.bytes) then files[#files + 1] = p end
+      if w:write(p, more.bytes, function(q) return self:_ours(item, q) end) then list[#list + 1] = p end
     end
   end
-  return { file = path, files = #files > 1 and files or nil, bytes = #img.bytes, sha256 = img.sha256 }
+  return { file = path, files = #list > 1 and list or nil, bytes = #img.bytes, sha256 = img.sha256 }
 end
 
 function Run:_finish(slot)
@@ -248,6 +265,14 @@ function Run:_start(entry)
     local img = self.store:lookup { key = item.cache_key, req = item.req, name = item.name }
     if img then return self:_settle(slot, img, "cache") end
   end
+  -- Where the picture will go, asked before it is paid for.
+  local out = self.dir .. "/" .. name .. "." .. (image.EXT[req.output_format] or "png")
+  local free, werr = self.store.shared.files:may_write(out, function(p) return self:_ours(item, p) end)
+  if not free then
+    self:_ended { event = "failed", name = name, key = item.key, attempts = 0,
+      error = { kind = werr.kind, message = werr.message } }
+    return true
+  end
   local ok, why = self:_afford(item)
   if not ok then
     self.stopping, self.stopped = true, "budget: " .. why
@@ -255,6 +280,8 @@ function Run:_start(entry)
   end
   slot.kind = slot.kind or kind
   if slot.kind ~= "download" then
+    -- the bytes the key was made of, read once (store.lua)
+    req.images, req.mask = item.send.images, item.send.mask
     -- A wait the service asks for comes back here (kind rate_limit, never
     -- billed) rather than being waited out inside the client: the batch
     -- then holds every launch, not just this job's retry.
@@ -365,7 +392,7 @@ function M.run(o)
   if bad then return nil, errors.new("invalid_request", bad, { param = "manifest" }) end
   for n in pairs(names) do names[n] = true end
 
-  local jf, jerr = io.open(dir .. "/" .. J.journal_name(shard), "ab")
+  local jf, jerr = core.append(dir .. "/" .. J.journal_name(shard))
   if not jf then error("cannot write the batch journal in " .. dir .. ": " .. tostring(jerr), 2) end
   local run = setmetatable({
     client = client, dir = dir, shard = shard, budget = budget, lineage = o.lineage ~= false, cache = cache or nil,
@@ -377,7 +404,8 @@ function M.run(o)
     reserved = { requests = 0, tokens = 0, usd = 0 },
   }, Run)
   -- The pipelines' keys and cache; the batch's journal is its own.
-  run.store = store.new { dir = dir, client = client, journal = false, shared = { cache = cache or nil } }
+  run.store = store.new { dir = dir, client = client, journal = false,
+    shared = { cache = cache or nil, files = files.run { overwrite = o.overwrite } } }
 
   -- The second pass runs the jobs, in a coroutine that hands them over one
   -- at a time, so that the manifest is never held whole.
@@ -425,7 +453,7 @@ function M.run(o)
       client:poll(wait)
     end
   end)
-  core.sync(jf)
+  jf:sync()
   jf:close()
   if not ok_run then error(run_err, 0) end
   if run.on_tick then run.on_tick(run:numbers()) end

@@ -4,6 +4,7 @@
 -- from anywhere).
 local core = require "imgedit.core"
 local cjson = require "cjson"
+local files = require "imgedit.files"
 local J = require "imgedit.batch_journal"
 
 local M = {}
@@ -94,9 +95,9 @@ function M.write(self, src)
   for k, v in pairs(report) do enc[k] = v end
   if #s.paid_twice == 0 then enc.maybe_paid_twice = empty end
   if #list == 0 then enc.jobs = empty end
-  local ok, msg = core.write_atomic(report.report, cjson.encode(enc) .. "\n")
+  local ok, msg = files.own(report.report, cjson.encode(enc) .. "\n")
   if not ok then report.report_error = msg end
-  ok, msg = core.write_atomic(report.failed_manifest, #failed > 0 and table.concat(failed, "\n") .. "\n" or "")
+  ok, msg = files.own(report.failed_manifest, #failed > 0 and table.concat(failed, "\n") .. "\n" or "")
   if not ok then report.report_error = msg end
   return report
 end

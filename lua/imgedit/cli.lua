@@ -107,6 +107,7 @@ local function build()
   report:argument("dir", "The pipeline's folder (its steps' .json files).")
   report:option("-o --output", "Where to write the page (default DIR/index.html).")
   report:option("--title", "The page's title (default: the folder's name).")
+  report:flag("-f --force", "Replace the output even if it is not a contact sheet.")
   report:flag("--json", "Print JSON.")
 
   local rules = p:command("rules", "What a provider and model accept: the limits imgedit checks before sending.")

@@ -22,6 +22,7 @@ function M.options(cmd)
   cmd:option("--shard", "I/N: run the I-th of N shares of the manifest (split by job name).")
   cmd:option("--cache", "A folder of finished pictures by content address, shared with pipelines.")
   cmd:flag("--emulate", "Run against a local emulator instead of the service.")
+  cmd:flag("-f --force", "Replace files in the output folder that this batch did not make (never its inputs).")
   cmd:flag("--retry-maybe-billed", "Send again the jobs that ended failed although the service may have made and"
     .. " billed them (maybe paid twice).")
   cmd:flag("--no-lineage", "Do not write how each picture was made into it.")
@@ -93,7 +94,7 @@ function M.run(a, ctx)
   end
   local opts = { client = client, dir = a.output, defaults = defaults, budget = budget, shard = a.shard,
     cache = a.cache, lineage = not a.no_lineage, interrupts = interrupts,
-    retry_maybe_billed = a.retry_maybe_billed or nil }
+    retry_maybe_billed = a.retry_maybe_billed or nil, overwrite = a.force or nil }
   if a.prompt then
     opts.pictures, opts.prompt = a.inputs, a.prompt
   elseif #a.inputs > 1 then

@@ -3,6 +3,7 @@
 -- checks and the rescue of a paid picture that could not be written.
 local cjson = require "cjson"
 local core = require "imgedit.core"
+local files = require "imgedit.files"
 local image = require "imgedit.image"
 local text = require "imgedit.text"
 
@@ -121,10 +122,19 @@ end
 -- Whether `path` can be written, before anything is paid for: not a
 -- folder, a file can be made beside it (the probe that the atomic write
 -- will make), and an existing file is only replaced with --force.
-local function check_output(path, force)
+-- check_output(path, force [, inputs]) -> true | nil, why: an output
+-- never replaces one of the inputs (by identity, however spelt), nor an
+-- existing file without --force.
+local function check_output(path, force, inputs)
   local ok, why = core.can_write(path)
   if not ok then return nil, string.format("cannot write %s: %s", path, why) end
-  if exists(path) and not force then return nil, path .. " exists; use --force to overwrite it" end
+  local run = files.run { overwrite = force }
+  for _, p in ipairs(inputs or {}) do run:input(p) end
+  local free, err = run:may_write(path)
+  if not free then
+    if force or not exists(path) then return nil, err.message end
+    return nil, path .. " exists; use --force to overwrite it"
+  end
   return true
 end
 

@@ -16,7 +16,10 @@ local rescue, mask_line, safe, quote = C.rescue, C.mask_line, C.safe, C.quote
 local M = {}
 
 local function cmd_request(a)
-  local ok, why = check_output(a.output, a.force)
+  local inputs = {}
+  for _, f in ipairs(a.image or {}) do inputs[#inputs + 1] = f end
+  if a.mask then inputs[#inputs + 1] = a.mask end
+  local ok, why = check_output(a.output, a.force, inputs)
   if not ok then return fail(3, why, { kind = "io", message = why, param = "output" }) end
   for _, o in ipairs { { a.ca_file, "--ca-file" }, { a.ca_path, "--ca-path" } } do
     if o[1] then

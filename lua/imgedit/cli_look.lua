@@ -65,7 +65,7 @@ local function box(s, what)
 end
 
 local function cmd_mask(a)
-  local okw, why = check_output(a.output, a.force)
+  local okw, why = check_output(a.output, a.force, { a.from_gray or a.from_alpha })
   if not okw then return fail(3, why, { kind = "io", message = why, param = "output" }) end
   local sources = (a.from_gray and 1 or 0) + (a.from_alpha and 1 or 0) + ((#a.rect + #a.ellipse > 0) and 1 or 0)
   if sources ~= 1 then
@@ -120,8 +120,8 @@ local function cmd_report(a)
   f:close()
   local out = a.output or (a.dir .. "/index.html")
   local steps = sheet.steps(a.dir)
-  local ok, msg = core.write_atomic(out, sheet.render(steps, out:match("^(.*)/[^/]*$") or ".",
-    a.title or (a.dir:gsub("/+$", ""):match("[^/]+$") or a.dir)))
+  local ok, msg = sheet.save(out, sheet.render(steps, out:match("^(.*)/[^/]*$") or ".",
+    a.title or (a.dir:gsub("/+$", ""):match("[^/]+$") or a.dir)), a.force)
   if not ok then return fail(3, "cannot write " .. out .. ": " .. msg, { kind = "io", message = msg }) end
   if a.json then
     json_out { ok = true, html = out, steps = #steps }

@@ -5,6 +5,7 @@
 local core = require "imgedit.core"
 local cjson = require "cjson"
 local image = require "imgedit.image"
+local files = require "imgedit.files"
 
 local M = {}
 
@@ -220,9 +221,10 @@ function M.normalize(t, where, base, defaults)
   for k, v in pairs(defaults or {}) do e[k] = v end
   for k, v in pairs(t) do e[k] = v end
   if e.name == nil then e.name = name_of(e, where) end
-  if type(e.name) ~= "string" or not e.name:match("^[%w%-_.]+$") or e.name:sub(1, 1) == "." then
+  local named, why = files.check_name(e.name)
+  if not named then
     return nil, where .. ": bad name " .. (type(e.name) == "string" and "'" .. e.name .. "'" or type(e.name))
-      .. " (letters, digits, - _ . and not starting with a dot)"
+      .. " (" .. why .. ")"
   end
   if type(e.prompt) ~= "string" or e.prompt == "" then return nil, where .. ": no prompt" end
   if type(e.images) == "string" then e.images = { e.images } end

@@ -6,6 +6,7 @@ local core = require "imgedit.core"
 local client_mod = require "imgedit.client"
 local budgets = require "imgedit.budget"
 local errors = require "imgedit.errors"
+local files = require "imgedit.files"
 local image = require "imgedit.image"
 local prices = require "imgedit.prices"
 local store = require "imgedit.store"
@@ -23,7 +24,7 @@ local OWN = store.OWN
 -- ---- construction ----
 
 -- pipeline{client=, dir="out", cache=".imgedit-cache"|false, budget=N|{tokens=, requests=, usd=}, on_step=,
--- quiet=, lineage=true}
+-- quiet=, lineage=true, overwrite=false}
 function M.new(opts)
   if type(opts) ~= "table" then error("bad argument #1 to 'pipeline' (table expected)", 2) end
   local client = opts.client or client_mod.new {}
@@ -34,7 +35,11 @@ function M.new(opts)
   if cache ~= false and type(cache) ~= "string" then error("bad option 'cache' (folder or false expected)", 2) end
   if opts.on_step ~= nil and type(opts.on_step) ~= "function" then error("bad option 'on_step' (function expected)", 2) end
   if opts.lineage ~= nil and type(opts.lineage) ~= "boolean" then error("bad option 'lineage' (boolean expected)", 2) end
+  if opts.overwrite ~= nil and type(opts.overwrite) ~= "boolean" then
+    error("bad option 'overwrite' (boolean expected)", 2)
+  end
   local shared = {
+    files = files.run { overwrite = opts.overwrite },
     client = client, cache = cache, budget = budget or {}, on_step = opts.on_step, quiet = opts.quiet,
     lineage = opts.lineage ~= false, read = {},
     spent = { tokens = 0, input = 0, output = 0, requests = 0, usd = 0 }, records = {}, names = {}, t0 = core.now(),
@@ -53,9 +58,7 @@ end
 -- branch(name) -> a pipeline writing into dir/name, sharing the client,
 -- cache, budget and report: try alternatives from one intermediate result.
 function Pipeline:branch(name)
-  if type(name) ~= "string" or not name:match("^[%w%-_.]+$") then
-    error("bad argument #1 to 'branch' (a simple name expected)", 2)
-  end
+  files.name(name, "branch name", 2)
   return M._open(self.shared, self.dir .. "/" .. name, self.prefix .. name .. "/")
 end
 
@@ -88,8 +91,10 @@ end
 -- ---- running steps ----
 
 local function check_name(self, name, fn)
-  if type(name) ~= "string" or not name:match("^[%w%-_.]+$") then
-    error("bad argument #1 to '" .. fn .. "' (a step name of letters, digits, - _ . expected)", 3)
+  local ok, why = files.check_name(name)
+  if not ok then
+    error(string.format("bad argument #1 to '%s' (step name %s: %s)", fn,
+      type(name) == "string" and string.format("%q", name) or type(name), why), 3)
   end
   local full = self.prefix .. name
   if self.shared.names[full] then error("step name '" .. full .. "' is used twice", 3) end
@@ -110,6 +115,14 @@ function Pipeline:_run(items)
     end
   end
   if #todo == 0 then return out end
+  -- Where each picture will go, asked before anything is paid for.
+  local free = {}
+  for _, i in ipairs(todo) do
+    local ok, err = self.store:may_save(items[i])
+    if ok then free[#free + 1] = i else out[i] = err end
+  end
+  todo = free
+  if #todo == 0 then return out end
   local pending = {}
   for _, i in ipairs(todo) do pending[#pending + 1] = items[i] end
   local ok, err = self:_afford(pending)
@@ -125,14 +138,16 @@ function Pipeline:_run(items)
         model = pend.model }), started = core.now(), from_url = true }
     end
     local req = {}
-    for k, v in pairs(it.req) do if not OWN[k] then req[k] = v end end
+    for k, v in pairs(it.send) do if not OWN[k] then req[k] = v end end
     if req.stream == true or req.stream == "true" then
       -- Partial pictures are kept beside the step's output, for the sheet's strip.
       local user = it.req.on_partial
       it.partials = {}
       req.on_partial = function(img, index)
         local path = string.format("%s.partial-%d.%s", it.file_base, index, image.EXT[img.format])
-        if core.write_atomic(path, img.bytes) then it.partials[#it.partials + 1] = path end
+        if self.shared.files:write(path, img.bytes, function(p) return self.store:ours_partial(it, p) end) then
+          it.partials[#it.partials + 1] = path
+        end
         if user then return user(img, index) end
       end
     end

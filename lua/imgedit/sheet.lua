@@ -4,8 +4,12 @@
 -- the network, so the page works from a disk, a zip or a static server.
 local core = require "imgedit.core"
 local cjson = require "cjson.safe"
+local files = require "imgedit.files"
 
 local M = {}
+
+-- What marks a page as a contact sheet, so that it may be replaced.
+local GENERATOR = '<meta name="generator" content="imgedit contact sheet">'
 
 -- ---- reading a folder ----
 
@@ -210,7 +214,7 @@ function M.render(steps, html_dir, title)
 
   local h = {}
   local function w(...) for i = 1, select("#", ...) do h[#h + 1] = select(i, ...) end end
-  w('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">',
+  w('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">', GENERATOR,
     '<meta name="viewport" content="width=device-width, initial-scale=1">',
     '<title>', esc(title), ' — imgedit contact sheet</title><style>', CSS, '</style></head>\n<body><main>\n',
     '<header><h1>', esc(title), '</h1><p class="sub">', #steps, ' step', #steps == 1 and "" or "s",
@@ -297,8 +301,20 @@ function M.render(steps, html_dir, title)
 end
 
 -- write(dir, html_path [, title [, names]]) -> html_path | nil, message.
+-- save(html_path, page [, overwrite]) -> html_path | nil, message: the page
+-- written (files.lua), replacing only a contact sheet (one that carries
+-- GENERATOR) unless overwrite.
+function M.save(html_path, page, overwrite)
+  local ok, err = files.run { overwrite = overwrite }:write(html_path, page, function(p)
+    local old = core.read_file(p, 16777216)
+    return old ~= nil and old:find(GENERATOR, 1, true) ~= nil
+  end)
+  if not ok then return nil, err.message end
+  return html_path
+end
+
 -- With names (a set of step names), only those steps: one run's.
-function M.write(dir, html_path, title, names)
+function M.write(dir, html_path, title, names, overwrite)
   local steps = M.steps(dir)
   if names then
     local kept = {}
@@ -306,7 +322,7 @@ function M.write(dir, html_path, title, names)
     steps = kept
   end
   local html_dir = html_path:match("^(.*)/[^/]*$") or "."
-  local ok, msg = core.write_atomic(html_path, M.render(steps, html_dir, title or basename(dir)))
+  local ok, msg = M.save(html_path, M.render(steps, html_dir, title or basename(dir)), overwrite)
   if not ok then return nil, msg end
   return html_path, steps
 end

@@ -9,6 +9,7 @@ local core = require "imgedit.core"
 local cjson = require "cjson"
 local request = require "imgedit.request"
 local errors = require "imgedit.errors"
+local files = require "imgedit.files"
 local image = require "imgedit.image"
 local lineage = require "imgedit.lineage"
 local masks = require "imgedit.mask"
@@ -42,7 +43,7 @@ local function read_json(path)
 end
 
 local function write_json(path, t)
-  return core.write_atomic(path, cjson.encode(t) .. "\n")
+  return files.own(path, cjson.encode(t) .. "\n")
 end
 
 local function iso(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t)) end
@@ -66,9 +67,11 @@ end
 -- new{dir, client, shared, prefix = "", journal = true} -> a store: its
 -- folder, the client whose service keys name, what stores of one run
 -- share (cache = a folder or nil, read = the input files read, or nil,
--- lineage, records, on_step), the step names' prefix, and whether it keeps
+-- files = the files.run that writes, lineage, records, on_step), the step
+-- names' prefix, and whether it keeps
 -- dir/.imgedit-journal.json (a batch has a journal of its own).
 function M.new(o)
+  o.shared.files = o.shared.files or files.run()
   local keep = o.journal ~= false
   return setmetatable({ dir = o.dir, client = o.client, shared = o.shared, prefix = o.prefix or "",
     keep_journal = keep, journal = keep and M.read_journal(o.dir) or { steps = {} } }, Store)
@@ -81,13 +84,17 @@ end
 
 -- ---- keys and inputs ----
 
+-- A path is read once, here: its bytes are hashed for the key and are
+-- what the request sends, so the service gets the content the key names
+-- however the file changes meanwhile.
 local function source_of(src)
   if type(src) == "string" then
-    local info, msg = core.inspect(src)
+    local bytes, msg = core.read_file(src)
+    if not bytes then return nil, msg end
+    local info
+    info, msg = core.inspect(bytes, true)
     if not info then return nil, msg end
-    local sha, err = lineage.sha256_file(src)
-    if not sha then return nil, err end
-    return { sha256 = sha, width = info.width, height = info.height, source = src }
+    return { sha256 = lineage.sha256(bytes), width = info.width, height = info.height, source = src, bytes = bytes }
   elseif image.is(src) then
     return { sha256 = src.picture_sha256, width = src.width, height = src.height, source = src.step or src.filename }
   elseif type(src) == "table" and type(src.bytes) == "string" then
@@ -124,13 +131,27 @@ function Store:describe(kind, name, req)
       mask = s
     end
   end
-  -- The files this run read, for `imgedit run --watch`.
-  local read = self.shared.read
-  if read then
-    for _, src in ipairs(kind == "edit" and request.image_list(req.images) or {}) do
-      if type(src) == "string" then read[src] = true end
+  -- The files this run read: for `imgedit run --watch`, and so that no
+  -- output replaces one. What is sent is the bytes read (source_of).
+  local read, run = self.shared.read, self.shared.files
+  local send = {}
+  for k, v in pairs(req) do send[k] = v end
+  local function sent(s) return { bytes = s.bytes, filename = image.basename(s.source) } end
+  if kind == "edit" then
+    local list = request.image_list(req.images)
+    send.images = {}
+    for i, src in ipairs(list) do
+      send.images[i] = inputs[i].bytes and sent(inputs[i]) or src
+      if type(src) == "string" then
+        if read then read[src] = true end
+        if run then run:input(src) end
+      end
     end
-    if type(req.mask) == "string" then read[req.mask] = true end
+  end
+  if type(req.mask) == "string" then
+    if read then read[req.mask] = true end
+    if run then run:input(req.mask) end
+    send.mask = sent(mask)
   end
   local model = req.model or c.model
   -- preserve changes the picture kept, so it is in the key (the drift figures do not).
@@ -145,7 +166,7 @@ function Store:describe(kind, name, req)
   -- when it moves to another url (or another emulator port).
   material.service = nil
   return {
-    kind = kind, name = self.prefix .. name, file_base = self.dir .. "/" .. name, req = req, model = model,
+    kind = kind, name = self.prefix .. name, file_base = self.dir .. "/" .. name, req = req, send = send, model = model,
     key = key, request_key = core.sha256(canon(material)), inputs = inputs, mask = mask, fields = fields,
     preserve = preserve and { feather = preserve.feather, quality = masks._quality(fields.output_compression) },
     estimate = tokens.estimate(req.prompt, inputs, req.size, req.quality),
@@ -172,7 +193,7 @@ function Store:lookup(item)
   if self.shared.cache then
     local d, meta_path = self:cache_paths(item.key)
     local meta = read_json(meta_path)
-    if meta and type(meta.sha256) == "string" and type(meta.file) == "string" then
+    if meta and type(meta.sha256) == "string" and type(meta.file) == "string" and meta.file:match("^%x+%.%a+$") then
       local img = load_verified(d .. "/" .. meta.file, meta.sha256, with_held({ usage = meta.usage,
         model = meta.model, url = meta.url, cost = meta.cost, cached = true }, meta))
       if img then return self:settle(item, img), "cache" end
@@ -191,8 +212,8 @@ end
 -- 1 could not be read then) is composited now: never paid for again.
 function Store:settle(item, img)
   if not (item.preserve and img.preserve_error) then return img end
-  local first = request.image_list(item.req.images)[1]
-  local held = masks.preserve(img, first, item.req.mask, { feather = item.preserve.feather,
+  local first = request.image_list(item.send.images)[1]
+  local held = masks.preserve(img, first, item.send.mask, { feather = item.preserve.feather,
     quality = item.preserve.quality })
   if not held then return img end
   held.cached, held.settled = true, true -- stored again, composited, by _finish
@@ -204,7 +225,7 @@ function Store:put(item, img)
   local d, meta_path = self:cache_paths(item.key)
   local ok, msg = core.mkdir_p(d)
   local file = item.key .. "." .. image.EXT[img.format]
-  if ok then ok, msg = core.write_atomic(d .. "/" .. file, img.bytes) end
+  if ok then ok, msg = files.own(d .. "/" .. file, img.bytes) end
   -- The metadata is written last: it is what makes the entry visible.
   if ok then
     ok, msg = write_json(meta_path, with_held({ sha256 = img.sha256, file = file, format = img.format,
@@ -232,6 +253,45 @@ function Store:record_pending(item, err)
   self:write_journal()
 end
 
+-- Whether the file at path is the one the library made for this step (an
+-- earlier run's output): the journal or the sidecar names it, and its
+-- bytes are unchanged since. A picture touched up by hand is not.
+function Store:ours(item, path)
+  local j = self.journal.steps[item.name:sub(#self.prefix + 1)]
+  local side = read_json(item.file_base .. ".json")
+  local want = type(j) == "table" and j.file == path and j.sha256
+  if not want and side and type(side.output) == "table" and side.output.file == path then want = side.output.sha256 end
+  return type(want) == "string" and core.sha256_file(path) == want
+end
+
+-- Whether the file at path is this step's sidecar.
+function Store:ours_sidecar(item, path)
+  local t = read_json(path)
+  return t ~= nil and t.step == item.name
+end
+
+-- Whether the file at path is a partial picture this step's sidecar lists.
+function Store:ours_partial(item, path)
+  local t = read_json(item.file_base .. ".json")
+  for _, f in ipairs(t and t.step == item.name and type(t.partials) == "table" and t.partials or {}) do
+    if f == path then return true end
+  end
+  return false
+end
+
+-- may_save(item) -> true | nil, err: whether the step's output (in the
+-- format asked for) and its sidecar may be written, asked before anything
+-- is paid for.
+function Store:may_save(item)
+  local fmt = item.fields.output_format
+  local path = item.file_base .. "." .. (image.EXT[fmt] or "png")
+  local ok, err = self.shared.files:may_write(path, function(p) return self:ours(item, p) end)
+  if ok and self.keep_journal then
+    ok, err = self.shared.files:may_write(item.file_base .. ".json", function(p) return self:ours_sidecar(item, p) end)
+  end
+  return ok, err
+end
+
 -- Save the output and its sidecar, then record the step in the journal.
 function Store:finish(item, img, how, started, attempts)
   if self.shared.lineage then
@@ -246,8 +306,11 @@ function Store:finish(item, img, how, started, attempts)
     })
   end
   local path = item.file_base .. "." .. image.EXT[img.format]
-  local ok, msg = core.write_atomic(path, img.bytes)
-  if not ok then return nil, errors.new("io", path .. ": " .. msg, { param = "dir", image = img }) end
+  local ok, werr = self.shared.files:write(path, img.bytes, function(p) return self:ours(item, p) end)
+  if not ok then
+    werr.image = img
+    return nil, werr
+  end
   img.path, img.step = path, item.name
   local function src(s) return s and { sha256 = s.sha256, source = type(s.source) == "string" and s.source or nil } end
   local inputs = {}
@@ -266,15 +329,24 @@ function Store:finish(item, img, how, started, attempts)
       if type(f) == "string" and core.read_file(f) then partials[#partials + 1] = f end
     end
   end
-  ok, msg = write_json(item.file_base .. ".json", with_held({
+  local side = item.file_base .. ".json"
+  local msg
+  ok, msg = self.shared.files:may_write(side, function(p) return self:ours_sidecar(item, p) end)
+  if ok then ok, msg = write_json(side, with_held({
     step = item.name, kind = item.kind, model = item.model, prompt = item.req.prompt, params = params,
     inputs = inputs, mask = src(item.mask), usage = usage or cjson.null, tokens_spent = spent_now,
     cache_hit = how ~= nil, resumed_from = how or cjson.null, requests = attempts, started = iso(os.time() - seconds),
     seconds = seconds, output = { file = path, sha256 = img.sha256, picture = img.picture_sha256,
       format = img.format, width = img.width, height = img.height }, request_id = img.request_id, cost = img.cost or cjson.null,
     partials = partials and #partials > 0 and partials or nil, order = #self.shared.records + 1,
-  }, img))
-  if not ok then return nil, errors.new("io", item.file_base .. ".json: " .. msg, { param = "dir", image = img }) end
+  }, img)) end
+  if not ok then
+    if errors.is(msg) then
+      msg.image = img
+      return nil, msg
+    end
+    return nil, errors.new("io", side .. ": " .. tostring(msg), { param = "dir", image = img })
+  end
   if how == nil or how == "url" or img.settled then self:put(item, img) end
   self.journal.steps[item.name:sub(#self.prefix + 1)] = with_held({ key = item.key, file = path,
     sha256 = img.sha256, usage = usage, model = img.model, cost = img.cost }, img)

@@ -1,0 +1,189 @@
+-- What the user owns stays theirs: no output replaces an input or a file
+-- the run did not make, nothing is written through a planted link, and no
+-- name leaves the folder it was given (lua/imgedit/files.lua). Every case
+-- counts what reached the service: a refusal comes before anything is paid.
+local H = require "helpers"
+local core = require "imgedit.core"
+local files = require "imgedit.files"
+local imgedit = require "imgedit"
+
+describe("what the user owns", function()
+  local emu, dir
+  H.world(function(e, d) emu, dir = e, d end)
+  local n = 0
+  local function fresh()
+    n = n + 1
+    local d = dir .. "/o" .. n
+    assert(core.mkdir_p(d))
+    return d
+  end
+  local function link(target, path) assert(H.ok("ln -s '" .. target .. "' '" .. path .. "'")) end
+
+  it("a batch into its own input folder leaves the originals, even with overwrite, and pays nothing", function()
+    local shots = fresh()
+    local a, b = H.png(32, 32), H.png(24, 24)
+    H.write(shots .. "/a.png", a)
+    H.write(shots .. "/b.png", b)
+    for _, over in ipairs { false, true } do
+      local r = assert(imgedit.batch { client = H.client(emu), pictures = { shots }, prompt = "x", dir = shots,
+        defaults = H.small(), overwrite = over })
+      assert.are.same({ 0, 2 }, { r.totals.done, r.totals.failed })
+      assert.matches("an input of this run: an output never replaces an input", r.jobs[1].error.message)
+    end
+    assert.are.equal(a, H.read(shots .. "/a.png"))
+    assert.are.equal(b, H.read(shots .. "/b.png"))
+    assert.are.equal(0, #H.api_requests(emu))
+  end)
+
+  it("a pipeline step whose output is its input is refused before it is sent, however the path is spelt", function()
+    local d = fresh()
+    local mine = H.png(32, 32)
+    H.write(d .. "/in.png", mine)
+    local p = imgedit.pipeline { client = H.client(emu), dir = d, cache = false, quiet = true, overwrite = true }
+    local img, err = p:edit("in", { prompt = "x", images = { d .. "/./in.png" }, quality = "low" })
+    assert.is_nil(img)
+    assert.are.same({ "io", "output" }, { err.kind, err.param })
+    assert.matches("an input of this run", err.message)
+    -- a hard link is the same file by another name
+    local other = fresh()
+    assert(H.ok("ln '" .. d .. "/in.png' '" .. other .. "/photo.png'"))
+    p = imgedit.pipeline { client = H.client(emu), dir = d, cache = false, quiet = true, overwrite = true }
+    img, err = p:edit("in", { prompt = "x", images = { other .. "/photo.png" }, quality = "low" })
+    assert.is_nil(img)
+    assert.matches("an input of this run", err.message)
+    assert.are.equal(mine, H.read(d .. "/in.png"))
+    assert.are.equal(0, #H.api_requests(emu))
+  end)
+
+  it("a pipeline replaces its own outputs on a re-run, but not a file touched by hand, unless asked", function()
+    local d, pic = fresh(), dir .. "/src.png"
+    H.write(pic, H.png(32, 32))
+    local function run(o)
+      local p = imgedit.pipeline { client = H.client(emu), dir = d, cache = false, quiet = true,
+        overwrite = o and o.overwrite }
+      return p:edit("a", { prompt = "x", images = { pic }, quality = "low", refresh = o and o.refresh })
+    end
+    assert(run())
+    assert(run { refresh = true }) -- its own, unchanged: replaced
+    assert.are.equal(2, #H.api_requests(emu))
+    H.write(d .. "/a.png", "touched up by hand")
+    local img, err = run { refresh = true }
+    assert.is_nil(img)
+    assert.matches("a.png exists and this run did not make it; pass overwrite = true", err.message)
+    assert.are.equal("touched up by hand", H.read(d .. "/a.png"))
+    assert.are.equal(2, #H.api_requests(emu))
+    assert(run { overwrite = true, refresh = true })
+    assert.are.equal(3, #H.api_requests(emu))
+  end)
+
+  it("writes nothing through a link planted as an output, a sidecar, a journal, a cache entry or a report", function()
+    local outside = dir .. "/outside.txt"
+    local function plant(path)
+      H.write(outside, "mine")
+      link(outside, path)
+    end
+    -- pipeline: the output and the sidecar are refused (not its own), the
+    -- journal is replaced, not followed
+    local d, cache = fresh(), fresh()
+    plant(d .. "/a.png")
+    local p = imgedit.pipeline { client = H.client(emu), dir = d, cache = cache, quiet = true }
+    local img, err = p:generate("a", { prompt = "a link", quality = "low" })
+    assert.is_nil(img)
+    assert.matches("exists and this run did not make it", err.message)
+    assert.are.equal(0, #H.api_requests(emu))
+    os.remove(d .. "/a.png")
+    plant(d .. "/a.json")
+    p = imgedit.pipeline { client = H.client(emu), dir = d, cache = cache, quiet = true }
+    img, err = p:generate("a", { prompt = "a link", quality = "low" })
+    assert.is_nil(img)
+    assert.matches("a.json exists", err.message)
+    os.remove(d .. "/a.json")
+    os.remove(d .. "/a.png")
+    link(outside, d .. "/.imgedit-journal.json")
+    p = imgedit.pipeline { client = H.client(emu), dir = d, cache = cache, quiet = true }
+    img = assert(p:generate("a", { prompt = "a link", quality = "low" }))
+    assert.are.equal("mine", H.read(outside))
+    assert.is_false(core.stat(d .. "/.imgedit-journal.json", true).link)
+    -- with overwrite, a planted link is replaced by the file, never followed
+    plant(d .. "/b.png")
+    p = imgedit.pipeline { client = H.client(emu), dir = d, cache = cache, quiet = true, overwrite = true }
+    assert(p:generate("b", { prompt = "b link", quality = "low" }))
+    assert.are.equal("mine", H.read(outside))
+    assert.is_false(core.stat(d .. "/b.png", true).link)
+    -- a cache entry: replaced, not followed
+    local key_dir = cache .. "/" .. img.picture_sha256:sub(1, 2)
+    for _, e in ipairs(core.listdir(cache)) do
+      if e.dir then
+        for _, f in ipairs(core.listdir(cache .. "/" .. e.name)) do
+          local path = cache .. "/" .. e.name .. "/" .. f.name
+          os.remove(path)
+          plant(path)
+        end
+      end
+    end
+    p = imgedit.pipeline { client = H.client(emu), dir = fresh(), cache = cache, quiet = true }
+    assert(p:generate("a", { prompt = "a link", quality = "low", refresh = true }))
+    assert.are.equal("mine", H.read(outside))
+    assert.truthy(key_dir)
+    -- batch: a journal that is a link stops the batch before anything is sent
+    local before = #H.api_requests(emu)
+    local b = fresh()
+    link(outside, b .. "/.imgedit-batch.jsonl")
+    local ok, msg = pcall(imgedit.batch, { client = H.client(emu), jobs = { { name = "j", prompt = "j" } }, dir = b,
+      defaults = { quality = "low" } })
+    assert.is_false(ok)
+    assert.matches("is a link", tostring(msg))
+    assert.are.equal("mine", H.read(outside))
+    -- its report: replaced, not followed
+    os.remove(b .. "/.imgedit-batch.jsonl")
+    link(outside, b .. "/batch-report.json")
+    local r = assert(imgedit.batch { client = H.client(emu), jobs = { { name = "j", prompt = "j" } }, dir = b,
+      defaults = { quality = "low" } })
+    assert.are.equal(1, r.totals.done, require("cjson").encode(r.jobs))
+    assert.are.equal("mine", H.read(outside))
+    assert.is_false(core.stat(b .. "/batch-report.json", true).link)
+    assert.are.equal(before + 1, #H.api_requests(emu))
+  end)
+
+  it("checks every name once, the same way: steps, branches, batch jobs and the command line", function()
+    local bad = { "..", ".", ".hidden", "a/b", "a\\b", "", "x\27]0;t\7", "CON", "nul.png", "lpt1", "ends.", "ends ",
+      "a:b", "a*b", string.rep("n", 201) }
+    for _, name in ipairs(bad) do
+      assert.is_nil(files.check_name(name), name)
+    end
+    for _, name in ipairs { "a", "step-1", "v_2.final", "café", "with space", "a..b" } do
+      assert.are.equal(name, files.check_name(name))
+    end
+    local d = fresh()
+    local p = imgedit.pipeline { client = H.client(emu), dir = d, cache = false, quiet = true }
+    for _, name in ipairs { "..", "a/b", ".x", "x\27y" } do
+      assert.has_error(function() p:generate(name, { prompt = "x" }) end)
+      assert.has_error(function() p:branch(name) end)
+    end
+    assert.is_nil(core.stat(d .. "/../.imgedit-journal.json"))
+    for _, name in ipairs { "../up", "a/b", ".x", "x\27y", "CON" } do
+      local r, err = imgedit.batch { client = H.client(emu), jobs = { { name = name, prompt = "x" } }, dir = fresh() }
+      assert.is_nil(r)
+      assert.matches("bad name", err.message)
+    end
+    local m = dir .. "/bad.jsonl"
+    H.write(m, '{"name": "../../etc/x", "prompt": "x"}\n')
+    local out, code = H.sh(H.CHILD .. "IMGEDIT_API_KEY=k IMGEDIT_BASE_URL=" .. emu.url .. " " .. H.LUA
+      .. " bin/imgedit batch " .. m .. " -o " .. fresh())
+    assert.are_not.equal(0, code)
+    assert.matches("bad name '../../etc/x'", out)
+    assert.are.equal(0, #H.api_requests(emu))
+  end)
+
+  it("imgedit edit never writes its output over an input, even with --force, under any spelling", function()
+    local d = fresh()
+    local mine = H.png(32, 32)
+    H.write(d .. "/a.png", mine)
+    local out, code = H.sh(H.CHILD .. "IMGEDIT_API_KEY=k IMGEDIT_BASE_URL=" .. emu.url .. " " .. H.LUA
+      .. " bin/imgedit edit -q -p x -i " .. d .. "/a.png -o " .. d .. "/../" .. d:match("[^/]+$") .. "/a.png --force")
+    assert.are.equal(3, code)
+    assert.matches("an input of this run", out)
+    assert.are.equal(mine, H.read(d .. "/a.png"))
+    assert.are.equal(0, #H.api_requests(emu))
+  end)
+end)
