@@ -21,7 +21,8 @@ end
 
 -- steps(dir) -> the sidecars under dir (branches included), each with
 -- `_dir`, the folder it was found in. Hidden entries (the journal, a cache
--- kept inside the folder) are skipped.
+-- kept inside the folder) are skipped, and links to folders are not
+-- followed: the walk ends, and stays inside dir.
 function M.steps(dir)
   local out = {}
   local function walk(d)
@@ -30,7 +31,7 @@ function M.steps(dir)
     for _, e in ipairs(list) do
       if e.name:sub(1, 1) ~= "." then
         local path = d .. "/" .. e.name
-        if e.dir then
+        if e.dir and not e.link then -- a link to . or to / would never end
           walk(path)
         elseif e.name:match("%.json$") then
           local t = read_json(path)
