@@ -201,4 +201,30 @@ describe("what the user owns", function()
     assert.are.equal(d .. "/sheet.html", r.html)
     assert.are.equal(1, #require("imgedit.sheet").steps(d))
   end)
+
+  it("sends no key in clear text by accident: plain http to another machine is refused unless allowed", function()
+    for _, url in ipairs { "http://api.example.invalid/v1", "HTTP://10.0.0.1:8080/v1", "http://u:s3cret@evil.invalid/v1",
+      "http://127.0.0.1.evil.invalid/v1" } do
+      local ok, msg = pcall(imgedit.new, { base_url = url, api_key = "k" })
+      assert.is_false(ok, url)
+      assert.matches("plain http to another machine.*allow_http = true", tostring(msg))
+      assert.is_nil(tostring(msg):find("s3cret", 1, true))
+      assert.is_truthy(imgedit.new { base_url = url, api_key = "k", allow_http = true })
+    end
+    for _, url in ipairs { "http://127.0.0.1:9/v1", "http://localhost:9/v1", "http://[::1]:9/v1", "https://a.invalid/v1" } do
+      assert.is_truthy(imgedit.new { base_url = url, api_key = "k" }, url)
+    end
+    -- the command line: refused before any lookup, allowed with --allow-http
+    local cmd = H.CHILD .. "IMGEDIT_API_KEY=k IMGEDIT_BASE_URL=http://api.example.invalid/v1 " .. H.LUA
+      .. " bin/imgedit generate -q -p x -o " .. dir .. "/http.png --timeout 2 --retries 0"
+    local out, code = H.sh(cmd)
+    assert.are_not.equal(0, code)
+    assert.matches("allow%-http", out)
+    out = H.sh(cmd .. " --allow-http")
+    assert.is_nil(out:find("plain http", 1, true), out)
+    -- and a provider that needs an address says so
+    local ok, msg = pcall(imgedit.new, { provider = "compatible", api_key = "k" })
+    assert.is_false(ok)
+    assert.matches("provider 'compatible' needs base_url", tostring(msg))
+  end)
 end)

@@ -166,6 +166,7 @@ function Image:save(path, opts) end
 ---@field ca_file? string PEM certificate authorities trusted in addition to the system's
 ---@field ca_path? string a folder of them, hashed by `openssl rehash`
 ---@field proxy? string http, https, socks4 or socks5 url; "" for none (default: the *_PROXY variables)
+---@field allow_http? boolean allow a plain http base url to another machine (the key travels unencrypted)
 
 ---@class imgedit.Job
 ---@field attempts integer
@@ -408,6 +409,7 @@ function Pipeline:report(opts) end
 ---@field cache? string|false
 ---@field lineage? boolean
 ---@field retry_maybe_billed? boolean send again the jobs that ended failed with maybe_billed
+---@field overwrite? boolean replace files in dir the batch did not make (never its inputs)
 ---@field on_job? fun(event: imgedit.BatchEvent)
 ---@field on_tick? fun(numbers: imgedit.BatchNumbers)
 ---@field tick? number
@@ -483,7 +485,7 @@ function imgedit.inspect(src) end
 ---@return imgedit.Image|imgedit.Error|nil
 function imgedit.fit(src, opts) end
 
----@param opts {client?: imgedit.Client, dir?: string, cache?: string|false, budget?: integer|{tokens?: integer, requests?: integer, usd?: number}, on_step?: fun(info: table), quiet?: boolean, lineage?: boolean}
+---@param opts {client?: imgedit.Client, dir?: string, cache?: string|false, budget?: integer|{tokens?: integer, requests?: integer, usd?: number}, on_step?: fun(info: table), quiet?: boolean, lineage?: boolean, overwrite?: boolean}
 ---@return imgedit.Pipeline
 function imgedit.pipeline(opts) end
 

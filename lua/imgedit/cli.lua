@@ -46,6 +46,7 @@ local function build()
     cmd:option("--ca-file", "PEM file of certificate authorities to trust, besides the system's.")
     cmd:option("--ca-path", "Folder of certificate authorities (hashed by openssl rehash), besides the system's.")
     cmd:option("--proxy", "Proxy URL (http, https, socks4, socks5, socks5h); default: HTTPS_PROXY and NO_PROXY.")
+    cmd:flag("--allow-http", "Allow a plain http base url to another machine (the key then travels unencrypted).")
   end
 
   local function request_options(cmd)

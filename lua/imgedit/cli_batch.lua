@@ -78,7 +78,7 @@ function M.run(a, ctx)
   local cok, client = pcall(imgedit.new, {
     base_url = base_url, api_key = api_key, provider = provider, model = a.model, deployment = a.deployment,
     timeout = ctx.number_opt(a.timeout, "timeout"), max_retries = ctx.number_opt(a.retries, "retries"),
-    ca_file = a.ca_file, ca_path = a.ca_path, proxy = a.proxy, max_concurrency = concurrency,
+    ca_file = a.ca_file, ca_path = a.ca_path, proxy = a.proxy, allow_http = a.allow_http or nil, max_concurrency = concurrency,
   })
   if not cok then
     if emu then emu:stop() end

@@ -30,7 +30,7 @@ local function cmd_request(a)
   end
   local cok, client = pcall(imgedit.new, {
     model = a.model, timeout = number_opt(a.timeout, "timeout"), max_retries = number_opt(a.retries, "retries"),
-    ca_file = a.ca_file, ca_path = a.ca_path, proxy = a.proxy, provider = a.provider, deployment = a.deployment,
+    ca_file = a.ca_file, ca_path = a.ca_path, proxy = a.proxy, allow_http = a.allow_http or nil, provider = a.provider, deployment = a.deployment,
   })
   if not cok then -- a value out of range (--timeout 0) or a bad IMGEDIT_BASE_URL
     error({ usage = (tostring(client):gsub("^[^:]*:%d+: ", "")) })

@@ -71,13 +71,28 @@ function M.new(opts)
     base, from = named.base_url, nil
     if not base and named.endpoint_env then base, from = os.getenv(named.endpoint_env), named.endpoint_env end
     if base == nil or base == "" then
-      error("provider '" .. opts.provider .. "' needs base_url (its resource endpoint) or " .. named.endpoint_env, 2)
+      error("provider '" .. opts.provider .. "' needs base_url ("
+        .. (named.endpoint_env and "its resource endpoint) or " .. named.endpoint_env
+          or "the service's address, such as https://HOST/v1) or IMGEDIT_BASE_URL"), 2)
     end
   end
   if base == nil or base == "" then base, from = DEFAULT_BASE_URL, nil end
   if from then -- from the environment: checked all the same
     local ok, msg = pcall(request.check_option, "base_url", base, request.CLIENT_OPTIONS, 1)
     if not ok then error((tostring(msg):gsub("^[^:]*:%d+: ", "")) .. " (from " .. from .. ")", 2) end
+  end
+  -- The key goes in a header: over plain http to another machine, anyone
+  -- on the way reads it. A typo of https is refused, not sent.
+  local host = base:match("^[Hh][Tt][Tt][Pp]://([^/?#]*)")
+  if host and not (opts.allow_http or os.getenv("IMGEDIT_ALLOW_HTTP") == "1") then
+    host = (host:gsub("^.*@", ""):match("^%[([^%]]*)%]") or host:gsub("^.*@", ""):match("^[^:]*")):lower()
+    local loopback = host == "localhost" or host:match("%.localhost$") or host:match("^127%.%d+%.%d+%.%d+$")
+      or host == "::1" or host == "0:0:0:0:0:0:0:1"
+    if not loopback then
+      error("base_url '" .. text.redact(base) .. "' is plain http to another machine: the API key would travel"
+        .. " unencrypted. Use https, or pass allow_http = true (--allow-http, IMGEDIT_ALLOW_HTTP=1) if you mean it",
+        2)
+    end
   end
   local provider = opts.provider or providers.detect(base)
   if provider == "azure" and (base:find("/openai/v1/*$") or base:find("/openai/deployments", 1, true)) then

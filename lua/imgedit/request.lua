@@ -87,7 +87,7 @@ M.CLIENT_OPTIONS = {
   api_key = is "string", base_url = url, model = is "string", max_concurrency = at_least_one,
   max_response_bytes = positive, max_download_bytes = positive, progress_interval = nonneg,
   limits = is "table", yield = function(v) return v == true or type(v) == "function", "true or a function" end,
-  ca_file = pem, ca_path = folder, proxy = proxy,
+  ca_file = pem, ca_path = folder, proxy = proxy, allow_http = is "boolean",
   provider = function(v) return v == "apiyi" or v == "openai" or v == "azure" or v == "compatible",
     "\"apiyi\", \"openai\", \"azure\" or \"compatible\"" end,
   deployment = is "string", api_version = is "string", on_warning = is "function",
