@@ -55,19 +55,6 @@ local CHECK = {
 
 -- ---- one job ----
 
--- What a picture's lineage must say for it to be this job's output.
-local function made_by(path, item)
-  local bytes = core.read_file(path)
-  local l = bytes and lineage.read(bytes)
-  if not l or l.prompt ~= item.req.prompt or l.model ~= item.model or l.step ~= item.name then return nil end
-  if #(l.parents or {}) ~= #item.inputs then return nil end
-  for i, s in ipairs(item.inputs) do
-    if l.parents[i] ~= s.sha256 then return nil end
-  end
-  if (l.mask or false) ~= (item.mask and item.mask.sha256 or false) then return nil end
-  return image.from_bytes(bytes, { request_id = l.request_id })
-end
-
 -- The request a job sends: its fields, without what only the batch reads.
 local function request_of(entry)
   local req = {}
@@ -110,17 +97,8 @@ function Run:_ended(ev)
   if ev.event == "done" and ev.maybe_paid_twice then s.paid_twice[#s.paid_twice + 1] = ev.name end
 end
 
--- Whether the file at path is this job's, made by an earlier run: its
--- lineage says so, or the journal's "done" names it with these bytes.
-function Run:_ours(item, path)
-  if made_by(path, item) then return true end
-  local prior = self.known[item.name]
-  local last = prior and prior.last
-  if not (last and last.event == "done") then return false end
-  local named = last.file == path
-  for _, f in ipairs(type(last.files) == "table" and last.files or {}) do named = named or f == path end
-  return named and (last.file ~= path or core.sha256_file(path) == last.sha256)
-end
+-- Whether the file at path is this job's (batch_journal.lua).
+function Run:_ours(item, path) return J.ours(self.known[item.name], item, path) end
 
 -- Save a picture the job got (paid now, or fetched from an old url).
 function Run:_save(slot, img)
@@ -244,7 +222,7 @@ function Run:_start(entry)
       local p = self.dir .. "/" .. name .. "." .. e
       if core.stat(p) then path = p end
     end
-    local img = path and made_by(path, item)
+    local img = path and J.made_by(path, item)
     if img then return self:_settle(slot, img, "file") end
     slot.paid_twice = true
   elseif last and last.event == "failed" and last.key == item.key and last.error and last.error.maybe_billed

@@ -1,9 +1,12 @@
 -- A batch's journal and shards: the append-only journal (one line when a
 -- request is sent, one when its job ends, on the disk before the next
 -- request goes out), reading every journal of a folder back, and which
--- jobs a shard I of N runs.
+-- jobs a shard I of N runs; and which files in the folder are a job's own
+-- output (its lineage or its "done" line says so).
 local core = require "imgedit.core"
 local cjson = require "cjson"
+local image = require "imgedit.image"
+local lineage = require "imgedit.lineage"
 
 local M = {}
 
@@ -74,6 +77,31 @@ function M.append(f, ev, durable)
   local ok, msg = f:write(cjson.encode(ev), "\n")
   if ok and durable then ok, msg = f:sync() end
   if not ok then error("cannot write the batch journal to the disk: " .. tostring(msg), 0) end
+end
+
+-- What a picture's lineage must say for it to be this job's output.
+function M.made_by(path, item)
+  local bytes = core.read_file(path)
+  local l = bytes and lineage.read(bytes)
+  if not l or l.prompt ~= item.req.prompt or l.model ~= item.model or l.step ~= item.name then return nil end
+  if type(l.parents) ~= "table" or #l.parents ~= #item.inputs then return nil end
+  for i, s in ipairs(item.inputs) do
+    if l.parents[i] ~= s.sha256 then return nil end
+  end
+  if (l.mask or false) ~= (item.mask and item.mask.sha256 or false) then return nil end
+  return image.from_bytes(bytes, { request_id = l.request_id })
+end
+
+-- Whether the file at path is this job's, made by an earlier run: its
+-- lineage says so, or the journal's "done" names it with these bytes.
+-- ours(prior, item, path) -> boolean; prior: what the journals said of the job.
+function M.ours(prior, item, path)
+  if M.made_by(path, item) then return true end
+  local last = prior and prior.last
+  if not (last and last.event == "done") then return false end
+  local named = last.file == path
+  for _, f in ipairs(type(last.files) == "table" and last.files or {}) do named = named or f == path end
+  return named and (last.file ~= path or core.sha256_file(path) == last.sha256)
 end
 
 return M
