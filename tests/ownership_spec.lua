@@ -227,4 +227,30 @@ describe("what the user owns", function()
     assert.is_false(ok)
     assert.matches("provider 'compatible' needs base_url", tostring(msg))
   end)
+
+  it("untrusted records never crash the tools: lineage and sidecars with fields of the wrong type", function()
+    local lineage = require "imgedit.lineage"
+    local d = fresh()
+    local bad = { v = "1", prompt = {}, model = 3, params = "x", step = {}, parents = 7, mask = {}, request_id = true,
+      mask_drift = "a", preserved = 5 }
+    H.write(d .. "/bad.png", assert(core.xmp_embed(H.png(8, 8), lineage.packet(bad))))
+    local out, code = H.sh(H.CHILD .. H.LUA .. " bin/imgedit inspect " .. d .. "/bad.png")
+    assert.are.equal(0, code, out)
+    assert.matches("its lineage's mask, mask_drift, model, params, parents, preserved, prompt, request_id, step, v"
+      .. " had the wrong type and are left out", out)
+    assert.is_nil(out:find("traceback", 1, true))
+    assert.are.same({}, imgedit.inspect(d .. "/bad.png").lineage)
+    -- a pipeline folder with sidecars gone wrong: skipped or trimmed, named, and the page is written
+    local p = imgedit.pipeline { client = H.client(emu), dir = d .. "/run", cache = false, quiet = true }
+    assert(p:generate("good", { prompt = "fine", quality = "low" }))
+    H.write(d .. "/run/s.json", '{"step":"s","output":5,"inputs":3,"usage":"x","started":{},"order":"z"}')
+    H.write(d .. "/run/t.json", '{"step":"t","output":{"file":"t.png","width":"w"},"inputs":[5,{"sha256":7}],'
+      .. '"usage":{"total_tokens":"a"},"cost":{"usd":"c"},"seconds":"q","partials":7,"prompt":{}}')
+    out, code = H.sh(H.CHILD .. H.LUA .. " bin/imgedit report " .. d .. "/run")
+    assert.are.equal(0, code, out)
+    assert.matches("s.json: not a step's record", out)
+    assert.matches("t.json: cost, inputs, partials, prompt, seconds had the wrong type, left out", out)
+    assert.matches("%(2 steps%)", out)
+    assert.is_nil(out:find("traceback", 1, true))
+  end)
 end)

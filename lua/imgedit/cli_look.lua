@@ -35,10 +35,14 @@ local function cmd_inspect(a)
           info.height or 0, info.channels or 0, info.has_alpha and " with alpha" or "", human(info.bytes),
           info.accepted and "" or ", not accepted for upload", row.ok_as_mask and ", usable as a mask" or ""))
         local l = info.lineage
+        if info.lineage_dropped then
+          stderr("imgedit: warning: ", safe(f), ": its lineage's ", safe(table.concat(info.lineage_dropped, ", ")),
+            " had the wrong type and ", #info.lineage_dropped == 1 and "is" or "are", " left out\n")
+        end
         if l then
           local parents = type(l.parents) == "table" and l.parents or {}
-          print(string.format("  made by %s%s from %d input%s: %s", safe(l.model),
-            l.step and (" as step " .. safe(l.step)) or "", #parents, #parents == 1 and "" or "s", quote(l.prompt)))
+          print(string.format("  made by %s%s from %d input%s: %s", safe(l.model or "an unknown model"),
+            l.step and (" as step " .. safe(l.step)) or "", #parents, #parents == 1 and "" or "s", quote(l.prompt or "")))
           local ps = {}
           for k, v in pairs(type(l.params) == "table" and l.params or {}) do ps[#ps + 1] = safe(k) .. "=" .. safe(v) end
           table.sort(ps)
@@ -119,7 +123,9 @@ local function cmd_report(a)
   if not f then return fail(3, a.dir .. ": not a readable folder", { kind = "io", message = "not a readable folder" }) end
   f:close()
   local out = a.output or (a.dir .. "/index.html")
-  local steps = sheet.steps(a.dir)
+  local problems = {}
+  local steps = sheet.steps(a.dir, problems)
+  for _, w in ipairs(problems) do stderr("imgedit: warning: ", safe(w), "\n") end
   local ok, msg = sheet.save(out, sheet.render(steps, out:match("^(.*)/[^/]*$") or ".",
     a.title or (a.dir:gsub("/+$", ""):match("[^/]+$") or a.dir)), a.force)
   if not ok then return fail(3, "cannot write " .. out .. ": " .. msg, { kind = "io", message = msg }) end

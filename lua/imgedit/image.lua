@@ -192,8 +192,11 @@ function M.inspect(src)
   return setmetatable(info, { __index = function(t, k)
     if k ~= "lineage" then return nil end
     local bytes = type(src) == "string" and core.read_file(src) or src.bytes
-    local l = bytes and lineage.read(bytes) or false
+    local l, dropped = false, nil
+    if bytes then l, dropped = lineage.read(bytes) end
     rawset(t, "lineage", l or nil)
+    -- fields of the wrong type, left out (the picture may come from anywhere)
+    if dropped and #dropped > 0 then rawset(t, "lineage_dropped", dropped) end
     return l or nil
   end })
 end

@@ -41,15 +41,46 @@ function M.packet(t)
     .. '</imgedit:lineage></rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="r"?>'
 end
 
--- parse(packet) -> record | nil
+-- What each field of a record must be. A picture may come from anywhere:
+-- a field of another type is left out (and named), never used.
+local FIELDS = { v = "number", prompt = "string", model = "string", params = "table", step = "string",
+  parents = "strings", mask = "string", request_id = "string", mask_drift = "number", mask_spill = "number",
+  preserved = "table" }
+
+-- sane(t, fields) -> t with only the fields of the right type, and the
+-- names of those left out (sorted). "strings": a list of strings; "table":
+-- one whose values are strings, numbers or booleans; "map": any table.
+function M.sane(t, fields)
+  local out, dropped = {}, {}
+  for k, v in pairs(t) do
+    local want, ok = fields[k], false
+    if want == "strings" then
+      ok = type(v) == "table"
+      for i, s in pairs(ok and v or {}) do ok = ok and type(i) == "number" and type(s) == "string" end
+    elseif want == "map" then -- any table; its fields are the reader's to check
+      ok = type(v) == "table"
+    elseif want == "table" then
+      ok = type(v) == "table"
+      for _, s in pairs(ok and v or {}) do ok = ok and (type(s) == "string" or type(s) == "number" or type(s) == "boolean") end
+    else
+      ok = want ~= nil and type(v) == want
+    end
+    if ok then out[k] = v elseif want and v ~= cjson.null then dropped[#dropped + 1] = tostring(k) end
+  end
+  table.sort(dropped)
+  return out, dropped
+end
+
+-- parse(packet) -> record, dropped | nil
 function M.parse(x)
   local body = type(x) == "string" and x:match("<imgedit:lineage>(.-)</imgedit:lineage>")
   if not body then return nil end
   local t = cjson.decode(xml_unescape(body))
-  return type(t) == "table" and t or nil
+  if type(t) ~= "table" then return nil end
+  return M.sane(t, FIELDS)
 end
 
--- read(bytes) -> record | nil
+-- read(bytes) -> record, dropped | nil
 function M.read(bytes) return M.parse(core.xmp_read(bytes)) end
 
 -- strip(bytes) -> the picture without the lineage written into it: the

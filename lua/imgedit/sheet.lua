@@ -5,6 +5,7 @@
 local core = require "imgedit.core"
 local cjson = require "cjson.safe"
 local files = require "imgedit.files"
+local lineage = require "imgedit.lineage"
 
 local M = {}
 
@@ -19,11 +20,50 @@ local function read_json(path)
   return type(t) == "table" and t or nil
 end
 
+-- What each field of a sidecar must be (store.lua writes them; a folder
+-- may hold anything): a field of another type is left out, and a sidecar
+-- without its step name or output file is not one.
+local SIDECAR = { step = "string", kind = "string", model = "string", prompt = "string", params = "table",
+  mask = "table", usage = "map", tokens_spent = "number", cache_hit = "boolean", resumed_from = "string",
+  requests = "number", started = "string", seconds = "number", request_id = "string", cost = "table",
+  partials = "strings", order = "number", mask_drift = "number", mask_spill = "number", preserved = "table",
+  preserve_error = "string" }
+local OUTPUT = { file = "string", sha256 = "string", picture = "string", format = "string", width = "number",
+  height = "number" }
+local INPUT = { sha256 = "string", source = "string" }
+
+local function sidecar(t, path, problems)
+  if not t then return nil end
+  local out, dropped = lineage.sane(t, SIDECAR)
+  local o = type(t.output) == "table" and lineage.sane(t.output, OUTPUT)
+  if not (out.step and o and o.file) then
+    if t.step ~= nil or t.output ~= nil then problems[#problems + 1] = path .. ": not a step's record (no step or output file)" end
+    return nil
+  end
+  out.output, out.inputs = o, {}
+  if out.usage then -- token counts are numbers (the details may be tables)
+    for k, v in pairs(out.usage) do
+      if type(v) ~= "number" and type(v) ~= "table" then out.usage[k] = nil end
+    end
+  end
+  if out.cost and type(out.cost.usd) ~= "number" then out.cost, dropped[#dropped + 1] = nil, "cost" end
+  for i, inp in ipairs(type(t.inputs) == "table" and t.inputs or {}) do
+    if type(inp) == "table" then out.inputs[i] = lineage.sane(inp, INPUT) else dropped[#dropped + 1] = "inputs" end
+  end
+  if type(t.inputs) ~= "table" and t.inputs ~= nil then dropped[#dropped + 1] = "inputs" end
+  if #dropped > 0 then
+    table.sort(dropped)
+    problems[#problems + 1] = path .. ": " .. table.concat(dropped, ", ") .. " had the wrong type, left out"
+  end
+  return out
+end
+
 -- steps(dir) -> the sidecars under dir (branches included), each with
 -- `_dir`, the folder it was found in. Hidden entries (the journal, a cache
 -- kept inside the folder) are skipped, and links to folders are not
 -- followed: the walk ends, and stays inside dir.
-function M.steps(dir)
+function M.steps(dir, problems)
+  problems = problems or {}
   local out = {}
   local function walk(d)
     local list = core.listdir(d) or {}
@@ -34,8 +74,8 @@ function M.steps(dir)
         if e.dir and not e.link then -- a link to . or to / would never end
           walk(path)
         elseif e.name:match("%.json$") then
-          local t = read_json(path)
-          if t and type(t.step) == "string" and type(t.output) == "table" then
+          local t = sidecar(read_json(path), path, problems)
+          if t then
             t._dir = d
             out[#out + 1] = t
           end
