@@ -14,7 +14,6 @@
 
 #include "imgedit.h"
 
-#define DEFAULT_MAX_PIXELS 50000000
 #define MAX_FEATHER 256
 
 /* The largest difference of one pixel over its four channels; two fully
@@ -99,7 +98,7 @@ static void blend(unsigned char *out, const unsigned char *ans, const unsigned c
 typedef struct decode_job {
   const unsigned char *bytes;
   size_t len;
-  lua_Integer max_px;
+  ie_limits lim;
   ie_pixels out;
   int ok;
 } decode_job;
@@ -109,7 +108,7 @@ typedef struct decode_job {
 static void *decode_thread(void *arg) {
   decode_job *j = (decode_job *)arg;
   if (!j->ok)
-    j->ok = ie_decode_raw(j->bytes, j->len, j->max_px, &j->out);
+    j->ok = ie_decode_raw(j->bytes, j->len, &j->lim, &j->out);
   return NULL;
 }
 
@@ -152,7 +151,7 @@ static void set_int(lua_State *L, const char *k, lua_Integer v) {
 }
 
 /* inpaint(answer, base, mask [, {tolerance=30, preserve=false, feather=4, quality=90, max_pixels=,
- *         answer_rgba=, width=, height=, keep_rgba=false}])
+ *         max_bytes=, answer_rgba=, width=, height=, keep_rgba=false}])
  * -> {width=, height=, keep=, edit=, drifted=, unchanged=, scaled=, bytes=, rgba=} | nil, message, reason
  * answer_rgba, width, height: the answer's pixels, decoded already; with
  * keep_rgba, a PNG composite's pixels come back as rgba too (the PNG holds
@@ -171,14 +170,16 @@ static int l_inpaint(lua_State *L) {
   lua_Integer tol = o ? ie_opt_integer(L, o, "tolerance", 30) : 30;
   lua_Integer feather = o ? ie_opt_integer(L, o, "feather", 4) : 4;
   lua_Integer quality = o ? ie_opt_integer(L, o, "quality", 90) : 90;
-  lua_Integer max_px = o ? ie_opt_integer(L, o, "max_pixels", DEFAULT_MAX_PIXELS) : DEFAULT_MAX_PIXELS;
+  /* each of the three decodes is bounded on its own: they run at once */
+  ie_limits lim = {o ? ie_opt_integer(L, o, "max_pixels", IE_MAX_PIXELS) : IE_MAX_PIXELS,
+                   o ? ie_opt_integer(L, o, "max_bytes", IE_MAX_DECODE_BYTES) : IE_MAX_DECODE_BYTES};
   int preserve = o ? ie_opt_bool(L, o, "preserve") : 0;
   int keep_rgba = o ? ie_opt_bool(L, o, "keep_rgba") : 0;
   luaL_argcheck(L, tol >= 0 && tol <= 255, 4, "tolerance out of range 0-255");
   luaL_argcheck(L, feather >= 0 && feather <= MAX_FEATHER, 4, "feather out of range 0-256");
   luaL_argcheck(L, quality >= 1 && quality <= 100, 4, "quality out of range 1-100");
   lua_settop(L, 4);
-  decode_job jobs[3] = {{as, an, max_px, {0}, 0}, {bs, bn, max_px, {0}, 0}, {ms, mn, max_px, {0}, 0}};
+  decode_job jobs[3] = {{as, an, lim, {0}, 0}, {bs, bn, lim, {0}, 0}, {ms, mn, lim, {0}, 0}};
   if (o) {
     lua_getfield(L, o, "answer_rgba"); /* index 5, kept while the pixels are used */
     if (!lua_isnil(L, 5)) {

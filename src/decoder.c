@@ -36,7 +36,7 @@ static void fail(ie_picture *pic, const char *reason, const char *why) {
 /* One base64 value, or data: URL: un-escaped when an encoder wrote "\/"
  * for "/" (the only escape base64 and a data: URL's head need), decoded,
  * then its pixels. */
-static void decode_value(const ie_b64_value *v, lua_Integer max_px, ie_picture *pic) {
+static void decode_value(const ie_b64_value *v, const ie_limits *lim, ie_picture *pic) {
   char *plain = NULL;
   const char *p = v->p;
   size_t len = v->len;
@@ -72,15 +72,15 @@ static void decode_value(const ie_b64_value *v, lua_Integer max_px, ie_picture *
   else if (!ie_b64_decode(p, len, pic->bytes, &pic->nbytes, why, sizeof why))
     fail(pic, "base64", why), free(pic->bytes), pic->bytes = NULL;
   else
-    ie_decode_raw(pic->bytes, pic->nbytes, max_px, &pic->px);
+    ie_decode_raw(pic->bytes, pic->nbytes, lim, &pic->px);
   free(plain);
 }
 
-static void run(const ie_job *j, lua_Integer max_px) {
+static void run(const ie_job *j, const ie_limits *lim) {
   ie_decoded *d = j->out;
   if (!j->json) {
     d->n = 1;
-    ie_decode_raw((const unsigned char *)j->src, j->n, max_px, &d->pic[0].px);
+    ie_decode_raw((const unsigned char *)j->src, j->n, lim, &d->pic[0].px);
     return;
   }
   ie_b64_value v;
@@ -88,7 +88,7 @@ static void run(const ie_job *j, lua_Integer max_px) {
   while (d->n < IE_MAX_PICTURES && ie_b64_find(j->src, j->n, from, &v)) {
     ie_picture *pic = &d->pic[d->n++];
     pic->open = v.open + 1, pic->close = v.close + 1;
-    decode_value(&v, max_px, pic);
+    decode_value(&v, lim, pic);
     from = v.close + 1;
   }
 }
@@ -163,10 +163,10 @@ void *ie_dec_main(void *arg) {
     if (!m->job_head)
       m->job_tail = NULL;
     int skip = j->t->cancel_req;
-    lua_Integer max_px = j->t->max_px;
+    ie_limits lim = j->t->limits;
     pthread_mutex_unlock(&m->mu);
     if (!skip)
-      run(j, max_px);
+      run(j, &lim);
     pthread_mutex_lock(&m->mu);
     if (ie_dec_end_locked(m, j)) {
       pthread_mutex_unlock(&m->mu);

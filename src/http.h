@@ -157,10 +157,10 @@ struct transfer {
   size_t len, cap, max;
   size_t header_bytes;
   int too_large, header_flood, idle, answering;
-  int decode;      /* decode the pictures of the answer to RGBA off the caller's thread */
-  int raw_picture; /* ... the answer is a picture's bytes, not JSON */
-  int unreadable;  /* the index of a file part that could not be opened */
-  lua_Integer max_px;
+  int decode;       /* decode the pictures of the answer to RGBA off the caller's thread */
+  int raw_picture;  /* ... the answer is a picture's bytes, not JSON */
+  int unreadable;   /* the index of a file part that could not be opened */
+  ie_limits limits; /* of each decode */
   sse_queue parsed; /* events parsed, not yet moved to the caller's queue */
   /* A billable request: libcurl may not send it again once the whole body
    * went out (see on_prereq). */

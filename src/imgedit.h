@@ -69,10 +69,19 @@ typedef struct ie_pixels {
   const char *reason; /* "corrupt", "truncated", "unsupported", "too_large" */
   char why[160];
 } ie_pixels;
-/* Decodes bytes to RGBA (stb_image, libwebp): 1, or 0 with the reason. It
- * touches no Lua state, so it may run on any thread; the caller frees p
- * with release, or hands it to a box. */
-IE_LOCAL int ie_decode_raw(const unsigned char *s, size_t n, lua_Integer max_px, ie_pixels *out);
+/* What one decode may take: pixels, and bytes of memory at its peak (a
+ * small file can declare a picture that is dear to decode). The defaults
+ * are the Lua side's (image.lua): used by callers that pass none. */
+#define IE_MAX_PIXELS 50000000
+#define IE_MAX_DECODE_BYTES 268435456
+typedef struct ie_limits {
+  lua_Integer pixels, bytes;
+} ie_limits;
+/* Decodes bytes to RGBA (stb_image, libwebp): 1, or 0 with the reason
+ * ("too_large" for a picture over lim, refused from its header before any
+ * allocation). It touches no Lua state, so it may run on any thread; the
+ * caller frees p with release, or hands it to a box. */
+IE_LOCAL int ie_decode_raw(const unsigned char *s, size_t n, const ie_limits *lim, ie_pixels *out);
 /* Pushes an empty box: a userdata that frees the C buffer it is given when
  * collected. Made before the decode, so that a Lua error cannot leak it. */
 IE_LOCAL void *ie_box_push(lua_State *L);

@@ -4,6 +4,7 @@
  * while Lua copies them, so an out-of-memory error raised by Lua cannot leak
  * them. composite.c decodes and encodes through the same functions. */
 #include <limits.h>
+#include <math.h>
 #include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +21,6 @@
 #include "imgedit.h"
 
 #define BOX_MT "imgedit.box"
-#define DEFAULT_MAX_PIXELS 50000000
 
 typedef struct box {
   void *p;
@@ -57,7 +57,34 @@ static void box_to_string(lua_State *L, box *b) {
 static void stbi_free_fn(void *p) { stbi_image_free(p); }
 static void webp_free_fn(void *p) { WebPFree(p); }
 
-int ie_decode_raw(const unsigned char *s, size_t n, lua_Integer max_px, ie_pixels *out) {
+/* The most memory a decode holds at once, from the header alone, so that a
+ * picture small in bytes but dear to decode (a 381 KB 16-bit PNG of
+ * 7000x7000 takes ~750 MB) is refused before anything is allocated. Each
+ * buffer the decoder makes is summed, whether or not it outlives the
+ * previous: an upper bound, kept simple. PNG (stb): the inflated rows with
+ * a filter byte each, the picture at its depth and channels (a palette
+ * counted as its colours), the RGBA it is converted to, and for 16 bits
+ * the 8-bit RGBA at the end. JPEG: a plane per component and the RGBA.
+ * WebP: the RGBA. In doubles: dimensions the pixel bound let through
+ * cannot overflow them. */
+static double decode_bytes(const ie_info *i) {
+  double w = i->width, h = i->height, px = w * h, rgba = px * 4;
+  if (strcmp(i->format, "png") == 0) {
+    double sample = i->bit_depth == 16 ? 2 : 1;
+    double row = ceil(w * i->channels * i->bit_depth / 8);
+    double b = h * (1 + row) + px * i->channels * sample;
+    if (i->channels != 4)
+      b += rgba * sample;
+    if (i->bit_depth == 16)
+      b += rgba;
+    return b;
+  }
+  if (strcmp(i->format, "jpeg") == 0)
+    return px * i->channels + rgba;
+  return rgba;
+}
+
+int ie_decode_raw(const unsigned char *s, size_t n, const ie_limits *lim, ie_pixels *out) {
   ie_src src = {s, -1, n};
   ie_info *ip = &out->info, info;
   char *why = out->why;
@@ -74,10 +101,18 @@ int ie_decode_raw(const unsigned char *s, size_t n, lua_Integer max_px, ie_pixel
     return 0;
   }
   /* Refuse decompression bombs from the header, before any allocation. */
-  if ((uint64_t)info.width * info.height > (uint64_t)max_px) {
+  if ((uint64_t)info.width * info.height > (uint64_t)lim->pixels) {
     out->reason = "too_large";
     snprintf(why, whylen, "%ux%u is more than %lld pixels", (unsigned)info.width, (unsigned)info.height,
-             (long long)max_px);
+             (long long)lim->pixels);
+    return 0;
+  }
+  double need = decode_bytes(&info);
+  if (need > (double)lim->bytes) {
+    out->reason = "too_large";
+    snprintf(why, whylen, "%ux%u %d-bit %s needs %.0f MiB to decode (%.0f bytes), more than max_decode_bytes (%lld)",
+             (unsigned)info.width, (unsigned)info.height, info.bit_depth, info.format, need / 1048576, need,
+             (long long)lim->bytes);
     return 0;
   }
   int webp = strcmp(info.format, "webp") == 0;
@@ -114,15 +149,15 @@ unsigned char *ie_box_adopt(void *bp, ie_pixels *px) {
   return (unsigned char *)b->p;
 }
 
-/* decode(bytes [, max_pixels]) -> rgba, width, height | nil, message, reason */
+/* decode(bytes [, max_pixels [, max_bytes]]) -> rgba, width, height | nil, message, reason */
 static int l_decode(lua_State *L) {
   size_t n;
   const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
-  lua_Integer max_px = luaL_optinteger(L, 2, DEFAULT_MAX_PIXELS);
+  ie_limits lim = {luaL_optinteger(L, 2, IE_MAX_PIXELS), luaL_optinteger(L, 3, IE_MAX_DECODE_BYTES)};
   box *b = box_new(L); /* first: nothing decoded is left unowned if Lua raises */
   ie_pixels px;
   memset(&px, 0, sizeof px);
-  int ok = ie_decode_raw(s, n, max_px, &px);
+  int ok = ie_decode_raw(s, n, &lim, &px);
   ie_box_adopt(b, &px);
   if (!ok)
     return ie_fail(L, px.reason, "%s", px.why);

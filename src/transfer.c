@@ -113,7 +113,8 @@ void ie_transfer_setup(lua_State *L, int spec, int self, transfer *t, multi *m) 
   luaL_argcheck(L, !dec || !strcmp(dec, "json") || !strcmp(dec, "bytes"), spec, "spec.decode: json or bytes");
   t->decode = dec != NULL;
   t->raw_picture = dec && !strcmp(dec, "bytes");
-  t->max_px = (lua_Integer)ie_opt_number(L, spec, "max_pixels", 50e6);
+  t->limits.pixels = (lua_Integer)ie_opt_number(L, spec, "max_pixels", IE_MAX_PIXELS);
+  t->limits.bytes = (lua_Integer)ie_opt_number(L, spec, "max_decode_bytes", IE_MAX_DECODE_BYTES);
   sse_queue_init(&t->events, t->max);
   t->events.free_extra = ie_decoded_free;
   CURL *e = t->e;

@@ -131,6 +131,20 @@ local function bxor(a, b)
   end
   return r
 end
+-- The native XOR where there is one (5.3+ operators, LuaJIT's bit, 5.2's
+-- bit32): the CRC of a picture of megabytes takes a second instead of a
+-- minute. LuaJIT's bit.bxor is signed: back to 0..2^32-1.
+do
+  local native = (loadstring or load)("return function(a, b) return a ~ b end")
+  if native then
+    bxor = native()
+  elseif bit32 then
+    bxor = bit32.bxor
+  elseif bit then
+    local bx = bit.bxor
+    bxor = function(a, b) return bx(a, b) % 4294967296 end
+  end
+end
 
 -- pack(fmt, ...): the subset of string.pack the fixtures need: "<" or ">",
 -- then I1..I4 / i1..i4 (unsigned, signed) and B.
@@ -277,6 +291,48 @@ function H.png_bomb(w, h, idat)
   local n = idat or math.ceil(w * h / 8 / 1032) + 16
   return "\137PNG\r\n\26\n" .. chunk("IHDR", H.pack(">I4I4BBBBB", w, h, 1, 0, 0, 0, 0))
     .. be32(n) .. "IDAT" .. string.rep("\0", n) .. "\0\0\0\0" .. chunk("IEND", "")
+end
+
+-- A PNG that inflates to far more than it weighs: w x h RGBA at 16 bits,
+-- every row zero, deflated with fixed Huffman codes (a literal, then
+-- 258-byte copies of it, 13 bits each), so that it passes inspection and
+-- every pixel bound as a real one would. 7000 x 7000 is 2.5 MB of PNG
+-- that takes stb_image about 1 GB to decode.
+function H.png16_bomb(w, h)
+  local n = h * (1 + w * 8) -- the inflated rows, filter bytes included
+  -- Bits go out least significant first; Huffman codes most significant first.
+  local out, acc, nbits = {}, 0, 0
+  local function bits(v, k)
+    for _ = 1, k do
+      acc = acc + (v % 2) * 2 ^ nbits
+      v, nbits = math.floor(v / 2), nbits + 1
+      if nbits == 8 then out[#out + 1], acc, nbits = string.char(acc), 0, 0 end
+    end
+  end
+  local function code(c, k)
+    for i = k - 1, 0, -1 do bits(math.floor(c / 2 ^ i) % 2, 1) end
+  end
+  local function literal0() code(0x30, 8) end
+  local function copy258() code(0xC5, 8) code(0, 5) end -- length 285 (258), distance 1
+  bits(1, 1) bits(1, 2) -- the final block, fixed codes
+  literal0()
+  copy258() -- 3 + 8 + 13 bits: byte aligned from here
+  local rest = n - 259
+  local head = table.concat(out)
+  out = {}
+  for _ = 1, 8 do copy258() end -- 104 bits: 13 bytes that repeat
+  local eight = table.concat(out)
+  local groups = math.floor(rest / (258 * 8))
+  rest = rest - groups * 258 * 8
+  out = {}
+  for _ = 1, math.floor(rest / 258) do copy258() end
+  for _ = 1, rest % 258 do literal0() end
+  code(0, 7) -- end of block
+  if nbits > 0 then bits(0, 8 - nbits) end
+  -- the Adler-32 of n zero bytes: a stays 1, b counts them
+  local z = "\120\1" .. head .. string.rep(eight, groups) .. table.concat(out) .. be32((n % 65521) * 65536 + 1)
+  return "\137PNG\r\n\26\n" .. chunk("IHDR", H.pack(">I4I4BBBBB", w, h, 16, 6, 0, 0, 0)) .. chunk("IDAT", z)
+    .. chunk("IEND", "")
 end
 
 -- ---- the emulator and clients ----

@@ -23,6 +23,7 @@
 ---@field tls? "unknown_ca"|"host_mismatch"|"expired"|"not_yet_valid"|"revoked"|"untrusted"|"not_tls"|"ca_file"|"handshake"
 ---@field attempts integer
 ---@field report? imgedit.MaskReport
+---@field reason? "too_large"|"corrupt"|"truncated"|"unsupported"|string why a picture was not decoded
 
 ---@class imgedit.Usage
 ---@field input_tokens integer
@@ -64,11 +65,12 @@ local Image = {}
 ---The picture as RGBA8 (width*height*4 bytes, rows top to bottom): img.pixels
 ---when it came decoded (decode = "rgba"), else decoded here, on the calling
 ---thread, once (kept in img.pixels).
----@param max_pixels? integer
+---@param max_pixels? integer default require("imgedit.image").max_pixels
+---@param max_bytes? integer default require("imgedit.image").max_decode_bytes
 ---@return string|nil pixels
 ---@return integer|imgedit.Error width_or_err
 ---@return integer|nil height
-function Image:rgba(max_pixels) end
+function Image:rgba(max_pixels, max_bytes) end
 
 ---Write the image atomically (temp file, fsync, rename); a name that asks
 ---for another format (.png, .jpg/.jpeg, .webp) gets the picture converted.
@@ -79,6 +81,13 @@ function Image:rgba(max_pixels) end
 function Image:save(path, opts) end
 
 ---@alias imgedit.Source string|imgedit.Image|{bytes: string, filename?: string}
+
+---require("imgedit.image"): the bounds of every decode (inputs, answers,
+---partials, masks, preserve, fit, conversions on save), to set. A picture
+---over either is refused from its header, before any allocation.
+---@class imgedit.ImageModule
+---@field max_pixels integer pixels the header declares (50,000,000)
+---@field max_decode_bytes integer memory the decode takes at its peak, bit depth and channels counted (268,435,456)
 
 ---@class imgedit.Progress
 ---@field phase "upload"|"wait"|"download"

@@ -298,7 +298,9 @@ local function start(self, kind, req, level)
   end
   spec.timeout, spec.connect_timeout, spec.idle_timeout = opts.timeout, opts.connect_timeout, opts.idle_timeout
   -- The network thread hands each picture of the answer to the decoder thread.
-  if opts.decode == "rgba" then spec.decode, spec.max_pixels = "json", image.max_pixels end
+  if opts.decode == "rgba" then
+    spec.decode, spec.max_pixels, spec.max_decode_bytes = "json", image.max_pixels, image.max_decode_bytes
+  end
   job.spec, job.fields, job.inpaint = spec, fields, inpaint
   return enqueue(self, job)
 end

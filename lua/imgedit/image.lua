@@ -50,8 +50,8 @@ end
 -- The bytes in another format: decoded and encoded again (JPEG has no
 -- alpha: a transparent pixel keeps its colour and loses its transparency).
 local function convert(img, fmt, quality)
-  local px, w, h = core.decode(img.bytes)
-  if not px then return nil, w end
+  local px, w, h = core.decode(img.bytes, M.max_pixels, M.max_decode_bytes)
+  if not px then return nil, w, h end
   local out, msg = core.encode(px, w, h, fmt, quality or 90)
   -- The picture's metadata (its lineage) survives the new format.
   local xmp = out and core.xmp_read(img.bytes)
@@ -69,10 +69,10 @@ function methods:save(path, opts)
   local bytes = self.bytes
   local want = M.format_of_name(path)
   if want and want ~= self.format then
-    local out, msg = convert(self, want, opts and opts.quality)
+    local out, msg, reason = convert(self, want, opts and opts.quality)
     if not out then
       return nil, errors.new("invalid_request", string.format("%s: cannot convert the %s picture to %s: %s", path,
-        self.format, want, tostring(msg)), { param = "path" })
+        self.format, want, tostring(msg)), { param = "path", reason = reason })
     end
     bytes = out
   end
@@ -83,16 +83,16 @@ function methods:save(path, opts)
   return path
 end
 
--- rgba([max_pixels]) -> pixels, width, height | nil, err: the picture as
+-- rgba([max_pixels [, max_bytes]]) -> pixels, width, height | nil, err: the picture as
 -- RGBA8 (width * height * 4 bytes, rows top to bottom). A picture asked
 -- for with decode = "rgba" has them already in img.pixels, decoded off the
 -- caller's thread; any other is decoded here, on the calling thread, once:
 -- the result stays in img.pixels (set it to nil to free it).
-function methods:rgba(max_pixels)
+function methods:rgba(max_pixels, max_bytes)
   local px = rawget(self, "pixels")
   if px then return px, self.width, self.height end
   local w, h
-  px, w, h = core.decode(self.bytes, max_pixels or M.max_pixels)
+  px, w, h = core.decode(self.bytes, max_pixels or M.max_pixels, max_bytes or M.max_decode_bytes)
   if not px then
     -- a picture the service made and sent broken, or one of the caller's
     return nil, errors.new(rawget(self, "model") and "protocol" or "invalid_request",
@@ -162,12 +162,18 @@ end
 -- pixels is refused before any pixel memory is allocated.
 M.max_pixels = 50000000
 
+-- ... and so is the memory a decode takes at its peak (bit depth and
+-- channels count: a 16-bit PNG of 7000x7000 weighs 381 KB and takes ~1 GB).
+-- 256 MiB: the largest picture a provider makes (3840x2160) needs ~66 MB
+-- as an 8-bit RGBA PNG, a 24 MP camera JPEG as an edit input ~170 MB.
+M.max_decode_bytes = 268435456
+
 -- pixels(src) -> rgba, w, h, bytes, name | nil, err (decodes; use only when a
 -- header cannot answer the question).
 function M.pixels(src, what, max_pixels)
   local bytes, name = M.bytes_of(src, what)
   if not bytes then return nil, name end
-  local px, w, h = core.decode(bytes, max_pixels or M.max_pixels)
+  local px, w, h = core.decode(bytes, max_pixels or M.max_pixels, M.max_decode_bytes)
   if not px then
     return nil, errors.new("invalid_request", (name and name .. ": " or "") .. w, { param = what, reason = h })
   end

@@ -259,6 +259,7 @@ function M.launch(job)
       timeout = job.opts.timeout, connect_timeout = job.opts.connect_timeout,
       idle_timeout = job.opts.idle_timeout, max_response_bytes = c.max_download_bytes,
       decode = job.opts.decode == "rgba" and "bytes" or nil, max_pixels = image.max_pixels,
+      max_decode_bytes = image.max_decode_bytes,
     }
     if not t then -- a forked child's inherited client: the picture stays the parent's to fetch
       return finish(job, nil, errors.new("canceled", msg .. "; the picture is paid for and can still be downloaded"

@@ -191,8 +191,8 @@ local function inpaint(answer, base, mask, o, preserve, fn)
   -- An answer decoded already (decode = "rgba") is not decoded again.
   local px = image.is(answer) and rawget(answer, "pixels") or nil
   local r, msg, reason = core.inpaint(a, b, m, { tolerance = o.tolerance or M.TOLERANCE, feather = o.feather or M.FEATHER,
-    quality = o.quality, preserve = preserve, max_pixels = image.max_pixels, answer_rgba = px,
-    width = px and answer.width, height = px and answer.height, keep_rgba = o.pixels == true })
+    quality = o.quality, preserve = preserve, max_pixels = image.max_pixels, max_bytes = image.max_decode_bytes,
+    answer_rgba = px, width = px and answer.width, height = px and answer.height, keep_rgba = o.pixels == true })
   if not r then return nil, errors.new("invalid_request", msg, { param = "mask", reason = reason }) end
   r.drift = r.keep > 0 and r.drifted / r.keep or 0
   r.spill = r.edit > 0 and r.unchanged / r.edit or 0

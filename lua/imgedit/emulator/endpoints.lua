@@ -20,6 +20,9 @@ local function tint_of(prompt)
   return { byte(1), byte(2), byte(3) }, { 255 - byte(1), 255 - byte(2), 255 - byte(3) }
 end
 
+-- Within the core's default bounds (50,000,000 pixels, 256 MiB of decode,
+-- the client's defaults too): an input over them, a bomb, is left out of
+-- the picture rather than decoded in the tests' process.
 local function layer(bytes)
   local px, w, h = core.decode(bytes)
   if not px then return nil end
