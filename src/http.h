@@ -160,6 +160,7 @@ struct transfer {
   int decode;       /* decode the pictures of the answer to RGBA off the caller's thread */
   int raw_picture;  /* ... the answer is a picture's bytes, not JSON */
   int unreadable;   /* the index of a file part that could not be opened */
+  int changed;      /* ... whose file changed while it was sent (network thread's, then the caller's) */
   ie_limits limits; /* of each decode */
   sse_queue parsed; /* events parsed, not yet moved to the caller's queue */
   /* A billable request: libcurl may not send it again once the whole body
@@ -255,9 +256,19 @@ IE_LOCAL size_t ie_decoded_cost(const ie_decoded *d);
 
 /* record.c: the network thread's callbacks, set on e for t. */
 IE_LOCAL void ie_transfer_callbacks(CURL *e, transfer *t);
-/* A file part streamed from disk (opened close-on-exec); CURLE_READ_ERROR
- * when the file cannot be opened. */
-IE_LOCAL CURLcode ie_part_file(curl_mimepart *part, const char *path);
+/* What a file part must still be when it is opened and when its last
+ * chunk is read: stamp (ie_file_stamp) and/or the SHA-256 of its bytes
+ * (32 bytes) and/or its size (-1: any). NULL fields are not checked. */
+typedef struct ie_file_check {
+  const char *stamp;
+  const unsigned char *sha256;
+  curl_off_t size;
+} ie_file_check;
+/* A file part streamed from disk (opened close-on-exec), part `index` of t;
+ * CURLE_READ_ERROR when the file cannot be opened or fails check. A change
+ * seen while it is sent aborts the transfer with t->changed = index. */
+IE_LOCAL CURLcode ie_part_file(curl_mimepart *part, const char *path, const ie_file_check *check, transfer *t,
+                               int index);
 /* A part from len bytes at data, which the caller keeps alive. */
 IE_LOCAL CURLcode ie_part_memory(curl_mimepart *part, const char *data, size_t len);
 /* x-ratelimit-{limit,remaining,reset}-{requests,tokens,images}, in t->ratelimit's order. */

@@ -45,6 +45,13 @@ typedef struct ie_src {
 IE_LOCAL int ie_inspect(const ie_src *s, ie_info *out, char *why, size_t whylen);
 IE_LOCAL int ie_lua_inspect(lua_State *L);
 
+/* A file's identity and last change as a string (device, inode, size,
+ * mtime, ctime): equal stamps, same file, unchanged since, save a change
+ * within the file system's timestamp tick (see inspect's `racy`). */
+#define IE_STAMP_LEN 112
+struct stat;
+IE_LOCAL void ie_file_stamp(const struct stat *st, char *out, size_t len);
+
 /* ---- codecs (codec.c) ---- */
 IE_LOCAL void ie_open_codec(lua_State *L);
 /* Lua-free, for any thread: */

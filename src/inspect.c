@@ -5,8 +5,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <webp/decode.h>
@@ -321,6 +323,24 @@ int ie_inspect(const ie_src *s, ie_info *o, char *why, size_t wl) {
 
 /* ---- Lua binding: inspect(path) / inspect(bytes, true) ---- */
 
+void ie_file_stamp(const struct stat *st, char *out, size_t len) {
+  snprintf(out, len, "%llu:%llu:%lld:%lld.%09ld:%lld.%09ld", (unsigned long long)st->st_dev,
+           (unsigned long long)st->st_ino, (long long)st->st_size, (long long)st->st_mtim.tv_sec,
+           (long)st->st_mtim.tv_nsec, (long long)st->st_ctim.tv_sec, (long)st->st_ctim.tv_nsec);
+}
+
+/* A file changed within the last two seconds (or in the future) may change
+ * again without its ctime moving: timestamps advance by a clock tick, and
+ * by whole seconds on some file systems. Its stamp alone cannot vouch for
+ * its bytes. */
+static int racy(const struct stat *st) {
+  struct timespec now;
+  if (clock_gettime(CLOCK_REALTIME, &now) != 0)
+    return 1;
+  double age = (double)(now.tv_sec - st->st_ctim.tv_sec) + (double)(now.tv_nsec - st->st_ctim.tv_nsec) / 1e9;
+  return age < 2.0;
+}
+
 static void push_info(lua_State *L, const ie_info *o) {
   lua_createtable(L, 0, 10);
   lua_pushstring(L, o->format), lua_setfield(L, -2, "format");
@@ -349,7 +369,8 @@ int ie_lua_inspect(lua_State *L) {
   int from_bytes = lua_toboolean(L, 2);
   ie_src s = {NULL, -1, 0};
   ie_info info;
-  char why[160];
+  char why[160], stamp[IE_STAMP_LEN] = "";
+  int is_racy = 0;
   if (from_bytes) {
     s.mem = (const unsigned char *)arg, s.size = len;
   } else {
@@ -363,6 +384,9 @@ int ie_lua_inspect(lua_State *L) {
       return ie_fail(L, "io", dir ? "is a directory" : "not a regular file");
     }
     s.size = (uint64_t)st.st_size;
+    /* Taken before the header is read: a change from here on shows. */
+    ie_file_stamp(&st, stamp, sizeof stamp);
+    is_racy = racy(&st);
   }
   int rc = ie_inspect(&s, &info, why, sizeof why);
   if (s.fd >= 0)
@@ -370,5 +394,9 @@ int ie_lua_inspect(lua_State *L) {
   if (rc != IE_OK)
     return ie_fail(L, status_names[rc], "%s", why);
   push_info(L, &info);
+  if (stamp[0]) {
+    lua_pushstring(L, stamp), lua_setfield(L, -2, "stamp");
+    lua_pushboolean(L, is_racy), lua_setfield(L, -2, "racy");
+  }
   return 1;
 }

@@ -16,6 +16,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+
 #include "http.h"
 
 /* Events parsed here go to the caller's queue in one move under the lock,
@@ -235,11 +238,40 @@ static int on_prereq(void *ud, char *ip, char *local_ip, int port, int local_por
 /* A file part, streamed from disk at send time. Opened here rather than by
  * libcurl (curl_mime_filedata), so that it is close-on-exec: a program the
  * caller spawns meanwhile must not hold the caller's files. pread keeps the
- * rewind libcurl may ask for trivial. */
+ * rewind libcurl may ask for trivial.
+ *
+ * The bytes sent must be the bytes the caller checked: the file's stamp (or,
+ * for a file changed just before its check, the SHA-256 of the bytes
+ * checked) is compared when the part is opened and again before its last
+ * chunk goes out. A file changed in between stops the upload there, so the
+ * service never gets a whole request, and the transfer says which part. */
 typedef struct filesrc {
   int fd;
   curl_off_t size, pos;
+  transfer *t;
+  int index;
+  char stamp[IE_STAMP_LEN]; /* as checked; "" for none */
+  EVP_MD_CTX *md;           /* with want: the bytes read so far */
+  unsigned char want[SHA256_DIGEST_LENGTH];
 } filesrc;
+
+/* Network thread: whether the file still is what was checked, all of it read. */
+static int file_same(filesrc *f) {
+  if (f->md) {
+    unsigned char got[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    return EVP_DigestFinal_ex(f->md, got, &n) && n == sizeof f->want && memcmp(got, f->want, n) == 0;
+  }
+  if (f->stamp[0]) {
+    struct stat st;
+    char now[IE_STAMP_LEN];
+    if (fstat(f->fd, &st) != 0)
+      return 0;
+    ie_file_stamp(&st, now, sizeof now);
+    return strcmp(now, f->stamp) == 0;
+  }
+  return 1;
+}
 
 static size_t file_read(char *buf, size_t sz, size_t n, void *arg) {
   filesrc *f = (filesrc *)arg;
@@ -249,8 +281,19 @@ static size_t file_read(char *buf, size_t sz, size_t n, void *arg) {
   if (k == 0)
     return 0;
   ssize_t got = pread(f->fd, buf, k, (off_t)f->pos);
-  if (got <= 0) /* shrunk or unreadable since it was opened */
+  if (got <= 0) { /* shrunk or unreadable since it was opened */
+    f->t->changed = f->index;
     return CURL_READFUNC_ABORT;
+  }
+  if (f->md && !EVP_DigestUpdate(f->md, buf, (size_t)got)) {
+    f->t->changed = f->index;
+    return CURL_READFUNC_ABORT;
+  }
+  /* The last chunk waits in buf, not yet sent: the check goes before it. */
+  if (f->pos + got == f->size && !file_same(f)) {
+    f->t->changed = f->index;
+    return CURL_READFUNC_ABORT;
+  }
   f->pos += got;
   return (size_t)got;
 }
@@ -259,6 +302,10 @@ static int file_seek(void *arg, curl_off_t off, int origin) {
   filesrc *f = (filesrc *)arg;
   if (origin != SEEK_SET || off < 0 || off > f->size)
     return CURL_SEEKFUNC_CANTSEEK;
+  if (f->md) { /* the digest covers the bytes from the start, in order */
+    if (off != 0 || !EVP_DigestInit_ex(f->md, EVP_sha256(), NULL))
+      return CURL_SEEKFUNC_CANTSEEK;
+  }
   f->pos = off;
   return CURL_SEEKFUNC_OK;
 }
@@ -266,27 +313,42 @@ static int file_seek(void *arg, curl_off_t off, int origin) {
 static void file_free(void *arg) {
   filesrc *f = (filesrc *)arg;
   close(f->fd);
+  EVP_MD_CTX_free(f->md);
   free(f);
 }
 
-/* Caller's thread, while building: the file at path as a part's data;
- * CURLE_READ_ERROR when it cannot be opened (gone or unreadable since it
- * was checked). Its reads run on the network thread. */
-CURLcode ie_part_file(curl_mimepart *part, const char *path) {
+/* Caller's thread, while building: the file at path as part `index` of t;
+ * CURLE_READ_ERROR when it cannot be opened, or is not the file checked
+ * (gone, unreadable or changed since). Its reads run on the network thread. */
+CURLcode ie_part_file(curl_mimepart *part, const char *path, const ie_file_check *check, transfer *t, int index) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   struct stat st;
   if (fd < 0)
     return CURLE_READ_ERROR;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  char stamp[IE_STAMP_LEN] = "";
+  int ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (check->size < 0 || st.st_size == check->size);
+  if (ok)
+    ie_file_stamp(&st, stamp, sizeof stamp);
+  if (!ok || (check->stamp && strcmp(stamp, check->stamp) != 0)) {
     close(fd);
     return CURLE_READ_ERROR;
   }
-  filesrc *f = malloc(sizeof *f);
+  filesrc *f = calloc(1, sizeof *f);
   if (!f) {
     close(fd);
     return CURLE_OUT_OF_MEMORY;
   }
-  f->fd = fd, f->size = (curl_off_t)st.st_size, f->pos = 0;
+  f->fd = fd, f->size = (curl_off_t)st.st_size, f->pos = 0, f->t = t, f->index = index;
+  if (check->stamp)
+    memcpy(f->stamp, stamp, sizeof stamp);
+  if (check->sha256) {
+    memcpy(f->want, check->sha256, sizeof f->want);
+    f->md = EVP_MD_CTX_new();
+    if (!f->md || !EVP_DigestInit_ex(f->md, EVP_sha256(), NULL)) {
+      file_free(f);
+      return CURLE_OUT_OF_MEMORY;
+    }
+  }
   CURLcode rc = curl_mime_data_cb(part, f->size, file_read, file_seek, file_free, f);
   if (rc != CURLE_OK)
     file_free(f);

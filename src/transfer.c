@@ -37,7 +37,25 @@ static void add_headers(lua_State *L, int spec, transfer *t) {
   lua_pop(L, 1);
 }
 
-/* parts = { {name=, value=} | {name=, path=, filename=, type=} | {name=, data=, filename=, type=} } */
+/* hex (2 * n digits) into out; 0 when it is not that. */
+static int unhex(const char *hex, unsigned char *out, size_t n) {
+  if (!hex || strlen(hex) != 2 * n)
+    return 0;
+  for (size_t i = 0; i < 2 * n; i++) {
+    char c = hex[i];
+    int v = c >= '0' && c <= '9'   ? c - '0'
+            : c >= 'a' && c <= 'f' ? c - 'a' + 10
+            : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                   : -1;
+    if (v < 0)
+      return 0;
+    out[i / 2] = (unsigned char)(i % 2 ? out[i / 2] | v : v << 4);
+  }
+  return 1;
+}
+
+/* parts = { {name=, value=} | {name=, path=, filename=, type=[, stamp=, sha256=, bytes=]} |
+ *           {name=, data=, filename=, type=} } */
 static void add_parts(lua_State *L, int spec, int self, transfer *t) {
   lua_getfield(L, spec, "parts");
   if (!lua_istable(L, -1)) {
@@ -66,8 +84,13 @@ static void add_parts(lua_State *L, int spec, int self, transfer *t) {
     if (rc == CURLE_OK && value)
       rc = curl_mime_data(part, value, len);
     else if (rc == CURLE_OK && path) {
-      rc = ie_part_file(part, path); /* streamed from disk at send time */
-      if (rc == CURLE_READ_ERROR) {  /* gone or unreadable since it was checked: the caller's to say */
+      /* streamed from disk at send time, and still the bytes checked */
+      unsigned char sha[32];
+      ie_file_check check = {ie_opt_lstring(L, p, "stamp", NULL), NULL, (curl_off_t)ie_opt_integer(L, p, "bytes", -1)};
+      if (unhex(ie_opt_lstring(L, p, "sha256", NULL), sha, sizeof sha))
+        check.sha256 = sha;
+      rc = ie_part_file(part, path, &check, t, (int)i);
+      if (rc == CURLE_READ_ERROR) { /* gone or unreadable since it was checked: the caller's to say */
         t->unreadable = (int)i;
         lua_settop(L, parts - 1);
         return;
@@ -191,6 +214,8 @@ static const char *reason_of(const transfer *t) {
     return "headers";
   if (t->idle)
     return "idle";
+  if (t->changed)
+    return "changed"; /* before "lost": the abort is why the body stopped */
   if (t->resend_blocked)
     return "lost";
   if (t->via_proxy && (t->code == CURLE_COULDNT_CONNECT || t->code == CURLE_COULDNT_RESOLVE_PROXY))
@@ -232,6 +257,10 @@ void ie_transfer_push_result(lua_State *L, const transfer *t) {
     lua_setfield(L, -2, "error");
     lua_pushinteger(L, t->code);
     lua_setfield(L, -2, "curl_code");
+    if (t->changed) {
+      lua_pushinteger(L, t->changed);
+      lua_setfield(L, -2, "part");
+    }
     if (strcmp(reason, "tls") == 0)
       set_str(L, "tls", ie_net_tls_problem(t));
     long cc = 0;

@@ -254,4 +254,106 @@ describe("money", function()
     assert.are.equal(1, #H.api_requests(emu))
     c:close()
   end)
+
+  -- Issue 33: what the service gets is what was checked. A slow reader (the
+  -- emulator stops reading the upload for a while) holds the upload part
+  -- way while the test changes the file; the file is larger than what the
+  -- loopback buffers hold, so its last chunk is still to be read.
+  describe("the bytes sent are the bytes checked", function()
+    local BIG = 9 * 2 ^ 20 -- under the 10 MB of the emulated gateway
+    local function big(name, fill)
+      return H.write(dir .. "/" .. name, H.png(64, 64) .. string.rep(fill, BIG))
+    end
+    -- rewrite in place: same file, same size, other bytes
+    local function scribble(path)
+      local f = assert(io.open(path, "r+b"))
+      f:seek("set", 5 * 2 ^ 20)
+      f:write(string.rep("!", 4096))
+      f:close()
+    end
+    local function changed_during_send(path, change)
+      local c = H.client(emu, { max_retries = 2 })
+      emu:inject { pause_upload = 1.5 * H.SLOW, pause_at = 65536 }
+      local job = c:submit("edit", { prompt = "x", images = { path } })
+      sleep(0.5 * H.SLOW) -- the upload is part way, waiting on the reader
+      change(path)
+      local img, err = job:wait()
+      c:close()
+      return img, err, job
+    end
+
+    it("stops the upload before its end when the file is rewritten while it is sent (a file just made)", function()
+      local path = big("fresh.png", "a")
+      local img, err, job = changed_during_send(path, scribble)
+      assert.is_nil(img)
+      assert.are.equal("io", err.kind)
+      assert.matches("fresh.png changed on disk after it was checked", err.message, 1, true)
+      assert.matches("nothing was billed", err.message, 1, true)
+      assert.is_nil(err.maybe_billed)
+      assert.is_false(err.retryable)
+      assert.are.equal(1, job.attempts, "not sent again")
+      assert.are.equal(0, #H.api_requests(emu), "no whole request reached the service")
+    end)
+
+    it("stops it too for a file older than its timestamps' tick, by its stamp", function()
+      local path = big("old.png", "b")
+      sleep(2.2) -- now its ctime vouches for it: no hash at submit
+      assert.is_false(core.inspect(path).racy)
+      local img, err = changed_during_send(path, scribble)
+      assert.is_nil(img)
+      assert.are.equal("io", err.kind)
+      assert.matches("old.png changed on disk", err.message, 1, true)
+      assert.are.equal(0, #H.api_requests(emu))
+      -- unchanged, the same file goes through whole
+      local c = H.client(emu)
+      assert.truthy(c:edit { prompt = "x", images = { path } })
+      assert.are.equal(1, #H.api_requests(emu))
+      c:close()
+    end)
+
+    it("a file replaced by another while it is sent: what completes carries the bytes checked", function()
+      local path = big("swap.png", "c")
+      local checked = core.sha256(H.read(path))
+      local img, err = changed_during_send(path, function(p)
+        H.write(p .. ".new", H.png(64, 64) .. string.rep("d", BIG))
+        assert(os.rename(p .. ".new", p))
+      end)
+      -- The open file is still the one checked: sent whole, or stopped.
+      local got = H.api_requests(emu)
+      if img then
+        assert.are.equal(1, #got)
+        assert.are.equal(checked, got[1].files[1].sha256)
+      else
+        assert.are.equal("io", err.kind)
+        assert.are.equal(0, #got)
+      end
+    end)
+
+    it("a file changed or replaced while its job waited for a slot: no whole request with the new bytes", function()
+      local function swap(p)
+        H.write(p .. ".new", H.png(64, 64) .. string.rep("z", BIG))
+        assert(os.rename(p .. ".new", p))
+      end
+      local paths = { old_scribble = big("q1.png", "e"), old_swap = big("q2.png", "f") }
+      sleep(2.2) -- these two are checked by their stamps; the next two by their bytes
+      paths.new_scribble, paths.new_swap = big("q3.png", "g"), big("q4.png", "h")
+      for _, case in ipairs { "old_scribble", "old_swap", "new_scribble", "new_swap" } do
+        emu:clear()
+        local path = paths[case]
+        local c = H.client(emu, { max_concurrency = 1 })
+        emu:configure { latency = 1 * H.SLOW }
+        local first = c:submit("edit", { prompt = "x", images = { pic } })
+        local queued = c:submit("edit", { prompt = "y", images = { path } })
+        if case:find("scribble") then scribble(path) else swap(path) end
+        assert.truthy(first:wait())
+        local img, err = queued:wait()
+        c:close()
+        assert.is_nil(img, case)
+        assert.are.equal("io", err.kind, case)
+        assert.matches(path:match("[^/]+$"), err.message, 1, true)
+        assert.is_nil(err.maybe_billed, case)
+        assert.are.equal(1, #H.api_requests(emu), case .. ": only the first")
+      end
+    end)
+  end)
 end)

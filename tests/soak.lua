@@ -4,14 +4,18 @@
 -- sides of idle_timeout and timeout; the emulator's faults (5xx, 429,
 -- resets and closes before and after the whole upload, headers then a
 -- thinking model, stalls, cut streams, streams held open after their
--- completed event, whole answers whose connection then breaks); cancels,
--- closes and dropped clients at random moments. Then the invariants:
+-- completed event, whole answers whose connection then breaks, a reader
+-- that stops reading the upload a while); cancels, closes and dropped
+-- clients at random moments; an input file rewritten in place or replaced
+-- while its uploads are queued or under way (issue 33). Then the invariants:
 --   - every request the emulator answered in full (a 200, every byte sent)
 --     reaches its caller, as an Image, err.image or err.url, unless the
 --     caller let the job go (cancel, close, a dropped client);
 --   - no job's request reached the service twice (a 200, or a connection
 --     closed after the whole upload) without the caller asking;
---   - no job is left running.
+--   - no job is left running;
+--   - every request that reached the service carries the bytes its job
+--     checked when it was submitted.
 -- Used by tests/soak_spec.lua (bounded, in make test) and `make soak`
 -- (longer, under ASan and ThreadSanitizer builds).
 local core = require "imgedit.core"
@@ -46,7 +50,26 @@ local FAULTS = {
   function(r, _, total) return { hang_after_completed = clear_of(r, total) } end,
   function() return { whole_then_cut = true } end,
   function(r) return { truncate = r(400) } end,
+  function(r, idle) return { pause_upload = clear_of(r, idle), pause_at = r(2) == 1 and 0 or r(60000) } end,
 }
+
+-- An input that changes: a PNG header, then `fill` over 2 MB (more than the
+-- loopback buffers hold while a reader pauses). Rewritten in place or
+-- replaced by a rename.
+local SHIFTY = 2 * 2 ^ 20
+local function shifty_bytes(fill) return H.png(48, 48) .. string.rep(string.char(fill % 256), SHIFTY) end
+local function rewrite(path, fill, in_place)
+  local bytes = shifty_bytes(fill)
+  if in_place then
+    local f = assert(io.open(path, "r+b"))
+    f:write(bytes)
+    f:close()
+  else
+    H.write(path .. ".new", bytes)
+    assert(os.rename(path .. ".new", path))
+  end
+  return core.sha256(bytes)
+end
 
 local PATTERNS = { "tight", "frames", "poll", "wait" }
 
@@ -61,6 +84,10 @@ function S.run(o)
   -- no shell: under a ThreadSanitizer preload a child shell cannot start
   local pic = os.tmpname()
   H.write(pic, H.png(48, 48, function(x, y) return (x * 5 + y) % 256 end))
+  local pic_sha = core.sha256(H.read(pic))
+  local shifty, fill = os.tmpname(), 1
+  H.write(shifty, shifty_bytes(fill))
+  local shifty_sha = core.sha256(shifty_bytes(fill))
   local sleeper = imgedit.new { base_url = emu.url, api_key = emu.key } -- idle: its poll(t) sleeps t
   local jobs = {} -- prompt -> { outcome = ..., let_go = why }
   local stats = { jobs = 0, rounds = 0, images = 0, err_image = 0, err_url = 0, failed = {}, canceled = 0,
@@ -91,14 +118,19 @@ function S.run(o)
       end
       if r(4) == 1 then req.decode = "rgba" end
       local kind = r(2) == 1 and "edit" or "generate"
-      if kind == "edit" then req.images = { pic } end
       local rec = { kind = kind, stream = req.stream }
+      if kind == "edit" and r(3) == 1 then
+        req.images, rec.sent_sha = { shifty }, shifty_sha
+      elseif kind == "edit" then
+        req.images, rec.sent_sha = { pic }, pic_sha
+      end
       jobs[prompt] = rec
       mine[#mine + 1] = { prompt = prompt, job = c:submit(kind, req), rec = rec }
       stats.jobs = stats.jobs + 1
     end
     local pattern = PATTERNS[r(#PATTERNS)]
     local chaos = r(6) -- 1: cancel some, 2: close mid-way, 3: drop the client, else none
+    local shift_at = r(2) == 1 and r(40) or nil -- the poll at which the changing input changes
     local deadline = core.now() + 25 * H.SLOW
     local polls = 0
     local function pending()
@@ -107,6 +139,11 @@ function S.run(o)
     end
     while pending() and core.now() < deadline do
       polls = polls + 1
+      if polls == shift_at then
+        fill = fill + 1
+        shifty_sha = rewrite(shifty, fill, r(2) == 1)
+        stats.shifted = (stats.shifted or 0) + 1
+      end
       if chaos == 1 and r(40) == 1 then
         local m = mine[r(#mine)]
         if m.job:cancel("soak") then m.rec.let_go = "canceled" end
@@ -168,6 +205,7 @@ function S.run(o)
   sleeper:close()
   emu:stop()
   os.remove(pic)
+  os.remove(shifty)
   return stats, violations
 end
 
@@ -180,6 +218,10 @@ function S.check(emu, jobs, violations, stats)
     local p = e.fields and e.fields.prompt
     if p and jobs[p] then
       stats.requests = stats.requests + 1
+      local sent = e.files and e.files[1] and e.files[1].sha256
+      if sent and jobs[p].sent_sha and sent ~= jobs[p].sent_sha then
+        violations[#violations + 1] = string.format("%s: the service got bytes that were not checked", p)
+      end
       local status = tonumber(e.status)
       if status == 200 or (status == 0 and not e.early) then billed[p] = (billed[p] or 0) + 1 end
       if status == 200 and e.delivered then
@@ -207,9 +249,9 @@ function S.summary(s)
   table.sort(kinds)
   return string.format("soak: %d rounds, %d jobs, %d requests, %d answers delivered in full; reached the caller:"
     .. " %d images, %d err.image, %d err.url; let go by the caller: %d canceled, %d closed, %d dropped;"
-    .. " failed: %s; left running: %d", s.rounds, s.jobs, s.requests or 0, s.delivered or 0, s.images, s.err_image,
+    .. " failed: %s; left running: %d; an input changed %d times", s.rounds, s.jobs, s.requests or 0, s.delivered or 0, s.images, s.err_image,
     s.err_url, s.canceled or 0, s.closed or 0, s.dropped or 0, #kinds > 0 and table.concat(kinds, " ") or "none",
-    s.left_running)
+    s.left_running, s.shifted or 0)
 end
 
 return S

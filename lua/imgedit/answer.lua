@@ -20,7 +20,7 @@ local TRANSPORT = {
   timeout = { "timeout" }, idle = { "timeout" }, too_large = { "protocol" }, read = { "io", false },
   canceled = { "canceled" }, headers = { "protocol" }, protocol = { "protocol" }, redirects = { "protocol" },
   tls = { "network", false }, network = { "network" }, partial = { "protocol" }, lost = { "network" },
-  proxy = { "network", false }, forked = { "canceled", false },
+  proxy = { "network", false }, forked = { "canceled", false }, changed = { "io", false },
 }
 
 -- What a maybe-billed error says of its resending; sent_again() rewrites it
@@ -79,7 +79,7 @@ function M.transport_error(res, what, max, key, billable)
   local msg
   -- A forked child's inherited request is the parent's, answered there.
   local billed = billable and M.maybe_billed(res) and res.reason ~= "canceled" and res.reason ~= "read"
-    and res.reason ~= "forked"
+    and res.reason ~= "forked" and res.reason ~= "changed"
   if res.reason == "too_large" then
     msg = string.format("%s is larger than the %d-byte limit (%s)", what == "the request" and "the answer" or what, max,
       what == "the image download" and "max_download_bytes" or "max_response_bytes")
@@ -91,6 +91,11 @@ function M.transport_error(res, what, max, key, billable)
     msg = what .. " ended early: the answer was cut short (" .. res.error .. ")"
   elseif res.reason == "read" then
     msg = "a local file could not be read during the upload: " .. res.error
+  elseif res.reason == "changed" then
+    -- Stopped before its last chunk: the service never had a whole request.
+    msg = string.format("%s changed on disk after it was checked, while it was being sent: the upload was stopped"
+      .. " before its end, so the service never got the whole request and nothing was billed; send it again to"
+      .. " send the file as it is now", res.file or ("part " .. tostring(res.part)))
   elseif res.reason == "canceled" then
     msg = "canceled"
   elseif res.reason == "forked" then

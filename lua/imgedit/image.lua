@@ -186,6 +186,7 @@ function M.inspect(src)
   if type(src) == "string" then
     info, msg = core.inspect(src)
     if not info then return nil, errors.new("invalid_request", src .. ": " .. msg, { param = "path" }) end
+    info.stamp, info.racy = nil, nil -- the transport's, for the bytes sent
   elseif type(src) == "table" and type(src.bytes) == "string" then
     info, msg = core.inspect(src.bytes, true)
     if not info then return nil, errors.new("invalid_request", msg, { param = "bytes" }) end

@@ -216,6 +216,7 @@ local function advance(job, t, now, finished)
   local c = job.client
   finished[t] = nil
   local res = t:take()
+  if res.part then res.file = job.spec.parts and job.spec.parts[res.part] and job.spec.parts[res.part].path end
   job.transfer, job._last_byte = nil, res.last_byte
   -- The service's rate-limit headers of its last answer, for callers that pace themselves.
   if job.phase ~= "download" then job.ratelimit = res.ratelimit end

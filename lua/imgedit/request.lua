@@ -162,13 +162,41 @@ local function fail(kind, message, fields, key)
   return nil, errors.new(kind, message, fields, key)
 end
 
--- Resolve one image source into {path|data, info, filename, label}.
-local function resolve(src, label, default_name)
+-- A file as the bytes checked: read once, and checked from those bytes.
+-- -> bytes, info | nil, message
+local function read_checked(path)
+  local bytes, msg = core.read_file(path)
+  if not bytes then return nil, msg end
+  local info
+  info, msg = core.inspect(bytes, true)
+  if not info then return nil, msg end
+  return bytes, info
+end
+
+-- Resolve one image source into {path|data, info, filename, label}. A path
+-- is streamed from disk at send time with what vouches for the bytes
+-- checked: its stamp, or for a file changed in the last seconds (whose
+-- stamp cannot) the SHA-256 of the bytes checked; the transport stops the
+-- upload before its end if they differ. With hold, its bytes are read now
+-- and sent from memory.
+local function resolve(src, label, default_name, hold)
   local info, msg, entry
   if type(src) == "string" then
     info, msg = core.inspect(src)
     entry = { path = src, filename = image.basename(src) }
     label = string.format("%s (%s)", label, entry.filename)
+    if info and (hold or info.racy) then
+      local bytes
+      bytes, msg = read_checked(src)
+      info = bytes and msg
+      if hold and bytes then
+        entry.data, entry.path = bytes, nil
+      elseif bytes then
+        entry.sha256, entry.bytes = core.sha256(bytes), #bytes
+      end
+    elseif info then
+      entry.stamp = info.stamp
+    end
   elseif type(src) == "table" and type(src.bytes) == "string" then
     local data = src.bytes
     if image.is(src) then
@@ -275,7 +303,10 @@ function M.prepare(client, kind, req, key, level)
   local images, mask = {}, nil
   if kind == "edit" then
     for i, src in ipairs(M.image_list(req.images)) do
-      local e, msg, bad = resolve(src, "image " .. i, "image-" .. i)
+      -- Image 1 of a masked edit is read again once the answer is in (the
+      -- mask's figures, preserve's composite): its bytes are held, like the
+      -- mask's, so that both read what the service was given.
+      local e, msg, bad = resolve(src, "image " .. i, "image-" .. i, i == 1 and req.mask ~= nil)
       if bad then
         error(string.format("bad request field 'images[%d]' (path, Image or {bytes=...} expected, got %s)", i,
           type(src)), level + 1)
@@ -284,7 +315,7 @@ function M.prepare(client, kind, req, key, level)
       images[i] = e
     end
     if req.mask ~= nil then
-      local e, msg, bad = resolve(req.mask, "mask", "mask")
+      local e, msg, bad = resolve(req.mask, "mask", "mask", true)
       if bad then error("bad request field 'mask' (path, Image or {bytes=...} expected)", level + 1) end
       if not e then return fail("invalid_request", msg, { param = "mask" }, key) end
       mask = e
@@ -311,22 +342,6 @@ function M.prepare(client, kind, req, key, level)
     end
   end
   local inpaint = kind == "edit" and mask and images[1] and { base = images[1], mask = mask } or nil
-  if inpaint then
-    -- The mask's figures and preserve's composite read image 1 and the mask
-    -- once the answer is in: they are read now, once, and these bytes are
-    -- sent, so that both use what the service was given.
-    for _, e in ipairs { inpaint.base, inpaint.mask } do
-      if e.path then
-        local bytes, msg = core.read_file(e.path)
-        if bytes and #bytes ~= e.info.bytes then bytes, msg = nil, "changed while it was read" end
-        if not bytes then
-          return fail("invalid_request", e.label .. ": " .. tostring(msg),
-            e == mask and { param = "mask" } or { param = "images", index = 1 }, key)
-        end
-        e.data, e.path = bytes, nil
-      end
-    end
-  end
   local stream = req.stream == true or req.stream == "true"
   local spec = {
     stream = stream,
@@ -343,11 +358,11 @@ function M.prepare(client, kind, req, key, level)
       if fields[k] ~= nil then parts[#parts + 1] = { name = k, value = fields[k] } end
     end
     for _, e in ipairs(images) do
-      parts[#parts + 1] = { name = "image[]", path = e.path, data = e.data, filename = e.filename, type = e.info.mime }
+      parts[#parts + 1] = { name = "image[]", path = e.path, data = e.data, filename = e.filename, type = e.info.mime,
+        stamp = e.stamp, sha256 = e.sha256, bytes = e.bytes }
     end
     if mask then
-      parts[#parts + 1] = { name = "mask", path = mask.path, data = mask.data, filename = mask.filename,
-        type = mask.info.mime }
+      parts[#parts + 1] = { name = "mask", data = mask.data, filename = mask.filename, type = mask.info.mime }
     end
     spec.parts = parts
   else

@@ -29,6 +29,8 @@ typedef struct req_ctx {
   size_t blen, bcap, total;
   int too_big, oom, malformed;
   long drop_after; /* close the connection once this much upload arrived */
+  long pause_at;   /* stop reading the upload once this much arrived ... */
+  double pause;    /* ... for this long (a slow reader: the client's sends wait) */
   int counted;     /* still counted as in flight */
   char entry[32];  /* the log's name of the request, to tell that its answer was delivered */
   emu *E;          /* for the in-flight count when the request completes */
@@ -294,7 +296,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
     if (++E->in_flight > E->max_in_flight)
       E->max_in_flight = E->in_flight;
     pthread_mutex_unlock(&E->wait_m);
-    c->drop_after = -1;
+    c->drop_after = c->pause_at = -1;
     if (E->sink)
       return MHD_YES;
     if (strcmp(listener, "api") == 0) {
@@ -305,7 +307,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
       memset(&early, 0, sizeof early);
       emu_ask(E, "early", &r, &early);
       int drop_now = early.drop;
-      c->drop_after = early.truncate; /* reused: upload bytes before the drop */
+      c->drop_after = early.truncate;                       /* reused: upload bytes before the drop */
+      c->pause_at = early.stall_at, c->pause = early.stall; /* reused: a pause in reading it */
       emu_free_answer(&early);
       if (drop_now)
         return MHD_NO;
@@ -333,6 +336,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
   if (*upload_size > 0) {
     if (c->drop_after >= 0 && c->total + *upload_size >= (size_t)c->drop_after)
       return MHD_NO; /* a reset in the middle of the upload */
+    if (c->pause_at >= 0 && c->total + *upload_size >= (size_t)c->pause_at) {
+      c->pause_at = -1; /* this connection's own thread: only its upload waits */
+      emu_sleep(E, c->pause);
+    }
     c->total += *upload_size;
     if (c->total > MAX_BODY)
       c->too_big = 1;

@@ -43,10 +43,11 @@ function F.take() return table.remove(api_q, 1) end
 function F.take_cdn() return table.remove(cdn_q, 1) end
 
 -- The next fault if it strikes before the body is read (drop_early, or
--- drop_upload = N: after N bytes of it); it is used up.
+-- drop_upload = N: after N bytes of it, or pause_upload = seconds: stop
+-- reading it for that long once pause_at bytes arrived); it is used up.
 function F.take_early()
   local f = api_q[1]
-  if f and (f.drop_early or f.drop_upload) then return table.remove(api_q, 1) end
+  if f and (f.drop_early or f.drop_upload or f.pause_upload) then return table.remove(api_q, 1) end
 end
 
 local function request_id(entry) return "req_emu_" .. entry.id end

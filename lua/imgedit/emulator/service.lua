@@ -257,6 +257,8 @@ end
 function M.early(req)
   local f = faults.take_early()
   if not f then return { status = 0 } end
+  -- A slow reader: the request goes on, and is answered, once it is all in.
+  if f.pause_upload then return { status = 0, stall = f.pause_upload, stall_at = f.pause_at or 0 } end
   local entry = record(req)
   entry.status, entry.early = 0, true -- cut while the body arrived: never billed
   if f.drop_early then return { drop = true } end
