@@ -253,4 +253,50 @@ describe("what the user owns", function()
     assert.matches("%(2 steps%)", out)
     assert.is_nil(out:find("traceback", 1, true))
   end)
+
+  it("untrusted records never crash the tools: batch journals and manifests with fields of the wrong type", function()
+    local d = fresh()
+    local pics = d .. "/in"
+    assert(core.mkdir_p(pics))
+    H.write(pics .. "/a.png", H.png(16, 16))
+    H.write(pics .. "/b.png", H.png(16, 16))
+    local out = d .. "/out"
+    assert(core.mkdir_p(out))
+    -- a journal another shard (or a hand) left: every field of the wrong type
+    H.write(out .. "/.imgedit-batch.2-of-2.jsonl", table.concat({
+      '{"event":"done","name":"a","key":5,"file":{},"files":"x","bytes":"b","sha256":[],"error":3,"at":"2020"}',
+      '{"event":"failed","name":"b","key":"k","error":{"kind":7,"message":{},"maybe_billed":"yes"},"url":9}',
+      '{"event":{},"name":"a"}', '[1,2]', '{"event":"sent","name":', "" }, "\n"))
+    local cmd = H.CHILD .. H.LUA .. " bin/imgedit batch --emulate --prompt x " .. pics .. " -o " .. out
+    local text, code = H.sh(cmd .. " 2>&1")
+    assert.are.equal(0, code, text)
+    assert.matches("2%-of%-2%.jsonl:1: fields bytes, error, file, files, key, sha256 of the wrong type, left out", text)
+    assert.matches("2%-of%-2%.jsonl:2: fields url, error.kind, error.maybe_billed, error.message of the wrong type", text)
+    assert.matches("2%-of%-2%.jsonl:3: a line without a job's name and event, skipped", text)
+    assert.matches("2 done", text, 1, true)
+    assert.matches("0 failed", text, 1, true)
+    assert.is_nil(text:find("traceback", 1, true))
+    -- manifests: each field of the wrong type refused with its line and field, exit code 3, nothing sent
+    emu:clear()
+    for _, case in ipairs {
+      { '{"prompt":"x","images":[1]}', "m.jsonl:1: images%[1%] must be a path, not number" },
+      { '{"prompt":"x","images":["a.png"],"mask":{}}', "m.jsonl:1: mask must be a path, not table" },
+      { '{"prompt":"x","images":{"k":"a.png"}}', "m.jsonl:1: images must be a list" },
+      { '{"prompt":"x","images":[["a.png"]]}', "m.jsonl:1: images%[1%] must be a path, not table" },
+      { '{"prompt":"x","images":["a.png"],"n":[1]}', "m.jsonl:1: field 'n' must be a string, a number or a boolean" },
+      { '{"prompt":{},"images":["a.png"]}', "m.jsonl:1: no prompt" },
+      { '{"prompt":"x","images":["a.png"],"name":5}', "m.jsonl:1: bad name number" },
+    } do
+      H.write(pics .. "/m.jsonl", case[1] .. "\n")
+      text, code = H.sh(H.CHILD .. H.LUA .. " bin/imgedit batch --emulate " .. pics .. "/m.jsonl -o " .. d .. "/m 2>&1")
+      assert.are.equal(3, code, case[1] .. ": " .. text)
+      assert.matches(case[2], text)
+      assert.is_nil(text:find("traceback", 1, true))
+    end
+    -- a JSON null is a field not given
+    H.write(pics .. "/m.jsonl", '{"prompt":"x","images":["a.png"],"mask":null,"user":null}\n')
+    text, code = H.sh(H.CHILD .. H.LUA .. " bin/imgedit batch --emulate " .. pics .. "/m.jsonl -o " .. d .. "/m 2>&1")
+    assert.are.equal(0, code, text)
+    assert.matches("1 done", text)
+  end)
 end)

@@ -41,29 +41,73 @@ end
 
 function M.journal_name(shard) return ".imgedit-batch" .. M.suffix(shard) .. ".jsonl" end
 
+-- The fields of a journal line, and of its error (lineage.sane's types).
+local EVENT = { event = "string", name = "string", key = "string", at = "string", model = "string",
+  attempts = "number", seconds = "number", maybe_paid_twice = "boolean", resumed = "string", tokens = "number",
+  usage = "map", cost = "number", request_id = "string", file = "string", files = "strings", bytes = "number",
+  sha256 = "string", url = "string", error = "map" }
+local ERROR = { kind = "string", message = "string", status = "number", maybe_billed = "boolean",
+  retry_after = "number" }
+
+-- One line of a journal as a record, field by field; nil for one that is
+-- not a job's event. A field of the wrong type is left out, and named in
+-- warn(message). A line cut short by a kill is skipped without a word.
+local function event_of(line, where, warn)
+  local ok, t = pcall(cjson.decode, line)
+  if not ok or type(t) ~= "table" then return nil end
+  local ev, dropped = lineage.sane(t, EVENT)
+  if ev.error then
+    local err, bad = lineage.sane(ev.error, ERROR)
+    ev.error = err
+    for _, k in ipairs(bad) do dropped[#dropped + 1] = "error." .. k end
+  end
+  if not (ev.name and ev.event) then
+    if warn then warn(string.format("%s: a line without a job's name and event, skipped", where)) end
+    return nil
+  end
+  if warn and #dropped > 0 then
+    warn(string.format("%s: field%s %s of the wrong type, left out", where, #dropped > 1 and "s" or "",
+      table.concat(dropped, ", ")))
+  end
+  return ev
+end
+
+-- When a job's record in one journal last moved ("" when unsaid).
+local function moved(k) return (k.open and k.open.at) or (k.last and k.last.at) or "" end
+
 -- Every journal in dir, read into name -> what is known: `last` (the last
 -- ended event) and `open` (sent after it, never ended: in flight at a crash).
-function M.read_journals(dir, names)
-  local known = {}
+-- Within a journal its order rules; across journals (shards, runs with and
+-- without them) the one that moved last. warn(message), when given, hears
+-- of lines and fields left out.
+function M.read_journals(dir, names, warn)
+  local known, list = {}, {}
   for _, e in ipairs(core.listdir(dir) or {}) do
-    if e.name:match("^%.imgedit%-batch.*%.jsonl$") then
-      local f = io.open(dir .. "/" .. e.name, "rb")
-      for line in f and f:lines() or function() end do
-        local ok, ev = pcall(cjson.decode, line)
-        -- A line cut short by a kill is skipped.
-        if ok and type(ev) == "table" and type(ev.name) == "string" and (names == nil or names[ev.name]) then
-          local k = known[ev.name] or {}
-          known[ev.name] = k
-          if ev.event == "sent" then
-            k.open = ev
-          elseif ev.event == "requeued" then
-            k.open = nil
-          elseif ev.event == "done" or ev.event == "failed" then
-            k.last, k.open = ev, nil
-          end
+    if e.name:match("^%.imgedit%-batch.*%.jsonl$") and not e.link then list[#list + 1] = e.name end
+  end
+  table.sort(list)
+  for _, name in ipairs(list) do
+    local path = dir .. "/" .. name
+    local f = io.open(path, "rb")
+    local mine, n = {}, 0
+    for line in f and f:lines() or function() end do
+      n = n + 1
+      local ev = event_of(line, path .. ":" .. n, warn)
+      if ev and (names == nil or names[ev.name]) then
+        local k = mine[ev.name] or {}
+        mine[ev.name] = k
+        if ev.event == "sent" then
+          k.open = ev
+        elseif ev.event == "requeued" then
+          k.open = nil
+        elseif ev.event == "done" or ev.event == "failed" then
+          k.last, k.open = ev, nil
         end
       end
-      if f then f:close() end
+    end
+    if f then f:close() end
+    for job, k in pairs(mine) do
+      if not known[job] or moved(k) >= moved(known[job]) then known[job] = k end
     end
   end
   return known

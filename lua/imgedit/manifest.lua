@@ -214,12 +214,49 @@ local function resolve(p, base)
   return base == "." and p or base .. "/" .. p
 end
 
+local function type_of(v) return v == cjson.null and "null" or type(v) end
+
+-- Whether v cannot be a picture of a job: a path, or from Lua (no `base`)
+-- an Image or {bytes=}.
+local function not_a_picture(v, base)
+  if type(v) == "string" then return false end
+  return base ~= nil or not (type(v) == "table" and type(v.bytes) == "string")
+end
+
+-- A job, field by field: its pictures are paths (or from Lua Images), and
+-- the other fields of a file's line strings, numbers or booleans.
+-- -> nil | message
+local function bad_field(e, line, where, base)
+  local want = base and "a path" or "a path, an Image or {bytes=}"
+  if e.images then
+    local n = 0
+    for _ in pairs(e.images) do n = n + 1 end
+    if n ~= #e.images then return where .. ": images must be a list" end
+    for i, p in ipairs(e.images) do
+      if not_a_picture(p, base) then
+        return string.format("%s: images[%d] must be %s, not %s", where, i, want, type_of(p))
+      end
+    end
+  end
+  if e.mask ~= nil and not_a_picture(e.mask, base) then
+    return string.format("%s: mask must be %s, not %s", where, want, type_of(e.mask))
+  end
+  if not base then return nil end -- a Lua list: its options are checked as a request's
+  for k, v in pairs(line) do
+    if k ~= "images" and v ~= cjson.null and type(v) ~= "string" and type(v) ~= "number" and type(v) ~= "boolean" then
+      return string.format("%s: field '%s' must be a string, a number or a boolean, not %s", where, tostring(k), type(v))
+    end
+  end
+end
+
 -- normalize(t, where, base) -> entry | nil, message: the job's request with
 -- its name, paths made relative to `base` (the manifest's folder).
 function M.normalize(t, where, base, defaults)
   local e = {}
   for k, v in pairs(defaults or {}) do e[k] = v end
-  for k, v in pairs(t) do e[k] = v end
+  for k, v in pairs(t) do
+    if v ~= cjson.null then e[k] = v end -- a JSON null: the field is not given
+  end
   if e.name == nil then e.name = name_of(e, where) end
   local named, why = files.check_name(e.name)
   if not named then
@@ -229,6 +266,8 @@ function M.normalize(t, where, base, defaults)
   if type(e.prompt) ~= "string" or e.prompt == "" then return nil, where .. ": no prompt" end
   if type(e.images) == "string" then e.images = { e.images } end
   if e.images ~= nil and type(e.images) ~= "table" then return nil, where .. ": images must be a path or a list" end
+  local bad = bad_field(e, t, where, base)
+  if bad then return nil, bad end
   if e.images then
     local list = {}
     for i, p in ipairs(e.images) do list[i] = resolve(p, base) end
