@@ -200,6 +200,16 @@ describe("what the user owns", function()
     local r = p:report { quiet = true, html = d .. "/sheet.html" }
     assert.are.equal(d .. "/sheet.html", r.html)
     assert.are.equal(1, #require("imgedit.sheet").steps(d))
+    -- run --watch: a script that reports on the folder each run, run once
+    local script = H.write(d .. "/../watch-walk.lua", string.format([[
+      local p = imgedit.pipeline { dir = %q, cache = false, quiet = true }
+      assert(p:generate("g", { prompt = "walk", quality = "low" }))
+      print("steps=" .. p:report({ quiet = true }).steps)
+    ]], d))
+    out, code = H.sh("timeout 60 " .. H.CHILD .. H.LUA .. " bin/imgedit run --emulate --watch --runs 1 " .. script
+      .. " 2>&1")
+    assert.are.equal(0, code, out)
+    assert.matches("steps=1", out)
   end)
 
   it("sends no key in clear text by accident: plain http to another machine is refused unless allowed", function()
