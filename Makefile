@@ -1,6 +1,26 @@
 # imgedit: plain GNU make, flags from pkg-config.
+#
+# The Lua to build for: LUA_VERSION=5.4 (the default), 5.3 or 5.1; LUA=luajit;
+# or an interpreter by path (LuaRocks passes LUA=/usr/bin/lua5.1 and
+# LUA_INCDIR), whose version is asked of it. Each builds into its own
+# folder, build/lua5.4, build/luajit ..., which records what it was made for.
+ifeq ($(origin LUA),undefined)
 LUA_VERSION ?= 5.4
-LUA         ?= lua$(LUA_VERSION)
+LUA          = lua$(LUA_VERSION)
+else ifeq ($(notdir $(LUA)),luajit)
+LUA_JIT      = yes
+else
+LUA_JIT     := $(shell $(LUA) -e 'io.write(jit and "yes" or "")' 2>/dev/null)
+endif
+ifeq ($(LUA_JIT),yes)
+LUA_VERSION  = 5.1
+LUA_ID       = luajit
+LUA_PC       = luajit
+else
+LUA_VERSION ?= $(shell $(LUA) -e 'io.write((_VERSION:gsub("^Lua ", "")))' 2>/dev/null)
+LUA_ID       = lua$(LUA_VERSION)
+LUA_PC       = lua$(LUA_VERSION)
+endif
 CC          ?= cc
 PKG_CONFIG  ?= pkg-config
 PREFIX      ?= /usr/local
@@ -9,15 +29,10 @@ LUA_LMOD    ?= $(PREFIX)/share/lua/$(LUA_VERSION)
 LUA_CMOD    ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
 BINDIR      ?= $(PREFIX)/bin
 
-# LuaJIT: make LUA=luajit (the 5.1 layout); other Lua: make LUA_VERSION=5.3
-ifeq ($(LUA),luajit)
-LUA_PC      = luajit
-LUA_VERSION = 5.1
-endif
-LUA_PC   ?= lua$(LUA_VERSION)
 CFLAGS   ?= -O2 -g
 WARN      = -Wall -Wextra -Werror -pedantic -Wmissing-prototypes -Wstrict-prototypes -Wshadow
-# LuaRocks passes LUA_INCDIR; otherwise pkg-config finds Lua.
+# LuaRocks passes LUA_INCDIR; otherwise pkg-config finds Lua. Every question
+# to pkg-config is quiet: before `make deps` it may not be there yet.
 ifdef LUA_INCDIR
 LUA_CFLAGS = -I$(LUA_INCDIR)
 else
@@ -39,13 +54,13 @@ EMU_HDRS = $(HDRS) src/emulator/emulator.h
 
 BUSTED  ?= $(LUA) /usr/bin/busted
 
-.PHONY: test-quick soak test-tsan testhooks all deps deps-test deps-hardening deps-all test-all test test-asan test-valgrind demo bench bench-deps install uninstall clean check format fuzz fuzz-smoke
+.PHONY: FORCE rock test-quick soak test-tsan testhooks all deps deps-test deps-hardening deps-all test-all test test-asan test-valgrind demo bench bench-deps install uninstall clean check format fuzz fuzz-smoke
 
-BUILD ?= build
+BUILD ?= build/$(LUA_ID)
 
 # The emulator needs libmicrohttpd; a client-only build (no libmicrohttpd
 # found) skips it. The tests, the demo and the CLI's emulate need it.
-HAVE_MHD := $(shell $(PKG_CONFIG) --exists libmicrohttpd && echo yes)
+HAVE_MHD := $(shell $(PKG_CONFIG) --exists libmicrohttpd 2>/dev/null && echo yes)
 MODULES   = $(BUILD)/imgedit/core.so $(if $(HAVE_MHD),$(BUILD)/imgedit/emulator/core.so)
 
 all: $(MODULES)
@@ -53,11 +68,19 @@ ifneq ($(HAVE_MHD),yes)
 	@echo "imgedit: libmicrohttpd not found: built the client only (no imgedit.emulator.core)"
 endif
 
-$(BUILD)/imgedit/core.so: $(CORE_SRC) $(HDRS)
+# What a build was made for: the interpreter, its headers and the flags. A
+# build whose record differs is made again (no `make clean` to switch).
+BUILT_FOR = lua=$(LUA) version=$(LUA_VERSION) cflags=$(strip $(LUA_CFLAGS) $(CFLAGS) $(LDFLAGS))
+$(BUILD)/built-for: FORCE
+	@mkdir -p $(@D)
+	@if [ "$$(cat $@ 2>/dev/null)" != '$(BUILT_FOR)' ]; then printf '%s\n' '$(BUILT_FOR)' > $@; fi
+FORCE:
+
+$(BUILD)/imgedit/core.so: $(CORE_SRC) $(HDRS) $(BUILD)/built-for
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(SHARED) -o $@ $(CORE_SRC) $(LDFLAGS) $(CORE_LIBS)
 
-$(BUILD)/imgedit/emulator/core.so: $(EMU_SRC) $(EMU_HDRS)
+$(BUILD)/imgedit/emulator/core.so: $(EMU_SRC) $(EMU_HDRS) $(BUILD)/built-for
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(EMU_CFLAGS) $(SHARED) -o $@ $(EMU_SRC) $(LDFLAGS) $(EMU_LIBS)
 
@@ -65,11 +88,11 @@ $(BUILD)/imgedit/emulator/core.so: $(EMU_SRC) $(EMU_HDRS)
 # parser, imgedit_test.proc forks.
 testhooks: $(BUILD)/imgedit_test/sse.so $(BUILD)/imgedit_test/proc.so
 
-$(BUILD)/imgedit_test/proc.so: tests/fuzz/proc_hook.c $(HDRS)
+$(BUILD)/imgedit_test/proc.so: tests/fuzz/proc_hook.c $(HDRS) $(BUILD)/built-for
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(SHARED) -o $@ tests/fuzz/proc_hook.c $(LDFLAGS)
 
-$(BUILD)/imgedit_test/sse.so: tests/fuzz/sse_hook.c src/sse.c $(HDRS)
+$(BUILD)/imgedit_test/sse.so: tests/fuzz/sse_hook.c src/sse.c $(HDRS) $(BUILD)/built-for
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(SHARED) -o $@ tests/fuzz/sse_hook.c src/sse.c $(LDFLAGS)
 
@@ -105,7 +128,10 @@ deps-test: deps
 deps-hardening: deps-test
 	$(call install_missing,clang libclang-rt-14-dev valgrind)
 
-ENV = LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;'
+# The suite and the demo load this build only, and tell the children the
+# tests start which interpreter and build to use.
+ENV = LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='$(BUILD)/?.so;;' IMGEDIT_TEST_LUA='$(LUA)' \
+      IMGEDIT_TEST_BUILD='$(BUILD)' IMGEDIT_TEST_LUAV='$(LUA_VERSION)'
 
 test: all testhooks
 	@$(ENV) $(BUSTED) -o tests/summary.lua tests
@@ -130,10 +156,10 @@ test-all:
 	  if [ $$t = luajit ]; then vars="LUA=luajit"; lua=luajit; luav=5.1; \
 	  else vars="LUA_VERSION=$$t"; lua=lua$$t; luav=$$t; fi; \
 	  echo "== $$lua"; \
-	  $(MAKE) --no-print-directory BUILD=build-$$t $$vars all testhooks >/dev/null; \
-	  LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH="build-$$t/?.so;;" IMGEDIT_TEST_LUA=$$lua \
-	    IMGEDIT_TEST_BUILD=build-$$t IMGEDIT_TEST_LUAV=$$luav IMGEDIT_TEST_MAKEVARS="BUILD=build-$$t $$vars" \
-	    $$lua /usr/bin/busted --cpath="build-$$t/?.so" --lpath='lua/?.lua;lua/?/init.lua;tests/?.lua' \
+	  $(MAKE) --no-print-directory $$vars all testhooks >/dev/null; \
+	  LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH="build/$$lua/?.so;;" IMGEDIT_TEST_LUA=$$lua \
+	    IMGEDIT_TEST_BUILD=build/$$lua IMGEDIT_TEST_LUAV=$$luav IMGEDIT_TEST_MAKEVARS="$$vars" \
+	    $$lua /usr/bin/busted --cpath="build/$$lua/?.so" --lpath='lua/?.lua;lua/?/init.lua;tests/?.lua' \
 	    -o tests/summary.lua tests; \
 	done
 
@@ -146,11 +172,11 @@ ASAN_RT    = $(shell $(CC) -print-file-name=libasan.so) $(shell $(CC) -print-fil
 # thread-local), and LeakSanitizer's tracer then crashes at exit now and
 # then ("Tracer caught signal 11"), reporting no leak.
 test-asan: all testhooks
-	@$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="$(ASAN_FLAGS)" all testhooks >/dev/null
-	@LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build-asan/?.so;;' IMGEDIT_TEST_SLOW=2 \
+	@$(MAKE) --no-print-directory BUILD=build/asan CFLAGS="$(ASAN_FLAGS)" all testhooks >/dev/null
+	@LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/asan/?.so;;' IMGEDIT_TEST_SLOW=2 \
 	  LD_PRELOAD="$(ASAN_RT)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:exitcode=99:intercept_tls_get_addr=0 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  $(BUSTED) --cpath='build-asan/?.so' -o tests/summary.lua tests
+	  $(BUSTED) --cpath='build/asan/?.so' -o tests/summary.lua tests
 
 # The network thread's specs under a ThreadSanitizer build of the C code
 # (the runtime preloaded into the stock interpreter; any report fails).
@@ -158,26 +184,26 @@ TSAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=thread
 TSAN_RT    = $(shell $(CC) -print-file-name=libtsan.so)
 TSAN_SPECS = tests/money_spec.lua tests/process_spec.lua tests/frames_spec.lua tests/stream_spec.lua tests/soak_spec.lua
 test-tsan: all testhooks
-	@$(MAKE) --no-print-directory BUILD=build-tsan CFLAGS="$(TSAN_FLAGS)" all testhooks >/dev/null
-	@LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build-tsan/?.so;;' IMGEDIT_TEST_SLOW=3 \
+	@$(MAKE) --no-print-directory BUILD=build/tsan CFLAGS="$(TSAN_FLAGS)" all testhooks >/dev/null
+	@LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/tsan/?.so;;' IMGEDIT_TEST_SLOW=3 \
 	  LD_PRELOAD="$(TSAN_RT)" TSAN_OPTIONS=halt_on_error=1:exitcode=66:second_deadlock_stack=1 \
-	  $(BUSTED) --cpath='build-tsan/?.so' -o tests/summary.lua $(TSAN_SPECS)
+	  $(BUSTED) --cpath='build/tsan/?.so' -o tests/summary.lua $(TSAN_SPECS)
 
 # The money soak, longer than make test's (SOAK_SECONDS each), under the
 # ASan+UBSan build, then under the ThreadSanitizer build.
 SOAK_SECONDS ?= 300
 soak: all testhooks
-	@$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="$(ASAN_FLAGS)" all testhooks >/dev/null
-	@$(MAKE) --no-print-directory BUILD=build-tsan CFLAGS="$(TSAN_FLAGS)" all testhooks >/dev/null
-	@echo "== ASan+UBSan"; LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build-asan/?.so;;' IMGEDIT_TEST_SLOW=2 \
+	@$(MAKE) --no-print-directory BUILD=build/asan CFLAGS="$(ASAN_FLAGS)" all testhooks >/dev/null
+	@$(MAKE) --no-print-directory BUILD=build/tsan CFLAGS="$(TSAN_FLAGS)" all testhooks >/dev/null
+	@echo "== ASan+UBSan"; LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/asan/?.so;;' IMGEDIT_TEST_SLOW=2 \
 	  IMGEDIT_SOAK_SECONDS=$(SOAK_SECONDS) LD_PRELOAD="$(ASAN_RT)" \
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:exitcode=99:intercept_tls_get_addr=0 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  $(BUSTED) --cpath='build-asan/?.so' -o tests/summary.lua tests/soak_spec.lua
-	@echo "== ThreadSanitizer"; LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build-tsan/?.so;;' IMGEDIT_TEST_SLOW=3 \
+	  $(BUSTED) --cpath='build/asan/?.so' -o tests/summary.lua tests/soak_spec.lua
+	@echo "== ThreadSanitizer"; LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/tsan/?.so;;' IMGEDIT_TEST_SLOW=3 \
 	  IMGEDIT_SOAK_SECONDS=$(SOAK_SECONDS) LD_PRELOAD="$(TSAN_RT)" \
 	  TSAN_OPTIONS=halt_on_error=1:exitcode=66:second_deadlock_stack=1 \
-	  $(BUSTED) --cpath='build-tsan/?.so' -o tests/summary.lua tests/soak_spec.lua
+	  $(BUSTED) --cpath='build/tsan/?.so' -o tests/summary.lua tests/soak_spec.lua
 
 # The whole suite under valgrind's memcheck: zero errors, zero definite leaks.
 test-valgrind: all testhooks

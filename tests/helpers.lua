@@ -6,9 +6,11 @@ local H = {}
 
 -- The interpreter and build the suite runs with (make test-all sets them),
 -- for the child processes the tests start.
-H.LUA = os.getenv("IMGEDIT_TEST_LUA") or "lua5.4"
-H.BUILD = os.getenv("IMGEDIT_TEST_BUILD") or "build"
-H.LUAV = os.getenv("IMGEDIT_TEST_LUAV") or "5.4"
+-- By default, this interpreter's: its build folder is build/lua5.4, build/luajit ...
+local this = rawget(_G, "jit") and "luajit" or "lua" .. _VERSION:match("%d+%.%d+")
+H.LUA = os.getenv("IMGEDIT_TEST_LUA") or this
+H.BUILD = os.getenv("IMGEDIT_TEST_BUILD") or "build/" .. this
+H.LUAV = os.getenv("IMGEDIT_TEST_LUAV") or _VERSION:match("%d+%.%d+")
 
 -- The environment of a child `lua bin/imgedit`: this checkout and the
 -- suite's build (never the sanitizer build, whose runtime a child lacks).
