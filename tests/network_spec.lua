@@ -346,3 +346,58 @@ describe("the real network", function()
     end)
   end)
 end)
+
+-- The tests above reach their servers by address, so that they pass on a
+-- machine that cannot resolve localhost (no /etc/hosts). Here the TLS
+-- front's and the proxy's tests run again where it cannot: in a private
+-- mount namespace (as root) with an empty /etc/hosts and files the only
+-- source of host names.
+describe("the real network, on a machine with an empty /etc/hosts", function()
+  it("still passes the TLS front's and the forward proxy's tests", function()
+    local dir = H.tmpdir()
+    H.write(dir .. "/hosts", "")
+    H.write(dir .. "/nsswitch.conf", "hosts: files\n")
+    -- a bind in a namespace of its own: what this needs, and touches nothing outside
+    if not H.ok("unshare -m sh -c 'mount --bind \"$0\" \"$0\"' '" .. dir .. "/hosts' >/dev/null 2>&1") then
+      H.rmtree(dir)
+      pending("needs root, to hide /etc/hosts in a private mount namespace (unshare -m, mount --bind)")
+      return
+    end
+    local function hosts()
+      local f = io.open("/etc/hosts", "rb")
+      local s = f and f:read("*a")
+      if f then f:close() end
+      return s
+    end
+    local before = hosts()
+    local script = H.write(dir .. "/run.sh", table.concat({
+      "set -e",
+      "for f in hosts nsswitch.conf; do [ ! -e /etc/$f ] || mount --bind '" .. dir .. "'/$f /etc/$f; done",
+      "if getent hosts localhost >/dev/null; then echo 'localhost still resolves'; exit 1; fi",
+      "echo 'localhost does not resolve'",
+      H.CHILD .. H.LUA .. " /usr/bin/busted -o tests/summary.lua --filter='the real network HTTPS'"
+        .. " --filter='a forward proxy' --filter='NO_PROXY' --filter-out='empty /etc/hosts' tests/network_spec.lua",
+      "" }, "\n"))
+    local out, code = H.sh("unshare -m sh '" .. script .. "'")
+    H.rmtree(dir)
+    assert.matches("^localhost does not resolve\n", out)
+    assert.are.equal(0, code, out)
+    local passed, failed, skipped = out:match("\n(%d+) passed, (%d+) failed, (%d+) skipped\n$")
+    assert.are.same({ "0", "0" }, { failed, skipped }, out)
+    assert.is_true(tonumber(passed) >= 10, out) -- HTTPS, the forward proxy, NO_PROXY
+    assert.are.equal(before, hosts()) -- the bind stayed in its namespace
+  end)
+
+  it("is skipped, saying why, for a user who may not bind", function()
+    local nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups "
+    if not H.ok(nobody .. "test -r tests/network_spec.lua -a -r " .. H.BUILD .. "/imgedit/core.so 2>/dev/null") then
+      pending("needs root and setpriv (util-linux), and this checkout readable by the user nobody")
+      return
+    end
+    local out = H.sh(nobody .. H.CHILD .. H.LUA .. " /usr/bin/busted -o tests/summary.lua --filter='empty /etc/hosts'"
+      .. " --filter-out='saying why' tests/network_spec.lua")
+    assert.truthy(out:find("\nSKIP: the real network, on a machine with an empty /etc/hosts still passes the TLS front's"
+      .. " and the forward proxy's tests\n  tests/network_spec.lua:%d+: needs root, to hide /etc/hosts"), out)
+    assert.matches("\n0 passed, 0 failed, 1 skipped\n$", out)
+  end)
+end)
