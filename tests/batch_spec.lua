@@ -531,6 +531,25 @@ describe("imgedit.batch", function()
       assert.are.equal(2, got[3].totals.done)
     end)
 
+    it("given -o dir/ and pictures/, prints and records paths without a doubled slash", function()
+      local o = out_dir()
+      local out, code = cli("-p 'slash' " .. pics .. "/ -o " .. o .. "/")
+      assert.are.equal(0, code, out)
+      assert.truthy(out:find("\nreport: " .. o .. "/batch-report.json\n", 1, true), out)
+      local rep = read_json(o .. "/batch-report.json")
+      assert.are.equal(12, #rep.jobs)
+      for _, j in ipairs(rep.jobs) do assert.are.equal(o .. "/" .. j.name .. ".png", j.file) end
+      local done = 0
+      for _, l in ipairs(lines(o .. "/.imgedit-batch.jsonl")) do
+        local ev = cjson.decode(l)
+        if ev.event == "done" then
+          done = done + 1
+          assert.are.equal(o .. "/" .. ev.name .. ".png", ev.file)
+        end
+      end
+      assert.are.equal(12, done)
+    end)
+
     it("shows a live view on a terminal: bar, counts, requests a minute, tokens, cost, ETA", function()
       local line = require("imgedit.cli_batch").line { total = 10, done = 4, failed = 1, before = 0, running = 2,
         rpm = 120, tokens = 12345, usd = 1.5, eta = 75 }

@@ -22,6 +22,33 @@ describe("examples", function()
       assert.are.equal("png", info.format)
       assert.are.same({ 1536, 1024 }, { info.width, info.height })
     end
+    -- each step left its record: the contact sheet of the folder shows the three, as a chain
+    out, code = run(H.LUA .. " bin/imgedit report '" .. dir .. "/'")
+    assert.are.equal(0, code, out)
+    assert.truthy(out:find("contact sheet: " .. dir .. "/index.html (3 steps)\n", 1, true), out)
+    local page = H.read(dir .. "/index.html")
+    for _, step in ipairs { "1-fused", "2-inpainted", "3-restyled" } do
+      assert.truthy(page:find('id="step-' .. step .. '"', 1, true), step)
+    end
+    assert.truthy(page:find("<dt>from</dt><dd><a href=\"#step-1-fused\">1-fused</a>, mask mask.png</dd>", 1, true))
+    H.rmtree(dir)
+  end)
+
+  it("pipeline.lua run again against the same service pays for nothing", function()
+    local dir = H.tmpdir()
+    local emu = H.emulator()
+    local cmd = "IMGEDIT_API_KEY=" .. emu.key .. " IMGEDIT_BASE_URL=" .. emu.url .. " " .. H.LUA .. " examples/pipeline.lua '"
+      .. dir .. "'"
+    local out, code = run(cmd)
+    assert.are.equal(0, code, out)
+    assert.are.equal(3, #H.api_requests(emu))
+    emu:clear()
+    out, code = run(cmd)
+    assert.are.equal(0, code, out)
+    assert.are.equal(0, #emu:requests())
+    assert.matches("3%. restyled .* %(cached%)", out)
+    assert.matches("done: 0 tokens in all", out)
+    emu:stop()
     H.rmtree(dir)
   end)
 end)

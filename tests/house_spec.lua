@@ -192,6 +192,40 @@ describe("the house", function()
     H.rmtree(dir)
   end)
 
+  -- busted with this suite's output handler, run in dir (or here) on this
+  -- Lua and the ordinary build, with env added to its environment
+  local function busted(args, env, dir)
+    return H.sh("L=$(command -v " .. H.LUA .. ") && S=\"$PWD/tests/summary.lua\" && cd '" .. (dir or ".") .. "' && "
+      .. H.CHILD .. (env or "") .. " \"$L\" /usr/bin/busted -o \"$S\" " .. args)
+  end
+
+  it("ends the test summary with what it skipped and why, before the count", function()
+    local dir = H.tmpdir()
+    H.write(dir .. "/p_spec.lua", table.concat({
+      'describe("outer", function()',
+      '  it("passes", function() assert.is_true(true) end)',
+      '  it("skips inside", function() pending("needs foo (the Debian package foo)") end)',
+      '  pending("a placeholder")',
+      '  local runner = false and it or pending',
+      '  runner("replaced by pending", function() end)',
+      'end)', "" }, "\n"))
+    local out, code = busted("p_spec.lua", nil, dir)
+    assert.are.equal(0, code, out)
+    assert.truthy(out:find("SKIP: outer skips inside\n  p_spec.lua:3: needs foo (the Debian package foo)\n", 1, true), out)
+    assert.truthy(out:find("SKIP: outer a placeholder\n  p_spec.lua:4: no reason given\n", 1, true), out)
+    assert.truthy(out:find("SKIP: outer replaced by pending\n  p_spec.lua:6: no reason given\n", 1, true), out)
+    -- the count stays the last line, as CI reads it
+    assert.matches("\n1 passed, 0 failed, 3 skipped\n$", out)
+    H.rmtree(dir)
+  end)
+
+  it("skips a spec whose programs are missing with the Debian packages that bring them", function()
+    local out = busted("tests/love_spec.lua", "PATH=/nonexistent")
+    assert.truthy(out:find("SKIP: the LÖVE example keeps drawing frames while an edit streams in", 1, true), out)
+    assert.truthy(out:find("missing the Debian packages love, xvfb, libluajit-5.1-dev)\n", 1, true), out)
+    assert.matches("\n0 passed, 0 failed, 1 skipped\n$", out)
+  end)
+
   -- The files of src/ and lua/, from git (what a clone has).
   local function tracked(under) return H.lines("git ls-files '" .. under .. "'") end
 

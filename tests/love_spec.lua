@@ -6,8 +6,14 @@
 local H = require "helpers"
 
 describe("the LÖVE example", function()
-  local have = H.ok("command -v love >/dev/null && command -v xvfb-run >/dev/null && pkg-config --exists luajit")
-  local runner = have and it or pending
+  -- what is missing, by its Debian package, so the skip says what to install
+  local missing = {}
+  for _, need in ipairs { { "command -v love", "love" }, { "command -v xvfb-run", "xvfb" },
+    { "pkg-config --exists luajit", "libluajit-5.1-dev" } } do
+    if not H.ok(need[1] .. " >/dev/null 2>&1") then missing[#missing + 1] = need[2] end
+  end
+  local reason = "needs love, xvfb-run and LuaJIT's headers (missing the Debian packages " .. table.concat(missing, ", ") .. ")"
+  local runner = #missing == 0 and it or function(name) it(name, function() pending(reason) end) end
   runner("keeps drawing frames while an edit streams in, the pictures decoded off the frame", function()
     assert.is_true(H.ok("make --no-print-directory BUILD=build-luajit LUA=luajit all >/dev/null 2>&1"))
     local p = io.popen("env -u IMGEDIT_API_KEY -u LD_PRELOAD LUA_CPATH='build-luajit/?.so;;' LUA_PATH='lua/?.lua;lua/?/init.lua;;' "

@@ -31,16 +31,23 @@ function N.free_port()
   return p
 end
 
--- A certificate authority and, signed by it, certificates for localhost
--- only: server.pem (valid now) and expired.pem (valid in 2020 only).
+-- A certificate authority and, signed by it, certificates for 127.0.0.1
+-- (and the name localhost): server.pem (valid now) and expired.pem (valid
+-- in 2020 only); and other.pem, valid now for another host only. The tests
+-- reach the servers by address: a machine without /etc/hosts may not
+-- resolve localhost, and a proxy resolves the names it is given itself.
 function N.make_ca(dir)
   local ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
   sh(string.format("cd '%s' && openssl req -x509 %s -keyout ca.key -out ca.pem -days 3 -subj '/CN=imgedit test CA'"
     .. " -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign", dir, ec))
-  H.write(dir .. "/ext.cnf", "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
-  sh(string.format("cd '%s' && openssl req %s -keyout server.key -out server.csr -subj /CN=localhost", dir, ec))
+  H.write(dir .. "/ext.cnf", "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+    .. "extendedKeyUsage=serverAuth\n")
+  H.write(dir .. "/other.cnf", "subjectAltName=DNS:other.invalid\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+  sh(string.format("cd '%s' && openssl req %s -keyout server.key -out server.csr -subj /CN=127.0.0.1", dir, ec))
   sh(string.format("cd '%s' && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial"
     .. " -out server.pem -days 2 -extfile ext.cnf", dir))
+  sh(string.format("cd '%s' && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial"
+    .. " -out other.pem -days 2 -extfile other.cnf", dir))
   -- openssl x509 cannot date a certificate in the past; openssl ca can.
   H.write(dir .. "/ca.cnf", table.concat({
     "[ca]", "default_ca = d", "[d]", "dir = " .. dir, "database = " .. dir .. "/index.txt",
@@ -52,7 +59,7 @@ function N.make_ca(dir)
   sh(string.format("cd '%s' && openssl ca -batch -notext -config ca.cnf -startdate 20200101000000Z"
     .. " -enddate 20200201000000Z -extfile ext.cnf -in server.csr -out expired.pem", dir))
   return { ca = dir .. "/ca.pem", cert = dir .. "/server.pem", key = dir .. "/server.key",
-    expired = dir .. "/expired.pem" }
+    expired = dir .. "/expired.pem", other = dir .. "/other.pem" }
 end
 
 -- Start a command in the background; its pid.
@@ -104,7 +111,7 @@ function N.nghttpx(dir, o)
   local log = dir .. "/nghttpx-" .. port .. ".out"
   s.pid = spawn(table.concat(args, " "), log)
   wait_port(s.pid, port, "nghttpx", log)
-  s.url = "https://localhost:" .. port .. "/v1"
+  s.url = "https://127.0.0.1:" .. port .. "/v1"
   return s
 end
 

@@ -15,7 +15,7 @@ end
 
 if missing then
   describe("the real network", function()
-    pending("needs the Debian packages " .. missing)
+    it("runs against nghttpx and tinyproxy", function() pending("needs the Debian packages " .. missing) end)
   end)
   return
 end
@@ -43,6 +43,7 @@ describe("the real network", function()
 
   describe("HTTPS", function()
     it("edits with the caller's CA file", function()
+      assert.matches("^https://127%.0%.0%.1:%d+/v1$", front.url) -- verified by address, no name looked up
       local img = assert(edit(client { ca_file = certs.ca }))
       assert.are.equal("png", img.format)
       assert.are.equal(1, #H.api_requests(emu))
@@ -60,7 +61,7 @@ describe("the real network", function()
       assert.is_nil(img)
       assert.are.equal("network", err.kind)
       assert.are.equal("unknown_ca", err.tls)
-      assert.matches("cannot trust localhost:%d+ over TLS: its certificate is signed by an unknown certificate"
+      assert.matches("cannot trust 127%.0%.0%.1:%d+ over TLS: its certificate is signed by an unknown certificate"
         .. " authority", err.message)
       assert.matches("ca_file", err.message)
       assert.is_false(err.retryable)
@@ -69,7 +70,9 @@ describe("the real network", function()
     end)
 
     it("refuses a certificate that is not for the host name", function()
-      local img, err = edit(client { ca_file = certs.ca, base_url = front.url:gsub("localhost", "127.0.0.1") })
+      local other = N.nghttpx(dir, { backend = emu.port, cert = certs.other, key = certs.key })
+      local img, err = edit(client { ca_file = certs.ca, base_url = other.url })
+      other:stop()
       assert.is_nil(img)
       assert.are.equal("network", err.kind)
       assert.are.equal("host_mismatch", err.tls)
@@ -99,7 +102,7 @@ describe("the real network", function()
       proxy:stop()
       assert.matches("exit=0", text)
       assert.is_true(H.exists(out))
-      assert.matches("CONNECT localhost:" .. front.port, proxy:log())
+      assert.matches("CONNECT 127.0.0.1:" .. front.port, proxy:log())
       p = io.popen("env -u IMGEDIT_API_KEY LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='" .. H.BUILD .. "/?.so;;' "
         .. "IMGEDIT_API_KEY=k IMGEDIT_BASE_URL=" .. front.url .. " " .. H.LUA .. " bin/imgedit generate -p x -o '"
         .. dir .. "/no.png' --ca-file '" .. dir .. "/none.pem' 2>&1; echo exit=$?")
@@ -161,7 +164,7 @@ describe("the real network", function()
       img, err = edit(client { ca_file = certs.ca, proxy = strict.url })
       strict:stop()
       assert.is_nil(img)
-      assert.matches("the proxy refused the tunnel to localhost:%d+ with HTTP 403", err.message)
+      assert.matches("the proxy refused the tunnel to 127%.0%.0%.1:%d+ with HTTP 403", err.message)
       assert.are.equal(1, err.attempts)
       assert.are.equal(0, #H.api_requests(emu))
     end)
@@ -174,13 +177,13 @@ describe("the real network", function()
         local img, err = c:generate { prompt = "np", size = "64x64", response_format = "b64_json" }
         io.write(img and "ok" or tostring(err))
       ]], front.url, emu.key, certs.ca, proxy.url))
-      local p = io.popen("env NO_PROXY=localhost LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='" .. H.BUILD
+      local p = io.popen("env NO_PROXY=127.0.0.1 LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='" .. H.BUILD
         .. "/?.so;;' " .. H.LUA .. " '" .. script .. "' 2>&1")
       local out = p:read("*a")
       p:close()
       proxy:stop()
       assert.are.equal("ok", out)
-      assert.matches("CONNECT localhost:" .. front.port, proxy:log())
+      assert.matches("CONNECT 127.0.0.1:" .. front.port, proxy:log())
     end)
   end)
 
@@ -309,7 +312,7 @@ describe("the real network", function()
 
     it("carries an https edit through CONNECT", function()
       assert(edit(client { ca_file = certs.ca, proxy = proxy.url }))
-      assert.matches("CONNECT localhost:" .. front.port, proxy:log())
+      assert.matches("CONNECT 127.0.0.1:" .. front.port, proxy:log())
       assert.are.equal(1, #H.api_requests(emu))
     end)
 
@@ -327,19 +330,74 @@ describe("the real network", function()
         p:close()
         return out
       end
-      local seen = select(2, proxy:log():gsub("CONNECT localhost", ""))
+      local seen = select(2, proxy:log():gsub("CONNECT 127%.0%.0%.1:", ""))
       assert.are.equal("ok", child("HTTPS_PROXY=" .. proxy.url))
-      assert.are.equal(seen + 1, select(2, proxy:log():gsub("CONNECT localhost", "")))
-      -- a dead proxy, bypassed for localhost
+      assert.are.equal(seen + 1, select(2, proxy:log():gsub("CONNECT 127%.0%.0%.1:", "")))
+      -- a dead proxy, bypassed for the address
       local dead = "http://127.0.0.1:" .. N.free_port()
-      assert.are.equal("ok", child("HTTPS_PROXY=" .. dead .. " NO_PROXY=localhost"))
+      assert.are.equal("ok", child("HTTPS_PROXY=" .. dead .. " NO_PROXY=127.0.0.1"))
       assert.matches("network", child("HTTPS_PROXY=" .. dead))
     end)
 
     it("is not used with proxy = \"\", whatever the environment says", function()
-      local seen = select(2, proxy:log():gsub("CONNECT localhost", ""))
+      local seen = select(2, proxy:log():gsub("CONNECT 127%.0%.0%.1:", ""))
       assert(edit(client { ca_file = certs.ca, proxy = "" }))
-      assert.are.equal(seen, select(2, proxy:log():gsub("CONNECT localhost", "")))
+      assert.are.equal(seen, select(2, proxy:log():gsub("CONNECT 127%.0%.0%.1:", "")))
     end)
+  end)
+end)
+
+-- The tests above reach their servers by address, so that they pass on a
+-- machine that cannot resolve localhost (no /etc/hosts). Here the TLS
+-- front's and the proxy's tests run again where it cannot: in a private
+-- mount namespace (as root) with an empty /etc/hosts and files the only
+-- source of host names.
+describe("the real network, on a machine with an empty /etc/hosts", function()
+  it("still passes the TLS front's and the forward proxy's tests", function()
+    local dir = H.tmpdir()
+    H.write(dir .. "/hosts", "")
+    H.write(dir .. "/nsswitch.conf", "hosts: files\n")
+    -- a bind in a namespace of its own: what this needs, and touches nothing outside
+    if not H.ok("unshare -m sh -c 'mount --bind \"$0\" \"$0\"' '" .. dir .. "/hosts' >/dev/null 2>&1") then
+      H.rmtree(dir)
+      pending("needs root, to hide /etc/hosts in a private mount namespace (unshare -m, mount --bind)")
+      return
+    end
+    local function hosts()
+      local f = io.open("/etc/hosts", "rb")
+      local s = f and f:read("*a")
+      if f then f:close() end
+      return s
+    end
+    local before = hosts()
+    local script = H.write(dir .. "/run.sh", table.concat({
+      "set -e",
+      "for f in hosts nsswitch.conf; do [ ! -e /etc/$f ] || mount --bind '" .. dir .. "'/$f /etc/$f; done",
+      "if getent hosts localhost >/dev/null; then echo 'localhost still resolves'; exit 1; fi",
+      "echo 'localhost does not resolve'",
+      H.CHILD .. H.LUA .. " /usr/bin/busted -o tests/summary.lua --filter='the real network HTTPS'"
+        .. " --filter='a forward proxy' --filter='NO_PROXY' --filter-out='empty /etc/hosts' tests/network_spec.lua",
+      "" }, "\n"))
+    local out, code = H.sh("unshare -m sh '" .. script .. "'")
+    H.rmtree(dir)
+    assert.matches("^localhost does not resolve\n", out)
+    assert.are.equal(0, code, out)
+    local passed, failed, skipped = out:match("\n(%d+) passed, (%d+) failed, (%d+) skipped\n$")
+    assert.are.same({ "0", "0" }, { failed, skipped }, out)
+    assert.is_true(tonumber(passed) >= 10, out) -- HTTPS, the forward proxy, NO_PROXY
+    assert.are.equal(before, hosts()) -- the bind stayed in its namespace
+  end)
+
+  it("is skipped, saying why, for a user who may not bind", function()
+    local nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups "
+    if not H.ok(nobody .. "test -r tests/network_spec.lua -a -r " .. H.BUILD .. "/imgedit/core.so 2>/dev/null") then
+      pending("needs root and setpriv (util-linux), and this checkout readable by the user nobody")
+      return
+    end
+    local out = H.sh(nobody .. H.CHILD .. H.LUA .. " /usr/bin/busted -o tests/summary.lua --filter='empty /etc/hosts'"
+      .. " --filter-out='saying why' tests/network_spec.lua")
+    assert.truthy(out:find("\nSKIP: the real network, on a machine with an empty /etc/hosts still passes the TLS front's"
+      .. " and the forward proxy's tests\n  tests/network_spec.lua:%d+: needs root, to hide /etc/hosts"), out)
+    assert.matches("\n0 passed, 0 failed, 1 skipped\n$", out)
   end)
 end)

@@ -76,6 +76,35 @@ describe("what the user owns", function()
     assert.are.equal(3, #H.api_requests(emu))
   end)
 
+  it("joins a folder given as dir/ without a doubled slash, and knows its own files as a run before recorded them", function()
+    assert.are.equal("out/a.png", files.join("out/", "a.png"))
+    assert.are.equal("out/a.png", files.join("out//", "a.png"))
+    assert.are.equal("out/a.png", files.join("out", "a.png"))
+    assert.are.equal("/a.png", files.join("/", "a.png"))
+    assert.is_true(files.same("out//a.png", "out/a.png"))
+    assert.is_false(files.same("out/a.png", "out/b.png"))
+    assert.is_false(files.same(nil, "out/a.png"))
+    -- a pipeline given d/: its paths and records have no //
+    local d, pic = fresh(), dir .. "/src2.png"
+    H.write(pic, H.png(32, 32))
+    local function run(refresh)
+      local p = imgedit.pipeline { client = H.client(emu), dir = d .. "/", cache = false, quiet = true }
+      return p:edit("a", { prompt = "x", images = { pic }, quality = "low", refresh = refresh })
+    end
+    local img = assert(run())
+    assert.are.equal(d .. "/a.png", img.path)
+    local cjson = require "cjson"
+    local side, journal = cjson.decode(H.read(d .. "/a.json")), cjson.decode(H.read(d .. "/.imgedit-journal.json"))
+    assert.are.equal(d .. "/a.png", side.output.file)
+    assert.are.equal(d .. "/a.png", journal.steps.a.file)
+    -- a folder whose records say d//a.png (a run before this join) is still its own
+    side.output.file, journal.steps.a.file = d .. "//a.png", d .. "//a.png"
+    H.write(d .. "/a.json", cjson.encode(side))
+    H.write(d .. "/.imgedit-journal.json", cjson.encode(journal))
+    assert(run(true))
+    assert.are.equal(2, #H.api_requests(emu))
+  end)
+
   it("writes nothing through a link planted as an output, a sidecar, a journal, a cache entry or a report", function()
     local outside = dir .. "/outside.txt"
     local function plant(path)

@@ -118,10 +118,19 @@ describe("providers", function()
         return H.write(dir .. "/" .. name, "\137PNG\r\n\26\n" .. H.png_chunk("IHDR", ihdr) .. H.pack(">I4", #data)
           .. "IDAT" .. data .. "\0\0\0\0" .. H.png_chunk("IEND", ""))
       end
+      -- A real w x h PNG mask, clear everywhere (all of it may change), made
+      -- `bytes` long by a private ancillary chunk that decoders skip: the
+      -- size checks see a big mask, and the mask's figures of an accepted
+      -- edit decode it.
+      local function mask_of(name, bytes, w, h)
+        local png = H.png(w, h, function() return 0 end)
+        local pad = H.png_chunk("prVt", string.rep("\0", bytes))
+        return H.write(dir .. "/" .. name, png:sub(1, 33) .. pad .. png:sub(34))
+      end
       files = {
         six = list(6), sixteen = list(16), seventeen = list(17),
         big = png_of("big.png", math.floor(10.5 * 1024 * 1024), 1024, 1024),
-        base = small, mask = png_of("mask.png", 5 * 1024 * 1024, 64, 64),
+        base = small, mask = mask_of("mask.png", 5 * 1024 * 1024, 64, 64),
         webp = H.write(dir .. "/w.webp", require("imgedit.core").encode(H.rgba(64, 64), 64, 64, "webp")),
       }
     end)
@@ -150,8 +159,10 @@ describe("providers", function()
     for _, provider in ipairs { "apiyi", "openai", "azure", "compatible" } do
       it("as " .. provider, function()
         local emu = H.emulator { provider = provider }
+        local warnings = {}
         local c = imgedit.new { base_url = emu.url, api_key = emu.key, provider = provider, max_retries = 0,
-          model = provider == "compatible" and "any-model" or "gpt-image-2", deployment = "images" }
+          model = provider == "compatible" and "any-model" or "gpt-image-2", deployment = "images",
+          on_warning = function(msg) warnings[#warnings + 1] = msg end }
         for i, case in ipairs(CASES) do
           local req = case[2]()
           req.prompt = req.prompt or "one script"
@@ -164,6 +175,8 @@ describe("providers", function()
             assert(img, provider .. ", " .. case[1] .. ": " .. tostring(err))
             assert.are.equal(1, sent)
             if req.n then assert.are.equal(1, #img.more, "the second picture is kept") end
+            -- an accepted mask is read for the mask's figures: all of it was free to change
+            if req.mask then assert.are.equal(0, img.mask_drift, provider .. ", " .. case[1]) end
           else
             assert.is_nil(img, provider .. ", " .. case[1] .. " passed")
             assert.are.equal("invalid_request", err.kind, provider .. ", " .. case[1])
@@ -177,6 +190,7 @@ describe("providers", function()
             assert.are.equal(1, #H.api_requests(emu))
           end
         end
+        assert.are.same({}, warnings)
         if provider == "azure" then
           for _, r in ipairs(emu:requests()) do
             assert.is_true(r.api_key)

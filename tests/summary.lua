@@ -1,6 +1,7 @@
 -- busted output handler: one line per failure as it happens, the file of
--- each spec as it starts, and a last line "N passed, N failed, N skipped"
--- that CI reads. Errors count as failures.
+-- each spec as it starts, then each skipped test with its reason, and a
+-- last line "N passed, N failed, N skipped" that CI reads. Errors count as
+-- failures.
 return function(options)
   local busted = require "busted"
   local handler = require("busted.outputHandlers.base")()
@@ -45,7 +46,18 @@ return function(options)
     return nil, true
   end
 
+  -- A skip says why where the spec gave a reason (pending("reason") inside
+  -- the test); a bare pending("name") has none, and says so, so a count of
+  -- skips never hides what was not run.
+  local function skipped(t)
+    local where = t.element and t.element.trace
+    local at = where and (tostring(where.short_src) .. ":" .. tostring(where.currentline)) or "?"
+    local reason = t.message ~= nil and message(t) or (at .. ": no reason given")
+    io.write(string.format("SKIP: %s\n  %s\n", t.name, (reason:gsub("\n", "\n  "))))
+  end
+
   handler.suiteEnd = function()
+    for _, t in ipairs(handler.pendings) do skipped(t) end
     local failed = #handler.failures + #handler.errors
     io.write(string.format("%d passed, %d failed, %d skipped\n", #handler.successes, failed, #handler.pendings))
     io.flush()

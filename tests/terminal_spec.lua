@@ -208,7 +208,7 @@ describe("the terminal", function()
     end)
 
     it("a working proxy that wants them (tinyproxy, BasicAuth)", function()
-      if N.missing() then pending("missing: " .. N.missing()) return end
+      if N.missing() then pending("needs the Debian packages " .. N.missing()) return end
       local proxy = N.tinyproxy(dir, { basic_auth = "puser s3cret" })
       local url = proxy.url:gsub("^http://", "http://puser:s3cret@")
       local env = "IMGEDIT_BASE_URL=" .. with_creds(emu.url)

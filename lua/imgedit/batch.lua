@@ -113,7 +113,7 @@ function Run:_save(slot, img)
   end
   -- The cache first: a kill between the two then finds it there.
   if self.cache then self.store:put({ key = item.cache_key }, img) end
-  local path = self.dir .. "/" .. item.name .. "." .. image.EXT[img.format]
+  local path = files.join(self.dir, item.name .. "." .. image.EXT[img.format])
   local w = self.store.shared.files
   local ok, err = w:write(path, img.bytes, function(p) return self:_ours(item, p) end)
   if not ok then
@@ -123,7 +123,7 @@ function Run:_save(slot, img)
   local list = { path }
   for i, more in ipairs(img.more or {}) do
     if image.is(more) then
-      local p = string.format("%s/%s.%d.%s", self.dir, item.name, i + 1, image.EXT[more.format])
+      local p = files.join(self.dir, string.format("%s.%d.%s", item.name, i + 1, image.EXT[more.format]))
       if w:write(p, more.bytes, function(q) return self:_ours(item, q) end) then list[#list + 1] = p end
     end
   end
@@ -219,7 +219,7 @@ function Run:_start(entry)
   if open and open.key == item.key then
     local path
     for _, e in pairs(image.EXT) do
-      local p = self.dir .. "/" .. name .. "." .. e
+      local p = files.join(self.dir, name .. "." .. e)
       if core.stat(p) then path = p end
     end
     local img = path and J.made_by(path, item)
@@ -244,7 +244,7 @@ function Run:_start(entry)
     if img then return self:_settle(slot, img, "cache") end
   end
   -- Where the picture will go, asked before it is paid for.
-  local out = self.dir .. "/" .. name .. "." .. (image.EXT[req.output_format] or "png")
+  local out = files.join(self.dir, name .. "." .. (image.EXT[req.output_format] or "png"))
   local free, werr = self.store.shared.files:may_write(out, function(p) return self:_ours(item, p) end)
   if not free then
     self:_ended { event = "failed", name = name, key = item.key, attempts = 0,
@@ -370,7 +370,7 @@ function M.run(o)
   if bad then return nil, errors.new("invalid_request", bad, { param = "manifest" }) end
   for n in pairs(names) do names[n] = true end
 
-  local jf, jerr = core.append(dir .. "/" .. J.journal_name(shard))
+  local jf, jerr = core.append(files.join(dir, J.journal_name(shard)))
   if not jf then error("cannot write the batch journal in " .. dir .. ": " .. tostring(jerr), 2) end
   local run = setmetatable({
     client = client, dir = dir, shard = shard, budget = budget, lineage = o.lineage ~= false, cache = cache or nil,

@@ -5,6 +5,7 @@
 -- output (its lineage or its "done" line says so).
 local core = require "imgedit.core"
 local cjson = require "cjson"
+local files = require "imgedit.files"
 local image = require "imgedit.image"
 local lineage = require "imgedit.lineage"
 
@@ -87,7 +88,7 @@ function M.read_journals(dir, names, warn)
   end
   table.sort(list)
   for _, name in ipairs(list) do
-    local path = dir .. "/" .. name
+    local path = files.join(dir, name)
     local f = io.open(path, "rb")
     local mine, n = {}, 0
     for line in f and f:lines() or function() end do
@@ -143,9 +144,9 @@ function M.ours(prior, item, path)
   if M.made_by(path, item) then return true end
   local last = prior and prior.last
   if not (last and last.event == "done") then return false end
-  local named = last.file == path
-  for _, f in ipairs(type(last.files) == "table" and last.files or {}) do named = named or f == path end
-  return named and (last.file ~= path or core.sha256_file(path) == last.sha256)
+  local named = files.same(last.file, path)
+  for _, f in ipairs(type(last.files) == "table" and last.files or {}) do named = named or files.same(f, path) end
+  return named and (not files.same(last.file, path) or core.sha256_file(path) == last.sha256)
 end
 
 return M

@@ -88,8 +88,8 @@ function M.write(self, src)
     jobs = list,
   }
   local ext = J.suffix(self.shard)
-  report.report = self.dir .. "/batch-report" .. ext .. ".json"
-  report.failed_manifest = self.dir .. "/failed" .. ext .. ".jsonl"
+  report.report = files.join(self.dir, "batch-report" .. ext .. ".json")
+  report.failed_manifest = files.join(self.dir, "failed" .. ext .. ".jsonl")
   local empty = setmetatable({}, cjson.empty_array_mt or {})
   local enc = {}
   for k, v in pairs(report) do enc[k] = v end

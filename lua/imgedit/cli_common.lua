@@ -144,7 +144,7 @@ end
 local function rescue(img, output)
   local name = string.format("imgedit-rescued-%s.%s", img.sha256:sub(1, 12), image.EXT[img.format])
   for _, dir in ipairs { output and output:match("^(.*)/[^/]*$") or ".", ".", os.getenv("TMPDIR") or "/tmp" } do
-    local path = dir .. "/" .. name
+    local path = files.join(dir, name)
     if core.write_atomic(path, img.bytes) then return path end
   end
 end

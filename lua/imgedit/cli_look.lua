@@ -3,6 +3,7 @@
 -- and `rules` (what a provider and model accept).
 local compat = require "imgedit.compat"
 local core = require "imgedit.core"
+local files = require "imgedit.files"
 local imgedit = require "imgedit"
 local providers = require "imgedit.providers"
 local C = require "imgedit.cli_common"
@@ -122,7 +123,7 @@ local function cmd_report(a)
   local f = io.open(a.dir .. "/.", "rb")
   if not f then return fail(3, a.dir .. ": not a readable folder", { kind = "io", message = "not a readable folder" }) end
   f:close()
-  local out = a.output or (a.dir .. "/index.html")
+  local out = a.output or files.join(a.dir, "index.html")
   local problems = {}
   local steps = sheet.steps(a.dir, problems)
   for _, w in ipairs(problems) do stderr("imgedit: warning: ", safe(w), "\n") end

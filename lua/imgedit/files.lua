@@ -35,6 +35,18 @@ function M.check_name(name)
   return name
 end
 
+-- join(dir, name) -> dir/name. A folder given with a trailing slash
+-- ("out/") gives "out/name", never "out//name": the paths a run prints and
+-- records are spelt once, as a person would write them.
+function M.join(dir, name) return (dir:gsub("/+$", "")) .. "/" .. name end
+
+-- same(a, b): whether two recorded spellings name one path, runs of
+-- slashes counting as one (a run given "out/" before join recorded
+-- "out//name").
+function M.same(a, b)
+  return a == b or (type(a) == "string" and type(b) == "string" and a:gsub("/+", "/") == b:gsub("/+", "/"))
+end
+
 -- name(name, what) -> name, or raises: check_name for an argument.
 function M.name(name, what, level)
   local ok, why = M.check_name(name)

@@ -179,7 +179,7 @@ function M.pictures(list)
         if not e.dir and ext and PICTURE_EXT[ext:lower()] and e.name:sub(1, 1) ~= "." then names[#names + 1] = e.name end
       end
       table.sort(names)
-      for _, n in ipairs(names) do out[#out + 1] = (arg:gsub("/+$", "")) .. "/" .. n end
+      for _, n in ipairs(names) do out[#out + 1] = files.join(arg, n) end
     elseif st then
       out[#out + 1] = arg
     elseif arg:find("[*?]") then
@@ -189,7 +189,7 @@ function M.pictures(list)
         if not e.dir and e.name:match(glob_pattern(pat)) then names[#names + 1] = e.name end
       end
       table.sort(names)
-      for _, n in ipairs(names) do out[#out + 1] = (dir == "." and "" or dir .. "/") .. n end
+      for _, n in ipairs(names) do out[#out + 1] = dir == "." and n or files.join(dir, n) end
       if #names == 0 then return nil, arg .. ": no file matches" end
     else
       return nil, arg .. ": no such file or folder"
@@ -211,7 +211,7 @@ end
 
 local function resolve(p, base)
   if type(p) ~= "string" or base == nil or is_abs(p) then return p end
-  return base == "." and p or base .. "/" .. p
+  return base == "." and p or files.join(base, p)
 end
 
 local function type_of(v) return v == cjson.null and "null" or type(v) end

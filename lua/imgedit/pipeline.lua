@@ -59,7 +59,7 @@ end
 -- cache, budget and report: try alternatives from one intermediate result.
 function Pipeline:branch(name)
   files.name(name, "branch name", 2)
-  return M._open(self.shared, self.dir .. "/" .. name, self.prefix .. name .. "/")
+  return M._open(self.shared, files.join(self.dir, name), self.prefix .. name .. "/")
 end
 
 -- ---- budget ----

@@ -70,7 +70,7 @@ function M.steps(dir, problems)
     table.sort(list, function(a, b) return a.name < b.name end)
     for _, e in ipairs(list) do
       if e.name:sub(1, 1) ~= "." then
-        local path = d .. "/" .. e.name
+        local path = files.join(d, e.name)
         if e.dir and not e.link then -- a link to . or to / would never end
           walk(path)
         elseif e.name:match("%.json$") then
@@ -219,7 +219,7 @@ function M.render(steps, html_dir, title)
   -- Both sides absolute (links resolved), so any two places relate.
   local from = core.realpath(html_dir) or html_dir
   local function picture_href(s, file)
-    return href(M.relative(from, (core.realpath(s._dir) or s._dir) .. "/" .. basename(file)))
+    return href(M.relative(from, files.join(core.realpath(s._dir) or s._dir, basename(file))))
   end
   -- parents: the steps whose outputs this step took as inputs (a chain,
   -- a fusion, a branch); sources: the files it took from outside.

@@ -78,7 +78,7 @@ function M.new(o)
 end
 
 function M.read_journal(dir)
-  local j = read_json(dir .. "/" .. JOURNAL)
+  local j = read_json(files.join(dir, JOURNAL))
   return (j and type(j.steps) == "table") and j or { version = 1, steps = {} }
 end
 
@@ -166,7 +166,7 @@ function Store:describe(kind, name, req)
   -- when it moves to another url (or another emulator port).
   material.service = nil
   return {
-    kind = kind, name = self.prefix .. name, file_base = self.dir .. "/" .. name, req = req, send = send, model = model,
+    kind = kind, name = self.prefix .. name, file_base = files.join(self.dir, name), req = req, send = send, model = model,
     key = key, request_key = core.sha256(canon(material)), inputs = inputs, mask = mask, fields = fields,
     preserve = preserve and { feather = preserve.feather, quality = masks._quality(fields.output_compression) },
     estimate = tokens.estimate(req.prompt, inputs, req.size, req.quality),
@@ -179,12 +179,12 @@ end
 -- The journal on disk, unless the store keeps none (a batch's: it has a
 -- journal of its own).
 function Store:write_journal()
-  if self.keep_journal then write_json(self.dir .. "/" .. JOURNAL, self.journal) end
+  if self.keep_journal then write_json(files.join(self.dir, JOURNAL), self.journal) end
 end
 
 function Store:cache_paths(key)
-  local d = self.shared.cache .. "/" .. key:sub(1, 2)
-  return d, d .. "/" .. key .. ".json"
+  local d = files.join(self.shared.cache, key:sub(1, 2))
+  return d, files.join(d, key .. ".json")
 end
 
 -- A stored result, or nil when absent or corrupt (then it will be replaced).
@@ -194,7 +194,7 @@ function Store:lookup(item)
     local d, meta_path = self:cache_paths(item.key)
     local meta = read_json(meta_path)
     if meta and type(meta.sha256) == "string" and type(meta.file) == "string" and meta.file:match("^%x+%.%a+$") then
-      local img = load_verified(d .. "/" .. meta.file, meta.sha256, with_held({ usage = meta.usage,
+      local img = load_verified(files.join(d, meta.file), meta.sha256, with_held({ usage = meta.usage,
         model = meta.model, url = meta.url, cost = meta.cost, cached = true }, meta))
       if img then return self:settle(item, img), "cache" end
     end
@@ -225,7 +225,7 @@ function Store:put(item, img)
   local d, meta_path = self:cache_paths(item.key)
   local ok, msg = core.mkdir_p(d)
   local file = item.key .. "." .. image.EXT[img.format]
-  if ok then ok, msg = files.own(d .. "/" .. file, img.bytes) end
+  if ok then ok, msg = files.own(files.join(d, file), img.bytes) end
   -- The metadata is written last: it is what makes the entry visible.
   if ok then
     ok, msg = write_json(meta_path, with_held({ sha256 = img.sha256, file = file, format = img.format,
@@ -259,8 +259,10 @@ end
 function Store:ours(item, path)
   local j = self.journal.steps[item.name:sub(#self.prefix + 1)]
   local side = read_json(item.file_base .. ".json")
-  local want = type(j) == "table" and j.file == path and j.sha256
-  if not want and side and type(side.output) == "table" and side.output.file == path then want = side.output.sha256 end
+  local want = type(j) == "table" and files.same(j.file, path) and j.sha256
+  if not want and side and type(side.output) == "table" and files.same(side.output.file, path) then
+    want = side.output.sha256
+  end
   return type(want) == "string" and core.sha256_file(path) == want
 end
 
@@ -274,7 +276,7 @@ end
 function Store:ours_partial(item, path)
   local t = read_json(item.file_base .. ".json")
   for _, f in ipairs(t and t.step == item.name and type(t.partials) == "table" and t.partials or {}) do
-    if f == path then return true end
+    if files.same(f, path) then return true end
   end
   return false
 end

@@ -71,7 +71,7 @@ function M.loop(o)
           rec.usd and rec.usd > 0 and string.format("$%.4f", rec.usd) or ""))
       end
       if p.prefix == "" then
-        local path, msg = require("imgedit.sheet").write(p.dir, p.dir .. "/index.html")
+        local path, msg = require("imgedit.sheet").write(p.dir, require("imgedit.files").join(p.dir, "index.html"))
         o.out(path and ("contact sheet: " .. path) or ("contact sheet not written: " .. tostring(msg)))
       end
     end
