@@ -103,7 +103,11 @@ DEB_PKGS = gcc make pkg-config liblua5.4-dev lua5.4 libcurl4-openssl-dev lua-cjs
 define install_missing
 	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
 	  grep -q 'install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
+	if [ -n "$$missing" ] && [ "$$(id -u)" != 0 ] && ! command -v sudo >/dev/null 2>&1; then \
+	  echo "imgedit: these Debian packages are missing:" $$missing; \
+	  echo "imgedit: not root and no sudo: ask an administrator to run" \
+	    "apt-get install --no-install-recommends" $$missing; \
+	elif [ -n "$$missing" ]; then \
 	  echo "installing:" $$missing; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
@@ -263,7 +267,12 @@ check:
 format:
 	clang-format -i src/*.c src/*.h src/emulator/*.c src/emulator/*.h tests/fuzz/*.c
 
-# The installed command names the interpreter it was built for.
+# The installed command names the interpreter it was built for and, with
+# BIN_PATHS=yes (LuaRocks, which wraps its commands, passes it empty), the
+# folders it was installed into: it works from any prefix, $$HOME/.local too.
+BIN_PATHS ?= yes
+BIN_LPATH  = $(LUA_LMOD)/?.lua;$(LUA_LMOD)/?/init.lua
+BIN_CPATH  = $(LUA_CMOD)/?.so
 install: all
 	install -d $(DESTDIR)$(LUA_LMOD)/imgedit/emulator $(DESTDIR)$(LUA_CMOD)/imgedit $(DESTDIR)$(BINDIR)
 	install -m 644 lua/imgedit/*.lua $(DESTDIR)$(LUA_LMOD)/imgedit/
@@ -273,8 +282,34 @@ ifeq ($(HAVE_MHD),yes)
 	install -d $(DESTDIR)$(LUA_CMOD)/imgedit/emulator
 	install -m 755 $(BUILD)/imgedit/emulator/core.so $(DESTDIR)$(LUA_CMOD)/imgedit/emulator/
 endif
-	sed '1s|.*|#!/usr/bin/env $(LUA)|' bin/imgedit > $(DESTDIR)$(BINDIR)/imgedit
+	sed -e '1s|.*|#!/usr/bin/env $(LUA)|' \
+	  $(if $(BIN_PATHS),-e '1a package.path = "$(BIN_LPATH);" .. package.path' \
+	  -e '1a package.cpath = "$(BIN_CPATH);" .. package.cpath') bin/imgedit > $(DESTDIR)$(BINDIR)/imgedit
 	chmod 755 $(DESTDIR)$(BINDIR)/imgedit
+ifeq ($(DESTDIR)$(BIN_PATHS),yes)
+	@$(LUA) -e 'os.exit(package.path:find("$(LUA_LMOD)/?.lua", 1, true) and 0 or 1)' || { \
+	  echo "imgedit: $(LUA_LMOD) is not on $(LUA)'s default path; for require \"imgedit\" in your scripts, add to your shell's profile:"; \
+	  echo "  export LUA_PATH='$(BIN_LPATH);;' LUA_CPATH='$(BIN_CPATH);;'"; }
+	@case ":$$PATH:" in *":$(BINDIR):"*) ;; *) echo "imgedit: $(BINDIR) is not on your PATH; add it:" \
+	  "export PATH=\"$(BINDIR):\$$PATH\"";; esac
+endif
+
+# A source rock of this tree: build/rock/imgedit-V-1.src.rock (its rockspec
+# names the tarball beside it), installable anywhere with
+# `luarocks install ./imgedit-V-1.src.rock`. ROCK_URL: where the tarball
+# will be published (default: this folder's file:// url).
+ROCK_VERSION := $(shell sed -n 's/^\#define IMGEDIT_VERSION "\(.*\)"/\1/p' src/imgedit.h)
+ROCK_DIR      = build/rock
+ROCK_TAR      = imgedit-$(ROCK_VERSION).tar.gz
+ROCK_URL     ?= file://$(CURDIR)/$(ROCK_DIR)/$(ROCK_TAR)
+ROCK_FILES    = Makefile README.md imgedit-scm-1.rockspec src lua bin types docs
+rock:
+	@rm -rf $(ROCK_DIR) && mkdir -p $(ROCK_DIR)
+	tar -czf $(ROCK_DIR)/$(ROCK_TAR) --transform 's,^,imgedit-$(ROCK_VERSION)/,' $(ROCK_FILES)
+	sed -e 's|^version = .*|version = "$(ROCK_VERSION)-1"|' \
+	  -e 's|^  url = .*|  url = "$(ROCK_URL)", dir = "imgedit-$(ROCK_VERSION)",|' \
+	  imgedit-scm-1.rockspec > $(ROCK_DIR)/imgedit-$(ROCK_VERSION)-1.rockspec
+	cd $(ROCK_DIR) && luarocks --lua-version=$(LUA_VERSION) pack imgedit-$(ROCK_VERSION)-1.rockspec
 
 uninstall:
 	rm -rf $(DESTDIR)$(LUA_LMOD)/imgedit $(DESTDIR)$(LUA_CMOD)/imgedit $(DESTDIR)$(BINDIR)/imgedit

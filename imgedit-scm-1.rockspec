@@ -30,15 +30,21 @@ external_dependencies = {
 }
 build = {
   type = "make",
+  -- LUA is the interpreter of the tree (--lua-version): the Makefile asks it
+  -- its version and builds into build/lua5.x, or build/luajit; install
+  -- takes the same variables so that it installs that build.
   build_variables = {
     CFLAGS = "$(CFLAGS)",
+    LUA = "$(LUA)",
     LUA_INCDIR = "$(LUA_INCDIR)",
-    LUA_VERSION = "$(LUA_VERSION)",
   },
   install_variables = {
+    LUA = "$(LUA)",
+    LUA_INCDIR = "$(LUA_INCDIR)",
     PREFIX = "$(PREFIX)",
     LUA_LMOD = "$(LUADIR)",
     LUA_CMOD = "$(LIBDIR)",
     BINDIR = "$(BINDIR)",
+    BIN_PATHS = "", -- LuaRocks wraps the command with its tree's paths
   },
 }

@@ -48,10 +48,10 @@ describe("the house", function()
     p:close()
     assert.matches("exit=0", out)
     assert.matches("libmicrohttpd not found: built the client only", out)
-    assert.is_true(H.exists(dir .. "/src/build/imgedit/core.so"))
-    assert.is_false(H.exists(dir .. "/src/build/imgedit/emulator/core.so"))
+    assert.is_true(H.exists(dir .. "/src/" .. H.BUILD .. "/imgedit/core.so"))
+    assert.is_false(H.exists(dir .. "/src/" .. H.BUILD .. "/imgedit/emulator/core.so"))
     -- the client works there; asking for the emulator says what is missing
-    p = io.popen("cd '" .. dir .. "/src' && LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/?.so;;' " .. H.LUA
+    p = io.popen("cd '" .. dir .. "/src' && LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='" .. H.BUILD .. "/?.so;;' " .. H.LUA
       .. " -e 'assert(require(\"imgedit\").new{api_key=\"k\"}) local ok, e = pcall(require, \"imgedit.emulator\")"
       .. " io.write(tostring(ok), \" \", e)' 2>&1")
     out = p:read("*a")

@@ -15,8 +15,8 @@ describe("the LÖVE example", function()
   local reason = "needs love, xvfb-run and LuaJIT's headers (missing the Debian packages " .. table.concat(missing, ", ") .. ")"
   local runner = #missing == 0 and it or function(name) it(name, function() pending(reason) end) end
   runner("keeps drawing frames while an edit streams in, the pictures decoded off the frame", function()
-    assert.is_true(H.ok("make --no-print-directory BUILD=build-luajit LUA=luajit all >/dev/null 2>&1"))
-    local p = io.popen("env -u IMGEDIT_API_KEY -u LD_PRELOAD LUA_CPATH='build-luajit/?.so;;' LUA_PATH='lua/?.lua;lua/?/init.lua;;' "
+    assert.is_true(H.ok("make --no-print-directory LUA=luajit all >/dev/null 2>&1"))
+    local p = io.popen("env -u IMGEDIT_API_KEY -u LD_PRELOAD LUA_CPATH='build/luajit/?.so;;' LUA_PATH='lua/?.lua;lua/?/init.lua;;' "
       .. "xvfb-run -a timeout 90 love examples/love 2>&1; echo exit=$?")
     local out = p:read("*a")
     p:close()

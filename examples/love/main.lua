@@ -5,7 +5,7 @@
 -- (decode = "rgba"): imgedit decodes them on a thread of its own, and a
 -- frame only copies their pixels into a texture. It prints how many frames
 -- it drew while waiting and its longest frame, then quits.
--- Run: LUA_CPATH='build-luajit/?.so;;' LUA_PATH='lua/?.lua;lua/?/init.lua;;' love examples/love
+-- Run: LUA_CPATH='build/luajit/?.so;;' LUA_PATH='lua/?.lua;lua/?/init.lua;;' love examples/love
 local imgedit = require "imgedit"
 local core = require "imgedit.core"
 local ffi = require "ffi" -- LÖVE's LuaJIT: copy pixels without a new allocation
