@@ -40,9 +40,11 @@
 #define ie_rawgeti(L, i, n) lua_rawgeti((L), (i), (int)(n))
 #define ie_rawseti(L, i, n) lua_rawseti((L), (i), (int)(n))
 
-#if LUA_VERSION_NUM == 501 && !defined(LUAJIT_VERSION_NUM) && !defined(luaL_newlibtable)
-/* Plain Lua 5.1 lacks these two 5.2 helpers; LuaJIT 2.1 has them. */
-static inline void luaL_setfuncs(lua_State *L, const luaL_Reg *l, int nup) {
+#if LUA_VERSION_NUM == 501
+/* Lua 5.1 lacks these two 5.2 helpers. LuaJIT 2.1 has them, but a module
+ * for the 5.1 ABI must not call them: one build loads in both lua5.1 and
+ * LuaJIT (LuaRocks' 5.1 tree serves both), so ours are used on either. */
+static inline void ie_setfuncs(lua_State *L, const luaL_Reg *l, int nup) {
   for (; l->name; l++) {
     for (int i = 0; i < nup; i++)
       lua_pushvalue(L, -nup);
@@ -51,10 +53,14 @@ static inline void luaL_setfuncs(lua_State *L, const luaL_Reg *l, int nup) {
   }
   lua_pop(L, nup);
 }
-static inline void luaL_setmetatable(lua_State *L, const char *tname) {
+static inline void ie_setmetatable(lua_State *L, const char *tname) {
   luaL_getmetatable(L, tname);
   lua_setmetatable(L, -2);
 }
+#undef luaL_setfuncs
+#undef luaL_setmetatable
+#define luaL_setfuncs(L, l, n) ie_setfuncs((L), (l), (n))
+#define luaL_setmetatable(L, t) ie_setmetatable((L), (t))
 #endif
 
 /* A buffer of a size known in advance that becomes a Lua string: luaL_Buffer

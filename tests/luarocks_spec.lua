@@ -1,33 +1,141 @@
--- The rockspec builds and installs with `luarocks make` into a temporary
--- tree, and the library works from that tree alone (the Debian packages
--- provide cjson and argparse, so dependencies are not fetched).
+-- The README's install commands, run as written in a fresh copy of the
+-- checkout, for the Lua this suite runs on (make test-all covers 5.4, 5.3,
+-- 5.1 and LuaJIT): `luarocks make` with the version named (into the system
+-- tree, which a private mount namespace makes a temporary folder), `luarocks
+-- make --local` as a user who is not root, `make rock` then `luarocks
+-- install` of the source rock into a fresh tree, `make install PREFIX=` as
+-- that user. Each is followed by `require "imgedit"` and an `imgedit edit`
+-- through the installed command against the emulator. And a build for one
+-- Lua followed by `make demo` for another.
 local H = require "helpers"
 
-describe("luarocks make", function()
-  it("installs a working tree", function()
-    assert.is_true(H.ok("command -v luarocks >/dev/null"), "luarocks is needed: make deps")
-    local dir = H.tmpdir()
-    local src, tree = dir .. "/src", dir .. "/tree"
-    -- build in a copy, so the suite's own build/ is not rebuilt under it
-    assert.is_true(H.ok("mkdir -p '" .. src .. "' && cp -r src lua bin types Makefile imgedit-scm-1.rockspec '" .. src .. "'"))
-    local lv = H.LUAV
-    local p = io.popen("cd '" .. src .. "' && luarocks --lua-version=" .. lv .. " make --deps-mode=none --tree='" .. tree
-      .. "' imgedit-scm-1.rockspec 2>&1; echo exit=$?")
-    local out = p:read("*a")
-    p:close()
-    assert.matches("exit=0", out)
-    assert.matches("imgedit scm%-1 is now installed", out)
-    local lpath = tree .. "/share/lua/" .. lv .. "/?.lua;" .. tree .. "/share/lua/" .. lv .. "/?/init.lua;;"
-    local cpath = tree .. "/lib/lua/" .. lv .. "/?.so;;"
-    p = io.popen("cd / && LUA_PATH='" .. lpath .. "' LUA_CPATH='" .. cpath .. "' " .. H.LUA .. " -e '"
-      .. "local e = require(\"imgedit.emulator\").start{} local c = require(\"imgedit\").new{base_url=e.url, api_key=e.key} "
-      .. "local img = assert(c:generate{prompt=\"x\"}) io.write(img.format, \" \", package.searchpath and "
-      .. "package.searchpath(\"imgedit.core\", package.cpath) or \"\") e:stop()' 2>&1")
-    out = p:read("*a")
-    p:close()
-    assert.matches("^png", out)
-    if out:find(" ", 1, true) and #out > 4 then assert.truthy(out:find(tree, 1, true), out) end
-    assert.is_true(H.exists(tree .. "/bin/imgedit"))
+local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+describe("installing", function()
+  local emu, dir, src
+  local root = H.ok("test \"$(id -u)\" = 0")
+  -- Under a sanitizer the interpreter is this suite's, the builds are the
+  -- plain suite's: that suite runs these.
+  local sanitized = os.getenv("LD_PRELOAD") ~= nil
+  local jit = H.LUA:find("luajit", 1, true) ~= nil
+  local V = H.LUAV
+  -- The README's words for this Lua: LuaJIT's tree is 5.1's (one build
+  -- of the 5.1 ABI serves lua5.1 and LuaJIT).
+  local ROCKS = "luarocks --lua-version=" .. V
+  local USER = "imgedit-ci"
+
+  lazy_setup(function()
+    emu, dir = H.emulator(), H.tmpdir()
+    src = dir .. "/src"
+    assert(H.ok("mkdir -p " .. q(src) .. " && git ls-files | tar -cf - -T - | tar -xf - -C " .. q(src)))
+    H.write(dir .. "/in.png", H.png(64, 64))
+    if root then
+      H.sh("id " .. USER .. " >/dev/null 2>&1 || useradd --system --no-create-home --shell /bin/sh " .. USER)
+    end
+  end)
+  lazy_teardown(function()
+    emu:stop()
+    if root then H.sh("userdel " .. USER .. " 2>/dev/null") end
     H.rmtree(dir)
+  end)
+
+  -- What every install must give: the library, and the command doing an
+  -- edit that reaches the emulator. `env` sets up the shell for the tree.
+  local function works(run, env, label)
+    local before = #H.api_requests(emu)
+    local out, code = run(env .. "; cd " .. q(dir) .. " && " .. H.LUA
+      .. " -e 'local i = require \"imgedit\" io.write(\"version \", i.version, \"\\n\")'"
+      .. " && IMGEDIT_API_KEY=" .. emu.key .. " IMGEDIT_BASE_URL=" .. emu.url .. " IMGEDIT_PROVIDER=apiyi"
+      .. " imgedit edit -p x -i in.png -o " .. q(label .. ".png") .. " --force --quiet")
+    assert.are.equal(0, code, label .. ": " .. out)
+    assert.matches("version %d+%.%d+", out)
+    assert.are.equal(before + 1, #H.api_requests(emu), label .. ": one edit reached the service")
+  end
+
+  -- A fresh copy of the checkout for one command, so each builds from nothing.
+  local n = 0
+  local function copy()
+    n = n + 1
+    local d = dir .. "/copy" .. n
+    assert(H.ok("cp -r " .. q(src) .. " " .. q(d)))
+    return d
+  end
+
+  local function as_root(cmd) return H.sh("sh -c " .. q(cmd)) end
+
+  local why = sanitized and "run by the plain suite, not under a sanitizer"
+    or "needs root (a private mount namespace, a user to install as)"
+  local function rooted(name, fn)
+    if root and not sanitized then return it(name, fn) end
+    it(name, function() pending(why) end)
+  end
+
+  rooted("luarocks make, the version named, into the system tree", function()
+    local d, usr = copy(), dir .. "/usr-local"
+    assert(H.ok("mkdir -p " .. q(usr)))
+    -- /usr/local is a temporary folder here, in this command's mount namespace only
+    local out, code = H.sh("unshare -m sh -c " .. q("mount --bind " .. q(usr) .. " /usr/local && cd " .. q(d)
+      .. " && " .. ROCKS .. " make --deps-mode=none"))
+    assert.are.equal(0, code, out)
+    assert.matches("imgedit scm%-1 is now installed in /usr/local", out)
+    assert.is_true(H.exists(usr .. "/lib/lua/" .. V .. "/imgedit/core.so"))
+    assert.is_true(H.exists(usr .. "/bin/imgedit"))
+    works(function(cmd) return H.sh("unshare -m sh -c " .. q("mount --bind " .. q(usr) .. " /usr/local && " .. cmd)) end,
+      "true", "system")
+  end)
+
+  rooted("luarocks make --local, as a user who is not root, and luarocks path", function()
+    local home = dir .. "/home"
+    assert(H.ok("mkdir -p " .. q(home) .. " && cp -r " .. q(src) .. " " .. q(home .. "/src") .. " && chown -R " .. USER
+      .. " " .. q(home) .. " " .. q(dir) .. " && chmod 755 " .. q(dir)))
+    local function as_user(cmd)
+      return H.sh("runuser -u " .. USER .. " -- env -i HOME=" .. q(home) .. " PATH=/usr/bin:/bin sh -c " .. q(cmd))
+    end
+    local out, code = as_user("cd ~/src && " .. ROCKS .. " make --local --deps-mode=none")
+    assert.are.equal(0, code, out)
+    assert.matches("is now installed in " .. home:gsub("%p", "%%%0") .. "/%.luarocks", out)
+    works(as_user, "eval \"$(" .. ROCKS .. " path)\"", "local")
+    -- make install into the user's own prefix: the command works from there,
+    -- and the lines it prints make require work too
+    out, code = as_user("cd ~/src && make --no-print-directory install PREFIX=$HOME/.local "
+      .. (jit and "LUA=luajit" or "LUA_VERSION=" .. V))
+    assert.are.equal(0, code, out)
+    local export = out:match("\n%s*(export LUA_PATH=[^\n]+)")
+    assert.truthy(export, out)
+    works(as_user, export .. "; export PATH=$HOME/.local/bin:/usr/bin:/bin", "prefix")
+  end)
+
+  rooted("make rock, then luarocks install of the source rock into a fresh tree", function()
+    local d, tree = copy(), dir .. "/tree"
+    local out, code = as_root("cd " .. q(d) .. " && make --no-print-directory rock "
+      .. (jit and "LUA=luajit" or "LUA_VERSION=" .. V))
+    assert.are.equal(0, code, out)
+    local rock = out:match("Packed: (%S+%.src%.rock)")
+    assert.truthy(rock, out)
+    -- the rock builds from its own tarball: the copy it came from goes away
+    local kept = dir .. "/" .. rock:match("[^/]+$")
+    assert(H.ok("cp " .. q(rock) .. " " .. q(kept) .. " && rm -rf " .. q(d)))
+    out, code = as_root("cd " .. q(dir) .. " && " .. ROCKS .. " install --tree=" .. q(tree) .. " --deps-mode=none "
+      .. q(kept))
+    assert.are.equal(0, code, out)
+    works(as_root, "eval \"$(" .. ROCKS .. " --tree=" .. q(tree) .. " path)\"", "rock")
+  end)
+
+  it("a build for one Lua, then make demo for another: each loads its own build", function()
+    if not H.ok("command -v lua5.1 >/dev/null && command -v lua5.4 >/dev/null") then
+      return pending("needs lua5.1 and lua5.4")
+    end
+    local d = copy()
+    local out, code = H.sh("cd " .. q(d) .. " && make --no-print-directory LUA_VERSION=5.1 all >/dev/null"
+      .. " && env -u IMGEDIT_API_KEY make --no-print-directory demo")
+    assert.are.equal(0, code, out)
+    assert.matches("done: %d+ tokens", out)
+    assert.are.same({ "lua=lua5.1", "lua=lua5.4" }, {
+      (H.read(d .. "/build/lua5.1/built-for") or ""):match("^%S+"), (H.read(d .. "/build/lua5.4/built-for") or ""):match("^%S+") })
+    -- and switching back needs no make clean: the 5.1 build is still the 5.1 build
+    out, code = H.sh("cd " .. q(d) .. " && make --no-print-directory LUA_VERSION=5.1 all && env LUA_PATH='lua/?.lua;lua/?/init.lua;;'"
+      .. " LUA_CPATH='build/lua5.1/?.so;;' lua5.1 -e 'print(require(\"imgedit\").version)'")
+    assert.are.equal(0, code, out)
+    assert.is_nil(out:find("cc ", 1, true), "nothing rebuilt")
   end)
 end)
