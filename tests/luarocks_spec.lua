@@ -121,6 +121,25 @@ describe("installing", function()
     works(as_root, "eval \"$(" .. ROCKS .. " --tree=" .. q(tree) .. " path)\"", "rock")
   end)
 
+  it("the first steps are quiet: no pkg-config noise before it is installed", function()
+    local out, code = H.sh("make --no-print-directory -n all PKG_CONFIG=pkg-config-not-installed")
+    assert.are.equal(0, code, out)
+    assert.is_nil(out:find("pkg-config-not-installed", 1, true), out) -- the shell's "...: not found"
+    assert.matches("libmicrohttpd not found: built the client only", out)
+  end)
+
+  rooted("make deps without root or sudo names what is missing and how to install it", function()
+    -- a PATH with what the recipe needs, and no sudo
+    local bin = dir .. "/nosudo"
+    assert(H.ok("mkdir -p " .. q(bin) .. " && for t in sh make dpkg-query grep id; do ln -sf \"$(command -v $t)\" "
+      .. q(bin) .. "/$t; done && chmod 755 " .. q(dir)))
+    local out, code = H.sh("runuser -u " .. USER .. " -- env -i HOME=/nonexistent PATH=" .. q(bin) .. " make -C "
+      .. q(src) .. " --no-print-directory deps DEB_PKGS=imgedit-no-such-package")
+    assert.are.equal(0, code, out)
+    assert.matches("these Debian packages are missing: imgedit%-no%-such%-package", out)
+    assert.matches("apt%-get install %-%-no%-install%-recommends imgedit%-no%-such%-package", out)
+  end)
+
   it("a build for one Lua, then make demo for another: each loads its own build", function()
     if not H.ok("command -v lua5.1 >/dev/null && command -v lua5.4 >/dev/null") then
       return pending("needs lua5.1 and lua5.4")
