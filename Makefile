@@ -42,26 +42,58 @@ DEP_CFLAGS := $(LUA_CFLAGS) $(shell $(PKG_CONFIG) --cflags libcurl stb libwebp l
 EMU_CFLAGS := $(shell $(PKG_CONFIG) --cflags libmicrohttpd 2>/dev/null)
 CORE_LIBS  := $(shell $(PKG_CONFIG) --libs libcurl stb libwebp libpng libssl libcrypto 2>/dev/null) -lm -pthread
 EMU_LIBS   := $(shell $(PKG_CONFIG) --libs libmicrohttpd 2>/dev/null) -lpthread
-ALL_CFLAGS = -std=c99 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) $(DEP_CFLAGS) $(CFLAGS)
 # Lua modules link without -llua: the interpreter exports its symbols.
 LDFLAGS  ?=
 SHARED    = -shared
+SO        = so
+PLAT_SRC  = src/plat_posix.c
 
-CORE_SRC = src/core.c src/inspect.c src/codec.c src/fileio.c src/appender.c src/meta.c src/meta_webp.c src/watch.c src/signal.c src/pixels.c src/composite.c src/mask.c src/sse.c src/net.c src/record.c src/transfer.c src/hub.c src/http.c src/xfer.c src/worker.c src/decoder.c src/procs.c
-EMU_SRC  = src/emulator/module.c src/emulator/server.c src/emulator/bridge.c src/emulator/render.c
-HDRS     = src/imgedit.h src/sse.h src/compat.h src/http.h src/meta.h
+# The system's own calls. Linux: its own where they help (signalfd,
+# inotify, POLLRDHUP, close-on-exec at creation). PORTABLE=1: the plain
+# POSIX path beside each, none of Linux's compiled in: what macOS and the
+# BSDs build, tested here on Linux, in a build folder of its own.
+UNAME_S := $(shell uname -s 2>/dev/null)
+ifeq ($(UNAME_S),Darwin)
+PORTABLE  = 1
+FEATURES  = -D_DARWIN_C_SOURCE
+# As Lua modules do on macOS: a bundle, Lua's symbols found at load.
+SHARED    = -bundle -undefined dynamic_lookup
+else ifdef PORTABLE
+FEATURES  = -D_XOPEN_SOURCE=700 -D_DEFAULT_SOURCE
+else
+FEATURES  = -D_GNU_SOURCE
+endif
+ifdef PORTABLE
+FEATURES += -DIE_PORTABLE
+BUILD_SUFFIX = -portable
+endif
+# Windows (cross-built by tools/windows/build.sh with MinGW-w64): DLLs,
+# linked against the Lua DLL, wide-character paths and Windows' own calls.
+ifeq ($(TARGET_OS),windows)
+FEATURES  = -D_WIN32_WINNT=0x0602 -D__USE_MINGW_ANSI_STDIO=1
+SO        = dll
+PLAT_SRC  = src/plat_win.c
+BUILD_SUFFIX = -windows
+endif
+ALL_CFLAGS = -std=c99 $(FEATURES) $(if $(filter windows,$(TARGET_OS)),,-fPIC) -fvisibility=hidden $(WARN) \
+             $(DEP_CFLAGS) $(CFLAGS)
+
+CORE_SRC = src/core.c src/inspect.c src/codec.c src/fileio.c src/appender.c src/meta.c src/meta_webp.c src/watch.c src/signal.c src/pixels.c src/composite.c src/mask.c src/sse.c src/net.c src/record.c src/transfer.c src/hub.c src/http.c src/xfer.c src/worker.c src/decoder.c src/procs.c \
+           src/sha256.c $(PLAT_SRC)
+EMU_SRC  = src/emulator/module.c src/emulator/server.c src/emulator/bridge.c src/emulator/render.c $(PLAT_SRC)
+HDRS     = src/imgedit.h src/sse.h src/compat.h src/http.h src/meta.h src/platform.h
 EMU_HDRS = $(HDRS) src/emulator/emulator.h
 
 BUSTED  ?= $(LUA) /usr/bin/busted
 
 .PHONY: FORCE rock test-quick soak test-tsan testhooks all deps deps-test deps-hardening deps-all test-all test test-asan test-valgrind demo bench bench-deps install uninstall clean check format fuzz fuzz-smoke
 
-BUILD ?= build/$(LUA_ID)
+BUILD ?= build/$(LUA_ID)$(BUILD_SUFFIX)
 
 # The emulator needs libmicrohttpd; a client-only build (no libmicrohttpd
 # found) skips it. The tests, the demo and the CLI's emulate need it.
 HAVE_MHD := $(shell $(PKG_CONFIG) --exists libmicrohttpd 2>/dev/null && echo yes)
-MODULES   = $(BUILD)/imgedit/core.so $(if $(HAVE_MHD),$(BUILD)/imgedit/emulator/core.so)
+MODULES   = $(BUILD)/imgedit/core.$(SO) $(if $(HAVE_MHD),$(BUILD)/imgedit/emulator/core.$(SO))
 
 all: $(MODULES)
 ifneq ($(HAVE_MHD),yes)
@@ -70,17 +102,17 @@ endif
 
 # What a build was made for: the interpreter, its headers and the flags. A
 # build whose record differs is made again (no `make clean` to switch).
-BUILT_FOR = lua=$(LUA) version=$(LUA_VERSION) cflags=$(strip $(LUA_CFLAGS) $(CFLAGS) $(LDFLAGS))
+BUILT_FOR = lua=$(LUA) version=$(LUA_VERSION) cflags=$(strip $(LUA_CFLAGS) $(FEATURES) $(CFLAGS) $(LDFLAGS))
 $(BUILD)/built-for: FORCE
 	@mkdir -p $(@D)
 	@if [ "$$(cat $@ 2>/dev/null)" != '$(BUILT_FOR)' ]; then printf '%s\n' '$(BUILT_FOR)' > $@; fi
 FORCE:
 
-$(BUILD)/imgedit/core.so: $(CORE_SRC) $(HDRS) $(BUILD)/built-for
+$(BUILD)/imgedit/core.$(SO): $(CORE_SRC) $(HDRS) $(BUILD)/built-for
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) $(SHARED) -o $@ $(CORE_SRC) $(LDFLAGS) $(CORE_LIBS)
+	$(CC) $(ALL_CFLAGS) $(SHARED) -o $@ $(CORE_SRC) $(LDFLAGS) $(CORE_LIBS) $(LIBS)
 
-$(BUILD)/imgedit/emulator/core.so: $(EMU_SRC) $(EMU_HDRS) $(BUILD)/built-for
+$(BUILD)/imgedit/emulator/core.$(SO): $(EMU_SRC) $(EMU_HDRS) $(BUILD)/built-for
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) $(EMU_CFLAGS) $(SHARED) -o $@ $(EMU_SRC) $(LDFLAGS) $(EMU_LIBS)
 
@@ -134,8 +166,9 @@ deps-hardening: deps-test
 
 # The suite and the demo load this build only, and tell the children the
 # tests start which interpreter and build to use.
+IMGEDIT_TEST_MAKEVARS ?= $(if $(PORTABLE),PORTABLE=1)
 ENV = LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='$(BUILD)/?.so;;' IMGEDIT_TEST_LUA='$(LUA)' \
-      IMGEDIT_TEST_BUILD='$(BUILD)' IMGEDIT_TEST_LUAV='$(LUA_VERSION)'
+      IMGEDIT_TEST_BUILD='$(BUILD)' IMGEDIT_TEST_LUAV='$(LUA_VERSION)' IMGEDIT_TEST_MAKEVARS='$(IMGEDIT_TEST_MAKEVARS)'
 
 test: all testhooks
 	@$(ENV) $(BUSTED) -o tests/summary.lua tests

@@ -1,15 +1,14 @@
 /* Append-only files, for journals: opened with O_NOFOLLOW, so that a link
  * planted where the journal goes (a shared folder) is refused rather than
- * written through, and written with write(2) on an O_APPEND descriptor, so
- * each line lands whole at the end. sync() is fdatasync: the line is on
- * the disk before the next request goes out. */
+ * written through (on Windows: a reparse point is refused), and written
+ * with one write on an append-only descriptor, so each line lands whole at
+ * the end. sync() puts the line on the disk before the next request goes
+ * out. */
 #include <errno.h>
-#include <fcntl.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "imgedit.h"
+#include "platform.h"
 
 #define APPENDER "imgedit.appender"
 
@@ -30,13 +29,13 @@ static int l_append(lua_State *L) {
   appender *a = (appender *)ie_newuserdata(L, sizeof *a);
   a->fd = -1;
   luaL_setmetatable(L, APPENDER);
-  int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0666);
+  int fd = ie_os_open_append(path);
   if (fd < 0)
     return ie_fail(L, "io", "%s: %s", path,
-                   errno == ELOOP ? "is a link (a journal is never written through one)" : strerror(errno));
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    close(fd);
+                   errno == ELOOP ? "is a link (a journal is never written through one)" : ie_os_strerror(errno));
+  ie_stat st;
+  if (ie_os_fstat(fd, &st) != 0 || st.kind != IE_KIND_REG) {
+    ie_os_close(fd);
     return ie_fail(L, "io", "%s: not a regular file", path);
   }
   a->fd = fd;
@@ -57,11 +56,11 @@ static int l_write(lua_State *L) {
   size_t len;
   const char *p = lua_tolstring(L, -1, &len);
   while (len > 0) {
-    ssize_t w = write(a->fd, p, len);
+    ie_ssize w = ie_os_write(a->fd, p, len);
     if (w < 0 && errno == EINTR)
       continue;
     if (w < 0)
-      return ie_fail(L, "io", "cannot write: %s", strerror(errno));
+      return ie_fail(L, "io", "cannot write: %s", ie_os_strerror(errno));
     p += w, len -= (size_t)w;
   }
   lua_pushboolean(L, 1);
@@ -71,8 +70,8 @@ static int l_write(lua_State *L) {
 /* sync() -> true | nil, message, "io" */
 static int l_sync(lua_State *L) {
   appender *a = check(L);
-  if (fdatasync(a->fd) != 0)
-    return ie_fail(L, "io", "cannot sync: %s", strerror(errno));
+  if (ie_os_sync(a->fd) != 0)
+    return ie_fail(L, "io", "cannot sync: %s", ie_os_strerror(errno));
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -81,7 +80,7 @@ static int l_sync(lua_State *L) {
 static int l_close(lua_State *L) {
   appender *a = (appender *)luaL_checkudata(L, 1, APPENDER);
   if (a->fd >= 0)
-    close(a->fd);
+    ie_os_close(a->fd);
   a->fd = -1;
   return 0;
 }

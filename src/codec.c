@@ -1,13 +1,38 @@
-/* Codecs: base64 and data URLs (OpenSSL's EVP block coder), SHA-256 (libcrypto). */
+/* Codecs: base64 and data URLs, SHA-256 (through platform.h's shim). */
 #include <errno.h>
-#include <fcntl.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <openssl/evp.h>
+#include <strings.h>
 
 #include "imgedit.h"
+#include "platform.h"
+
+/* The value of each base64 character, 64 for padding, 255 for the rest. */
+static const unsigned char B64[256] = {
+    ['A'] = 0,   ['B'] = 1,  ['C'] = 2,  ['D'] = 3,  ['E'] = 4,  ['F'] = 5,  ['G'] = 6,  ['H'] = 7,  ['I'] = 8,
+    ['J'] = 9,   ['K'] = 10, ['L'] = 11, ['M'] = 12, ['N'] = 13, ['O'] = 14, ['P'] = 15, ['Q'] = 16, ['R'] = 17,
+    ['S'] = 18,  ['T'] = 19, ['U'] = 20, ['V'] = 21, ['W'] = 22, ['X'] = 23, ['Y'] = 24, ['Z'] = 25, ['a'] = 26,
+    ['b'] = 27,  ['c'] = 28, ['d'] = 29, ['e'] = 30, ['f'] = 31, ['g'] = 32, ['h'] = 33, ['i'] = 34, ['j'] = 35,
+    ['k'] = 36,  ['l'] = 37, ['m'] = 38, ['n'] = 39, ['o'] = 40, ['p'] = 41, ['q'] = 42, ['r'] = 43, ['s'] = 44,
+    ['t'] = 45,  ['u'] = 46, ['v'] = 47, ['w'] = 48, ['x'] = 49, ['y'] = 50, ['z'] = 51, ['0'] = 52, ['1'] = 53,
+    ['2'] = 54,  ['3'] = 55, ['4'] = 56, ['5'] = 57, ['6'] = 58, ['7'] = 59, ['8'] = 60, ['9'] = 61, ['+'] = 62,
+    ['/'] = 63,  ['='] = 64};
+
+/* Designated initializers leave the rest 0, which is 'A': mark them. */
+static int b64_value(unsigned char c) { return (B64[c] == 0 && c != 'A') ? 255 : B64[c]; }
+
+/* Whole quads to bytes (the caller has checked length and padding);
+ * 0 for a character outside the alphabet. */
+static int b64_quads(const unsigned char *s, size_t n, unsigned char *out) {
+  for (size_t i = 0; i < n; i += 4) {
+    int a = b64_value(s[i]), b = b64_value(s[i + 1]), c = b64_value(s[i + 2]), d = b64_value(s[i + 3]);
+    if ((a | b | c | d) & 0x80 || a == 64 || b == 64)
+      return 0;
+    c &= 63, d &= 63; /* padding decodes as zero bits, trimmed by the caller */
+    uint32_t v = ((uint32_t)a << 18) | ((uint32_t)b << 12) | ((uint32_t)c << 6) | (uint32_t)d;
+    *out++ = (unsigned char)(v >> 16), *out++ = (unsigned char)(v >> 8), *out++ = (unsigned char)v;
+  }
+  return 1;
+}
 
 /* Strict base64 into out (room for n / 4 * 3 bytes). Padding is required,
  * whitespace and characters outside the alphabet are errors: never silent
@@ -25,13 +50,11 @@ int ie_b64_decode(const char *s, size_t n, unsigned char *out, size_t *outlen, c
   const char *eq = memchr(s, '=', n);
   if (eq && (size_t)(eq - s) < n - pad)
     return snprintf(why, whylen, "invalid base64 (padding inside the data)"), 0;
-  /* EVP_DecodeBlock trims surrounding whitespace; refuse it beforehand. */
   if ((unsigned char)s[0] <= ' ' || (unsigned char)s[n - 1 - pad] <= ' ')
     return snprintf(why, whylen, "invalid base64 (whitespace)"), 0;
-  int got = EVP_DecodeBlock(out, (const unsigned char *)s, (int)n);
-  if (got < 0)
+  if (!b64_quads((const unsigned char *)s, n, out))
     return snprintf(why, whylen, "invalid base64 (character outside the alphabet)"), 0;
-  *outlen = (size_t)got - pad;
+  *outlen = n / 4 * 3 - pad;
   return 1;
 }
 
@@ -58,7 +81,7 @@ int ie_b64_find(const char *s, size_t n, size_t from, ie_b64_value *v) {
   static const char key[] = "\"b64_json\"";
   const char *end = s + n;
   for (const char *k = s + from; k < end; k++) {
-    k = memmem(k, (size_t)(end - k), key, sizeof key - 1);
+    k = ie_memmem(k, (size_t)(end - k), key, sizeof key - 1);
     if (!k)
       return 0;
     const char *p = skip_ws(k + sizeof key - 1, end);
@@ -109,8 +132,20 @@ static int l_b64encode(lua_State *L) {
   luaL_argcheck(L, n <= (size_t)INT32_MAX / 4 * 3, 1, "too large");
   ie_buf b;
   char *out = ie_buf_init(L, &b, (n + 2) / 3 * 4 + 1);
-  int got = EVP_EncodeBlock((unsigned char *)out, s, (int)n);
-  ie_buf_push(L, &b, (size_t)got);
+  static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  char *o = out;
+  size_t i = 0;
+  for (; i + 3 <= n; i += 3) {
+    uint32_t v = ((uint32_t)s[i] << 16) | ((uint32_t)s[i + 1] << 8) | s[i + 2];
+    *o++ = abc[v >> 18], *o++ = abc[(v >> 12) & 63], *o++ = abc[(v >> 6) & 63], *o++ = abc[v & 63];
+  }
+  if (i < n) {
+    uint32_t v = (uint32_t)s[i] << 16 | (i + 1 < n ? (uint32_t)s[i + 1] << 8 : 0);
+    *o++ = abc[v >> 18], *o++ = abc[(v >> 12) & 63];
+    *o++ = i + 1 < n ? abc[(v >> 6) & 63] : '=';
+    *o++ = '=';
+  }
+  ie_buf_push(L, &b, (size_t)(o - out));
   return 1;
 }
 
@@ -161,7 +196,7 @@ static int l_json_b64(lua_State *L) {
 
 static void push_hex(lua_State *L, const unsigned char *d, unsigned n) {
   static const char hex[] = "0123456789abcdef";
-  char out[2 * EVP_MAX_MD_SIZE];
+  char out[64];
   for (unsigned i = 0; i < n; i++)
     out[2 * i] = hex[d[i] >> 4], out[2 * i + 1] = hex[d[i] & 15];
   lua_pushlstring(L, out, 2 * (size_t)n);
@@ -170,47 +205,48 @@ static void push_hex(lua_State *L, const unsigned char *d, unsigned n) {
 static int l_sha256(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned mdlen = 0;
-  if (!EVP_Digest(s, n, md, &mdlen, EVP_sha256(), NULL))
+  unsigned char md[32];
+  ie_sha256 *h = ie_sha256_new();
+  int ok = h && ie_sha256_update(h, s, n) && ie_sha256_final(h, md);
+  ie_sha256_free(h);
+  if (!ok)
     return ie_fail(L, "crypto", "SHA-256 failed");
-  push_hex(L, md, mdlen);
+  push_hex(L, md, 32);
   return 1;
 }
 
 /* Stream a file through SHA-256 without holding it in memory. */
 static int l_sha256_file(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
-  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block us */
+  int fd = ie_os_open_read(path);
   if (fd < 0)
-    return ie_fail(L, "io", "cannot open: %s", strerror(errno));
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    close(fd);
+    return ie_fail(L, "io", "cannot open: %s", ie_os_strerror(errno));
+  ie_stat st;
+  if (ie_os_fstat(fd, &st) != 0 || st.kind != IE_KIND_REG) {
+    ie_os_close(fd);
     return ie_fail(L, "io", "not a regular file");
   }
-  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-  int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+  ie_sha256 *h = ie_sha256_new();
+  int ok = h != NULL;
   unsigned char buf[65536];
   int err = 0;
   while (ok) {
-    ssize_t r = read(fd, buf, sizeof buf);
+    ie_ssize r = ie_os_read(fd, buf, sizeof buf);
     if (r < 0 && errno == EINTR)
       continue;
     if (r < 0)
       err = errno, ok = 0;
     if (r <= 0)
       break;
-    ok = EVP_DigestUpdate(ctx, buf, (size_t)r);
+    ok = ie_sha256_update(h, buf, (size_t)r);
   }
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned mdlen = 0;
-  ok = ok && EVP_DigestFinal_ex(ctx, md, &mdlen);
-  EVP_MD_CTX_free(ctx);
-  close(fd);
+  unsigned char md[32];
+  ok = ok && ie_sha256_final(h, md);
+  ie_sha256_free(h);
+  ie_os_close(fd);
   if (!ok)
-    return ie_fail(L, "io", "cannot read: %s", err ? strerror(err) : "digest failed");
-  push_hex(L, md, mdlen);
+    return ie_fail(L, "io", "cannot read: %s", err ? ie_os_strerror(err) : "digest failed");
+  push_hex(L, md, 32);
   return 1;
 }
 

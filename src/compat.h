@@ -11,6 +11,18 @@
 #define LUA_OK 0
 #endif
 
+/* What a module exports (luaopen_*) and what stays inside it. */
+#if defined(_WIN32)
+#define IE_API __declspec(dllexport)
+#define IE_LOCAL
+#elif defined(__GNUC__)
+#define IE_API __attribute__((visibility("default")))
+#define IE_LOCAL __attribute__((visibility("hidden")))
+#else
+#define IE_API
+#define IE_LOCAL
+#endif
+
 #if LUA_VERSION_NUM >= 504
 #define ie_newuserdata(L, n) lua_newuserdatauv((L), (n), 0)
 #define ie_newuserdata1(L, n) lua_newuserdatauv((L), (n), 1)

@@ -1,21 +1,18 @@
 /* Files: atomic writes (temp file in the same folder, fsync, rename) so that a
  * reader never sees half an image, and an old file survives a failed write. */
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "imgedit.h"
+#include "platform.h"
 
 #include <lualib.h> /* LUA_FILEHANDLE in 5.1 */
 
 static int write_all(int fd, const char *p, size_t n) {
   while (n > 0) {
-    ssize_t w = write(fd, p, n);
+    ie_ssize w = ie_os_write(fd, p, n);
     if (w < 0 && errno == EINTR)
       continue;
     if (w < 0)
@@ -25,32 +22,13 @@ static int write_all(int fd, const char *p, size_t n) {
   return 0;
 }
 
-/* The process's umask, read without changing it: umask(0) then umask(old)
- * would race with other threads creating files (the emulator's). Linux
- * shows it in /proc/self/status since 4.7; elsewhere the usual 022. */
-static mode_t current_umask(void) {
-  mode_t um = 022;
-  FILE *f = fopen("/proc/self/status", "re");
-  if (!f)
-    return um;
-  char line[128];
-  unsigned v;
-  while (fgets(line, sizeof line, f))
-    if (sscanf(line, "Umask: %o", &v) == 1) {
-      um = (mode_t)v;
-      break;
-    }
-  fclose(f);
-  return um;
-}
-
 /* A new temp file beside `path` (path.tmp-XXXXXX), or -1 with errno set.
  * Its name lives in a userdata left on the stack, so an error cannot leak it. */
 static int temp_beside(lua_State *L, const char *path, size_t plen, char **tmpl) {
   *tmpl = (char *)ie_newuserdata(L, plen + sizeof ".tmp-XXXXXX");
   memcpy(*tmpl, path, plen);
   memcpy(*tmpl + plen, ".tmp-XXXXXX", sizeof ".tmp-XXXXXX");
-  return mkostemp(*tmpl, O_CLOEXEC);
+  return ie_os_temp_beside(*tmpl);
 }
 
 /* write_atomic(path, bytes) -> true | nil, message, "io" */
@@ -61,20 +39,20 @@ static int l_write_atomic(lua_State *L) {
   char *tmpl;
   int fd = temp_beside(L, path, plen, &tmpl);
   if (fd < 0)
-    return ie_fail(L, "io", "cannot create a file next to the target: %s", strerror(errno));
+    return ie_fail(L, "io", "cannot create a file next to the target: %s", ie_os_strerror(errno));
   int err = 0;
-  if (write_all(fd, data, n) != 0 || fsync(fd) != 0)
+  if (write_all(fd, data, n) != 0 || ie_os_sync(fd) != 0)
     err = errno;
   /* Ordinary file permissions, as a plain open() would give. */
-  if (!err && fchmod(fd, 0666 & ~current_umask()) != 0)
+  if (!err && ie_os_default_mode(fd) != 0)
     err = errno;
-  if (close(fd) != 0 && !err)
+  if (ie_os_close(fd) != 0 && !err)
     err = errno;
-  if (!err && rename(tmpl, path) != 0)
+  if (!err && ie_os_replace(tmpl, path) != 0)
     err = errno;
   if (err) {
-    unlink(tmpl);
-    return ie_fail(L, "io", "cannot write: %s", strerror(err));
+    ie_os_unlink(tmpl);
+    return ie_fail(L, "io", "cannot write: %s", ie_os_strerror(err));
   }
   lua_pushboolean(L, 1);
   return 1;
@@ -84,35 +62,35 @@ static int l_write_atomic(lua_State *L) {
 static int l_read_file(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   lua_Integer max = luaL_optinteger(L, 2, (lua_Integer)1 << 40);
-  struct stat st;
-  if (stat(path, &st) != 0)
-    return ie_fail(L, "io", "cannot open: %s", strerror(errno));
-  if (!S_ISREG(st.st_mode))
-    return ie_fail(L, "io", S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
-  if (st.st_size > max)
-    return ie_fail(L, "too_large", "file is %lld bytes, more than %lld", (long long)st.st_size, (long long)max);
+  ie_stat st;
+  if (ie_os_stat(path, 0, &st) != 0)
+    return ie_fail(L, "io", "cannot open: %s", ie_os_strerror(errno));
+  if (st.kind != IE_KIND_REG)
+    return ie_fail(L, "io", st.kind == IE_KIND_DIR ? "is a directory" : "not a regular file");
+  if (st.size > max)
+    return ie_fail(L, "too_large", "file is %lld bytes, more than %lld", (long long)st.size, (long long)max);
   /* Allocate before opening: a memory error raised here cannot leak the fd. */
   ie_buf b;
-  size_t want = (size_t)st.st_size;
+  size_t want = (size_t)st.size;
   char *p = ie_buf_init(L, &b, want);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  int fd = ie_os_open_read(path);
   if (fd < 0)
-    return ie_fail(L, "io", "cannot open: %s", strerror(errno));
+    return ie_fail(L, "io", "cannot open: %s", ie_os_strerror(errno));
   size_t got = 0;
   while (got < want) {
-    ssize_t r = read(fd, p + got, want - got);
-    if (r < 0 && errno == EINTR)
+    ie_ssize r = ie_os_read(fd, p + got, want - got);
+    if (r < 0 && (errno == EINTR || errno == EAGAIN))
       continue;
     if (r < 0) {
       int e = errno;
-      close(fd);
-      return ie_fail(L, "io", "cannot read: %s", strerror(e));
+      ie_os_close(fd);
+      return ie_fail(L, "io", "cannot read: %s", ie_os_strerror(e));
     }
     if (r == 0)
       break;
     got += (size_t)r;
   }
-  close(fd);
+  ie_os_close(fd);
   ie_buf_push(L, &b, got);
   return 1;
 }
@@ -124,14 +102,16 @@ static int l_mkdir_p(lua_State *L) {
   char *p = (char *)ie_newuserdata(L, n + 1); /* collected, never leaked */
   memcpy(p, path, n + 1);
   for (size_t i = 1; i <= n; i++) {
-    if (p[i] != '/' && p[i] != '\0')
+    if (p[i] != '/' && p[i] != '\0' && !(IE_BACKSLASH_SEP && p[i] == '\\'))
+      continue;
+    if (IE_BACKSLASH_SEP && i == 2 && p[1] == ':') /* C:\ is there */
       continue;
     char c = p[i];
     p[i] = '\0';
-    struct stat st;
-    if (mkdir(p, 0777) != 0 && errno != EEXIST)
-      return ie_fail(L, "io", "cannot create %s: %s", p, strerror(errno));
-    if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode))
+    ie_stat st;
+    if (ie_os_mkdir(p) != 0 && errno != EEXIST && !(IE_BACKSLASH_SEP && errno == EACCES))
+      return ie_fail(L, "io", "cannot create %s: %s", p, ie_os_strerror(errno));
+    if (ie_os_stat(p, 0, &st) != 0 || st.kind != IE_KIND_DIR)
       return ie_fail(L, "io", "%s exists and is not a folder", p);
     p[i] = c;
   }
@@ -147,8 +127,8 @@ static int l_mkdir_p(lua_State *L) {
 static int l_can_write(lua_State *L) {
   size_t plen;
   const char *path = luaL_checklstring(L, 1, &plen);
-  struct stat st;
-  if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+  ie_stat st;
+  if (ie_os_stat(path, 0, &st) == 0 && st.kind == IE_KIND_DIR)
     return ie_fail(L, "io", "it is a folder; name the file to write");
   char *tmpl;
   int fd = temp_beside(L, path, plen, &tmpl);
@@ -158,10 +138,10 @@ static int l_can_write(lua_State *L) {
       return ie_fail(L, "io", "its folder does not exist");
     if (e == ENOTDIR)
       return ie_fail(L, "io", "a part of its path is not a folder");
-    return ie_fail(L, "io", "cannot create a file in its folder: %s", strerror(e));
+    return ie_fail(L, "io", "cannot create a file in its folder: %s", ie_os_strerror(e));
   }
-  close(fd);
-  unlink(tmpl);
+  ie_os_close(fd);
+  ie_os_unlink(tmpl);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -170,33 +150,41 @@ static int l_can_write(lua_State *L) {
  * without . and .. | nil, message, "io": what the contact sheet and the
  * watcher walk. dir follows a link; link says it was one, so that a walk
  * can refuse to follow it (a link to . or to / never ends). */
+static int dir_gc(lua_State *L) {
+  ie_dir **box = (ie_dir **)lua_touserdata(L, 1);
+  ie_os_dir_close(*box);
+  *box = NULL;
+  return 0;
+}
+
 static int l_listdir(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
-  DIR *d = opendir(path);
+  ie_dir *d = ie_os_dir_open(path);
   if (!d)
-    return ie_fail(L, "io", "%s: %s", path, strerror(errno));
+    return ie_fail(L, "io", "%s: %s", path, ie_os_strerror(errno));
+  /* The folder is closed by a userdata's __gc should a push raise. */
+  ie_dir **box = (ie_dir **)ie_newuserdata(L, sizeof *box);
+  *box = d;
+  lua_newtable(L);
+  lua_pushcfunction(L, dir_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
   lua_newtable(L);
   lua_Integer n = 0;
-  struct dirent *e;
-  while ((e = readdir(d)) != NULL) {
-    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-      continue;
-    int is_dir = e->d_type == DT_DIR, is_link = e->d_type == DT_LNK;
-    struct stat st;
-    if (e->d_type == DT_UNKNOWN) /* some file systems say nothing */
-      is_link = fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode);
-    if (e->d_type == DT_UNKNOWN || is_link)
-      is_dir = fstatat(dirfd(d), e->d_name, &st, 0) == 0 && S_ISDIR(st.st_mode);
+  const char *name;
+  int is_dir, is_link;
+  while (ie_os_dir_next(d, &name, &is_dir, &is_link)) {
     lua_createtable(L, 0, 3);
     lua_pushboolean(L, is_link);
     lua_setfield(L, -2, "link");
-    lua_pushstring(L, e->d_name);
+    lua_pushstring(L, name);
     lua_setfield(L, -2, "name");
     lua_pushboolean(L, is_dir);
     lua_setfield(L, -2, "dir");
     ie_rawseti(L, -2, ++n);
   }
-  closedir(d);
+  ie_os_dir_close(d);
+  *box = NULL;
   return 1;
 }
 
@@ -207,21 +195,21 @@ static int l_listdir(lua_State *L) {
 static int l_stat(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   int nofollow = lua_toboolean(L, 2);
-  struct stat st;
-  if ((nofollow ? lstat(path, &st) : stat(path, &st)) != 0)
-    return ie_fail(L, "io", "%s: %s", path, strerror(errno));
+  ie_stat st;
+  if (ie_os_stat(path, nofollow, &st) != 0)
+    return ie_fail(L, "io", "%s: %s", path, ie_os_strerror(errno));
   lua_createtable(L, 0, 5);
-  lua_pushboolean(L, S_ISLNK(st.st_mode));
+  lua_pushboolean(L, st.kind == IE_KIND_LINK);
   lua_setfield(L, -2, "link");
   char id[48];
-  snprintf(id, sizeof id, "%llu:%llu", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
+  snprintf(id, sizeof id, "%llu:%llu", (unsigned long long)st.dev, (unsigned long long)st.ino);
   lua_pushstring(L, id);
   lua_setfield(L, -2, "id");
-  lua_pushnumber(L, (lua_Number)st.st_size);
+  lua_pushnumber(L, (lua_Number)st.size);
   lua_setfield(L, -2, "size");
-  lua_pushnumber(L, (lua_Number)st.st_mtim.tv_sec + (lua_Number)st.st_mtim.tv_nsec / 1e9);
+  lua_pushnumber(L, (lua_Number)st.mtime_s + (lua_Number)st.mtime_ns / 1e9);
   lua_setfield(L, -2, "mtime");
-  lua_pushboolean(L, S_ISDIR(st.st_mode));
+  lua_pushboolean(L, st.kind == IE_KIND_DIR);
   lua_setfield(L, -2, "dir");
   return 1;
 }
@@ -230,9 +218,9 @@ static int l_stat(lua_State *L) {
  * | nil, message, "io": how two relative paths are compared. */
 static int l_realpath(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
-  char *r = realpath(path, NULL);
+  char *r = ie_os_realpath(path);
   if (!r)
-    return ie_fail(L, "io", "%s: %s", path, strerror(errno));
+    return ie_fail(L, "io", "%s: %s", path, ie_os_strerror(errno));
   lua_pushstring(L, r);
   free(r);
   return 1;
@@ -241,7 +229,7 @@ static int l_realpath(lua_State *L) {
 /* isatty(fd) -> boolean: is this descriptor (0, 1, 2) a terminal? */
 static int l_isatty(lua_State *L) {
   lua_Integer fd = luaL_checkinteger(L, 1);
-  lua_pushboolean(L, fd >= 0 && fd <= 2 && isatty((int)fd));
+  lua_pushboolean(L, fd >= 0 && fd <= 2 && ie_os_isatty((int)fd));
   return 1;
 }
 
@@ -253,8 +241,8 @@ static int l_sync(lua_State *L) {
   FILE *f = *(FILE **)luaL_checkudata(L, 1, LUA_FILEHANDLE);
   if (!f)
     return luaL_argerror(L, 1, "closed file");
-  if (fflush(f) != 0 || fdatasync(fileno(f)) != 0)
-    return ie_fail(L, "io", "cannot sync: %s", strerror(errno));
+  if (fflush(f) != 0 || ie_os_sync(fileno(f)) != 0)
+    return ie_fail(L, "io", "cannot sync: %s", ie_os_strerror(errno));
   lua_pushboolean(L, 1);
   return 1;
 }

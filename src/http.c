@@ -239,14 +239,10 @@ static int l_multi(lua_State *L) {
   multi *m = (multi *)calloc(1, sizeof *m);
   if (!m)
     return luaL_error(L, "out of memory");
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_mutex_init(&m->mu, NULL);
-  pthread_cond_init(&m->cv, &ca);
+  ie_os_cond_init_timed(&m->cv);
   pthread_cond_init(&m->dcv, NULL);
   pthread_cond_init(&m->pcv, NULL);
-  pthread_condattr_destroy(&ca);
   m->refs = 1;
   b->m = m; /* from here on, the object's __gc frees it */
   ie_procs_add(m);
@@ -278,9 +274,7 @@ static int l_now(lua_State *L) {
 /* thread_cpu() -> CPU seconds the calling thread has used: what a call
  * costs that thread, whatever else the machine runs meanwhile. */
 static int l_thread_cpu(lua_State *L) {
-  struct timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  lua_pushnumber(L, (double)ts.tv_sec + (double)ts.tv_nsec / 1e9);
+  lua_pushnumber(L, ie_os_thread_cpu());
   return 1;
 }
 

@@ -10,6 +10,7 @@
 #include <curl/curl.h>
 
 #include "imgedit.h"
+#include "platform.h"
 #include "sse.h"
 
 #define MAX_HEADER_BYTES (64 * 1024)
@@ -123,6 +124,7 @@ typedef struct multi {
   /* the sockets of its connections (beyond the bound, not tracked: then a
    * resend is blocked, the safe side) */
   curl_socket_t socks[IE_MAX_SOCKS];
+  int sends[IE_MAX_SOCKS]; /* requests sent on each so far */
   int nsocks;
 } multi;
 
@@ -303,7 +305,7 @@ IE_LOCAL double ie_now(void);
 IE_LOCAL void ie_net_setup(CURL *e, multi *m);
 
 /* Whether the server closed (FIN) the connection of m at local_port. */
-IE_LOCAL int ie_net_peer_closed(const multi *m, int local_port);
+IE_LOCAL int ie_net_peer_closed(multi *m, int local_port, int h2);
 
 /* Whether the TLS connection e is about to send on agreed on HTTP/2. */
 IE_LOCAL int ie_net_on_h2(CURL *e);

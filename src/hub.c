@@ -90,12 +90,16 @@ void ie_transfer_free(transfer *t) {
 /* Start fn on a thread of its own with every signal blocked: SIGINT and
  * SIGTERM stay the caller's thread's to read. */
 int ie_thread_start(pthread_t *th, void *(*fn)(void *), void *arg) {
+#ifdef _WIN32 /* no signals to steer: Ctrl-C comes to a handler of its own */
+  return pthread_create(th, NULL, fn, arg) == 0;
+#else
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   int rc = pthread_create(th, NULL, fn, arg);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   return rc == 0;
+#endif
 }
 
 /* ---- transfers, seen from the caller's thread ---- */
@@ -282,10 +286,7 @@ int ie_affordable(multi *m, size_t cost) {
 /* Wait until the threads hand something over, or timeout seconds pass. */
 void ie_wait_locked(multi *m, double timeout) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  double s = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 + timeout;
-  ts.tv_sec = (time_t)s;
-  ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
+  ie_os_deadline(&ts, timeout);
   while (!m->fin_head && m->gen == m->seen && !m->broken)
     if (pthread_cond_timedwait(&m->cv, &m->mu, &ts) != 0)
       break;

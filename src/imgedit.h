@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -15,13 +16,23 @@
 
 #define IMGEDIT_VERSION "0.1.0"
 
-#if defined(__GNUC__)
-#define IE_API __attribute__((visibility("default")))
-#define IE_LOCAL __attribute__((visibility("hidden")))
-#else
-#define IE_API
-#define IE_LOCAL
-#endif
+/* IE_API and IE_LOCAL: compat.h. */
+
+/* memmem is not in C or POSIX (nor in Windows' C library). */
+static inline const void *ie_memmem(const void *hay, size_t n, const void *needle, size_t k) {
+  const unsigned char *h = (const unsigned char *)hay, *end = h + n;
+  if (k == 0)
+    return hay;
+  while (k <= (size_t)(end - h)) {
+    const unsigned char *p = (const unsigned char *)memchr(h, *(const unsigned char *)needle, (size_t)(end - h) - k + 1);
+    if (!p)
+      return NULL;
+    if (memcmp(p, needle, k) == 0)
+      return p;
+    h = p + 1;
+  }
+  return NULL;
+}
 
 /* ---- image inspection (inspect.c) ---- */
 
@@ -49,8 +60,8 @@ IE_LOCAL int ie_lua_inspect(lua_State *L);
  * mtime, ctime): equal stamps, same file, unchanged since, save a change
  * within the file system's timestamp tick (see inspect's `racy`). */
 #define IE_STAMP_LEN 112
-struct stat;
-IE_LOCAL void ie_file_stamp(const struct stat *st, char *out, size_t len);
+struct ie_stat;
+IE_LOCAL void ie_file_stamp(const struct ie_stat *st, char *out, size_t len);
 
 /* ---- codecs (codec.c) ---- */
 IE_LOCAL void ie_open_codec(lua_State *L);

@@ -3,17 +3,14 @@
  * Nothing here decodes pixels or allocates by the declared size, so a header
  * that claims 60000x60000 costs the same as one that claims 16x16. */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
 #include <webp/decode.h>
 
 #include "imgedit.h"
+#include "platform.h"
 
 /* Upper bound on chunks/segments walked; real files have far fewer. */
 #define MAX_WALK 1000000
@@ -29,7 +26,7 @@ static size_t src_read(const ie_src *s, uint64_t off, void *buf, size_t n) {
   }
   size_t got = 0;
   while (got < n) {
-    ssize_t r = pread(s->fd, (char *)buf + got, n - got, (off_t)(off + got));
+    ie_ssize r = ie_os_pread(s->fd, (char *)buf + got, n - got, off + got);
     if (r < 0 && errno == EINTR)
       continue;
     if (r <= 0)
@@ -323,21 +320,17 @@ int ie_inspect(const ie_src *s, ie_info *o, char *why, size_t wl) {
 
 /* ---- Lua binding: inspect(path) / inspect(bytes, true) ---- */
 
-void ie_file_stamp(const struct stat *st, char *out, size_t len) {
-  snprintf(out, len, "%llu:%llu:%lld:%lld.%09ld:%lld.%09ld", (unsigned long long)st->st_dev,
-           (unsigned long long)st->st_ino, (long long)st->st_size, (long long)st->st_mtim.tv_sec,
-           (long)st->st_mtim.tv_nsec, (long long)st->st_ctim.tv_sec, (long)st->st_ctim.tv_nsec);
+void ie_file_stamp(const ie_stat *st, char *out, size_t len) {
+  snprintf(out, len, "%llu:%llu:%lld:%lld.%09ld:%lld.%09ld", (unsigned long long)st->dev, (unsigned long long)st->ino,
+           (long long)st->size, (long long)st->mtime_s, st->mtime_ns, (long long)st->ctime_s, st->ctime_ns);
 }
 
 /* A file changed within the last two seconds (or in the future) may change
  * again without its ctime moving: timestamps advance by a clock tick, and
  * by whole seconds on some file systems. Its stamp alone cannot vouch for
  * its bytes. */
-static int racy(const struct stat *st) {
-  struct timespec now;
-  if (clock_gettime(CLOCK_REALTIME, &now) != 0)
-    return 1;
-  double age = (double)(now.tv_sec - st->st_ctim.tv_sec) + (double)(now.tv_nsec - st->st_ctim.tv_nsec) / 1e9;
+static int racy(const ie_stat *st) {
+  double age = ie_os_realtime() - ((double)st->ctime_s + (double)st->ctime_ns / 1e9);
   return age < 2.0;
 }
 
@@ -374,23 +367,23 @@ int ie_lua_inspect(lua_State *L) {
   if (from_bytes) {
     s.mem = (const unsigned char *)arg, s.size = len;
   } else {
-    s.fd = open(arg, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block us */
+    s.fd = ie_os_open_read(arg);
     if (s.fd < 0)
-      return ie_fail(L, "io", "cannot open: %s", strerror(errno));
-    struct stat st;
-    if (fstat(s.fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-      int dir = S_ISDIR(st.st_mode);
-      close(s.fd);
+      return ie_fail(L, "io", "cannot open: %s", ie_os_strerror(errno));
+    ie_stat st;
+    if (ie_os_fstat(s.fd, &st) != 0 || st.kind != IE_KIND_REG) {
+      int dir = st.kind == IE_KIND_DIR;
+      ie_os_close(s.fd);
       return ie_fail(L, "io", dir ? "is a directory" : "not a regular file");
     }
-    s.size = (uint64_t)st.st_size;
+    s.size = (uint64_t)st.size;
     /* Taken before the header is read: a change from here on shows. */
     ie_file_stamp(&st, stamp, sizeof stamp);
     is_racy = racy(&st);
   }
   int rc = ie_inspect(&s, &info, why, sizeof why);
   if (s.fd >= 0)
-    close(s.fd);
+    ie_os_close(s.fd);
   if (rc != IE_OK)
     return ie_fail(L, status_names[rc], "%s", why);
   push_info(L, &info);

@@ -25,7 +25,7 @@ static inline void put_le32(unsigned char *p, uint32_t v) {
 
 /* Whether an XMP packet is the one to strip: it carries the marker. */
 static inline int ie_xmp_carries(const unsigned char *x, size_t xn, const char *mark, size_t mn) {
-  return mn > 0 && memmem(x, xn, mark, mn) != NULL;
+  return mn > 0 && ie_memmem(x, xn, mark, mn) != NULL;
 }
 
 /* Each pushes its result (or fails through ie_fail), as meta.c's own. */

@@ -17,17 +17,22 @@
  *    are closed, so the parent's connections are the parent's alone.
  *    libcurl is never called again on an inherited handle in the child: its
  *    TLS shutdown would write into the parent's connection. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* dladdr: glibc hides it; macOS and the BSDs have it too */
+#endif
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "http.h"
+
+#ifndef _WIN32
 #include <dirent.h>
 #include <dlfcn.h>
 #include <fcntl.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
-
-#include "http.h"
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t procs_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -79,11 +84,7 @@ static void after_fork_child(void) {
     m->park = m->parked = 0;
     m->net_started = m->dec_started = m->net_running = 0;
     pthread_mutex_init(&m->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&m->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    ie_os_cond_init_timed(&m->cv);
     pthread_cond_init(&m->dcv, NULL);
     pthread_cond_init(&m->pcv, NULL);
     for (int i = 0; i < m->nsocks; i++)
@@ -131,7 +132,11 @@ void ie_procs_remove(multi *m) {
 /* The descriptors open now, as a bitmap of the first IE_FD_SCAN. */
 void ie_fds_open(unsigned char *bits) {
   memset(bits, 0, IE_FD_SCAN / 8);
+#ifdef IE_LINUX
   DIR *d = opendir("/proc/self/fd");
+#else
+  DIR *d = NULL;
+#endif
   if (!d) { /* no /proc: ask each */
     for (int fd = 0; fd < IE_FD_SCAN; fd++)
       if (fcntl(fd, F_GETFD) >= 0)
@@ -165,3 +170,13 @@ void ie_fds_cloexec_new(const unsigned char *before) {
       fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
   }
 }
+#else
+/* Windows: no fork, and no exit hook. ExitProcess ends the other threads
+ * before this module hears of the exit, maybe inside a lock: joining them
+ * then would hang, and there is nothing of theirs left to protect (libcurl
+ * holds no exit handler there). Sockets are opened not inheritable. */
+void ie_procs_add(multi *m) { (void)m; }
+void ie_procs_remove(multi *m) { (void)m; }
+void ie_fds_open(unsigned char *bits) { memset(bits, 0, IE_FD_SCAN / 8); }
+void ie_fds_cloexec_new(const unsigned char *before) { (void)before; }
+#endif

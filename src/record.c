@@ -7,19 +7,12 @@
  * called from inside libcurl, so no Lua error can longjmp through it. Each
  * runs on the network thread; what the caller reads is copied under the
  * multi's lock. */
-#include <fcntl.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
-
-#include <openssl/evp.h>
-#include <openssl/sha.h>
 
 #include "http.h"
+#include "platform.h"
 
 /* Events parsed here go to the caller's queue in one move under the lock,
  * with a decode job for each that carries a picture when pictures are to
@@ -34,7 +27,7 @@ static int hand_events(transfer *t) {
   sse_queue_move(&t->events, &t->parsed);
   for (size_t i = first; t->decode && i < t->events.n; i++) {
     sse_event *e = &t->events.ev[i];
-    if (memmem(e->data, e->dlen, "\"b64_json\"", 10))
+    if (ie_memmem(e->data, e->dlen, "\"b64_json\"", 10))
       ie_dec_submit_locked(m, t, e->data, e->dlen, 1, (ie_decoded **)&e->extra);
   }
   int failed = t->events.failed;
@@ -155,11 +148,7 @@ static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
 }
 
 /* Any thread. */
-double ie_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+double ie_now(void) { return ie_os_monotonic(); }
 
 /* Whether bytes of the answer wait on e's connection, unread: on a busy
  * machine the network thread may not have run for longer than idle_timeout,
@@ -168,8 +157,7 @@ static int bytes_waiting(CURL *e) {
   curl_socket_t fd = CURL_SOCKET_BAD;
   if (curl_easy_getinfo(e, CURLINFO_ACTIVESOCKET, &fd) != CURLE_OK || fd == CURL_SOCKET_BAD)
     return 0;
-  struct pollfd p = {fd, POLLIN, 0};
-  return poll(&p, 1, 0) == 1 && (p.revents & POLLIN) != 0;
+  return ie_os_readable(fd);
 }
 
 /* Records byte counts, and enforces the idle limit: while the request is
@@ -230,8 +218,8 @@ static int on_prereq(void *ud, char *ip, char *local_ip, int port, int local_por
     t->sent_all = 0; /* what went before never reached the service */
     t->refused += refused;
   }
-  t->sent_to_closed = ie_net_peer_closed(t->hub, local_port);
   t->sent_on_h2 = ie_net_on_h2(t->e);
+  t->sent_to_closed = ie_net_peer_closed(t->hub, local_port, t->sent_on_h2);
   return CURL_PREREQFUNC_OK;
 }
 
@@ -251,21 +239,20 @@ typedef struct filesrc {
   transfer *t;
   int index;
   char stamp[IE_STAMP_LEN]; /* as checked; "" for none */
-  EVP_MD_CTX *md;           /* with want: the bytes read so far */
-  unsigned char want[SHA256_DIGEST_LENGTH];
+  ie_sha256 *md;            /* with want: the bytes read so far */
+  unsigned char want[32];
 } filesrc;
 
 /* Network thread: whether the file still is what was checked, all of it read. */
 static int file_same(filesrc *f) {
   if (f->md) {
-    unsigned char got[EVP_MAX_MD_SIZE];
-    unsigned int n = 0;
-    return EVP_DigestFinal_ex(f->md, got, &n) && n == sizeof f->want && memcmp(got, f->want, n) == 0;
+    unsigned char got[32];
+    return ie_sha256_final(f->md, got) && memcmp(got, f->want, sizeof got) == 0;
   }
   if (f->stamp[0]) {
-    struct stat st;
+    ie_stat st;
     char now[IE_STAMP_LEN];
-    if (fstat(f->fd, &st) != 0)
+    if (ie_os_fstat(f->fd, &st) != 0)
       return 0;
     ie_file_stamp(&st, now, sizeof now);
     return strcmp(now, f->stamp) == 0;
@@ -280,12 +267,12 @@ static size_t file_read(char *buf, size_t sz, size_t n, void *arg) {
     k = (size_t)(f->size - f->pos);
   if (k == 0)
     return 0;
-  ssize_t got = pread(f->fd, buf, k, (off_t)f->pos);
+  ie_ssize got = ie_os_pread(f->fd, buf, k, (uint64_t)f->pos);
   if (got <= 0) { /* shrunk or unreadable since it was opened */
     f->t->changed = f->index;
     return CURL_READFUNC_ABORT;
   }
-  if (f->md && !EVP_DigestUpdate(f->md, buf, (size_t)got)) {
+  if (f->md && !ie_sha256_update(f->md, buf, (size_t)got)) {
     f->t->changed = f->index;
     return CURL_READFUNC_ABORT;
   }
@@ -303,7 +290,8 @@ static int file_seek(void *arg, curl_off_t off, int origin) {
   if (origin != SEEK_SET || off < 0 || off > f->size)
     return CURL_SEEKFUNC_CANTSEEK;
   if (f->md) { /* the digest covers the bytes from the start, in order */
-    if (off != 0 || !EVP_DigestInit_ex(f->md, EVP_sha256(), NULL))
+    unsigned char drop[32];
+    if (off != 0 || !ie_sha256_final(f->md, drop)) /* final starts it again */
       return CURL_SEEKFUNC_CANTSEEK;
   }
   f->pos = off;
@@ -312,8 +300,8 @@ static int file_seek(void *arg, curl_off_t off, int origin) {
 
 static void file_free(void *arg) {
   filesrc *f = (filesrc *)arg;
-  close(f->fd);
-  EVP_MD_CTX_free(f->md);
+  ie_os_close(f->fd);
+  ie_sha256_free(f->md);
   free(f);
 }
 
@@ -321,30 +309,30 @@ static void file_free(void *arg) {
  * CURLE_READ_ERROR when it cannot be opened, or is not the file checked
  * (gone, unreadable or changed since). Its reads run on the network thread. */
 CURLcode ie_part_file(curl_mimepart *part, const char *path, const ie_file_check *check, transfer *t, int index) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  struct stat st;
+  int fd = ie_os_open_read(path);
+  ie_stat st;
   if (fd < 0)
     return CURLE_READ_ERROR;
   char stamp[IE_STAMP_LEN] = "";
-  int ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (check->size < 0 || st.st_size == check->size);
+  int ok = ie_os_fstat(fd, &st) == 0 && st.kind == IE_KIND_REG && (check->size < 0 || st.size == check->size);
   if (ok)
     ie_file_stamp(&st, stamp, sizeof stamp);
   if (!ok || (check->stamp && strcmp(stamp, check->stamp) != 0)) {
-    close(fd);
+    ie_os_close(fd);
     return CURLE_READ_ERROR;
   }
   filesrc *f = calloc(1, sizeof *f);
   if (!f) {
-    close(fd);
+    ie_os_close(fd);
     return CURLE_OUT_OF_MEMORY;
   }
-  f->fd = fd, f->size = (curl_off_t)st.st_size, f->pos = 0, f->t = t, f->index = index;
+  f->fd = fd, f->size = (curl_off_t)st.size, f->pos = 0, f->t = t, f->index = index;
   if (check->stamp)
     memcpy(f->stamp, stamp, sizeof stamp);
   if (check->sha256) {
     memcpy(f->want, check->sha256, sizeof f->want);
-    f->md = EVP_MD_CTX_new();
-    if (!f->md || !EVP_DigestInit_ex(f->md, EVP_sha256(), NULL)) {
+    f->md = ie_sha256_new();
+    if (!f->md) {
       file_free(f);
       return CURLE_OUT_OF_MEMORY;
     }

@@ -3,17 +3,23 @@
  * renaming it over the old one, which a watch on the file itself would
  * miss). Each call makes its own inotify instance and closes it, so there
  * is no handle to manage and nothing global. Where inotify is missing the
- * caller polls the files' mtimes instead (watch.lua). */
+ * wait is a plain sleep, and the caller compares the files' times after
+ * each (watch.lua). */
 #include <errno.h>
 #include <limits.h>
-#include <poll.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "imgedit.h"
+#include "platform.h"
 
-#ifdef __linux__
+#ifdef _WIN32
+#include <windows.h>
+#endif
+
+#ifdef IE_LINUX
+#include <poll.h>
 #include <sys/inotify.h>
+#include <unistd.h>
 
 /* The folder part of path ("." for a bare name), written to out. */
 static void dir_of(const char *path, char *out, size_t cap) {
@@ -89,7 +95,22 @@ static int l_wait_change(lua_State *L) {
   return 1;
 }
 #else
-static int l_wait_change(lua_State *L) { return ie_fail(L, "unsupported", "no inotify on this system"); }
+/* No inotify: wait out the timeout and say nothing changed; the caller
+ * compares the files' times after each wait (watch.lua). */
+static int l_wait_change(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_Number timeout = luaL_checknumber(L, 2);
+  double s = timeout <= 0 ? 0 : timeout > 86400 ? 86400 : timeout;
+#ifdef _WIN32
+  Sleep((DWORD)(s * 1000));
+#else
+  struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+#endif
+  lua_pushboolean(L, 0);
+  return 1;
+}
 #endif
 
 void ie_open_watch(lua_State *L) {

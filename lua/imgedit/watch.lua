@@ -1,9 +1,9 @@
 -- `imgedit run --watch`: run a pipeline script, then again each time it or
 -- one of its steps' input files is saved. Unchanged steps come from the
 -- cache, so a re-run pays only for what changed. Waiting uses inotify
--- (core.wait_change); where that is missing, and as a safety net for a
--- save that lands before the watch is set, the files' mtimes are compared
--- every `interval` seconds.
+-- (core.wait_change); where that is missing (macOS, Windows) it sleeps, and
+-- there, as a safety net for a save that lands before the watch is set,
+-- the files' mtimes are compared every `interval` seconds.
 local core = require "imgedit.core"
 
 local M = {}
@@ -47,7 +47,10 @@ function M.wait(files, interval, before)
       return hit
     end
     for _, f in ipairs(files) do
-      if stamp(f) ~= before[f] then return f end
+      if stamp(f) ~= before[f] then
+        core.wait_change(files, 0.1)
+        return f
+      end
     end
   end
 end

@@ -8,7 +8,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -17,6 +16,7 @@
 
 #include <microhttpd.h>
 
+#include "../platform.h"
 #include "emulator.h"
 
 #define MAX_BODY ((size_t)256 * 1024 * 1024)
@@ -387,8 +387,7 @@ static int peer_gone(struct MHD_Connection *con) {
   const union MHD_ConnectionInfo *ci = MHD_get_connection_info(con, MHD_CONNECTION_INFO_CONNECTION_FD);
   if (!ci)
     return 0;
-  struct pollfd p = {ci->connect_fd, POLLRDHUP, 0};
-  return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+  return ie_os_peer_closed(ci->connect_fd, 0);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls, enum MHD_RequestTerminationCode toe) {
