@@ -38,9 +38,18 @@ LUA_CFLAGS = -I$(LUA_INCDIR)
 else
 LUA_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null)
 endif
-DEP_CFLAGS := $(LUA_CFLAGS) $(shell $(PKG_CONFIG) --cflags libcurl stb libwebp libpng libssl libcrypto 2>/dev/null)
+# OpenSSL's libcrypto hashes and libssl reads TLS verdicts; Windows has CNG
+# and Schannel instead (and its Lua modules link against the Lua DLL).
+ifeq ($(TARGET_OS),windows)
+SSL_PC      =
+SYS_LIBS    = -lws2_32 -lbcrypt
+else
+SSL_PC      = libssl libcrypto
+SYS_LIBS    = -lm -pthread
+endif
+DEP_CFLAGS := $(LUA_CFLAGS) $(shell $(PKG_CONFIG) --cflags libcurl stb libwebp libpng $(SSL_PC) 2>/dev/null)
 EMU_CFLAGS := $(shell $(PKG_CONFIG) --cflags libmicrohttpd 2>/dev/null)
-CORE_LIBS  := $(shell $(PKG_CONFIG) --libs libcurl stb libwebp libpng libssl libcrypto 2>/dev/null) -lm -pthread
+CORE_LIBS  := $(shell $(PKG_CONFIG) --libs libcurl stb libwebp libpng $(SSL_PC) 2>/dev/null) $(SYS_LIBS)
 EMU_LIBS   := $(shell $(PKG_CONFIG) --libs libmicrohttpd 2>/dev/null) -lpthread
 # Lua modules link without -llua: the interpreter exports its symbols.
 LDFLAGS  ?=
