@@ -247,6 +247,27 @@ static int l_sync(lua_State *L) {
   return 1;
 }
 
+/* argv() -> the process's arguments in UTF-8 | nil where Lua's own are
+ * already (everywhere but Windows, whose main() gets the ANSI code page's). */
+static int l_argv(lua_State *L) {
+#ifdef _WIN32
+  int n = 0;
+  char **v = ie_os_argv(&n);
+  if (!v)
+    return 0;
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    lua_pushstring(L, v[i]);
+    ie_rawseti(L, -2, i + 1);
+  }
+  ie_os_argv_free(v);
+  return 1;
+#else
+  (void)L;
+  return 0;
+#endif
+}
+
 void ie_open_fileio(lua_State *L) {
   static const luaL_Reg fns[] = {{"write_atomic", l_write_atomic},
                                  {"read_file", l_read_file},
@@ -257,6 +278,7 @@ void ie_open_fileio(lua_State *L) {
                                  {"stat", l_stat},
                                  {"realpath", l_realpath},
                                  {"sync", l_sync},
+                                 {"argv", l_argv},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

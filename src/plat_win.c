@@ -7,9 +7,11 @@
 #include <ws2tcpip.h>
 #include <windows.h>
 #include <bcrypt.h>
+#include <shellapi.h>
 
 #include <errno.h>
 #include <fcntl.h>
+#include <direct.h>
 #include <io.h>
 #include <share.h>
 #include <stdio.h>
@@ -267,6 +269,28 @@ char *ie_os_realpath(const char *path) {
 }
 
 int ie_os_isatty(int fd) { return _isatty(fd); }
+
+char **ie_os_argv(int *n) {
+  /* main() got its arguments in the ANSI code page, where a name outside
+   * it is lost; the wide command line still has them whole. */
+  int wn = 0;
+  wchar_t **w = CommandLineToArgvW(GetCommandLineW(), &wn);
+  char **v = w ? (char **)calloc((size_t)wn + 1, sizeof *v) : NULL;
+  for (int i = 0; v && i < wn; i++)
+    if (!(v[i] = narrow(w[i]))) {
+      ie_os_argv_free(v);
+      v = NULL;
+    }
+  LocalFree(w);
+  *n = v ? wn : 0;
+  return v;
+}
+
+void ie_os_argv_free(char **v) {
+  for (int i = 0; v && v[i]; i++)
+    free(v[i]);
+  free(v);
+}
 const char *ie_os_strerror(int e) { return strerror(e); }
 
 struct ie_dir {

@@ -68,6 +68,11 @@ IE_LOCAL int ie_os_unlink(const char *path);
 IE_LOCAL int ie_os_mkdir(const char *path);
 IE_LOCAL char *ie_os_realpath(const char *path); /* malloc'd, or NULL with errno */
 IE_LOCAL int ie_os_isatty(int fd);
+#ifdef _WIN32
+/* The process's arguments in UTF-8 (main's are in the ANSI code page). */
+IE_LOCAL char **ie_os_argv(int *n);
+IE_LOCAL void ie_os_argv_free(char **v);
+#endif
 IE_LOCAL const char *ie_os_strerror(int e);
 
 /* Folders: ie_os_dir_next gives each entry but . and .., then 0. */

@@ -3,16 +3,10 @@
  * memory, limits) before it is handed over, and its result read after it
  * came back. What libcurl hands it meanwhile, on the network thread, is
  * record.c's. */
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "http.h"
 

@@ -146,7 +146,19 @@ local COMMANDS = { batch = cmd_batch, edit = lazy("imgedit.cli_edit", "run"), ge
   run = lazy("imgedit.cli_run", "run"), emulate = lazy("imgedit.cli_run", "emulate") }
 
 -- main(args) -> exit code
+-- On Windows the interpreter's arguments come in the ANSI code page, where
+-- a file name outside it is lost: the last #args of the wide command line
+-- are the same arguments, whole, in UTF-8.
+local function utf8_args(args)
+  local all = require("imgedit.core").argv()
+  if not all or #all < #args then return args end
+  local out = {}
+  for i = 1, #args do out[i] = all[#all - #args + i] end
+  return out
+end
+
 function M.main(args)
+  args = utf8_args(args)
   local parser = build()
   C.json_mode = false
   for _, v in ipairs(args) do

@@ -27,8 +27,9 @@ bash "$here/tools/windows/deps.sh"
 # make for one Lua: the flags of its DLL, its build folder.
 build_for() { # name lua_version cflags libs
   local t0=$SECONDS
-  make -C "$here" --no-print-directory TARGET_OS=windows CC="$WIN_CC" PKG_CONFIG=pkg-config \
-    PKG_CONFIG_LIBDIR="$WIN_PKG_CONFIG_LIBDIR" PKG_CONFIG_PATH= LUA_VERSION="$2" LUA=lua"$2" \
+  # pkg-config reads the Windows prefix's .pc files only.
+  PKG_CONFIG_LIBDIR="$WIN_PKG_CONFIG_LIBDIR" PKG_CONFIG_PATH='' \
+  make -C "$here" --no-print-directory TARGET_OS=windows CC="$WIN_CC" LUA_VERSION="$2" LUA=lua"$2" \
     LUA_INCDIR="${3#-I}" BUILD="build/windows/$1" CFLAGS="-O2" \
     LIBS="$4 $WIN_RUNTIME_LDFLAGS" "build/windows/$1/imgedit/core.dll" >/dev/null
   "$WIN_STRIP" --strip-unneeded "$here/build/windows/$1/imgedit/core.dll"
@@ -44,7 +45,19 @@ cp "$here/build/windows/luajit/imgedit/core.dll" "$out.tmp/love/imgedit/"
 cp "$WIN_LUA54_DIR/lua.exe" "$WIN_LUA54_DIR/lua54.dll" "$out.tmp/"
 cp "$WIN_LUA54_DIR/cjson.dll" "$out.tmp/"
 cp "$WIN_LUAJIT_DIR/cjson.dll" "$out.tmp/love/"
-for d in $WIN_DLLS; do cp "$WIN_DLL_DIR/$d" "$out.tmp/"; done
+# The DLLs the modules import, and theirs, found in the prefix (the
+# system's own, KERNEL32 and the like, are not there).
+copy_deps() { # file
+  local d
+  for d in $(x86_64-w64-mingw32-objdump -p "$1" | sed -n 's/^\s*DLL Name: //p'); do
+    if [ -f "$WIN_DLL_DIR/$d" ] && [ ! -f "$out.tmp/$d" ]; then
+      cp "$WIN_DLL_DIR/$d" "$out.tmp/"
+      copy_deps "$WIN_DLL_DIR/$d"
+    fi
+  done
+}
+copy_deps "$out.tmp/imgedit/core.dll"
+copy_deps "$out.tmp/love/imgedit/core.dll"
 cp -r "$here/lua/imgedit" "$out.tmp/lua/"
 rm -rf "$out.tmp/lua/imgedit/emulator" # its C half needs libmicrohttpd: not built for Windows
 cp "$WIN_LUA54_DIR/lua/argparse.lua" "$out.tmp/lua/"
@@ -53,7 +66,7 @@ cp "$here/bin/imgedit" "$out.tmp/bin/"
 printf '%s\r\n' '@echo off' 'setlocal' \
   'set "LUA_PATH=%~dp0lua\?.lua;%~dp0lua\?\init.lua;;"' \
   'set "LUA_CPATH=%~dp0?.dll;;"' \
-  '"%~dp0lua.exe" "%~dp0bin\imgedit" %*' > "$out.tmp/imgedit.cmd"
+  '"%~dp0lua.exe" "%~dp0bin\imgedit" %*' 'exit /b %errorlevel%' > "$out.tmp/imgedit.cmd"
 rm -rf "$out"
 mv "$out.tmp" "$out"
 echo "imgedit: the Windows folder is $out ($(du -sh "$out" | cut -f1))"
