@@ -21,8 +21,11 @@
 
 #include "platform.h"
 
+#define wide ie_os_wide
+#define narrow ie_os_narrow
+
 /* UTF-8 to UTF-16, malloc'd; NULL with errno for a name that is not UTF-8. */
-static wchar_t *wide(const char *s) {
+wchar_t *ie_os_wide(const char *s) {
   int n = MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, s, -1, NULL, 0);
   if (n <= 0) {
     errno = EINVAL;
@@ -37,7 +40,7 @@ static wchar_t *wide(const char *s) {
   return w;
 }
 
-static char *narrow(const wchar_t *w) {
+char *ie_os_narrow(const wchar_t *w) {
   int n = WideCharToMultiByte(CP_UTF8, 0, w, -1, NULL, 0, NULL, NULL);
   char *s = n > 0 ? (char *)malloc((size_t)n) : NULL;
   if (!s) {

@@ -69,6 +69,9 @@ IE_LOCAL int ie_os_mkdir(const char *path);
 IE_LOCAL char *ie_os_realpath(const char *path); /* malloc'd, or NULL with errno */
 IE_LOCAL int ie_os_isatty(int fd);
 #ifdef _WIN32
+/* UTF-8 to UTF-16 and back, malloc'd; NULL with errno. */
+IE_LOCAL wchar_t *ie_os_wide(const char *s);
+IE_LOCAL char *ie_os_narrow(const wchar_t *w);
 /* The process's arguments in UTF-8 (main's are in the ANSI code page). */
 IE_LOCAL char **ie_os_argv(int *n);
 IE_LOCAL void ie_os_argv_free(char **v);

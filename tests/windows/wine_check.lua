@@ -198,6 +198,32 @@ describe("the Windows folder under Wine", function()
     end)
   end
 
+  describe("waiting for a save (run --watch)", function()
+    it("hears a file written in a watched folder (ReadDirectoryChangesW), and times out on silence", function()
+      H.write(dir .. "/watched.lua", "-- v1")
+      -- The save comes from this side, half a second after the wait began
+      -- (Wine takes seconds to start: the script says when it is ready).
+      local saver = "(for i in $(seq 300); do [ -f " .. q(dir .. "/ready") .. " ] && break; sleep 0.1; done; sleep 0.5; "
+        .. "echo '-- v2' > " .. q(dir .. "/watched.lua") .. ") >/dev/null 2>&1 &"
+      assert(H.ok(saver))
+      local out, code = run("lua54", PRELUDE .. [[
+        local core = require "imgedit.core"
+        local t0 = core.now()
+        assert(core.write_atomic(WT .. "\\ready", ""))
+        local hit = core.wait_change({ WT .. "\\watched.lua", WT .. "\\a.png" }, 20)
+        local t1 = core.now()
+        local quiet = core.wait_change({ WT .. "\\a.png" }, 0.5)
+        print("watch", hit, string.format("%.1f", t1 - t0), quiet, string.format("%.1f", core.now() - t1))
+      ]])
+      assert.are.equal(0, code, out)
+      local hit, waited, quiet, idle = out:match("watch\t(%S+)\t([%d.]+)\t(%S+)\t([%d.]+)")
+      assert.are.equal(winpath(dir) .. "\\watched.lua", hit, out)
+      assert.is_true(tonumber(waited) >= 0.5 and tonumber(waited) < 15, out) -- woken by the save, not the timeout
+      assert.are.equal("false", quiet)
+      assert.is_true(tonumber(idle) >= 0.4, out)
+    end)
+  end)
+
   describe("the command line, imgedit.cmd", function()
     local function cmd(args)
       return H.sh(". " .. q(ENV_SH) .. " && cd " .. q(abs_root) .. " && env -u LD_PRELOAD IMGEDIT_BASE_URL=" .. emu.url
