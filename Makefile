@@ -47,9 +47,18 @@ else
 SSL_PC      = libssl libcrypto
 SYS_LIBS    = -lm -pthread
 endif
-DEP_CFLAGS := $(LUA_CFLAGS) $(shell $(PKG_CONFIG) --cflags libcurl stb libwebp libpng $(SSL_PC) 2>/dev/null)
+# stb: Debian's libstb (pkg-config stb); elsewhere STB_INCDIR names a folder
+# with the headers, and their implementation is compiled in (src/stb_impl.c).
+ifdef STB_INCDIR
+STB_PC      =
+STB_CFLAGS  = -isystem $(STB_INCDIR)
+STB_SRC     = src/stb_impl.c
+else
+STB_PC      = stb
+endif
+DEP_CFLAGS := $(LUA_CFLAGS) $(STB_CFLAGS) $(shell $(PKG_CONFIG) --cflags libcurl $(STB_PC) libwebp libpng $(SSL_PC) 2>/dev/null)
 EMU_CFLAGS := $(shell $(PKG_CONFIG) --cflags libmicrohttpd 2>/dev/null)
-CORE_LIBS  := $(shell $(PKG_CONFIG) --libs libcurl stb libwebp libpng $(SSL_PC) 2>/dev/null) $(SYS_LIBS)
+CORE_LIBS  := $(shell $(PKG_CONFIG) --libs libcurl $(STB_PC) libwebp libpng $(SSL_PC) 2>/dev/null) $(SYS_LIBS)
 EMU_LIBS   := $(shell $(PKG_CONFIG) --libs libmicrohttpd 2>/dev/null) -lpthread
 # Lua modules link without -llua: the interpreter exports its symbols.
 LDFLAGS  ?=
@@ -88,7 +97,7 @@ ALL_CFLAGS = -std=c99 $(FEATURES) $(if $(filter windows,$(TARGET_OS)),,-fPIC) -f
              $(DEP_CFLAGS) $(CFLAGS)
 
 CORE_SRC = src/core.c src/inspect.c src/codec.c src/fileio.c src/appender.c src/meta.c src/meta_webp.c src/watch.c src/signal.c src/pixels.c src/composite.c src/mask.c src/sse.c src/net.c src/record.c src/transfer.c src/hub.c src/http.c src/xfer.c src/worker.c src/decoder.c src/procs.c \
-           src/sha256.c $(PLAT_SRC)
+           src/sha256.c $(PLAT_SRC) $(STB_SRC)
 EMU_SRC  = src/emulator/module.c src/emulator/server.c src/emulator/bridge.c src/emulator/render.c $(PLAT_SRC)
 HDRS     = src/imgedit.h src/sse.h src/compat.h src/http.h src/meta.h src/platform.h
 EMU_HDRS = $(HDRS) src/emulator/emulator.h

@@ -54,6 +54,21 @@ describe("the portable core", function()
     assert.are.same({ "fdatasync", "inotify_add_watch", "inotify_init1", "mkostemp", "signalfd" }, found)
   end)
 
+  it("with STB_INCDIR (no libstb, as on macOS) compiles stb's implementation in, and encodes and decodes", function()
+    local dir = H.tmpdir()
+    local out, code = H.sh("make --no-print-directory PORTABLE=1 STB_INCDIR=/usr/include/stb " .. VARS .. " BUILD='" .. dir
+      .. "/b' " .. "'" .. dir .. "/b/imgedit/core.so'")
+    assert.are.equal(0, code, out)
+    local deps = H.sh("ldd '" .. dir .. "/b/imgedit/core.so'")
+    local run, rc = H.sh(H.LUA .. " -e 'package.cpath = \"" .. dir .. "/b/?.so;\" .. package.cpath; "
+      .. "local c = require \"imgedit.core\"; local png = c.encode(string.rep(\"\\255\\0\\0\\255\", 16), 4, 4, \"png\"); "
+      .. "print(c.inspect(png, true).width, #c.decode(png))'")
+    H.rmtree(dir)
+    assert.is_nil(deps:find("libstb", 1, true), deps)
+    assert.are.equal(0, rc, run)
+    assert.are.equal("4\t64\n", run)
+  end)
+
   it("loads and answers in this interpreter: base64, SHA-256 and an atomic write without OpenSSL's coder", function()
     local so = build(true)
     local dir = H.tmpdir()
