@@ -14,14 +14,19 @@ unset DISPLAY
 export LC_ALL=C
 
 FAILED=0
+mkdir -p "$CACHE/check"
 
 # run NAME EXPECTED CMD...: compare CMD's output (CRs from the Windows C
 # runtime dropped) with EXPECTED, or only require success if it is "-".
+# Output goes through a file, not a pipe: a wineserver started by CMD
+# inherits its stdout and lingers 3 s, and a pipe would wait for it.
 run() {
-  local name=$1 want=$2 out
+  local name=$1 want=$2 out rc=0
   shift 2
-  if ! out=$("$@" 2>&1 | tr -d '\r'); then
-    echo "FAIL $name: exit status ${PIPESTATUS[0]}: $out"
+  "$@" >"$CACHE/check/out" 2>&1 || rc=$?
+  out=$(tr -d '\r' <"$CACHE/check/out")
+  if [ "$rc" -ne 0 ]; then
+    echo "FAIL $name: exit status $rc: $out"
     FAILED=1
   elif [ "$want" != - ] && [ "$out" != "$want" ]; then
     echo "FAIL $name: got '$out', want '$want'"
@@ -34,7 +39,6 @@ run() {
 # Each test program is built from its C file in tools/windows/, linked as
 # core.dll would be (WIN_RUNTIME_LDFLAGS: no MinGW runtime DLLs).
 build() {
-  mkdir -p "$CACHE/check"
   # shellcheck disable=SC2086
   "$WIN_CC" -O2 -o "$CACHE/check/$1.exe" "$HERE/$1.c" $2 $WIN_RUNTIME_LDFLAGS
 }

@@ -11,25 +11,34 @@
 #   --no-check  skip tools/windows/check.sh (the wine smoke tests) at the end
 #
 # Cache: CACHE=${IMGEDIT_WIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/imgedit-windows}
-#   $CACHE/prefix/bin/      libcurl-4.dll libpng16-16.dll libwebp-7.dll
-#                           libsharpyuv-0.dll libwebpmux-3.dll
-#                           libwebpdemux-2.dll zlib1.dll (Debian's)
+#   $CACHE/prefix/bin/      libcurl-4.dll libpng16.dll libwebp.dll
+#                           libwebpmux.dll libwebpdemux.dll
+#                           (libwebpdecoder.dll) zlib1.dll (Debian's)
 #   $CACHE/prefix/include/  curl/ png.h libpng16/ webp/ stb/ zlib.h
 #   $CACHE/prefix/lib/      libcurl.dll.a libpng16.dll.a libpng.dll.a
-#                           libwebp.dll.a libsharpyuv.dll.a libwebpmux.dll.a
-#                           libwebpdemux.dll.a libstb.a libz.dll.a
+#                           libwebp.dll.a libwebpmux.dll.a libwebpdemux.dll.a
+#                           libstb.a (stb_image, _write, _resize) libz.dll.a
+#                           static-winpthread/ (libpthread.a: see below)
 #   $CACHE/prefix/lib/pkgconfig/  libcurl.pc libpng.pc libpng16.pc
-#                           libwebp.pc libsharpyuv.pc libwebpmux.pc
-#                           libwebpdemux.pc stb.pc zlib.pc lua5.4.pc
-#                           lua54.pc luajit.pc
+#                           libwebp.pc libwebpmux.pc libwebpdemux.pc stb.pc
+#                           zlib.pc lua5.4.pc (= lua54.pc) luajit.pc
 #   $CACHE/lua54/           lua.exe luac.exe lua54.dll cjson.dll
 #                           include/ lib/liblua54.dll.a lua/argparse.lua
 #   $CACHE/luajit/          luajit.exe lua51.dll cjson.dll include/
-#                           lib/liblua51.dll.a lib/libluajit-5.1.dll.a
+#                           lib/liblua51.dll.a (= libluajit-5.1.dll.a)
 #                           lua/jit/ lua/argparse.lua
-#   $CACHE/env.sh, env.mk   compiler, flags, wine settings (source/include)
+#   $CACHE/env.sh, env.mk   compiler, flags, DLL list, wine settings
+#   $CACHE/toolchain.cmake  the CMake toolchain file used for libpng, libwebp
 #   $CACHE/wine/            the WINEPREFIX
-#   $CACHE/src/, logs/, stamps/, apt/, dl/   sources, build logs, stamps
+#   $CACHE/src/ dl/ apt/ logs/ stamps/   sources, downloads, private apt
+#                           setup, build logs, one stamp per part
+#
+# A Lua C module for Windows, e.g. with Lua 5.4 (luajit: the same with
+# luajit in place of lua5.4; it links lua51.dll, as LÖVE's modules do):
+#   . $CACHE/env.sh
+#   $WIN_CC -O2 -shared -o core.dll *.c \
+#     $(PKG_CONFIG_LIBDIR=$WIN_PKG_CONFIG_LIBDIR pkg-config --cflags --libs \
+#       libcurl libpng libwebp stb lua5.4) $WIN_RUNTIME_LDFLAGS -pthread
 #
 # Sources come only from Debian's archive, through a private apt
 # configuration under $CACHE/apt (the machine's apt setup is left alone).
@@ -253,7 +262,7 @@ part() {
   for d in "$@"; do deps+=" $d:$(sha256sum <"$CACHE/stamps/$d" | cut -c1-16)"; done
   if [ "$pkg" != - ]; then want=$(source_versions "$pkg" | head -n 1); fi
   key=$(part_key "$name" "$pkg" "$want" "$deps")
-  if [ "$FORCE" != yes ] && [ "$(head -n 1 "$stamp" 2>/dev/null)" = "$key" ]; then
+  if [ "$FORCE" != yes ] && [ "$(head -n 1 "$stamp" 2>/dev/null)" = "$key" ] && outputs_there "$name"; then
     say "$name: cached${want:+ ($pkg $want)}"
     return 0
   fi
@@ -263,7 +272,7 @@ part() {
     if [ "$SRC_VERSION" != "$want" ]; then
       # The newest could not be fetched; the fallback may be what we have.
       key=$(part_key "$name" "$pkg" "$SRC_VERSION" "$deps")
-      if [ "$FORCE" != yes ] && [ "$(head -n 1 "$stamp" 2>/dev/null)" = "$key" ]; then
+      if [ "$FORCE" != yes ] && [ "$(head -n 1 "$stamp" 2>/dev/null)" = "$key" ] && outputs_there "$name"; then
         say "$name: cached ($pkg $SRC_VERSION)"
         return 0
       fi
@@ -287,6 +296,23 @@ part_key() {
   local recipe=RECIPE_$1
   printf 'part=%s source=%s=%s recipe=%s toolchain=%s extra=%s deps=%s' \
     "$1" "$2" "$3" "${!recipe}" "$TOOLCHAIN" "$(extra_key "$1")" "$4"
+}
+
+# What each part leaves in the cache: a part whose stamp fits but some of
+# whose files were removed is built again.
+outputs_there() {
+  local f files
+  case $1 in
+    curl) files="prefix/bin/libcurl-4.dll prefix/lib/libcurl.dll.a prefix/include/curl/curl.h prefix/lib/pkgconfig/libcurl.pc" ;;
+    libpng) files="prefix/bin/libpng16.dll prefix/lib/libpng16.dll.a prefix/include/png.h prefix/lib/pkgconfig/libpng.pc" ;;
+    libwebp) files="prefix/bin/libwebp.dll prefix/lib/libwebp.dll.a prefix/include/webp/encode.h prefix/lib/pkgconfig/libwebp.pc" ;;
+    stb) files="prefix/lib/libstb.a prefix/include/stb/stb_image.h prefix/lib/pkgconfig/stb.pc" ;;
+    lua54) files="lua54/lua.exe lua54/lua54.dll lua54/lib/liblua54.dll.a lua54/include/lua.h prefix/lib/pkgconfig/lua5.4.pc" ;;
+    luajit) files="luajit/luajit.exe luajit/lua51.dll luajit/lib/liblua51.dll.a luajit/include/luajit.h prefix/lib/pkgconfig/luajit.pc" ;;
+    cjson) files="lua54/cjson.dll luajit/cjson.dll" ;;
+    argparse) files="lua54/lua/argparse.lua luajit/lua/argparse.lua" ;;
+  esac
+  for f in $files; do [ -e "$CACHE/$f" ] || return 1; done
 }
 
 # Inputs of a part that live in this repository (hashed into its key).
