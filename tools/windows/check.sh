@@ -6,6 +6,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# $HOME may be unset in CI: then the user's home from the passwd database.
+: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
 CACHE=${IMGEDIT_WIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/imgedit-windows}
 [ -f "$CACHE/env.sh" ] || { echo "check.sh: run tools/windows/deps.sh first" >&2; exit 1; }
 # shellcheck source=/dev/null

@@ -6,11 +6,13 @@
 #
 #   tools/windows/deps.sh [--force] [--refresh] [--no-check]
 #
-#   --force     rebuild every part, cached or not
+#   --force     rebuild every part from an empty prefix, cached or not
 #   --refresh   refresh the private apt source lists now (else once a day)
 #   --no-check  skip tools/windows/check.sh (the wine smoke tests) at the end
 #
-# Cache: CACHE=${IMGEDIT_WIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/imgedit-windows}
+# Cache: # $HOME may be unset in CI: then the user's home from the passwd database.
+: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
+CACHE=${IMGEDIT_WIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/imgedit-windows}
 #   $CACHE/prefix/bin/      libcurl-4.dll libpng16.dll libwebp.dll
 #                           libwebpmux.dll libwebpdemux.dll
 #                           (libwebpdecoder.dll) zlib1.dll (Debian's)
@@ -146,22 +148,25 @@ Dir::Cache::srcpkgcache "";
 APT::Sandbox::User "$(id -un)";
 Acquire::Languages "none";
 EOF
-  # One-line sources: each "deb" line again as "deb-src".
-  {
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-      [ -f "$f" ] || continue
-      sed -n 's/^[[:space:]]*deb[[:space:]]/deb-src /p' "$f"
-    done
-  } | sort -u | write_if_changed "$a/sources.list"
-  # deb822 sources: each stanza whose Types has "deb" again as deb-src.
-  rm -f "$a/sources.list.d/"*.sources
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -f "$f" ] || continue
+  # Debian's archive only (a third-party repository may have no sources):
+  # one-line sources, each "deb" line again as "deb-src"...
+  [ -f /etc/apt/sources.list ] &&
+    sed -n 's/^[[:space:]]*deb[[:space:]]/deb-src /p' /etc/apt/sources.list |
+    write_if_changed "$a/sources.list"
+  [ -f "$a/sources.list" ] || : >"$a/sources.list"
+  # ... and deb822 stanzas whose Types has "deb", again as deb-src.
+  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
     awk '/^Types:/ { print ($0 ~ /[ \t]deb([ \t]|$)/) ? "Types: deb-src" : "Enabled: no"; next } { print }' \
-      "$f" >"$a/sources.list.d/$(basename "$f")"
-  done
+      /etc/apt/sources.list.d/debian.sources | write_if_changed "$a/sources.list.d/debian.sources"
+  else
+    rm -f "$a/sources.list.d/debian.sources"
+  fi
+  [ -s "$a/sources.list" ] || [ -f "$a/sources.list.d/debian.sources" ] ||
+    die "no Debian sources in /etc/apt/sources.list or /etc/apt/sources.list.d/debian.sources"
   local stamp=$a/lists/.updated
-  if [ "$REFRESH" = yes ] || [ ! -e "$stamp" ] ||
+  # Refresh when asked, when the lists are old, or the sources changed.
+  if [ "$REFRESH" = yes ] || [ ! -e "$stamp" ] || [ "$a/sources.list" -nt "$stamp" ] ||
+    [ "$a/sources.list.d/debian.sources" -nt "$stamp" ] ||
     [ $(($(date +%s) - $(stat -c %Y "$stamp"))) -gt "$APT_MAX_AGE" ]; then
     local t=$EPOCHREALTIME
     if apt-get -c "$APTCONF" -qq update >"$CACHE/logs/apt-update.log" 2>&1; then
@@ -674,6 +679,11 @@ main() {
   exec 9>"$CACHE/.lock"
   flock 9
   say "cache: $CACHE"
+  if [ "$FORCE" = yes ]; then
+    # From scratch: no file of an earlier recipe stays in the prefix.
+    rm -rf "$PREFIX" "$CACHE/lua54" "$CACHE/luajit" "$CACHE/stamps"
+    mkdir -p "$CACHE/stamps" "$PREFIX/lib/pkgconfig" "$PREFIX/bin"
+  fi
   ensure_packages
   command -v "$WCC" >/dev/null || die "$WCC not found (gcc-mingw-w64-x86-64-posix)"
   TOOLCHAIN=$(toolchain_id)
