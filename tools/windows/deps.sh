@@ -62,14 +62,8 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 APT_MAX_AGE=${IMGEDIT_WIN_APT_MAX_AGE:-86400}
 
 # Bump a part's recipe when the way it is built changes: that part rebuilds.
-RECIPE_curl=2
-RECIPE_libpng=2
-RECIPE_libwebp=2
-RECIPE_lua54=1
-RECIPE_luajit=1
-RECIPE_cjson=1
-RECIPE_stb=1
-RECIPE_argparse=1
+declare -A RECIPE=([curl]=2 [libpng]=2 [libwebp]=2 [lua54]=1 [luajit]=1
+  [cjson]=1 [stb]=1 [argparse]=1)
 
 # Debian packages this script needs on the build machine.
 NEEDED_PACKAGES=(gcc-mingw-w64-x86-64-posix libz-mingw-w64-dev wine64
@@ -208,20 +202,21 @@ load_versions() {
 # The versions of a source package the lists offer, newest first, less
 # those already found missing from the archive (some security uploads 404).
 source_versions() {
-  local pkg=$1 v out=()
+  local pkg=$1 v found=()
+  # shellcheck disable=SC2086 # a space-separated list
   for v in $(printf '%s\n' ${VERSIONS[$pkg]:-} | sort -u); do
-    grep -qxF "$pkg=$v" "$CACHE/apt/unavailable" || out+=("$v")
+    grep -qxF "$pkg=$v" "$CACHE/apt/unavailable" || found+=("$v")
   done
-  [ ${#out[@]} -gt 0 ] || die "no source package $pkg in the apt lists"
+  [ ${#found[@]} -gt 0 ] || die "no source package $pkg in the apt lists"
   # Sort with dpkg's version order (few entries: insertion sort).
   local i j t
-  for ((i = 1; i < ${#out[@]}; i++)); do
+  for ((i = 1; i < ${#found[@]}; i++)); do
     for ((j = i; j > 0; j--)); do
-      dpkg --compare-versions "${out[j]}" gt "${out[j - 1]}" || break
-      t=${out[j]}; out[j]=${out[j - 1]}; out[j - 1]=$t
+      dpkg --compare-versions "${found[j]}" gt "${found[j - 1]}" || break
+      t=${found[j]}; found[j]=${found[j - 1]}; found[j - 1]=$t
     done
   done
-  printf '%s\n' "${out[@]}"
+  printf '%s\n' "${found[@]}"
 }
 
 # Download (once) and unpack a fresh copy of a source package; Debian's
@@ -298,9 +293,8 @@ part() {
 
 # part_key NAME SRCPKG VERSION DEPS: what a part's stamp must say.
 part_key() {
-  local recipe=RECIPE_$1
   printf 'part=%s source=%s=%s recipe=%s toolchain=%s extra=%s deps=%s' \
-    "$1" "$2" "$3" "${!recipe}" "$TOOLCHAIN" "$(extra_key "$1")" "$4"
+    "$1" "$2" "$3" "${RECIPE[$1]}" "$TOOLCHAIN" "$(extra_key "$1")" "$4"
 }
 
 # What each part leaves in the cache: a part whose stamp fits but some of
@@ -526,6 +520,7 @@ cjson_for() {
   "$WCC" -O2 -I"$dir/include" "${flags[@]}" -c "$src/lua_cjson.c" -o "$b/lua_cjson.o"
   "$WCC" -O2 -I"$dir/include" -c "$src/strbuf.c" -o "$b/strbuf.o"
   "$WCC" -O2 -I"$dir/include" -c "$src/fpconv.c" -o "$b/fpconv.o"
+  # shellcheck disable=SC2086 # WLDFLAGS is a list of flags
   "$WCC" -shared $WLDFLAGS -o "$dir/cjson.dll" "$b"/*.o -L"$dir/lib" "$lib"
   rm -rf "$b"
   check_imports "$dir/cjson.dll"
@@ -575,6 +570,7 @@ install_zlib() {
   cp -p "$sys/lib/zlib1.dll" "$PREFIX/bin/"
   cp -p "$sys/include/zlib.h" "$sys/include/zconf.h" "$PREFIX/include/"
   cp -p "$sys/lib/libz.dll.a" "$PREFIX/lib/"
+  # shellcheck disable=SC2016 # ${prefix} is for pkg-config
   sed -e "s|^prefix=.*|prefix=$PREFIX|" -e 's|^exec_prefix=.*|exec_prefix=${prefix}|' \
     -e 's|^libdir=.*|libdir=${prefix}/lib|' -e 's|^sharedlibdir=.*|sharedlibdir=${prefix}/lib|' \
     -e 's|^includedir=.*|includedir=${prefix}/include|' "$sys/lib/pkgconfig/zlib.pc" |
