@@ -219,29 +219,30 @@ source_versions() {
   printf '%s\n' "${found[@]}"
 }
 
-# Download (once) and unpack a fresh copy of a source package; Debian's
-# patches are applied by dpkg-source. Tries older versions when the newest
-# cannot be fetched. Sets SRC_VERSION and SRC_DIR.
+# Download (apt skips files it has already, checking their hashes) and
+# unpack a fresh copy of a source package; Debian's patches are applied by
+# dpkg-source. When the archive no longer has the newest version (some
+# security uploads answer 404 here), tries the older ones.
+# Sets SRC_VERSION and SRC_DIR.
 fetch_source() {
-  local pkg=$1 v dsc
+  local pkg=$1 v log=$CACHE/logs/$1-download.log
   mkdir -p "$CACHE/dl" "$CACHE/src"
+  : >"$log"
   for v in $(source_versions "$pkg"); do
-    dsc=$CACHE/dl/${pkg}_${v#*:}.dsc
-    if [ ! -e "$dsc" ] &&
-      ! (cd "$CACHE/dl" && apt-get -c "$APTCONF" -qq source --download-only "$pkg=$v") \
-        >>"$CACHE/logs/$pkg-download.log" 2>&1; then
-      say "$pkg $v: not downloadable, trying an older version"
+    if ! (cd "$CACHE/dl" && apt-get -c "$APTCONF" -q source --download-only "$pkg=$v") >>"$log" 2>&1; then
+      grep -q ' 404 ' "$log" || die "apt-get source $pkg=$v failed (see $log)"
+      say "$pkg $v: not in the archive (404), trying an older version"
       echo "$pkg=$v" >>"$CACHE/apt/unavailable"
       continue
     fi
     SRC_VERSION=$v
     SRC_DIR=$CACHE/src/$pkg-$v
     rm -rf "$CACHE/src/$pkg-"*
-    dpkg-source -x "$dsc" "$SRC_DIR" >>"$CACHE/logs/$pkg-download.log" 2>&1 ||
-      die "dpkg-source -x $dsc failed (see $CACHE/logs/$pkg-download.log)"
+    dpkg-source -x "$CACHE/dl/${pkg}_${v#*:}.dsc" "$SRC_DIR" >>"$log" 2>&1 ||
+      die "dpkg-source -x failed for $pkg $v (see $log)"
     return 0
   done
-  die "no version of $pkg could be downloaded (see $CACHE/logs/$pkg-download.log)"
+  die "no version of $pkg could be downloaded (see $log)"
 }
 
 # Identifies the compiler and Windows runtime: a new one rebuilds all.
