@@ -19,7 +19,7 @@ CACHE=${IMGEDIT_WIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/imgedit-windows}
 #   $CACHE/prefix/include/  curl/ png.h libpng16/ webp/ stb/ zlib.h
 #   $CACHE/prefix/lib/      libcurl.dll.a libpng16.dll.a libpng.dll.a
 #                           libwebp.dll.a libwebpmux.dll.a libwebpdemux.dll.a
-#                           libstb.a (stb_image, _write, _resize) libz.dll.a
+#                           libstb.a (src/stb_impl.c) libz.dll.a
 #                           static-winpthread/ (libpthread.a: see below)
 #   $CACHE/prefix/lib/pkgconfig/  libcurl.pc libpng.pc libpng16.pc
 #                           libwebp.pc libwebpmux.pc libwebpdemux.pc stb.pc
@@ -52,6 +52,7 @@ CACHE=${IMGEDIT_WIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/imgedit-windows}
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
 CACHE=${IMGEDIT_WIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/imgedit-windows}
 HOST=x86_64-w64-mingw32
 # The posix-threads compiler by name, whatever update-alternatives says.
@@ -318,7 +319,7 @@ outputs_there() {
 # Inputs of a part that live in this repository (hashed into its key).
 extra_key() {
   case $1 in
-    stb) sha256sum <"$HERE/stb_impl.c" | cut -c1-16 ;;
+    stb) sha256sum <"$ROOT/src/stb_impl.c" | cut -c1-16 ;;
     argparse) dpkg-query -W -f='${Version}' lua-argparse ;;
     *) echo - ;;
   esac
@@ -533,13 +534,14 @@ build_cjson() {
 }
 
 # stb: the headers from Debian's libstb source and libstb.a holding the
-# implementation (tools/windows/stb_impl.c), so `-lstb` works as on Linux.
+# implementation (src/stb_impl.c, as Debian builds libstb), so `-lstb`
+# works as on Linux.
 build_stb() {
   cd "$1"
   mkdir -p "$PREFIX/include/stb" "$PREFIX/lib/pkgconfig"
   cp stb_image.h stb_image_write.h stb_image_resize.h "$PREFIX/include/stb/"
   # Debian builds libstb with -fwrapv (nothings/stb#741).
-  "$WCC" -O2 -fwrapv -I. -c "$HERE/stb_impl.c" -o stb_impl.o
+  "$WCC" -O2 -fwrapv -I. -c "$ROOT/src/stb_impl.c" -o stb_impl.o
   rm -f "$PREFIX/lib/libstb.a"
   "$HOST-ar" rcs "$PREFIX/lib/libstb.a" stb_impl.o
   cat >"$PREFIX/lib/pkgconfig/stb.pc" <<EOF
