@@ -120,7 +120,8 @@ endif
 
 # What a build was made for: the interpreter, its headers and the flags. A
 # build whose record differs is made again (no `make clean` to switch).
-BUILT_FOR = lua=$(LUA) version=$(LUA_VERSION) cflags=$(strip $(LUA_CFLAGS) $(FEATURES) $(CFLAGS) $(LDFLAGS))
+BUILT_FOR = lua=$(LUA) version=$(LUA_VERSION) cflags=$(strip $(LUA_CFLAGS) $(FEATURES) $(CFLAGS) $(LDFLAGS) $(LIBS))$(if \
+            $(DEPS_ID), deps=$(DEPS_ID))
 $(BUILD)/built-for: FORCE
 	@mkdir -p $(@D)
 	@if [ "$$(cat $@ 2>/dev/null)" != '$(BUILT_FOR)' ]; then printf '%s\n' '$(BUILT_FOR)' > $@; fi

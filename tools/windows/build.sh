@@ -24,13 +24,16 @@ bash "$here/tools/windows/deps.sh"
 # shellcheck disable=SC1091
 . "${IMGEDIT_WIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/imgedit-windows}/env.sh"
 
+# The libraries' versions and recipes: a DLL built against others is made again.
+deps_id=$(cat "$IMGEDIT_WIN_CACHE"/stamps/* | sha256sum | cut -c1-16)
+
 # make for one Lua: the flags of its DLL, its build folder.
 build_for() { # name lua_version cflags libs
   local t0=$SECONDS
   # pkg-config reads the Windows prefix's .pc files only.
   PKG_CONFIG_LIBDIR="$WIN_PKG_CONFIG_LIBDIR" PKG_CONFIG_PATH='' \
   make -C "$here" --no-print-directory TARGET_OS=windows CC="$WIN_CC" LUA_VERSION="$2" LUA=lua"$2" \
-    LUA_INCDIR="${3#-I}" BUILD="build/windows/$1" CFLAGS="-O2" \
+    LUA_INCDIR="${3#-I}" BUILD="build/windows/$1" CFLAGS="-O2" DEPS_ID="$deps_id" \
     LIBS="$4 $WIN_RUNTIME_LDFLAGS" "build/windows/$1/imgedit/core.dll" >/dev/null
   "$WIN_STRIP" --strip-unneeded "$here/build/windows/$1/imgedit/core.dll"
   echo "imgedit: core.dll for $1 built in $((SECONDS - t0)) s"
