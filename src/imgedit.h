@@ -24,7 +24,8 @@ static inline const void *ie_memmem(const void *hay, size_t n, const void *needl
   if (k == 0)
     return hay;
   while (k <= (size_t)(end - h)) {
-    const unsigned char *p = (const unsigned char *)memchr(h, *(const unsigned char *)needle, (size_t)(end - h) - k + 1);
+    const unsigned char *p =
+        (const unsigned char *)memchr(h, *(const unsigned char *)needle, (size_t)(end - h) - k + 1);
     if (!p)
       return NULL;
     if (memcmp(p, needle, k) == 0)

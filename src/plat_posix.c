@@ -70,7 +70,10 @@ int ie_os_temp_beside(char *tmpl) {
 }
 
 static void fill(const struct stat *s, ie_stat *st) {
-  st->kind = S_ISREG(s->st_mode) ? IE_KIND_REG : S_ISDIR(s->st_mode) ? IE_KIND_DIR : S_ISLNK(s->st_mode) ? IE_KIND_LINK : IE_KIND_OTHER;
+  st->kind = S_ISREG(s->st_mode)   ? IE_KIND_REG
+             : S_ISDIR(s->st_mode) ? IE_KIND_DIR
+             : S_ISLNK(s->st_mode) ? IE_KIND_LINK
+                                   : IE_KIND_OTHER;
   st->dev = (uint64_t)s->st_dev, st->ino = (uint64_t)s->st_ino, st->size = (int64_t)s->st_size;
 #ifdef __APPLE__
   st->mtime_s = (int64_t)s->st_mtimespec.tv_sec, st->mtime_ns = s->st_mtimespec.tv_nsec;

@@ -3,15 +3,18 @@
  * script works whatever the ANSI code page. Descriptors are the C
  * runtime's, opened not inheritable; an atomic replace is MoveFileExW. */
 #ifdef _WIN32
+/* In this order: winsock2.h before windows.h, which the others need. */
+/* clang-format off */
 #include <winsock2.h>
 #include <ws2tcpip.h>
 #include <windows.h>
 #include <bcrypt.h>
 #include <shellapi.h>
+/* clang-format on */
 
+#include <direct.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <direct.h>
 #include <io.h>
 #include <share.h>
 #include <stdio.h>
@@ -179,8 +182,9 @@ int ie_os_stat(const char *path, int nofollow, ie_stat *st) {
   wchar_t *w = wide(path);
   if (!w)
     return -1;
-  HANDLE h = CreateFileW(w, FILE_READ_ATTRIBUTES, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, NULL,
-                         OPEN_EXISTING, FILE_FLAG_BACKUP_SEMANTICS | (nofollow ? FILE_FLAG_OPEN_REPARSE_POINT : 0), NULL);
+  HANDLE h =
+      CreateFileW(w, FILE_READ_ATTRIBUTES, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, NULL, OPEN_EXISTING,
+                  FILE_FLAG_BACKUP_SEMANTICS | (nofollow ? FILE_FLAG_OPEN_REPARSE_POINT : 0), NULL);
   free(w);
   if (h == INVALID_HANDLE_VALUE) {
     errno = win_errno();

@@ -52,17 +52,17 @@ typedef struct ie_stat {
 
 /* Files. Each returns 0 or a descriptor, and -1 with errno set. Every
  * descriptor is kept from child processes (close-on-exec, not inherited). */
-IE_LOCAL int ie_os_open_read(const char *path); /* non-blocking: a FIFO must not block us */
+IE_LOCAL int ie_os_open_read(const char *path);   /* non-blocking: a FIFO must not block us */
 IE_LOCAL int ie_os_open_append(const char *path); /* never through a link: ELOOP */
-IE_LOCAL int ie_os_temp_beside(char *tmpl); /* tmpl ends in XXXXXX, filled in */
+IE_LOCAL int ie_os_temp_beside(char *tmpl);       /* tmpl ends in XXXXXX, filled in */
 IE_LOCAL int ie_os_fstat(int fd, ie_stat *st);
 IE_LOCAL int ie_os_stat(const char *path, int nofollow, ie_stat *st);
 IE_LOCAL ie_ssize ie_os_read(int fd, void *buf, size_t n);
 IE_LOCAL ie_ssize ie_os_pread(int fd, void *buf, size_t n, uint64_t off);
 IE_LOCAL ie_ssize ie_os_write(int fd, const void *buf, size_t n);
 IE_LOCAL int ie_os_close(int fd);
-IE_LOCAL int ie_os_sync(int fd); /* the data on the disk, a power cut included */
-IE_LOCAL int ie_os_default_mode(int fd); /* ordinary permissions, as open() would give */
+IE_LOCAL int ie_os_sync(int fd);                              /* the data on the disk, a power cut included */
+IE_LOCAL int ie_os_default_mode(int fd);                      /* ordinary permissions, as open() would give */
 IE_LOCAL int ie_os_replace(const char *from, const char *to); /* atomic, over an existing file */
 IE_LOCAL int ie_os_unlink(const char *path);
 IE_LOCAL int ie_os_mkdir(const char *path);

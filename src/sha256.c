@@ -39,8 +39,10 @@ void ie_sha256_free(ie_sha256 *h) {
   }
 }
 #elif defined(_WIN32)
+/* clang-format off */
 #include <windows.h>
 #include <bcrypt.h>
+/* clang-format on */
 
 struct ie_sha256 {
   BCRYPT_HASH_HANDLE hash;

@@ -26,7 +26,7 @@
 #endif
 
 typedef struct {
-  int fd;      /* the signalfd (Linux); -1 elsewhere */
+  int fd; /* the signalfd (Linux); -1 elsewhere */
   int open;
   sigset_t set, old; /* what is read, and the mask before, restored by close */
 } interrupts;

@@ -115,7 +115,9 @@ static char *folder_of(const char *path) {
   for (const char *p = path; *p; p++)
     if (is_sep(*p))
       end = p;
-  size_t n = !end ? 1 : end == path || (end == path + 2 && path[1] == ':') ? (size_t)(end - path) + 1 : (size_t)(end - path);
+  size_t n = !end                                                 ? 1
+             : end == path || (end == path + 2 && path[1] == ':') ? (size_t)(end - path) + 1
+                                                                  : (size_t)(end - path);
   char *d = (char *)malloc(n + 1);
   if (d) {
     memcpy(d, end ? path : ".", n);

@@ -27,7 +27,8 @@ describe("the Windows folder under Wine", function()
     -- One wineserver for all the runs, its own output apart: started by a
     -- run, it would hold that run's output open and print into it (Wine's
     -- dump of what a process left at exit, a socket in the middle of a wait).
-    assert(H.ok(". " .. q(ENV_SH) .. " && \"$(dirname \"$WINE\")/wineserver\" -p30 >/dev/null 2>&1 </dev/null"))
+    -- (It fails when one is already running: that one serves as well.)
+    os.execute(". " .. q(ENV_SH) .. " && \"$(dirname \"$WINE\")/wineserver\" -p30 >/dev/null 2>&1 </dev/null")
     emu = H.emulator()
     dir = H.tmpdir()
     H.write(dir .. "/a.png", H.png(64, 64))

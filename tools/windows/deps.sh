@@ -262,7 +262,7 @@ part() {
   local name=$1 pkg=$2 stamp=$CACHE/stamps/$1 t=$EPOCHREALTIME d deps="" want="" key
   shift 2
   for d in "$@"; do deps+=" $d:$(sha256sum <"$CACHE/stamps/$d" | cut -c1-16)"; done
-  if [ "$pkg" != - ]; then want=$(source_versions "$pkg" | head -n 1); fi
+  if [ "$pkg" != - ]; then want=$(source_versions "$pkg" | sed -n 1p); fi # sed reads all: no SIGPIPE under pipefail
   key=$(part_key "$name" "$pkg" "$want" "$deps")
   if [ "$FORCE" != yes ] && [ "$(head -n 1 "$stamp" 2>/dev/null)" = "$key" ] && outputs_there "$name"; then
     say "$name: cached${want:+ ($pkg $want)}"
@@ -560,7 +560,7 @@ EOF
 # argparse is pure Lua: Debian's own file, next to both Lua exes ("!\lua\").
 build_argparse() {
   local f=/usr/share/lua/5.4/argparse.lua
-  [ -f "$f" ] || f=$(dpkg -L lua-argparse | grep '/argparse\.lua$' | head -n 1)
+  [ -f "$f" ] || f=$(dpkg -L lua-argparse | grep '/argparse\.lua$' | sed -n 1p)
   cp "$f" "$CACHE/lua54/lua/argparse.lua"
   cp "$f" "$CACHE/luajit/lua/argparse.lua"
 }
