@@ -146,15 +146,15 @@ describe("installing", function()
     end
     local d = copy()
     -- The default builds, whatever make test was given (PORTABLE=1 reaches
-    -- a child make through MAKEFLAGS).
-    local out, code = H.sh("cd " .. q(d) .. " && unset MAKEFLAGS MAKELEVEL && make --no-print-directory LUA_VERSION=5.1 all >/dev/null"
+    -- a child make through MAKEFLAGS and the environment).
+    local out, code = H.sh("cd " .. q(d) .. " && unset MAKEFLAGS MAKELEVEL PORTABLE LUA_VERSION LUA && make --no-print-directory LUA_VERSION=5.1 all >/dev/null"
       .. " && env -u IMGEDIT_API_KEY make --no-print-directory demo")
     assert.are.equal(0, code, out)
     assert.matches("done: %d+ tokens", out)
     assert.are.same({ "lua=lua5.1", "lua=lua5.4" }, {
       (H.read(d .. "/build/lua5.1/built-for") or ""):match("^%S+"), (H.read(d .. "/build/lua5.4/built-for") or ""):match("^%S+") })
     -- and switching back needs no make clean: the 5.1 build is still the 5.1 build
-    out, code = H.sh("cd " .. q(d) .. " && unset MAKEFLAGS MAKELEVEL && make --no-print-directory LUA_VERSION=5.1 all && env LUA_PATH='lua/?.lua;lua/?/init.lua;;'"
+    out, code = H.sh("cd " .. q(d) .. " && unset MAKEFLAGS MAKELEVEL PORTABLE LUA_VERSION LUA && make --no-print-directory LUA_VERSION=5.1 all && env LUA_PATH='lua/?.lua;lua/?/init.lua;;'"
       .. " LUA_CPATH='build/lua5.1/?.so;;' lua5.1 -e 'print(require(\"imgedit\").version)'")
     assert.are.equal(0, code, out)
     assert.is_nil(out:find("cc ", 1, true), "nothing rebuilt")

@@ -32,7 +32,10 @@ local ID = H.LUA:match("luajit") and "luajit" or "lua" .. H.LUAV
 local VARS = (os.getenv("IMGEDIT_TEST_MAKEVARS") or ""):gsub("PORTABLE=%S*", "")
 
 local function build(portable)
-  local out, code = H.sh("make --no-print-directory " .. (portable and "PORTABLE=1 " or "") .. VARS .. " all")
+  -- make PORTABLE=1 test hands PORTABLE to a child make (MAKEFLAGS, the
+  -- environment): each build says for itself.
+  local out, code = H.sh("unset MAKEFLAGS MAKELEVEL PORTABLE; make --no-print-directory " .. (portable and "PORTABLE=1 " or "")
+    .. VARS .. " all")
   assert.are.equal(0, code, out)
   return "build/" .. ID .. (portable and "-portable" or "")
 end
@@ -56,7 +59,7 @@ describe("the portable core", function()
 
   it("with STB_INCDIR (no libstb, as on macOS) compiles stb's implementation in, and encodes and decodes", function()
     local dir = H.tmpdir()
-    local out, code = H.sh("make --no-print-directory PORTABLE=1 STB_INCDIR=/usr/include/stb " .. VARS .. " BUILD='" .. dir
+    local out, code = H.sh("unset MAKEFLAGS MAKELEVEL PORTABLE; make --no-print-directory PORTABLE=1 STB_INCDIR=/usr/include/stb " .. VARS .. " BUILD='" .. dir
       .. "/b' " .. "'" .. dir .. "/b/imgedit/core.so'")
     assert.are.equal(0, code, out)
     local deps = H.sh("ldd '" .. dir .. "/b/imgedit/core.so'")
