@@ -17,6 +17,16 @@
 #include <windows.h>
 #endif
 
+/* Everything that can raise comes before any handle exists. */
+static void check_paths(lua_State *L, int n) {
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, 1, i);
+    if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_argerror(L, 1, "a list of paths expected");
+    lua_pop(L, 1);
+  }
+}
+
 #ifdef IE_LINUX
 #include <poll.h>
 #include <sys/inotify.h>
@@ -47,12 +57,7 @@ static int l_wait_change(lua_State *L) {
   lua_Number timeout = luaL_checknumber(L, 2);
   int n = (int)ie_len(L, 1);
   /* Everything that can raise comes before the descriptor exists. */
-  for (int i = 1; i <= n; i++) {
-    lua_rawgeti(L, 1, i);
-    if (lua_type(L, -1) != LUA_TSTRING)
-      return luaL_argerror(L, 1, "a list of paths expected");
-    lua_pop(L, 1);
-  }
+  check_paths(L, n);
   int *wd = (int *)ie_newuserdata(L, sizeof(int) * (size_t)(n > 0 ? n : 1));
   int fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
   if (fd < 0)
@@ -184,12 +189,7 @@ static int l_wait_change(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_Number timeout = luaL_checknumber(L, 2);
   int n = (int)ie_len(L, 1);
-  for (int i = 1; i <= n; i++) {
-    lua_rawgeti(L, 1, i);
-    if (lua_type(L, -1) != LUA_TSTRING)
-      return luaL_argerror(L, 1, "a list of paths expected");
-    lua_pop(L, 1);
-  }
+  check_paths(L, n);
   dwatch *w = (dwatch *)calloc(MAX_DIRS, sizeof *w);
   if (!w)
     return luaL_error(L, "out of memory");
@@ -244,6 +244,7 @@ static int l_wait_change(lua_State *L) {
  * compares the files' times after each wait (watch.lua). */
 static int l_wait_change(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
+  check_paths(L, (int)ie_len(L, 1));
   lua_Number timeout = luaL_checknumber(L, 2);
   double s = timeout <= 0 ? 0 : timeout > 86400 ? 86400 : timeout;
   struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};

@@ -231,11 +231,10 @@ describe("the Windows folder under Wine", function()
         print("watch", hit, string.format("%.1f", t1 - t0), quiet, string.format("%.1f", core.now() - t1))
       ]])
       assert.are.equal(0, code, out)
-      local hit, waited, quiet, idle = out:match("watch\t(%S+)\t([%d.]+)\t(%S+)\t([%d.]+)")
+      local hit, quiet = out:match("watch\t(%S+)\t[%d.]+\t(%S+)\t[%d.]+")
+      -- woken by the save (a timeout answers false), and silence answers false
       assert.are.equal(winpath(dir) .. "\\watched.lua", hit, out)
-      assert.is_true(tonumber(waited) >= 0.5 and tonumber(waited) < 15, out) -- woken by the save, not the timeout
       assert.are.equal("false", quiet)
-      assert.is_true(tonumber(idle) >= 0.4, out)
     end)
   end)
 
