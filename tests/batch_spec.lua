@@ -627,8 +627,11 @@ describe("imgedit.batch", function()
       assert.are.equal(2000, rep.totals.done + rep.totals.failed, out)
       for _, j in ipairs(rep.jobs) do
         if j.status == "failed" then
-          -- only resets fail here: the request may be billed, so it is not sent again
-          assert.is_true(j.error.maybe_billed, cjson.encode(j))
+          -- a reset may be billed, so it is not sent again; a 500 is not billed and is retried
+          -- until the client's two retries are used up (three in a row: rare, but the seed
+          -- is drawn in arrival order, which the timing of eight connections decides)
+          local spent = j.error.kind == "server" and j.attempts == 3
+          assert.is_true(j.error.maybe_billed or spent, cjson.encode(j))
         end
       end
       for p, k in pairs(billed(emu)) do assert.are.equal(1, k, p) end
