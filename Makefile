@@ -175,9 +175,13 @@ deps:
 NET_PKGS = nghttp2-proxy tinyproxy openssl
 # A browser, to render the contact sheet the way a person sees it.
 BROWSER_PKGS = chromium
+# The hosts with event loops the pollable client is tried in: cqueues and
+# luv, Neovim (LuaJIT, libuv) and nginx with its Lua module (LuaJIT).
+HOST_PKGS = lua-cqueues lua-luv neovim nginx-core libnginx-mod-http-lua
 deps-test: deps
 	-$(call install_missing,$(NET_PKGS))
 	-$(call install_missing,$(BROWSER_PKGS))
+	-$(call install_missing,$(HOST_PKGS))
 
 # What the hardening targets add: clang and libFuzzer's runtime, valgrind.
 deps-hardening: deps-test

@@ -146,7 +146,7 @@ int ie_dec_end_locked(multi *m, ie_job *j) {
   } else if (t->where == W_DEC && t->pending == 0)
     ie_settle_locked(m, t);
   else
-    ie_changed_locked(m); /* an event's pictures are ready */
+    ie_changed_locked(m), ie_wake_locked(m); /* an event's pictures are ready */
   return ie_drop_locked(t);
 }
 

@@ -13,6 +13,7 @@
  * The multi's struct likewise outlives its Lua object while a transfer
  * still points to it. Those lifetimes, the queues and the moves between
  * them are hub.c's; this file is the Lua side, on the caller's thread. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -153,6 +154,10 @@ static int multi_perform(lua_State *L) {
   if (timeout > 0)
     ie_wait_locked(m, timeout);
   m->seen = m->gen;
+  if (m->wake_set) { /* taken now; set again below if some must wait */
+    ie_os_wake_clear(&m->wake);
+    m->wake_set = 0;
+  }
   m->budget = timeout > 0 ? (size_t)-1 : POLL_BUDGET, m->spent = 0;
   CURLMcode broken = m->broken;
   transfer *fin = NULL, **tail = &fin, *keep = m->fin_head;
@@ -174,6 +179,8 @@ static int multi_perform(lua_State *L) {
     *tail = t, tail = &t->qnext;
     finished++;
   }
+  if (m->fin_head) /* over this perform's budget: the loop must come back */
+    ie_wake_locked(m);
   int count = m->last_count = m->count;
   pthread_mutex_unlock(&m->mu);
   if (broken) /* out of memory or a broken handle: not a transfer's failure */
@@ -194,6 +201,29 @@ static int multi_perform(lua_State *L) {
   lua_pushnumber(L, ie_now());
   lua_pushinteger(L, finished);
   return 3;
+}
+
+/* multi:fd() -> a descriptor that is readable whenever perform has
+ * something to hand over (made on the first call, closed with the multi);
+ * or nil, message. perform reads it: the caller's loop only waits on it. */
+static int multi_fd(lua_State *L) {
+  multi *m = check_open_multi(L);
+  pthread_mutex_lock(&m->mu);
+  int ok = m->wake_on || ie_os_wake_open(&m->wake) == 0;
+  int e = errno;
+  if (ok && !m->wake_on) {
+    m->wake_on = 1;
+    if (m->fin_head || m->broken) /* what waited before it was asked for */
+      ie_wake_locked(m);
+  }
+  pthread_mutex_unlock(&m->mu);
+  if (!ok) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot make the wake-up descriptor: %s", ie_os_strerror(e));
+    return 2;
+  }
+  lua_pushinteger(L, (lua_Integer)m->wake.r);
+  return 1;
 }
 
 static int multi_tostring(lua_State *L) {
@@ -297,7 +327,8 @@ void ie_open_http(lua_State *L) {
     lua_pushboolean(L, 1);
     lua_setfield(L, LUA_REGISTRYINDEX, "imgedit.curl_ready");
   }
-  static const luaL_Reg multi_methods[] = {{"start", multi_start}, {"perform", multi_perform}, {NULL, NULL}};
+  static const luaL_Reg multi_methods[] = {
+      {"start", multi_start}, {"perform", multi_perform}, {"fd", multi_fd}, {NULL, NULL}};
   ie_new_class(L, MULTI_MT, multi_methods, multi_close, "close", multi_tostring);
   ie_open_transfers(L);
   static const luaL_Reg fns[] = {

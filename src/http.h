@@ -98,6 +98,8 @@ typedef struct multi {
   pthread_cond_t pcv; /* the network thread waits, parked for a fork */
   int refs;           /* the Lua object, and each transfer that points here */
   unsigned gen, seen; /* changes the caller has (not) seen */
+  ie_os_wake wake;    /* the caller's loop waits on wake.r, made by multi:fd() */
+  int wake_on, wake_set;
   int count;          /* transfers the multi holds */
   int quit, dquit, cancels;
   int park, parked;             /* a fork is about to happen: the network thread waits outside libcurl */
@@ -115,6 +117,7 @@ typedef struct multi {
    * and whether it only tries the lock (it never waits for it) */
   size_t budget, spent;
   int trying, last_count;
+  int busy; /* tries in a row that found the lock busy */
   /* network thread only: */
   CURLM *m;
   CURLSH *share;    /* TLS sessions and DNS, shared by the multi's transfers */
@@ -205,6 +208,7 @@ IE_LOCAL void ie_settle_locked(multi *m, transfer *t);
 IE_LOCAL void ie_hand_over_locked(multi *m, transfer *t);
 /* Something the caller can see changed: wake a waiting perform. */
 IE_LOCAL void ie_changed_locked(multi *m);
+IE_LOCAL void ie_wake_locked(multi *m);
 /* Without the lock: frees t's resources, then lets go of its multi. */
 IE_LOCAL void ie_transfer_free(transfer *t);
 

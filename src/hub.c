@@ -49,6 +49,17 @@ void ie_changed_locked(multi *m) {
   pthread_cond_broadcast(&m->cv);
 }
 
+/* Something waits for perform to hand it over (an answer, an event, an
+ * event's pictures): the caller's loop, waiting on the wake-up descriptor,
+ * is told, once until perform clears it. Progress alone does not wake it:
+ * a loop that reports progress looks on the client's timeout(). */
+void ie_wake_locked(multi *m) {
+  if (m->wake_on && !m->wake_set) {
+    ie_os_wake_set(&m->wake);
+    m->wake_set = 1;
+  }
+}
+
 void ie_settle_locked(multi *m, transfer *t) {
   if (t->events.n > 0) { /* transfer_events hands it over with its last event */
     t->where = W_DRAIN;
@@ -67,6 +78,7 @@ void ie_hand_over_locked(multi *m, transfer *t) {
     m->fin_head = t;
   m->fin_tail = t;
   ie_changed_locked(m);
+  ie_wake_locked(m);
 }
 
 void ie_transfer_free(transfer *t) {
@@ -229,6 +241,9 @@ void ie_multi_end(multi *m) {
       t->qnext = gone, gone = t;
   }
   m->add_head = m->fin_head = m->fin_tail = NULL;
+  if (m->wake_on) /* in a forked child, its own copy */
+    ie_os_wake_close(&m->wake);
+  m->wake_on = m->wake_set = 0;
   pthread_mutex_unlock(&m->mu);
   while (gone) {
     transfer *t = gone;
@@ -253,11 +268,21 @@ void ie_multi_end(multi *m) {
 /* The lock, for the caller's thread: perform(0) and what follows it in
  * the same poll only try it, since the network thread may hold it while
  * the system has put it aside for a while (two cores, many threads); what
- * they would have taken waits for the next call. 0 when not taken. */
+ * they would have taken waits for the next call. 0 when not taken. After
+ * BUSY_TRIES tries in a row that found it busy, the next one waits: an
+ * event loop woken by the descriptor calls again at once, and would spin
+ * until the lock came free. */
+#define BUSY_TRIES 3
 int ie_lock_caller(multi *m) {
-  if (m->trying)
-    return pthread_mutex_trylock(&m->mu) == 0;
-  pthread_mutex_lock(&m->mu);
+  if (m->trying && m->busy < BUSY_TRIES) {
+    if (pthread_mutex_trylock(&m->mu) != 0) {
+      m->busy++;
+      return 0;
+    }
+  } else {
+    pthread_mutex_lock(&m->mu);
+  }
+  m->busy = 0;
   return 1;
 }
 

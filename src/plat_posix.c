@@ -17,6 +17,10 @@
 
 #include "platform.h"
 
+#ifdef IE_LINUX
+#include <sys/eventfd.h>
+#endif
+
 #ifndef O_CLOEXEC
 #define O_CLOEXEC 0
 #endif
@@ -275,5 +279,57 @@ int ie_os_peer_closed(curl_socket_t fd, int idle_h1) {
 int ie_os_readable(curl_socket_t fd) {
   struct pollfd p = {fd, POLLIN, 0};
   return poll(&p, 1, 0) == 1 && (p.revents & POLLIN) != 0;
+}
+#endif
+
+#ifdef IE_LINUX
+int ie_os_wake_open(ie_os_wake *k) {
+  k->r = k->w = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  return k->r < 0 ? -1 : 0;
+}
+
+void ie_os_wake_set(const ie_os_wake *k) {
+  uint64_t one = 1;
+  (void)!write(k->w, &one, sizeof one); /* EAGAIN: it is set already */
+}
+
+void ie_os_wake_clear(const ie_os_wake *k) {
+  uint64_t n;
+  (void)!read(k->r, &n, sizeof n);
+}
+
+void ie_os_wake_close(ie_os_wake *k) {
+  if (k->r >= 0)
+    close(k->r);
+  k->r = k->w = -1;
+}
+#else
+int ie_os_wake_open(ie_os_wake *k) {
+  int p[2];
+  if (pipe(p) != 0)
+    return -1;
+  for (int i = 0; i < 2; i++) {
+    fcntl(p[i], F_SETFD, FD_CLOEXEC);
+    fcntl(p[i], F_SETFL, fcntl(p[i], F_GETFL) | O_NONBLOCK);
+  }
+  k->r = p[0], k->w = p[1];
+  return 0;
+}
+
+void ie_os_wake_set(const ie_os_wake *k) {
+  char c = 1;
+  (void)!write(k->w, &c, 1); /* a full pipe is a set one */
+}
+
+void ie_os_wake_clear(const ie_os_wake *k) {
+  char buf[64];
+  while (read(k->r, buf, sizeof buf) > 0) {
+  }
+}
+
+void ie_os_wake_close(ie_os_wake *k) {
+  if (k->r >= 0)
+    close(k->r), close(k->w);
+  k->r = k->w = -1;
 }
 #endif

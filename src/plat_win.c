@@ -428,4 +428,52 @@ int ie_os_readable(curl_socket_t fd) {
   WSAPOLLFD p = {fd, POLLRDNORM, 0};
   return WSAPoll(&p, 1, 0) == 1 && (p.revents & POLLRDNORM) != 0;
 }
+/* Windows has no pipe its loops can wait on: two loopback TCP sockets. */
+int ie_os_wake_open(ie_os_wake *k) {
+  struct sockaddr_in a;
+  int n = sizeof a;
+  k->r = k->w = INVALID_SOCKET;
+  curl_socket_t l = ie_os_socket(AF_INET, SOCK_STREAM, IPPROTO_TCP);
+  if (l == INVALID_SOCKET)
+    return -1;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET, a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(l, (struct sockaddr *)&a, sizeof a) == 0 && listen(l, 1) == 0 &&
+      getsockname(l, (struct sockaddr *)&a, &n) == 0 &&
+      (k->w = ie_os_socket(AF_INET, SOCK_STREAM, IPPROTO_TCP)) != INVALID_SOCKET &&
+      connect(k->w, (struct sockaddr *)&a, sizeof a) == 0)
+    k->r = accept(l, NULL, NULL);
+  closesocket(l);
+  if (k->r == INVALID_SOCKET) {
+    if (k->w != INVALID_SOCKET)
+      closesocket(k->w);
+    k->w = INVALID_SOCKET;
+    errno = EIO;
+    return -1;
+  }
+  SetHandleInformation((HANDLE)k->r, HANDLE_FLAG_INHERIT, 0);
+  u_long on = 1;
+  ioctlsocket(k->r, FIONBIO, &on);
+  ioctlsocket(k->w, FIONBIO, &on);
+  BOOL nodelay = TRUE;
+  setsockopt(k->w, IPPROTO_TCP, TCP_NODELAY, (const char *)&nodelay, sizeof nodelay);
+  return 0;
+}
+
+void ie_os_wake_set(const ie_os_wake *k) {
+  char c = 1;
+  send(k->w, &c, 1, 0); /* WSAEWOULDBLOCK: it is set already */
+}
+
+void ie_os_wake_clear(const ie_os_wake *k) {
+  char buf[64];
+  while (recv(k->r, buf, sizeof buf, 0) > 0) {
+  }
+}
+
+void ie_os_wake_close(ie_os_wake *k) {
+  if (k->r != INVALID_SOCKET)
+    closesocket(k->r), closesocket(k->w);
+  k->r = k->w = INVALID_SOCKET;
+}
 #endif

@@ -106,6 +106,18 @@ IE_LOCAL int ie_os_local_port(curl_socket_t fd);
 IE_LOCAL int ie_os_peer_closed(curl_socket_t fd, int idle_h1);
 IE_LOCAL int ie_os_readable(curl_socket_t fd); /* bytes wait to be read */
 
+/* A wake-up descriptor for the caller's event loop: readable from set
+ * until clear. An eventfd on Linux, a pipe on other POSIX systems, a
+ * loopback socket pair on Windows (what its loops can wait on). Both ends
+ * are non-blocking and kept from child processes. */
+typedef struct ie_os_wake {
+  curl_socket_t r, w;
+} ie_os_wake;
+IE_LOCAL int ie_os_wake_open(ie_os_wake *k); /* 0, or -1 with errno */
+IE_LOCAL void ie_os_wake_set(const ie_os_wake *k);
+IE_LOCAL void ie_os_wake_clear(const ie_os_wake *k);
+IE_LOCAL void ie_os_wake_close(ie_os_wake *k);
+
 /* SHA-256 (OpenSSL's libcrypto, or Windows' CNG). */
 typedef struct ie_sha256 ie_sha256;
 IE_LOCAL ie_sha256 *ie_sha256_new(void);

@@ -32,6 +32,7 @@ static int hand_events(transfer *t) {
   }
   int failed = t->events.failed;
   ie_changed_locked(m);
+  ie_wake_locked(m);
   pthread_mutex_unlock(&m->mu);
   return failed;
 }

@@ -206,6 +206,7 @@ void *ie_net_main(void *arg) {
     if (mc != CURLM_OK) { /* out of memory or a broken handle: say so, and do not spin */
       pthread_mutex_lock(&m->mu);
       m->broken = mc;
+      ie_wake_locked(m); /* perform raises it */
       pthread_mutex_unlock(&m->mu);
       break;
     }

@@ -174,6 +174,8 @@ static int transfer_events(lua_State *L) {
   }
   if (t->where == W_DRAIN && q->n == 0) /* its last event is out: finished */
     ie_hand_over_locked(t->hub, t);
+  else if (k < q->n && (!q->ev[k].extra || ((ie_decoded *)q->ev[k].extra)->done))
+    ie_wake_locked(t->hub); /* ready, over this perform's budget: the loop comes back */
   pthread_mutex_unlock(&t->hub->mu);
   if (!ready)
     return luaL_error(L, "out of memory");

@@ -4,6 +4,7 @@
 -- reading a stream stream.lua's. The blocking calls are a submit plus a
 -- wait on the same jobs.
 local core = require "imgedit.core"
+local errors = require "imgedit.errors"
 local image = require "imgedit.image"
 local masks = require "imgedit.mask"
 local providers = require "imgedit.providers"
@@ -46,6 +47,13 @@ local DEFAULTS = {
   preserve = false, feather = masks.FEATHER, drift_tolerance = masks.TOLERANCE, drift_warning = masks.DRIFT_WARNING,
   decode = false,
 }
+
+-- Where an option lives in the client, when its own name is a method's:
+-- timeout() is the event loop's (cqueues calls obj:timeout()).
+local OPTION_FIELD = { timeout = "_timeout" }
+
+-- _option(k) -> the client's value of option k, the fallback of each job's.
+function Client:_option(k) return self[OPTION_FIELD[k] or k] end
 
 -- new(opts) -> client. Every option is checked here, where it is given: an
 -- unknown name or a value of the wrong type or range raises.
@@ -112,7 +120,7 @@ function M.new(opts)
     -- here, so that one finished inside a nested poll is not missed
     _finished = setmetatable({}, { __mode = "k" }) }
   for k, v in pairs(DEFAULTS) do
-    if opts[k] ~= nil then c[k] = opts[k] else c[k] = v end
+    if opts[k] ~= nil then c[OPTION_FIELD[k] or k] = opts[k] else c[OPTION_FIELD[k] or k] = v end
   end
   local y = opts.yield
   if y == true then y = coroutine.yield end
@@ -342,6 +350,51 @@ function Client:poll(timeout)
   self:_pump(now)
   return self._live
 end
+
+-- fd() -> a file descriptor (an integer) that becomes readable whenever
+-- poll has something to hand over | nil, err. An event loop waits on it
+-- for reading, and on timeout()'s seconds, then calls poll(0). Reading it
+-- is poll's business; it lives until close.
+function Client:fd()
+  check_open(self, "fd")
+  local fd, why = self._multi:fd()
+  if not fd then return nil, errors.new("io", why) end
+  return fd
+end
+
+-- timeout() -> the seconds until poll must run although fd() stayed quiet
+-- (a retry's back-off over, progress to report, a queued job to start),
+-- or nil when nothing waits on a clock.
+function Client:timeout()
+  check_open(self, "timeout")
+  local now, wake = core.now(), nil
+  local free = jobs.free_slot(self)
+  if free and (#self._ready > 0 or self._qhead <= self._qtail) then return 0 end
+  for _, job in ipairs(self._waiting) do
+    if job.state == "waiting" then wake = math.min(wake or math.huge, math.max(job.retry_at - now, 0)) end
+  end
+  for _, job in ipairs(self._running) do
+    local st = job.state
+    if st == "waiting" or st == "queued" then
+      -- not sorted out yet: the next poll does it
+      if st == "queued" and free then return 0 end
+      if st == "waiting" then wake = math.min(wake or math.huge, math.max(job.retry_at - now, 0)) end
+    elseif st == "running" and job.on_progress then
+      wake = math.min(wake or math.huge, math.max(self.progress_interval, 0.02))
+    end
+  end
+  return wake
+end
+
+-- A client is a cqueues pollable object as it is: cqueues.poll(client)
+-- returns when poll(0) has work.
+function Client:pollfd()
+  local fd, err = self:fd()
+  if not fd then error(tostring(err), 2) end
+  return fd
+end
+
+function Client:events() return "r" end
 
 function Client:edit(req)
   check_open(self, "edit")

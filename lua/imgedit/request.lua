@@ -145,7 +145,7 @@ function M.job_options(client, req, level)
   local o = {}
   for k in pairs(M.JOB_OPTIONS) do
     local v = M.check_option(k, req[k], M.JOB_OPTIONS, level + 1)
-    if v == nil then v = client[k] end
+    if v == nil then v = client:_option(k) end
     o[k] = v
   end
   -- retry_timeouts is the older name of retry_unanswered.
