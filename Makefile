@@ -96,7 +96,7 @@ endif
 ALL_CFLAGS = -std=c99 $(FEATURES) $(if $(filter windows,$(TARGET_OS)),,-fPIC) -fvisibility=hidden $(WARN) \
              $(DEP_CFLAGS) $(CFLAGS)
 
-CORE_SRC = src/core.c src/inspect.c src/codec.c src/fileio.c src/appender.c src/meta.c src/meta_webp.c src/watch.c src/signal.c src/pixels.c src/composite.c src/mask.c src/sse.c src/net.c src/record.c src/transfer.c src/hub.c src/http.c src/xfer.c src/worker.c src/decoder.c src/procs.c \
+CORE_SRC = src/core.c src/inspect.c src/codec.c src/fileio.c src/appender.c src/meta.c src/meta_webp.c src/watch.c src/signal.c src/pixels.c src/buffer.c src/composite.c src/mask.c src/sse.c src/net.c src/record.c src/transfer.c src/hub.c src/http.c src/xfer.c src/worker.c src/decoder.c src/procs.c \
            src/sha256.c $(PLAT_SRC) $(STB_SRC)
 EMU_SRC  = src/emulator/module.c src/emulator/server.c src/emulator/bridge.c src/emulator/render.c $(PLAT_SRC)
 HDRS     = src/imgedit.h src/sse.h src/compat.h src/http.h src/meta.h src/platform.h

@@ -53,7 +53,7 @@
 #define ie_rawseti(L, i, n) lua_rawseti((L), (i), (int)(n))
 
 #if LUA_VERSION_NUM == 501
-/* Lua 5.1 lacks these two 5.2 helpers. LuaJIT 2.1 has them, but a module
+/* Lua 5.1 lacks these 5.2 helpers. LuaJIT 2.1 has them, but a module
  * for the 5.1 ABI must not call them: one build loads in both lua5.1 and
  * LuaJIT (LuaRocks' 5.1 tree serves both), so ours are used on either. */
 static inline void ie_setfuncs(lua_State *L, const luaL_Reg *l, int nup) {
@@ -69,10 +69,21 @@ static inline void ie_setmetatable(lua_State *L, const char *tname) {
   luaL_getmetatable(L, tname);
   lua_setmetatable(L, -2);
 }
+static inline void *ie_testudata(lua_State *L, int i, const char *tname) {
+  void *p = lua_touserdata(L, i);
+  if (!p || !lua_getmetatable(L, i))
+    return NULL;
+  luaL_getmetatable(L, tname);
+  int same = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return same ? p : NULL;
+}
 #undef luaL_setfuncs
 #undef luaL_setmetatable
+#undef luaL_testudata
 #define luaL_setfuncs(L, l, n) ie_setfuncs((L), (l), (n))
 #define luaL_setmetatable(L, t) ie_setmetatable((L), (t))
+#define luaL_testudata(L, i, t) ie_testudata((L), (i), (t))
 #endif
 
 /* A buffer of a size known in advance that becomes a Lua string: luaL_Buffer

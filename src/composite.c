@@ -116,8 +116,13 @@ static void *decode_thread(void *arg) {
  * on the decoder thread): borrowed from the Lua string at index px, which
  * stays on the stack; the header still comes from the bytes. */
 static void given_pixels(lua_State *L, int px, lua_Integer w, lua_Integer h, decode_job *j) {
-  size_t n;
-  const char *s = lua_tolstring(L, px, &n);
+  size_t n = 0;
+  const char *s;
+  ie_buffer *b = (ie_buffer *)luaL_testudata(L, px, IE_BUFFER_MT);
+  if (b) /* the decoder thread's, read where it is */
+    s = (const char *)b->p, n = b->p ? b->len : 0;
+  else
+    s = lua_tolstring(L, px, &n);
   ie_src src = {j->bytes, -1, j->len};
   char why[160];
   luaL_argcheck(L, ie_inspect(&src, &j->out.info, why, sizeof why) == IE_OK, 1, "cannot read the answer's header");
@@ -183,7 +188,8 @@ static int l_inpaint(lua_State *L) {
   if (o) {
     lua_getfield(L, o, "answer_rgba"); /* index 5, kept while the pixels are used */
     if (!lua_isnil(L, 5)) {
-      luaL_argcheck(L, lua_type(L, 5) == LUA_TSTRING, 4, "answer_rgba must be a string");
+      luaL_argcheck(L, lua_type(L, 5) == LUA_TSTRING || luaL_testudata(L, 5, IE_BUFFER_MT), 4,
+                    "answer_rgba must be a string or a buffer");
       given_pixels(L, 5, ie_opt_integer(L, o, "width", 0), ie_opt_integer(L, o, "height", 0), &jobs[0]);
     }
   }

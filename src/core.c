@@ -31,6 +31,7 @@ int luaopen_imgedit_core(lua_State *L) {
   ie_open_watch(L);
   ie_open_signal(L);
   ie_open_pixels(L);
+  ie_open_buffer(L);
   ie_open_mask(L);
   ie_open_composite(L);
   ie_open_http(L);

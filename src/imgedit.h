@@ -114,6 +114,17 @@ IE_LOCAL int ie_encode_push(lua_State *L, const unsigned char *px, int w, int h,
 /* The index of a format's name for ie_encode_push, or -1. */
 IE_LOCAL int ie_format_index(const char *name);
 
+/* ---- pixels handed to Lua without a copy (buffer.c) ---- */
+#define IE_BUFFER_MT "imgedit.buffer"
+typedef struct ie_buffer {
+  unsigned char *p; /* NULL once closed */
+  size_t len;
+  void (*release)(void *);
+} ie_buffer;
+IE_LOCAL void ie_open_buffer(lua_State *L);
+/* Pushes a buffer that takes px's pixels (px->p becomes NULL). */
+IE_LOCAL ie_buffer *ie_buffer_push(lua_State *L, ie_pixels *px);
+
 /* ---- masks held: drift, spill and compositing (composite.c) ---- */
 IE_LOCAL void ie_open_composite(lua_State *L);
 
@@ -141,7 +152,14 @@ IE_LOCAL void ie_open_http(lua_State *L);
 /* RGBA pixels at idx, with width and height at idx+1 and idx+2. */
 static inline const char *ie_check_rgba(lua_State *L, int idx, int *w, int *h) {
   size_t n;
-  const char *px = luaL_checklstring(L, idx, &n);
+  const char *px;
+  ie_buffer *b = (ie_buffer *)luaL_testudata(L, idx, IE_BUFFER_MT);
+  if (b) { /* a buffer is read where it is: no copy */
+    luaL_argcheck(L, b->p != NULL, idx, "the buffer is closed");
+    px = (const char *)b->p, n = b->len;
+  } else {
+    px = luaL_checklstring(L, idx, &n);
+  }
   lua_Integer lw = luaL_checkinteger(L, idx + 1), lh = luaL_checkinteger(L, idx + 2);
   luaL_argcheck(L, lw > 0 && lw <= 65535, idx + 1, "width out of range");
   luaL_argcheck(L, lh > 0 && lh <= 65535, idx + 2, "height out of range");

@@ -36,14 +36,15 @@ static int transfer_done(lua_State *L) {
   return 1;
 }
 
-/* The pictures of d as a list of {bytes=, open=, close=, pixels=, width=,
- * height=} or {error=, reason=}, at the table on top. */
-static void push_pictures(lua_State *L, const ie_decoded *d) {
+/* The pictures of d as a list of {bytes=, open=, close=, buffer=, width=,
+ * height=} or {error=, reason=}, at the table on top. The pixels go to
+ * Lua as a buffer that takes them over: no copy on the caller's thread. */
+static void push_pictures(lua_State *L, ie_decoded *d) {
   if (!d || !d->done)
     return;
   lua_createtable(L, d->n, 0);
   for (int i = 0; i < d->n; i++) {
-    const ie_picture *pic = &d->pic[i];
+    ie_picture *pic = &d->pic[i];
     lua_createtable(L, 0, 6);
     if (pic->bytes) {
       lua_pushlstring(L, (const char *)pic->bytes, pic->nbytes);
@@ -56,12 +57,17 @@ static void push_pictures(lua_State *L, const ie_decoded *d) {
       lua_setfield(L, -2, "close");
     }
     if (pic->px.p) {
-      lua_pushlstring(L, (const char *)pic->px.p, (size_t)pic->px.w * (size_t)pic->px.h * 4);
-      lua_setfield(L, -2, "pixels");
+      ie_buffer_push(L, &pic->px);
+      lua_setfield(L, -2, "buffer");
       lua_pushinteger(L, pic->px.w);
       lua_setfield(L, -2, "width");
       lua_pushinteger(L, pic->px.h);
       lua_setfield(L, -2, "height");
+    } else if (pic->px.w > 0 && !pic->px.reason) { /* handed over already, in an earlier result() */
+      lua_pushliteral(L, "taken");
+      lua_setfield(L, -2, "reason");
+      lua_pushliteral(L, "the pixels were handed over already");
+      lua_setfield(L, -2, "error");
     } else {
       lua_pushstring(L, pic->px.reason ? pic->px.reason : "corrupt");
       lua_setfield(L, -2, "reason");
@@ -73,7 +79,7 @@ static void push_pictures(lua_State *L, const ie_decoded *d) {
   lua_setfield(L, -2, "pictures");
 }
 
-static void push_result(lua_State *L, const transfer *t) {
+static void push_result(lua_State *L, transfer *t) {
   ie_transfer_push_result(L, t);
   push_pictures(L, t->decoded);
   if (t->last_byte > 0) {
@@ -184,7 +190,7 @@ static int transfer_events(lua_State *L) {
     if (!b->q.ev[i].extra)
       continue;
     ie_rawgeti(L, -1, (lua_Integer)i + 1);
-    push_pictures(L, (const ie_decoded *)b->q.ev[i].extra);
+    push_pictures(L, (ie_decoded *)b->q.ev[i].extra);
     lua_pop(L, 1);
   }
   sse_queue_clear(&b->q); /* only after Lua has its copies */

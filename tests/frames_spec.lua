@@ -63,6 +63,48 @@ describe("frames", function()
     assert.are.equal(1, #H.api_requests(emu))
   end)
 
+  it("hands the pixels over in the decoder's own memory: img.buffer, no string until img.pixels is read", function()
+    local c = H.client(emu)
+    local img = assert(c:edit { prompt = "x", images = { pic }, decode = "rgba" })
+    local buf = img.buffer
+    assert.are.equal("userdata", type(buf))
+    assert.matches("^imgedit.buffer %(4194304 bytes%)$", tostring(buf))
+    assert.is_nil(rawget(img, "pixels")) -- nothing copied yet
+    assert.are.equal(1024 * 1024 * 4, #buf)
+    assert.are.equal("userdata", type(buf:ptr()))
+    local px = core.decode(img.bytes)
+    assert.are.equal(px, buf:string())
+    assert.are.equal(px, img.pixels) -- made on first use, then kept
+    assert.are.equal(img.pixels, rawget(img, "pixels"))
+    -- the core's pixel functions read a buffer where it is
+    local png = assert(core.encode(buf, 1024, 1024, "png"))
+    assert.are.equal(px, (core.decode(png)))
+    if jit then
+      local ffi = require "ffi"
+      assert.are.equal(px, ffi.string(buf:ptr(), #buf))
+    end
+    buf:close()
+    buf:close() -- idempotent
+    assert.are.equal(0, #buf)
+    assert.matches("closed", tostring(buf))
+    assert.has_error(function() buf:ptr() end, "attempt to use a closed buffer")
+    assert.has_error(function() buf:string() end, "attempt to use a closed buffer")
+    assert.has_error(function() core.encode(buf, 1024, 1024, "png") end)
+    assert.are.equal(px, img.pixels) -- the string made before stays
+    assert.are.equal(1, #H.api_requests(emu))
+  end)
+
+  it("a buffer closed before img.pixels was read leaves img:rgba() to decode again, on the calling thread", function()
+    local c = H.client(emu)
+    local img = assert(c:edit { prompt = "x", images = { pic }, decode = "rgba" })
+    img.buffer:close()
+    assert.is_nil(img.pixels)
+    local n, px = on_thread(img.rgba, img)
+    assert.are.equal(1, n)
+    assert.are.equal(1024 * 1024 * 4, #px)
+    assert.are.equal(1, #H.api_requests(emu))
+  end)
+
   it("decodes every partial and the final picture of a stream", function()
     local c = H.client(emu)
     local seen, partials = {}, {}

@@ -2,8 +2,9 @@
 -- IMGEDIT_API_KEY) and keeps drawing while it runs: the partial images
 -- sharpening as they stream in, a progress indicator that keeps moving
 -- while the model works, then the result. The pictures come decoded
--- (decode = "rgba"): imgedit decodes them on a thread of its own, and a
--- frame only copies their pixels into a texture. It prints how many frames
+-- (decode = "rgba"): imgedit decodes them on a thread of its own and hands
+-- them over as a buffer, without a copy; a frame only copies the buffer
+-- into a texture. It prints how many frames
 -- it drew while waiting and its longest frame, then quits.
 -- Run: LUA_CPATH='build/luajit/?.so;;' LUA_PATH='lua/?.lua;lua/?/init.lua;;' love examples/love
 local imgedit = require "imgedit"
@@ -20,22 +21,29 @@ local frames, seen, longest, t0, done_at = 0, 0, 0, 0, nil
 local thread_cpu, cpu_at, longest_cpu = core.thread_cpu, nil, 0
 local shown = 0 -- pictures uploaded to the texture
 local predecoded = 0 -- ... of which arrived decoded, their pixels made off the frame
+local handover_cpu = 0 -- the main thread's CPU in the longest poll that took a picture in, seconds
 local bar_from, bar_to -- the bar's fraction when the model started, and before the first partial
 local arrivals = {} -- how long the updates that took a picture in lasted, in ms
 
 -- A decoded picture into the texture on screen: no decoding here, only a
--- copy of img.pixels (w*h*4 bytes) into an ImageData kept for the purpose
--- and the upload. The same texture is reused while the size stays.
+-- copy of img.buffer (w*h*4 bytes, the decoder thread's own memory) into
+-- an ImageData kept for the purpose, and the upload. The same texture is
+-- reused while the size stays.
 local function show(img)
   local w, h = img.width, img.height
-  if rawget(img, "pixels") then predecoded = predecoded + 1 end
+  local buf = rawget(img, "buffer")
+  if buf then predecoded = predecoded + 1 end
   if not canvas or canvas:getWidth() ~= w or canvas:getHeight() ~= h then
     canvas = love.image.newImageData(w, h, "rgba8")
     picture = love.graphics.newImage(canvas)
   end
-  ffi.copy(canvas:getFFIPointer(), img.pixels, w * h * 4)
+  if buf then
+    ffi.copy(canvas:getFFIPointer(), buf:ptr(), #buf)
+    buf:close() -- the texture has them: the memory goes now, not at the next collection
+  else
+    ffi.copy(canvas:getFFIPointer(), img:rgba(), w * h * 4)
+  end
   picture:replacePixels(canvas)
-  img.pixels = nil -- the texture has them; let the string go
 end
 
 -- The input: a gradient drawn here, so nothing is downloaded.
@@ -81,7 +89,7 @@ local function start()
   job = client:submit("edit", {
     prompt = "Paint this gradient as a stormy sea", images = { { bytes = input, filename = "gradient.png" } },
     size = "1024x1024", stream = true, partial_images = 2,
-    decode = "rgba", -- pixels decoded off the frame: img.pixels, img.width, img.height
+    decode = "rgba", -- pixels decoded off the frame: img.buffer, img.width, img.height
     on_progress = function(p)
       if p.phase ~= "upload" and phase == "upload" then waited_since = love.timer.getTime() end
       phase = p.phase
@@ -115,7 +123,9 @@ function love.update(dt)
     arrivals[#arrivals + 1] = (love.timer.getTime() - frame_start) * 1000
   elseif not job:done() then
     frames = frames + 1
-    client:poll(0) -- never blocks, never decodes: the frame goes on
+    local c0, took = thread_cpu(), partials
+    client:poll(0) -- never blocks, never decodes, never copies a picture: the frame goes on
+    if partials > took or job:done() then handover_cpu = math.max(handover_cpu, thread_cpu() - c0) end
   elseif not result then
     local img, err = job:result()
     if not img then
@@ -130,9 +140,9 @@ function love.update(dt)
     local worst = 0
     for _, ms in ipairs(arrivals) do worst = math.max(worst, ms) end
     print(string.format("frames_waiting=%d longest_frame_ms=%.1f longest_frame_cpu_ms=%.1f picture_frame_ms=%.1f"
-      .. " partials=%d shown=%d predecoded=%d bar_waiting=%.3f-%.3f image=%dx%d seconds=%.2f", frames,
-      longest * 1000, longest_cpu * 1000, worst, partials, shown, predecoded, bar_from or 0, bar_to or 0,
-      result.width, result.height, done_at - t0))
+      .. " handover_cpu_ms=%.2f partials=%d shown=%d predecoded=%d bar_waiting=%.3f-%.3f image=%dx%d seconds=%.2f",
+      frames, longest * 1000, longest_cpu * 1000, worst, handover_cpu * 1000, partials, shown, predecoded,
+      bar_from or 0, bar_to or 0, result.width, result.height, done_at - t0))
     io.stdout:flush()
     love.event.quit(0)
   end

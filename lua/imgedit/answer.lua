@@ -166,8 +166,8 @@ end
 -- decode gets img.pixels_error instead.
 function M.attach(img, pic)
   if not image.is(img) or type(pic) ~= "table" or (pic.open and pic.bytes ~= img.bytes) then return end
-  if pic.pixels then
-    img.pixels, img.width, img.height = pic.pixels, pic.width, pic.height
+  if pic.buffer then
+    img.buffer, img.width, img.height = pic.buffer, pic.width, pic.height
   else
     img.pixels_error = "cannot decode the picture: " .. tostring(pic.error)
   end
@@ -178,7 +178,7 @@ end
 -- a composite) decoded here, on the caller's thread.
 function M.pixels(img, pic)
   M.attach(img, pic)
-  if rawget(img, "pixels") or img.pixels_error then return img end
+  if rawget(img, "pixels") or rawget(img, "buffer") or img.pixels_error then return img end
   local ok, err = img:rgba()
   if not ok then img.pixels_error = err.message end
   return img

@@ -22,6 +22,16 @@ Image.__index = function(self, k)
     local h = lineage.sha256(rawget(self, "bytes"))
     rawset(self, "picture_sha256", h)
     return h
+  elseif k == "pixels" then
+    -- A string of the decoder's buffer, made on first use: code that reads
+    -- img.buffer never pays for the copy.
+    local buf = rawget(self, "buffer")
+    if buf and #buf > 0 then
+      local s = buf:string()
+      rawset(self, "pixels", s)
+      return s
+    end
+    return nil
   end
   return methods[k]
 end
@@ -85,11 +95,12 @@ end
 
 -- rgba([max_pixels [, max_bytes]]) -> pixels, width, height | nil, err: the picture as
 -- RGBA8 (width * height * 4 bytes, rows top to bottom). A picture asked
--- for with decode = "rgba" has them already in img.pixels, decoded off the
--- caller's thread; any other is decoded here, on the calling thread, once:
--- the result stays in img.pixels (set it to nil to free it).
+-- for with decode = "rgba" has them already in img.buffer, decoded off the
+-- caller's thread (img.pixels is its string, made on first use); any other
+-- is decoded here, on the calling thread, once: the result stays in
+-- img.pixels (set it to nil to free it).
 function methods:rgba(max_pixels, max_bytes)
-  local px = rawget(self, "pixels")
+  local px = self.pixels
   if px then return px, self.width, self.height end
   local w, h
   px, w, h = core.decode(self.bytes, max_pixels or M.max_pixels, max_bytes or M.max_decode_bytes)

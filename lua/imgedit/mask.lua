@@ -189,7 +189,7 @@ local function inpaint(answer, base, mask, o, preserve, fn)
   local a, b, m = three(answer, base, mask)
   if not a then return nil, b end
   -- An answer decoded already (decode = "rgba") is not decoded again.
-  local px = image.is(answer) and rawget(answer, "pixels") or nil
+  local px = image.is(answer) and (rawget(answer, "pixels") or rawget(answer, "buffer")) or nil
   local r, msg, reason = core.inpaint(a, b, m, { tolerance = o.tolerance or M.TOLERANCE, feather = o.feather or M.FEATHER,
     quality = o.quality, preserve = preserve, max_pixels = image.max_pixels, max_bytes = image.max_decode_bytes,
     answer_rgba = px, width = px and answer.width, height = px and answer.height, keep_rgba = o.pixels == true })
