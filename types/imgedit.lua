@@ -58,7 +58,8 @@
 ---@field preserved? {feather: integer, scaled: boolean} composited onto image 1 (preserve = true)
 ---@field raw? imgedit.Image with preserve: the picture as the service sent it
 ---@field preserve_error? string why the mask's figures or the composite could not be made
----@field pixels? string RGBA8, width*height*4 bytes: with decode = "rgba", or after img:rgba()
+---@field buffer? imgedit.Buffer RGBA8, width*height*4 bytes in the decoder's memory: with decode = "rgba"
+---@field pixels? string RGBA8, width*height*4 bytes: the buffer's string (made on first use), or after img:rgba()
 ---@field pixels_error? string with decode = "rgba": why this paid picture could not be decoded
 local Image = {}
 
@@ -235,10 +236,42 @@ function Client:close() end
 ---@return integer running
 function Client:poll(timeout) end
 
+---A descriptor that is readable whenever poll has something to hand over.
+---@return integer|nil fd
+---@return imgedit.Error|nil err
+function Client:fd() end
+
+---Seconds until poll must run although fd() stayed quiet; nil when nothing waits on a clock.
+---@return number|nil
+function Client:timeout() end
+
+---cqueues' pollable protocol: the descriptor (raises when it cannot be made).
+---@return integer
+function Client:pollfd() end
+
+---cqueues' pollable protocol: "r".
+---@return string
+function Client:events() end
+
 ---@param reqs imgedit.Request[]
 ---@param opts? {kind?: "edit"|"generate"}
 ---@return (imgedit.Image|imgedit.Error)[]
 function Client:map(reqs, opts) end
+
+---Pixels handed over without a copy; #buf is its size in bytes (0 once closed).
+---@class imgedit.Buffer
+local Buffer = {}
+
+---A light userdata pointing at the bytes, for LuaJIT's FFI.
+---@return lightuserdata
+function Buffer:ptr() end
+
+---The bytes as a Lua string (a copy).
+---@return string
+function Buffer:string() end
+
+---Free the memory now; idempotent.
+function Buffer:close() end
 
 ---@class imgedit.Info
 ---@field format string
@@ -354,6 +387,23 @@ function Pipeline:edit(name, req) end
 function Pipeline:generate(name, req) end
 
 ---@param name string
+---A descriptor that is readable whenever poll has something to hand over.
+---@return integer|nil fd
+---@return imgedit.Error|nil err
+function Client:fd() end
+
+---Seconds until poll must run although fd() stayed quiet; nil when nothing waits on a clock.
+---@return number|nil
+function Client:timeout() end
+
+---cqueues' pollable protocol: the descriptor (raises when it cannot be made).
+---@return integer
+function Client:pollfd() end
+
+---cqueues' pollable protocol: "r".
+---@return string
+function Client:events() end
+
 ---@param reqs imgedit.Request[]
 ---@param opts? {kind?: "edit"|"generate"}
 ---@return imgedit.Image[]|nil
