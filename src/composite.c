@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <stb_image_resize.h>
@@ -113,9 +114,9 @@ static void *decode_thread(void *arg) {
 }
 
 /* The answer's pixels, when the caller has them (decode = "rgba" made them
- * on the decoder thread): borrowed from the Lua string at index px, which
- * stays on the stack; the header still comes from the bytes. */
-static void given_pixels(lua_State *L, int px, lua_Integer w, lua_Integer h, decode_job *j) {
+ * on the decoder thread): borrowed from the string or buffer at index px,
+ * which stays on the stack; the header still comes from the bytes. */
+static void given_pixels(lua_State *L, int px, lua_Integer w, lua_Integer h, ie_inpaint_in *in) {
   size_t n = 0;
   const char *s;
   ie_buffer *b = (ie_buffer *)luaL_testudata(L, px, IE_BUFFER_MT);
@@ -123,16 +124,15 @@ static void given_pixels(lua_State *L, int px, lua_Integer w, lua_Integer h, dec
     s = (const char *)b->p, n = b->p ? b->len : 0;
   else
     s = lua_tolstring(L, px, &n);
-  ie_src src = {j->bytes, -1, j->len};
+  ie_src src = {in->answer, -1, in->an};
+  ie_info info;
   char why[160];
-  luaL_argcheck(L, ie_inspect(&src, &j->out.info, why, sizeof why) == IE_OK, 1, "cannot read the answer's header");
+  luaL_argcheck(L, ie_inspect(&src, &info, why, sizeof why) == IE_OK, 1, "cannot read the answer's header");
   luaL_argcheck(L,
-                w > 0 && h > 0 && (lua_Integer)j->out.info.width == w && (lua_Integer)j->out.info.height == h &&
+                w > 0 && h > 0 && (lua_Integer)info.width == w && (lua_Integer)info.height == h &&
                     n == (size_t)w * (size_t)h * 4,
                 4, "answer_rgba is not the answer's pixels (width x height x 4 bytes)");
-  j->out.p = (unsigned char *)s, j->out.release = NULL; /* not ours to free */
-  j->out.w = (int)w, j->out.h = (int)h;
-  j->ok = 1;
+  in->answer_px = (const unsigned char *)s, in->answer_w = (int)w, in->answer_h = (int)h;
 }
 
 /* A guess at a decode's cost from the header: pixels, JPEG's at a fifth
@@ -155,55 +155,92 @@ static void set_int(lua_State *L, const char *k, lua_Integer v) {
   lua_setfield(L, -2, k);
 }
 
-/* inpaint(answer, base, mask [, {tolerance=30, preserve=false, feather=4, quality=90, max_pixels=,
- *         max_bytes=, answer_rgba=, width=, height=, keep_rgba=false}])
- * -> {width=, height=, keep=, edit=, drifted=, unchanged=, scaled=, bytes=, rgba=} | nil, message, reason
- * answer_rgba, width, height: the answer's pixels, decoded already; with
- * keep_rgba, a PNG composite's pixels come back as rgba too (the PNG holds
- * exactly them), so nobody decodes what was just encoded.
- * keep: pixels the mask keeps (alpha > 0), drifted: those of them whose
- * largest channel difference from image 1 passes the tolerance; edit:
- * pixels to edit (alpha 0), unchanged: those within it. Image 1 and the mask
- * are scaled to the answer's size first when theirs differ. With preserve,
- * bytes is the composite, encoded in the answer's format. */
-static int l_inpaint(lua_State *L) {
-  size_t an, bn, mn;
-  const unsigned char *as = (const unsigned char *)luaL_checklstring(L, 1, &an);
-  const unsigned char *bs = (const unsigned char *)luaL_checklstring(L, 2, &bn);
-  const unsigned char *ms = (const unsigned char *)luaL_checklstring(L, 3, &mn);
-  int o = lua_istable(L, 4) ? 4 : 0;
-  lua_Integer tol = o ? ie_opt_integer(L, o, "tolerance", 30) : 30;
-  lua_Integer feather = o ? ie_opt_integer(L, o, "feather", 4) : 4;
-  lua_Integer quality = o ? ie_opt_integer(L, o, "quality", 90) : 90;
-  /* each of the three decodes is bounded on its own: they run at once */
-  ie_limits lim = {o ? ie_opt_integer(L, o, "max_pixels", IE_MAX_PIXELS) : IE_MAX_PIXELS,
-                   o ? ie_opt_integer(L, o, "max_bytes", IE_MAX_DECODE_BYTES) : IE_MAX_DECODE_BYTES};
-  int preserve = o ? ie_opt_bool(L, o, "preserve") : 0;
-  int keep_rgba = o ? ie_opt_bool(L, o, "keep_rgba") : 0;
-  luaL_argcheck(L, tol >= 0 && tol <= 255, 4, "tolerance out of range 0-255");
-  luaL_argcheck(L, feather >= 0 && feather <= MAX_FEATHER, 4, "feather out of range 0-256");
-  luaL_argcheck(L, quality >= 1 && quality <= 100, 4, "quality out of range 1-100");
-  lua_settop(L, 4);
-  decode_job jobs[3] = {{as, an, lim, {0}, 0}, {bs, bn, lim, {0}, 0}, {ms, mn, lim, {0}, 0}};
-  if (o) {
-    lua_getfield(L, o, "answer_rgba"); /* index 5, kept while the pixels are used */
-    if (!lua_isnil(L, 5)) {
-      luaL_argcheck(L, lua_type(L, 5) == LUA_TSTRING || luaL_testudata(L, 5, IE_BUFFER_MT), 4,
-                    "answer_rgba must be a string or a buffer");
-      given_pixels(L, 5, ie_opt_integer(L, o, "width", 0), ie_opt_integer(L, o, "height", 0), &jobs[0]);
-    }
-  }
+static int held_gc(lua_State *L) {
+  ie_inpaint_out_free((ie_inpaint_out *)lua_touserdata(L, 1));
+  return 0;
+}
 
-  /* The boxes first, so that nothing decoded is ever unowned; then the
-   * costliest decode runs on a thread of its own while the other two run
-   * here: the decodes are most of the cost (bench/README.md). */
-  void *boxes[3];
+void ie_push_inpaint(lua_State *L, ie_inpaint_out *r, int rgba_buffer) {
+  lua_createtable(L, 0, 10);
+  set_int(L, "width", r->width);
+  set_int(L, "height", r->height);
+  set_int(L, "keep", r->keep);
+  set_int(L, "edit", r->edit);
+  set_int(L, "drifted", r->drifted);
+  set_int(L, "unchanged", r->unchanged);
+  lua_pushboolean(L, r->scaled);
+  lua_setfield(L, -2, "scaled");
+  if (r->bytes) {
+    lua_pushlstring(L, (const char *)r->bytes, r->nbytes);
+    lua_setfield(L, -2, "bytes");
+  }
+  if (r->rgba && rgba_buffer) { /* handed over: the buffer frees it */
+    ie_pixels px;
+    memset(&px, 0, sizeof px);
+    px.p = r->rgba, px.w = r->width, px.h = r->height, px.release = free;
+    r->rgba = NULL;
+    ie_buffer_push(L, &px);
+    lua_setfield(L, -2, "buffer");
+  } else if (r->rgba) {
+    lua_pushlstring(L, (const char *)r->rgba, (size_t)r->width * (size_t)r->height * 4);
+    lua_setfield(L, -2, "rgba");
+  }
+}
+
+/* What ie_inpaint holds while it works: freed on every path by done(). */
+typedef struct work {
+  decode_job jobs[3];
+  unsigned char *scaled, *alpha, *malpha, *out;
+  uint16_t *dist;
+} work;
+
+static void work_free(work *k) {
+  for (int i = 0; i < 3; i++)
+    if (k->jobs[i].out.p && k->jobs[i].out.release)
+      k->jobs[i].out.release(k->jobs[i].out.p);
+  free(k->scaled), free(k->alpha), free(k->malpha), free(k->dist);
+  free(k->out);
+}
+
+static int failed(ie_inpaint_out *o, const char *reason, const char *fmt, const char *a, const char *b) {
+  o->reason = reason;
+  snprintf(o->why, sizeof o->why, fmt, a, b);
+  return 0;
+}
+
+void ie_inpaint_out_free(ie_inpaint_out *o) {
+  if (o->bytes && o->bytes_release)
+    o->bytes_release(o->bytes);
+  free(o->rgba);
+  o->bytes = o->rgba = NULL;
+}
+
+/* The whole of an inpaint in plain C, on any thread: no Lua state is
+ * touched, and everything it allocates is freed on every path (the
+ * results go to out, for the caller to free with ie_inpaint_out_free). */
+int ie_inpaint(const ie_inpaint_in *in, ie_inpaint_out *o) {
+  memset(o, 0, sizeof *o);
+  work k;
+  memset(&k, 0, sizeof k);
+  decode_job *jobs = k.jobs;
+  jobs[0] = (decode_job){in->answer, in->an, in->lim, {0}, 0};
+  jobs[1] = (decode_job){in->base, in->bn, in->lim, {0}, 0};
+  jobs[2] = (decode_job){in->mask, in->mn, in->lim, {0}, 0};
+  if (in->answer_px) { /* decoded already: borrowed, not ours to free */
+    ie_src src = {in->answer, -1, in->an};
+    char why[160];
+    if (ie_inspect(&src, &jobs[0].out.info, why, sizeof why) != IE_OK)
+      return failed(o, "corrupt", "the answer: %s%s", why, "");
+    jobs[0].out.p = (unsigned char *)(uintptr_t)in->answer_px, jobs[0].out.release = NULL;
+    jobs[0].out.w = in->answer_w, jobs[0].out.h = in->answer_h;
+    jobs[0].ok = 1;
+  }
+  /* The costliest decode runs on a thread of its own while the other two
+   * run here: the decodes are most of the cost (bench/README.md). */
   int big = 0;
-  for (int i = 0; i < 3; i++) {
-    boxes[i] = ie_box_push(L);
+  for (int i = 1; i < 3; i++)
     if (decode_cost(&jobs[i]) > decode_cost(&jobs[big]))
       big = i;
-  }
   pthread_t thread;
   int threaded = pthread_create(&thread, NULL, decode_thread, &jobs[big]) == 0;
   for (int i = 0; i < 3; i++)
@@ -211,39 +248,49 @@ static int l_inpaint(lua_State *L) {
       decode_thread(&jobs[i]);
   if (threaded)
     pthread_join(thread, NULL);
-  unsigned char *px[3];
-  for (int i = 0; i < 3; i++)
-    px[i] = ie_box_adopt(boxes[i], &jobs[i].out);
   static const char *const names[] = {"the answer", "image 1", "the mask"};
   for (int i = 0; i < 3; i++)
-    if (!jobs[i].ok)
-      return ie_fail(L, jobs[i].out.reason, "%s: %s", names[i], jobs[i].out.why);
-  unsigned char *ans = px[0], *base = px[1], *mask = px[2];
+    if (!jobs[i].ok) {
+      failed(o, jobs[i].out.reason, "%s: %s", names[i], jobs[i].out.why);
+      work_free(&k);
+      return 0;
+    }
+  const unsigned char *ans = jobs[0].out.p, *base = jobs[1].out.p, *mask = jobs[2].out.p;
   int w = jobs[0].out.w, h = jobs[0].out.h, bw = jobs[1].out.w, bh = jobs[1].out.h;
   int mw = jobs[2].out.w, mh = jobs[2].out.h;
 
   size_t n = (size_t)w * (size_t)h;
   int scaled = 0;
   if (bw != w || bh != h) { /* in linear light, alpha-weighted: stb's default filters */
-    unsigned char *s = (unsigned char *)ie_newuserdata(L, n * 4);
-    if (!stbir_resize_uint8_srgb(base, bw, bh, 0, s, w, h, 0, 4, 3, 0))
-      return ie_fail(L, "resize", "cannot scale image 1 to %dx%d", w, h);
-    base = s, scaled = 1;
+    k.scaled = (unsigned char *)malloc(n * 4);
+    if (!k.scaled || !stbir_resize_uint8_srgb(base, bw, bh, 0, k.scaled, w, h, 0, 4, 3, 0)) {
+      failed(o, "resize", "cannot scale image 1 to the answer's size%s%s", "", "");
+      work_free(&k);
+      return 0;
+    }
+    base = k.scaled, scaled = 1;
   }
-  unsigned char *alpha = (unsigned char *)ie_newuserdata(L, n);
+  unsigned char *alpha = k.alpha = (unsigned char *)malloc(n ? n : 1);
+  if (!alpha) {
+    work_free(&k);
+    return failed(o, "memory", "out of memory%s%s", "", "");
+  }
   if (mw == w && mh == h) {
     for (size_t i = 0; i < n; i++)
       alpha[i] = mask[4 * i + 3];
   } else {
     size_t mn2 = (size_t)mw * (size_t)mh;
-    unsigned char *ma = (unsigned char *)ie_newuserdata(L, mn2);
+    unsigned char *ma = k.malpha = (unsigned char *)malloc(mn2 ? mn2 : 1);
     int hard = 1;
-    for (size_t i = 0; i < mn2; i++) {
+    for (size_t i = 0; ma && i < mn2; i++) {
       ma[i] = mask[4 * i + 3];
       hard = hard && (ma[i] == 0 || ma[i] == 255);
     }
-    if (!stbir_resize_uint8(ma, mw, mh, 0, alpha, w, h, 0, 1))
-      return ie_fail(L, "resize", "cannot scale the mask to %dx%d", w, h);
+    if (!ma || !stbir_resize_uint8(ma, mw, mh, 0, alpha, w, h, 0, 1)) {
+      failed(o, "resize", "cannot scale the mask to the answer's size%s%s", "", "");
+      work_free(&k);
+      return 0;
+    }
     /* A hard mask stays hard: its edge where the filter crosses the middle,
      * not a rim of faint alpha that would count as kept. */
     if (hard)
@@ -252,52 +299,106 @@ static int l_inpaint(lua_State *L) {
     scaled = 1;
   }
 
-  lua_Integer keep = 0, edit = 0, drifted = 0, unchanged = 0;
   for (size_t i = 0; i < n; i++) {
     int d = pixel_diff(ans + 4 * i, base + 4 * i);
     if (alpha[i])
-      keep++, drifted += d > tol;
+      o->keep++, o->drifted += d > in->tolerance;
     else
-      edit++, unchanged += d <= tol;
+      o->edit++, o->unchanged += d <= in->tolerance;
   }
-
-  lua_createtable(L, 0, 8);
-  int result = lua_gettop(L);
-  set_int(L, "width", w);
-  set_int(L, "height", h);
-  set_int(L, "keep", keep);
-  set_int(L, "edit", edit);
-  set_int(L, "drifted", drifted);
-  set_int(L, "unchanged", unchanged);
-  lua_pushboolean(L, scaled);
-  lua_setfield(L, -2, "scaled");
-  if (!preserve)
+  o->width = w, o->height = h, o->scaled = scaled;
+  if (!in->preserve) {
+    work_free(&k);
     return 1;
-
-  uint16_t *dist = NULL;
-  if (feather > 0) {
-    dist = (uint16_t *)ie_newuserdata(L, n * sizeof *dist);
-    distance_to_keep(alpha, dist, w, h, (uint16_t)(3 * (feather + 1)));
   }
-  seam_weights(alpha, dist, n, (int)feather);
-  unsigned char *out = (unsigned char *)ie_newuserdata(L, n * 4);
-  blend(out, ans, base, alpha, n);
+
+  if (in->feather > 0) {
+    k.dist = (uint16_t *)malloc(n * sizeof *k.dist + 1);
+    if (!k.dist) {
+      work_free(&k);
+      return failed(o, "memory", "out of memory%s%s", "", "");
+    }
+    distance_to_keep(alpha, k.dist, w, h, (uint16_t)(3 * (in->feather + 1)));
+  }
+  seam_weights(alpha, k.dist, n, in->feather);
+  k.out = (unsigned char *)malloc(n * 4 + 1);
+  if (!k.out) {
+    work_free(&k);
+    return failed(o, "memory", "out of memory%s%s", "", "");
+  }
+  blend(k.out, ans, base, alpha, n);
 
   /* The answer's own format; a lossless WebP stays lossless. */
   const ie_info info = jobs[0].out.info;
   int fmt = ie_format_index(info.format);
   WebPBitstreamFeatures feat;
-  int lossless = fmt == 2 && WebPGetFeatures(as, an, &feat) == VP8_STATUS_OK && feat.format == 2;
+  int lossless = fmt == 2 && WebPGetFeatures(in->answer, in->an, &feat) == VP8_STATUS_OK && feat.format == 2;
   /* An answer without an alpha channel gets none back. */
   int flags = (lossless ? IE_LOSSLESS : 0) | (info.has_alpha ? 0 : IE_DROP_ALPHA);
-  if (fmt < 0 || !ie_encode_push(L, out, w, h, fmt, (int)quality, flags))
-    return ie_fail(L, "encode", "cannot encode the composite as %s", info.format);
-  lua_setfield(L, result, "bytes");
-  if (keep_rgba && fmt == 0) {
-    lua_pushlstring(L, (const char *)out, n * 4);
-    lua_setfield(L, result, "rgba");
+  ie_mem enc;
+  if (fmt < 0 || !ie_encode_mem(k.out, w, h, fmt, in->quality, flags, &enc)) {
+    failed(o, "encode", "cannot encode the composite as %s%s", info.format, "");
+    work_free(&k);
+    return 0;
   }
-  lua_settop(L, result);
+  o->bytes = enc.p, o->nbytes = enc.len, o->bytes_release = enc.release;
+  if (in->keep_rgba && fmt == 0) /* the PNG holds exactly these: nobody decodes it again */
+    o->rgba = k.out, k.out = NULL;
+  work_free(&k);
+  return 1;
+}
+
+/* inpaint(answer, base, mask [, {tolerance=30, preserve=false, feather=4, quality=90, max_pixels=,
+ *         max_bytes=, answer_rgba=, width=, height=, keep_rgba=false}])
+ * -> {width=, height=, keep=, edit=, drifted=, unchanged=, scaled=, bytes=, rgba=} | nil, message, reason
+ * answer_rgba, width, height: the answer's pixels, decoded already (a
+ * string or a buffer); with keep_rgba, a PNG composite's pixels come back
+ * as rgba too (the PNG holds exactly them), so nobody decodes what was
+ * just encoded.
+ * keep: pixels the mask keeps (alpha > 0), drifted: those of them whose
+ * largest channel difference from image 1 passes the tolerance; edit:
+ * pixels to edit (alpha 0), unchanged: those within it. Image 1 and the mask
+ * are scaled to the answer's size first when theirs differ. With preserve,
+ * bytes is the composite, encoded in the answer's format. */
+static int l_inpaint(lua_State *L) {
+  ie_inpaint_in in;
+  memset(&in, 0, sizeof in);
+  in.answer = (const unsigned char *)luaL_checklstring(L, 1, &in.an);
+  in.base = (const unsigned char *)luaL_checklstring(L, 2, &in.bn);
+  in.mask = (const unsigned char *)luaL_checklstring(L, 3, &in.mn);
+  int o = lua_istable(L, 4) ? 4 : 0;
+  lua_Integer tol = o ? ie_opt_integer(L, o, "tolerance", 30) : 30;
+  lua_Integer feather = o ? ie_opt_integer(L, o, "feather", 4) : 4;
+  lua_Integer quality = o ? ie_opt_integer(L, o, "quality", 90) : 90;
+  /* each of the three decodes is bounded on its own: they run at once */
+  in.lim = (ie_limits){o ? ie_opt_integer(L, o, "max_pixels", IE_MAX_PIXELS) : IE_MAX_PIXELS,
+                       o ? ie_opt_integer(L, o, "max_bytes", IE_MAX_DECODE_BYTES) : IE_MAX_DECODE_BYTES};
+  in.preserve = o ? ie_opt_bool(L, o, "preserve") : 0;
+  in.keep_rgba = o ? ie_opt_bool(L, o, "keep_rgba") : 0;
+  luaL_argcheck(L, tol >= 0 && tol <= 255, 4, "tolerance out of range 0-255");
+  luaL_argcheck(L, feather >= 0 && feather <= MAX_FEATHER, 4, "feather out of range 0-256");
+  luaL_argcheck(L, quality >= 1 && quality <= 100, 4, "quality out of range 1-100");
+  in.tolerance = (int)tol, in.feather = (int)feather, in.quality = (int)quality;
+  lua_settop(L, 4);
+  if (o) {
+    lua_getfield(L, o, "answer_rgba"); /* index 5, kept while the pixels are used */
+    if (!lua_isnil(L, 5)) {
+      luaL_argcheck(L, lua_type(L, 5) == LUA_TSTRING || luaL_testudata(L, 5, IE_BUFFER_MT), 4,
+                    "answer_rgba must be a string or a buffer");
+      given_pixels(L, 5, ie_opt_integer(L, o, "width", 0), ie_opt_integer(L, o, "height", 0), &in);
+    }
+  }
+  ie_inpaint_out r;
+  if (!ie_inpaint(&in, &r))
+    return ie_fail(L, r.reason ? r.reason : "corrupt", "%s", r.why);
+  /* Lua from here: a box holds the results, so a memory error cannot leak them. */
+  ie_inpaint_out *held = (ie_inpaint_out *)ie_newuserdata(L, sizeof *held);
+  *held = r;
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, held_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  ie_push_inpaint(L, held, 0);
   return 1;
 }
 

@@ -113,6 +113,14 @@ enum { IE_LOSSLESS = 1, IE_DROP_ALPHA = 2 };
 IE_LOCAL int ie_encode_push(lua_State *L, const unsigned char *px, int w, int h, int fmt, int quality, int flags);
 /* The index of a format's name for ie_encode_push, or -1. */
 IE_LOCAL int ie_format_index(const char *name);
+/* The same encode into C memory, on any thread: 1 and out filled (free
+ * out->p with out->release), or 0. */
+typedef struct ie_mem {
+  unsigned char *p;
+  size_t len;
+  void (*release)(void *);
+} ie_mem;
+IE_LOCAL int ie_encode_mem(const unsigned char *px, int w, int h, int fmt, int quality, int flags, ie_mem *out);
 
 /* ---- pixels handed to Lua without a copy (buffer.c) ---- */
 #define IE_BUFFER_MT "imgedit.buffer"
@@ -127,6 +135,34 @@ IE_LOCAL ie_buffer *ie_buffer_push(lua_State *L, ie_pixels *px);
 
 /* ---- masks held: drift, spill and compositing (composite.c) ---- */
 IE_LOCAL void ie_open_composite(lua_State *L);
+/* An inpaint's inputs: the answer (its bytes, and its pixels when decoded
+ * already), image 1 and the mask as sent; plain C, so that the decoder
+ * threads run it. */
+typedef struct ie_inpaint_in {
+  const unsigned char *answer, *base, *mask;
+  size_t an, bn, mn;
+  const unsigned char *answer_px; /* or NULL: decoded here */
+  int answer_w, answer_h;
+  int tolerance, feather, quality, preserve, keep_rgba;
+  ie_limits lim;
+} ie_inpaint_in;
+typedef struct ie_inpaint_out {
+  int width, height, scaled;
+  long long keep, edit, drifted, unchanged;
+  unsigned char *bytes; /* the composite, encoded (preserve) */
+  size_t nbytes;
+  void (*bytes_release)(void *);
+  unsigned char *rgba; /* its pixels, malloc'd (keep_rgba, a PNG) */
+  const char *reason;  /* why it failed */
+  char why[200];
+} ie_inpaint_out;
+/* 1, or 0 with out->reason and out->why; on any thread, no Lua state. */
+IE_LOCAL int ie_inpaint(const ie_inpaint_in *in, ie_inpaint_out *out);
+IE_LOCAL void ie_inpaint_out_free(ie_inpaint_out *out);
+/* Pushes {width=, height=, keep=, edit=, drifted=, unchanged=, scaled=,
+ * bytes=, and rgba= (a string) or buffer= (rgba_buffer: r's pixels go to
+ * it)}. */
+IE_LOCAL void ie_push_inpaint(lua_State *L, ie_inpaint_out *r, int rgba_buffer);
 
 /* ---- mask pixels (mask.c) ---- */
 IE_LOCAL void ie_open_mask(lua_State *L);

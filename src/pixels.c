@@ -260,22 +260,35 @@ static int encode_webp(box *b, const unsigned char *px, int w, int h, int qualit
 
 static const char *const FORMATS[] = {"png", "jpeg", "webp", NULL};
 
+/* Into b, which frees what it holds whatever happened. */
+static int encode(box *b, const unsigned char *px, int w, int h, int fmt, int quality, int flags) {
+  if (fmt == 2)
+    return encode_webp(b, px, w, h, quality, flags & IE_LOSSLESS);
+  if (fmt == 0)
+    return encode_png(b, px, w, h, flags & IE_DROP_ALPHA);
+  b->release = free;
+  return stbi_write_jpg_to_func(stb_write, b, w, h, 4, px, quality < 1 ? 1 : quality) && b->p;
+}
+
 int ie_encode_push(lua_State *L, const unsigned char *px, int w, int h, int fmt, int quality, int flags) {
   box *b = box_new(L);
-  int ok;
-  if (fmt == 2)
-    ok = encode_webp(b, px, w, h, quality, flags & IE_LOSSLESS);
-  else if (fmt == 0)
-    ok = encode_png(b, px, w, h, flags & IE_DROP_ALPHA);
-  else {
-    b->release = free;
-    ok = stbi_write_jpg_to_func(stb_write, b, w, h, 4, px, quality < 1 ? 1 : quality) && b->p;
-  }
-  if (!ok) {
+  if (!encode(b, px, w, h, fmt, quality, flags)) {
+    box_free(b);
     lua_pop(L, 1);
     return 0;
   }
   box_to_string(L, b);
+  return 1;
+}
+
+int ie_encode_mem(const unsigned char *px, int w, int h, int fmt, int quality, int flags, ie_mem *out) {
+  box b;
+  memset(&b, 0, sizeof b);
+  if (!encode(&b, px, w, h, fmt, quality, flags)) {
+    box_free(&b);
+    return 0;
+  }
+  out->p = (unsigned char *)b.p, out->len = b.len, out->release = b.release;
   return 1;
 }
 
