@@ -207,9 +207,11 @@ test-quick: all testhooks
 
 # Every supported Lua: 5.4, 5.3, 5.1 and LuaJIT 2.1, each built into its own
 # folder and tested with its own interpreter (busted runs on all of them).
+# LuaJIT is Debian's luajit2 (OpenResty's branch): nginx's Lua module needs
+# it, and luajit would replace it; LÖVE and Neovim take either.
 LUA_TARGETS = 5.4 5.3 5.1 luajit
 deps-all: deps-test
-	$(call install_missing,lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev luajit libluajit-5.1-dev love xvfb xauth)
+	$(call install_missing,lua5.3 liblua5.3-dev lua5.1 liblua5.1-0-dev luajit2 libluajit2-5.1-dev love xvfb xauth)
 
 test-all:
 	@set -e; for t in $(LUA_TARGETS); do \

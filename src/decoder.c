@@ -1,6 +1,9 @@
-/* The decoder thread of a multi: pictures of answers decoded to RGBA as soon
- * as their bytes are complete, off the caller's thread, so that a frame
- * loop's poll only hands them over. A job is a JSON text (each "b64_json"
+/* The decoder threads of a multi: pictures of answers decoded to RGBA as
+ * soon as their bytes are complete, off the caller's thread, so that a frame
+ * loop's poll only hands them over; for an edit with a mask, the drift and
+ * spill or the preserve composite made there too. A small pool (2 to
+ * IE_MAX_DECODERS, as the cores allow) takes jobs from one queue, so that
+ * pictures finishing together are decoded side by side. A job is a JSON text (each "b64_json"
  * value in it: a stream event's data or an answer's body) or raw bytes (a
  * downloaded picture). It holds a ref on its transfer, which owns the text.
  * Plain C: no Lua state is ever touched here. */
@@ -8,6 +11,13 @@
 #include <string.h>
 
 #include "http.h"
+
+void ie_inpaint_req_free(ie_inpaint_req *r) {
+  if (!r)
+    return;
+  free(r->base), free(r->mask);
+  free(r);
+}
 
 void ie_decoded_free(void *p) {
   ie_decoded *d = (ie_decoded *)p;
@@ -17,14 +27,21 @@ void ie_decoded_free(void *p) {
     free(d->pic[i].bytes);
     if (d->pic[i].px.p && d->pic[i].px.release)
       d->pic[i].px.release(d->pic[i].px.p);
+    if (d->pic[i].ip)
+      ie_inpaint_out_free(d->pic[i].ip);
+    free(d->pic[i].ip);
   }
   free(d);
 }
 
 size_t ie_decoded_cost(const ie_decoded *d) {
   size_t n = 0;
-  for (int i = 0; d && i < d->n; i++)
-    n += d->pic[i].nbytes + (d->pic[i].px.p ? (size_t)d->pic[i].px.w * (size_t)d->pic[i].px.h * 4 : 0);
+  for (int i = 0; d && i < d->n; i++) {
+    const ie_picture *pic = &d->pic[i];
+    n += pic->nbytes + (pic->px.p ? (size_t)pic->px.w * (size_t)pic->px.h * 4 : 0);
+    if (pic->ip)
+      n += pic->ip->nbytes + (pic->ip->rgba ? (size_t)pic->ip->width * (size_t)pic->ip->height * 4 : 0);
+  }
   return n;
 }
 
@@ -76,11 +93,36 @@ static void decode_value(const ie_b64_value *v, const ie_limits *lim, ie_picture
   free(plain);
 }
 
-static void run(const ie_job *j, const ie_limits *lim) {
+/* An edit with a mask: the answer's drift and spill, or the composite,
+ * over the pixels just decoded. A failure leaves pic->ip NULL: the caller's
+ * thread then does it, and says why it failed. The pixels go when the
+ * caller did not ask for them. */
+static void inpaint(const ie_inpaint_req *req, const unsigned char *bytes, size_t n, ie_picture *pic,
+                    int drop_pixels) {
+  if (req && pic->px.p) {
+    ie_inpaint_in in = req->in;
+    in.answer = bytes, in.an = n;
+    in.answer_px = pic->px.p, in.answer_w = pic->px.w, in.answer_h = pic->px.h;
+    ie_inpaint_out *o = (ie_inpaint_out *)malloc(sizeof *o);
+    if (o && ie_inpaint(&in, o))
+      pic->ip = o;
+    else
+      free(o);
+  }
+  if (drop_pixels && pic->px.p) {
+    if (pic->px.release)
+      pic->px.release(pic->px.p);
+    pic->px.p = NULL, pic->px.w = pic->px.h = 0;
+    fail(pic, "unasked", "the pixels were not asked for (decode = \"rgba\")");
+  }
+}
+
+static void run(const ie_job *j, const ie_limits *lim, const ie_inpaint_req *req, int drop_pixels) {
   ie_decoded *d = j->out;
   if (!j->json) {
     d->n = 1;
     ie_decode_raw((const unsigned char *)j->src, j->n, lim, &d->pic[0].px);
+    inpaint(req, (const unsigned char *)j->src, j->n, &d->pic[0], drop_pixels);
     return;
   }
   ie_b64_value v;
@@ -89,6 +131,8 @@ static void run(const ie_job *j, const ie_limits *lim) {
     ie_picture *pic = &d->pic[d->n++];
     pic->open = v.open + 1, pic->close = v.close + 1;
     decode_value(&v, lim, pic);
+    if (pic->bytes)
+      inpaint(req, pic->bytes, pic->nbytes, pic, drop_pixels);
     from = v.close + 1;
   }
 }
@@ -112,7 +156,7 @@ static void bound_locked(transfer *t, ie_decoded *d) {
   }
 }
 
-int ie_dec_submit_locked(multi *m, transfer *t, const char *src, size_t n, int json, ie_decoded **out) {
+int ie_dec_submit_locked(multi *m, transfer *t, const char *src, size_t n, int json, int final, ie_decoded **out) {
   ie_job *j = malloc(sizeof *j);
   ie_decoded *d = calloc(1, sizeof *d);
   if (!j || !d || !m->dec_started) {
@@ -120,6 +164,7 @@ int ie_dec_submit_locked(multi *m, transfer *t, const char *src, size_t n, int j
     return 0;
   }
   j->next = NULL, j->t = t, j->src = src, j->n = n, j->json = json, j->out = d;
+  j->inpaint = final && t->inpaint;
   *out = d;
   t->refs++, t->pending++;
   if (m->job_tail)
@@ -164,9 +209,12 @@ void *ie_dec_main(void *arg) {
       m->job_tail = NULL;
     int skip = j->t->cancel_req;
     ie_limits lim = j->t->limits;
+    /* set before the transfer was handed over, never changed after */
+    const ie_inpaint_req *req = j->inpaint ? j->t->inpaint : NULL;
+    int drop = j->t->drop_pixels;
     pthread_mutex_unlock(&m->mu);
     if (!skip)
-      run(j, &lim);
+      run(j, &lim, req, drop);
     pthread_mutex_lock(&m->mu);
     if (ie_dec_end_locked(m, j)) {
       pthread_mutex_unlock(&m->mu);
@@ -177,4 +225,12 @@ void *ie_dec_main(void *arg) {
   }
   pthread_mutex_unlock(&m->mu);
   return NULL;
+}
+
+int ie_dec_start(multi *m) {
+  int want = ie_os_cpu_count();
+  want = want < 2 ? 2 : want > IE_MAX_DECODERS ? IE_MAX_DECODERS : want;
+  while (m->dec_started < want && ie_thread_start(&m->dec_thread[m->dec_started], ie_dec_main, m))
+    m->dec_started++;
+  return m->dec_started > 0;
 }

@@ -91,11 +91,8 @@ static int multi_start(lua_State *L) {
     lua_pushinteger(L, t->unreadable);
     return 4;
   }
-  if (t->decode && !m->dec_started) {
-    if (!ie_thread_start(&m->dec_thread, ie_dec_main, m))
-      return luaL_error(L, "cannot start the decoder thread");
-    m->dec_started = 1;
-  }
+  if (t->decode && !m->dec_started && !ie_dec_start(m))
+    return luaL_error(L, "cannot start the decoder thread");
   if (!m->net_started) {
     pthread_mutex_lock(&m->mu);
     m->net_running = 1;

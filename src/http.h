@@ -25,6 +25,9 @@ typedef struct ie_net {
 
 #define IE_MAX_SOCKS 256
 #define IE_MAX_PICTURES 16
+/* Decoder threads per multi: pictures that finish together are decoded
+ * side by side, as many at once as there are cores, between 2 and this. */
+#define IE_MAX_DECODERS 4
 
 /* One picture decoded off the caller's thread (decoder.c). */
 typedef struct ie_picture {
@@ -32,6 +35,7 @@ typedef struct ie_picture {
   size_t nbytes;
   size_t open, close; /* 1-based positions of the base64 value's quotes in its JSON; 0 for raw bytes */
   ie_pixels px;       /* px.p NULL: px.reason and px.why say why */
+  ie_inpaint_out *ip; /* with a mask: drift and spill, or the composite (malloc), else NULL */
 } ie_picture;
 
 /* What a decode job made of a JSON text (every "b64_json" value in it, in
@@ -47,6 +51,7 @@ typedef struct ie_job {
   const char *src; /* stays alive: owned by t, which the job holds a ref on */
   size_t n;
   int json;
+  int inpaint; /* the picture is a final one of an edit with a mask */
   ie_decoded *out;
 } ie_job;
 
@@ -106,9 +111,9 @@ typedef struct multi {
   int forked;                   /* this process is a child forked from the one that made the multi */
   struct multi *proc_next;      /* the process's live multis (procs.c) */
   CURLMcode broken;             /* the network thread stopped on this error */
-  int net_started, dec_started; /* the caller's: threads to join */
+  int net_started, dec_started; /* the caller's: threads to join (dec_started: how many decoders) */
   int net_running;              /* under mu: the network thread is in its loop */
-  pthread_t net_thread, dec_thread;
+  pthread_t net_thread, dec_thread[IE_MAX_DECODERS];
   transfer *all;                 /* every transfer the multi holds (all_next) */
   transfer *add_head;            /* handed over, not yet added (qnext) */
   transfer *fin_head, *fin_tail; /* finished, waiting for the caller (qnext) */
@@ -163,6 +168,8 @@ struct transfer {
   size_t header_bytes;
   int too_large, header_flood, idle, answering;
   int decode;       /* decode the pictures of the answer to RGBA off the caller's thread */
+  int drop_pixels;  /* ... only for the inpaint: the caller did not ask for them */
+  struct ie_inpaint_req *inpaint; /* an edit with a mask: its figures or composite, made by the decoder */
   int raw_picture;  /* ... the answer is a picture's bytes, not JSON */
   int unreadable;   /* the index of a file part that could not be opened */
   int changed;      /* ... whose file changed while it was sent (network thread's, then the caller's) */
@@ -253,7 +260,17 @@ IE_LOCAL void ie_remove_handle(multi *m, transfer *t);
 IE_LOCAL void *ie_dec_main(void *m);
 /* Queue a decode of src (JSON, or the picture's bytes); *out gets the
  * result, done once decoded. 0 when it cannot be queued: nothing decoded. */
-IE_LOCAL int ie_dec_submit_locked(multi *m, transfer *t, const char *src, size_t n, int json, ie_decoded **out);
+IE_LOCAL int ie_dec_submit_locked(multi *m, transfer *t, const char *src, size_t n, int json, int final,
+                                  ie_decoded **out);
+/* Starts the multi's decoder threads, once; 0 when none could start. */
+IE_LOCAL int ie_dec_start(multi *m);
+/* What an edit with a mask hands the decoder: copies of image 1 and the
+ * mask as sent, and the inpaint's options (the answer is filled in there). */
+typedef struct ie_inpaint_req {
+  ie_inpaint_in in;
+  unsigned char *base, *mask; /* malloc'd copies: in.base and in.mask point here */
+} ie_inpaint_req;
+IE_LOCAL void ie_inpaint_req_free(ie_inpaint_req *r);
 /* A job ended; 1 when that was its transfer's last ref. */
 IE_LOCAL int ie_dec_end_locked(multi *m, ie_job *j);
 IE_LOCAL void ie_decoded_free(void *d);

@@ -90,6 +90,7 @@ void ie_transfer_free(transfer *t) {
     curl_slist_free_all(t->headers);
   }
   free(t->body);
+  ie_inpaint_req_free(t->inpaint);
   if (t->sse_on)
     sse_free(&t->parser);
   sse_queue_free(&t->parsed);
@@ -194,10 +195,9 @@ void ie_multi_stop_threads(multi *m) {
     pthread_join(m->net_thread, NULL);
     m->net_started = 0;
   }
-  if (m->dec_started) {
-    pthread_join(m->dec_thread, NULL);
-    m->dec_started = 0;
-  }
+  for (int i = 0; i < m->dec_started; i++)
+    pthread_join(m->dec_thread[i], NULL);
+  m->dec_started = 0;
 }
 
 /* Caller's thread, once the threads are stopped: every transfer the multi

@@ -333,3 +333,8 @@ void ie_os_wake_close(ie_os_wake *k) {
   k->r = k->w = -1;
 }
 #endif
+
+int ie_os_cpu_count(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? (int)n : 1;
+}

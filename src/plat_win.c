@@ -476,4 +476,9 @@ void ie_os_wake_close(ie_os_wake *k) {
     closesocket(k->r), closesocket(k->w);
   k->r = k->w = INVALID_SOCKET;
 }
+int ie_os_cpu_count(void) {
+  SYSTEM_INFO si;
+  GetSystemInfo(&si);
+  return si.dwNumberOfProcessors > 0 ? (int)si.dwNumberOfProcessors : 1;
+}
 #endif

@@ -88,6 +88,7 @@ IE_LOCAL void ie_os_dir_close(ie_dir *d);
 IE_LOCAL double ie_os_monotonic(void);
 IE_LOCAL double ie_os_realtime(void);
 IE_LOCAL double ie_os_thread_cpu(void);
+IE_LOCAL int ie_os_cpu_count(void); /* the cores this process may use; 1 when unknown */
 
 /* A condition variable for timed waits, and the deadline for one timeout
  * seconds from now on its clock (monotonic where it can be). */

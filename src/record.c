@@ -27,8 +27,9 @@ static int hand_events(transfer *t) {
   sse_queue_move(&t->events, &t->parsed);
   for (size_t i = first; t->decode && i < t->events.n; i++) {
     sse_event *e = &t->events.ev[i];
-    if (ie_memmem(e->data, e->dlen, "\"b64_json\"", 10))
-      ie_dec_submit_locked(m, t, e->data, e->dlen, 1, (ie_decoded **)&e->extra);
+    if (ie_memmem(e->data, e->dlen, "\"b64_json\"", 10)) /* a partial is never composited */
+      ie_dec_submit_locked(m, t, e->data, e->dlen, 1, !ie_memmem(e->data, e->dlen, "\"partial_image_index\"", 21),
+                           (ie_decoded **)&e->extra);
   }
   int failed = t->events.failed;
   ie_changed_locked(m);

@@ -113,6 +113,43 @@ static void add_parts(lua_State *L, int spec, int self, transfer *t) {
   curl_easy_setopt(t->e, CURLOPT_MIMEPOST, t->mime);
 }
 
+/* spec.inpaint = {base=, mask=, preserve=, feather=, tolerance=, quality=,
+ * keep_rgba=}: an edit with a mask, whose figures (or composite) the
+ * decoder makes from image 1 and the mask as sent. Copies: the decoder may
+ * run after the Lua strings are gone. */
+static void setup_inpaint(lua_State *L, int spec, transfer *t) {
+  lua_getfield(L, spec, "inpaint");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  luaL_argcheck(L, lua_istable(L, -1) && t->decode, spec, "spec.inpaint: a table, with spec.decode");
+  int o = lua_gettop(L);
+  size_t bn, mn;
+  const char *b = ie_opt_lstring(L, o, "base", &bn), *mk = ie_opt_lstring(L, o, "mask", &mn);
+  luaL_argcheck(L, b && mk, spec, "spec.inpaint: base and mask required");
+  ie_inpaint_req *r = (ie_inpaint_req *)calloc(1, sizeof *r);
+  if (r)
+    r->base = (unsigned char *)malloc(bn + 1), r->mask = (unsigned char *)malloc(mn + 1);
+  if (!r || !r->base || !r->mask) {
+    ie_inpaint_req_free(r);
+    luaL_error(L, "out of memory");
+    return;
+  }
+  t->inpaint = r; /* freed with t, whatever happens next */
+  memcpy(r->base, b, bn), memcpy(r->mask, mk, mn);
+  r->in.base = r->base, r->in.bn = bn, r->in.mask = r->mask, r->in.mn = mn;
+  r->in.preserve = ie_opt_bool(L, o, "preserve"), r->in.keep_rgba = ie_opt_bool(L, o, "keep_rgba");
+  r->in.feather = (int)ie_opt_integer(L, o, "feather", 4);
+  r->in.tolerance = (int)ie_opt_integer(L, o, "tolerance", 30);
+  r->in.quality = (int)ie_opt_integer(L, o, "quality", 90);
+  luaL_argcheck(L, r->in.feather >= 0 && r->in.feather <= 256 && r->in.tolerance >= 0 && r->in.tolerance <= 255 &&
+                       r->in.quality >= 1 && r->in.quality <= 100,
+                spec, "spec.inpaint: feather, tolerance or quality out of range");
+  r->in.lim = t->limits;
+  lua_pop(L, 1);
+}
+
 void ie_transfer_setup(lua_State *L, int spec, int self, transfer *t, multi *m) {
   t->e = curl_easy_init();
   if (!t->e)
@@ -132,6 +169,8 @@ void ie_transfer_setup(lua_State *L, int spec, int self, transfer *t, multi *m) 
   t->raw_picture = dec && !strcmp(dec, "bytes");
   t->limits.pixels = (lua_Integer)ie_opt_number(L, spec, "max_pixels", IE_MAX_PIXELS);
   t->limits.bytes = (lua_Integer)ie_opt_number(L, spec, "max_decode_bytes", IE_MAX_DECODE_BYTES);
+  t->drop_pixels = ie_opt_bool(L, spec, "drop_pixels");
+  setup_inpaint(L, spec, t);
   sse_queue_init(&t->events, t->max);
   t->events.free_extra = ie_decoded_free;
   CURL *e = t->e;

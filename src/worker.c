@@ -25,7 +25,7 @@ static int ended_locked(multi *m, transfer *t) {
   }
   int ok = t->code == CURLE_OK && !t->sse_on && t->status >= 200 && t->status <= 299;
   if (t->decode && ok && t->len > 0)
-    ie_dec_submit_locked(m, t, t->body, t->len, !t->raw_picture, &t->decoded);
+    ie_dec_submit_locked(m, t, t->body, t->len, !t->raw_picture, 1, &t->decoded);
   if (t->pending > 0)
     t->where = W_DEC;
   else

@@ -74,6 +74,12 @@ static void push_pictures(lua_State *L, ie_decoded *d) {
       lua_pushstring(L, pic->px.why[0] ? pic->px.why : "cannot decode the picture");
       lua_setfield(L, -2, "error");
     }
+    if (pic->ip) { /* the figures, or the composite with its pixels as a buffer */
+      ie_push_inpaint(L, pic->ip, 1);
+      lua_setfield(L, -2, "inpaint");
+      ie_inpaint_out_free(pic->ip);
+      free(pic->ip), pic->ip = NULL;
+    }
     lua_rawseti(L, -2, i + 1);
   }
   lua_setfield(L, -2, "pictures");

@@ -222,7 +222,7 @@ describe("the house", function()
   it("skips a spec whose programs are missing with the Debian packages that bring them", function()
     local out = busted("tests/love_spec.lua", "PATH=/nonexistent")
     assert.truthy(out:find("SKIP: the LÖVE example keeps drawing frames while an edit streams in", 1, true), out)
-    assert.truthy(out:find("missing the Debian packages love, xvfb, libluajit-5.1-dev)\n", 1, true), out)
+    assert.truthy(out:find("missing the Debian packages love, xvfb, libluajit2-5.1-dev)\n", 1, true), out)
     assert.matches("\n0 passed, 0 failed, 1 skipped\n$", out)
   end)
 

@@ -9,7 +9,7 @@ describe("the LÖVE example", function()
   -- what is missing, by its Debian package, so the skip says what to install
   local missing = {}
   for _, need in ipairs { { "command -v love", "love" }, { "command -v xvfb-run", "xvfb" },
-    { "pkg-config --exists luajit", "libluajit-5.1-dev" } } do
+    { "pkg-config --exists luajit", "libluajit2-5.1-dev" } } do
     if not H.ok(need[1] .. " >/dev/null 2>&1") then missing[#missing + 1] = need[2] end
   end
   local reason = "needs love, xvfb-run and LuaJIT's headers (missing the Debian packages " .. table.concat(missing, ", ") .. ")"

@@ -237,20 +237,62 @@ describe("an edit with a mask, through the emulator", function()
     assert.are.same({ r.drift, r.spill }, { img.mask_drift, img.mask_spill })
   end)
 
-  it("with decode = \"rgba\": the composite takes the decoder thread's pixels, and nothing is decoded twice", function()
-    local decodes, given = 0, nil
+  -- on_caller(fn, ...) -> how many decodes and inpaints the caller's thread
+  -- ran while fn ran (core.decode, core.inpaint: where Lua would do them),
+  -- then fn's results.
+  local function on_caller(fn, ...)
+    local n = { decode = 0, inpaint = 0 }
     local real_decode, real_inpaint = core.decode, core.inpaint
-    core.decode = function(...) decodes = decodes + 1 return real_decode(...) end
-    core.inpaint = function(a, b, m, o) given = o.answer_rgba ~= nil return real_inpaint(a, b, m, o) end
-    local ok, img, err = pcall(edit, { preserve = true }, { decode = "rgba" })
+    core.decode = function(...) n.decode = n.decode + 1 return real_decode(...) end
+    core.inpaint = function(...) n.inpaint = n.inpaint + 1 return real_inpaint(...) end
+    local ok, img, err = pcall(fn, ...)
     core.decode, core.inpaint = real_decode, real_inpaint
     assert(ok, img)
+    return n, img, err
+  end
+
+  it("with decode = \"rgba\": the decoder makes the composite and hands its pixels over as a buffer", function()
+    local n, img, err = on_caller(edit, { preserve = true }, { decode = "rgba" })
     assert(img, tostring(err))
-    assert.is_true(given) -- the answer's pixels, from the decoder thread
-    assert.are.equal(0, decodes) -- and the composite's pixels came with it
+    assert.are.same({ decode = 0, inpaint = 0 }, n) -- no pixel work on the caller's thread
     assert.is_truthy(img.preserved)
-    assert.are.equal(real_decode(img.bytes), img.pixels)
+    assert.are.equal("userdata", type(img.buffer)) -- the composite's own pixels, no copy
+    assert.are.equal(core.decode(img.bytes), img.pixels)
+    assert.are.equal("userdata", type(img.raw.buffer)) -- and the service's picture's
     assert.are.equal(1, #H.api_requests(emu))
+  end)
+
+  it("without decode: the mask's figures and the composite are the decoder's too, and no pixels are handed over", function()
+    local n, img, err = on_caller(edit)
+    assert(img, tostring(err))
+    assert.are.same({ decode = 0, inpaint = 0 }, n)
+    assert.is_true(img.mask_drift > 0 and img.mask_drift < 0.05, tostring(img.mask_drift))
+    assert.is_nil(rawget(img, "buffer"))
+    assert.is_nil(img.pixels_error)
+    local r = assert(imgedit.mask.compare(img, photo, mask)) -- the same figures, made here
+    assert.are.same({ r.drift, r.spill }, { img.mask_drift, img.mask_spill })
+    n, img, err = on_caller(edit, { preserve = true })
+    assert(img, tostring(err))
+    assert.are.same({ decode = 0, inpaint = 0 }, n)
+    assert.is_truthy(img.preserved)
+    local same = assert(imgedit.mask.preserve(img.raw, photo, mask))
+    assert.are.equal(same.bytes, img.bytes) -- what the caller's thread would have made
+    assert.is_nil(rawget(img, "buffer"))
+    assert.are.equal(2, #H.api_requests(emu))
+  end)
+
+  it("a stream's final picture and a url answer's download are composited by the decoder; partials are not", function()
+    local n, img, err = on_caller(edit, { preserve = true, stream = true, partial_images = 2,
+      on_partial = function(p) assert.is_nil(p.preserved) end })
+    assert(img, tostring(err))
+    assert.are.same({ decode = 0, inpaint = 0 }, n)
+    assert.is_truthy(img.preserved)
+    n, img, err = on_caller(edit, { preserve = true, response_format = "url" })
+    assert(img, tostring(err))
+    assert.matches("^http://", img.url) -- downloaded from the url the answer gave
+    assert.are.same({ decode = 0, inpaint = 0 }, n)
+    assert.is_truthy(img.preserved)
+    assert.are.equal(2, #H.api_requests(emu)) -- the download goes to the CDN, not the API
   end)
 
   it("warns once the drift passes drift_warning, and not with preserve", function()

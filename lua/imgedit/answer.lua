@@ -166,9 +166,11 @@ end
 -- decode gets img.pixels_error instead.
 function M.attach(img, pic)
   if not image.is(img) or type(pic) ~= "table" or (pic.open and pic.bytes ~= img.bytes) then return end
+  -- an edit with a mask: its figures or composite, made by the decoder (deliver.lua takes them)
+  if pic.inpaint then rawset(img, "_inpaint", pic.inpaint) end
   if pic.buffer then
     img.buffer, img.width, img.height = pic.buffer, pic.width, pic.height
-  else
+  elseif pic.reason ~= "unasked" then -- decoded for the mask's figures alone: no pixels wanted
     img.pixels_error = "cannot decode the picture: " .. tostring(pic.error)
   end
 end

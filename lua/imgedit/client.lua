@@ -305,8 +305,15 @@ local function start(self, kind, req, level)
     return job
   end
   spec.timeout, spec.connect_timeout, spec.idle_timeout = opts.timeout, opts.connect_timeout, opts.idle_timeout
-  -- The network thread hands each picture of the answer to the decoder thread.
+  -- The network thread hands each picture of the answer to the decoder threads.
   if opts.decode == "rgba" then
+    spec.decode, spec.max_pixels, spec.max_decode_bytes = "json", image.max_pixels, image.max_decode_bytes
+  end
+  -- An edit with a mask: the decoder makes the mask's figures (or the
+  -- composite) too, so that no pixel work is left for the caller's thread.
+  if inpaint then
+    spec.inpaint = jobs.inpaint_spec(self, opts, fields, inpaint)
+    spec.drop_pixels = opts.decode ~= "rgba"
     spec.decode, spec.max_pixels, spec.max_decode_bytes = "json", image.max_pixels, image.max_decode_bytes
   end
   job.spec, job.fields, job.inpaint = spec, fields, inpaint

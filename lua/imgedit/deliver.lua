@@ -24,12 +24,20 @@ local function hold_one(job, img, warn)
       .. (o.preserve and "; the service's picture is kept as it came" or ""))
     return img
   end
-  -- image 1 and the mask as they were sent (request.prepare read them once);
-  -- the answer's pixels when the decoder thread made them
+  -- Made by a decoder thread already, as a rule (no pixel work here); else,
+  -- from image 1 and the mask as they were sent (request.prepare read them
+  -- once) and the answer's pixels when the decoder thread made them.
+  local made = rawget(img, "_inpaint")
+  img._inpaint = nil
   local opts = { feather = o.feather, tolerance = o.drift_tolerance,
     quality = masks._quality(job.fields.output_compression), pixels = o.decode == "rgba" }
-  local ok, r, e = pcall(o.preserve and masks.preserve or masks.compare, img, { bytes = src.base.data },
-    { bytes = src.mask.data }, opts)
+  local ok, r, e
+  if made then
+    ok, r, e = pcall(o.preserve and masks._preserved or masks._compared, img, made, opts)
+  else
+    ok, r, e = pcall(o.preserve and masks.preserve or masks.compare, img, { bytes = src.base.data },
+      { bytes = src.mask.data }, opts)
+  end
   if not ok or not r then return failed(ok and e.message or tostring(r)) end
   if o.preserve then
     local bi = src.base.info

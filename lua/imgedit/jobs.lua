@@ -18,6 +18,7 @@ local errors = require "imgedit.errors"
 local answer = require "imgedit.answer"
 local deliver = require "imgedit.deliver"
 local image = require "imgedit.image"
+local masks = require "imgedit.mask"
 local retry = require "imgedit.retry"
 local stream = require "imgedit.stream"
 
@@ -251,16 +252,28 @@ local function advance(job, t, now, finished)
   job.state = "queued"
 end
 
+-- inpaint_spec(client, opts, fields, inpaint) -> what the decoder needs to
+-- make an edit's mask figures, or with preserve its composite: image 1
+-- and the mask as they were sent, and the options deliver.lua would use.
+function M.inpaint_spec(c, opts, fields, inpaint)
+  return { base = inpaint.base.data, mask = inpaint.mask.data, preserve = opts.preserve or false,
+    feather = opts.feather, tolerance = opts.drift_tolerance, quality = masks._quality(fields.output_compression),
+    keep_rgba = opts.decode == "rgba" }
+end
+
 function M.launch(job)
   local c = job.client
   if job.phase == "download" then
     job.dl_attempts = job.dl_attempts + 1
+    local rgba = job.opts.decode == "rgba"
     local t, msg = c._multi:start {
       url = job.url, follow = true, user_agent = c.user_agent, headers = { "Accept: image/*" },
       timeout = job.opts.timeout, connect_timeout = job.opts.connect_timeout,
       idle_timeout = job.opts.idle_timeout, max_response_bytes = c.max_download_bytes,
-      decode = job.opts.decode == "rgba" and "bytes" or nil, max_pixels = image.max_pixels,
+      decode = (rgba or job.inpaint) and "bytes" or nil, max_pixels = image.max_pixels,
       max_decode_bytes = image.max_decode_bytes,
+      inpaint = job.inpaint and M.inpaint_spec(c, job.opts, job.fields, job.inpaint) or nil,
+      drop_pixels = not rgba,
     }
     if not t then -- a forked child's inherited client: the picture stays the parent's to fetch
       return finish(job, nil, errors.new("canceled", msg .. "; the picture is paid for and can still be downloaded"

@@ -194,6 +194,12 @@ local function inpaint(answer, base, mask, o, preserve, fn)
     quality = o.quality, preserve = preserve, max_pixels = image.max_pixels, max_bytes = image.max_decode_bytes,
     answer_rgba = px, width = px and answer.width, height = px and answer.height, keep_rgba = o.pixels == true })
   if not r then return nil, errors.new("invalid_request", msg, { param = "mask", reason = reason }) end
+  return M._compared(answer, r)
+end
+
+-- _compared(answer, r) -> r with its drift and spill: an inpaint's figures,
+-- made here or by a decoder thread (deliver.lua).
+function M._compared(_, r)
   r.drift = r.keep > 0 and r.drifted / r.keep or 0
   r.spill = r.edit > 0 and r.unchanged / r.edit or 0
   return r
@@ -224,6 +230,14 @@ local CARRIED = { usage = true, url = true, model = true, created = true, reques
 function M.preserve(answer, base, mask, o)
   local r, err = inpaint(answer, base, mask, o, true, "preserve")
   if not r then return nil, err end
+  return M._preserved(answer, r, o)
+end
+
+-- _preserved(answer, r, o) -> the composite's Image from an inpaint made
+-- with preserve, here or by a decoder thread (its pixels then come as
+-- r.buffer, no copy).
+function M._preserved(answer, r, o)
+  M._compared(answer, r)
   local fields = { mask_drift = r.drift, mask_spill = r.spill,
     preserved = { feather = (o and o.feather) or M.FEATHER, scaled = r.scaled } }
   if image.is(answer) then
@@ -237,6 +251,7 @@ function M.preserve(answer, base, mask, o)
   local img, msg = image.from_bytes(r.bytes, fields)
   if not img then return nil, errors.new("invalid_request", "the composite: " .. tostring(msg), { param = "mask" }) end
   if r.rgba then img.pixels = r.rgba end
+  if r.buffer then img.buffer = r.buffer end
   return img
 end
 
