@@ -1,7 +1,8 @@
 -- imgedit.uv drives a client from a libuv loop: here a plain luv loop
--- (lua-luv on the suite's Lua), against the emulator. The loop must keep
--- firing its timers while edits run, and sleep, not spin, while the model
--- works.
+-- (lua-luv on the suite's Lua) and Neovim's own, in a real headless
+-- editor on the LuaJIT build (imgedit.nvim), against the emulator. The
+-- editor must keep answering RPC and firing its timers while edits run,
+-- and the loop must sleep, not spin, while the model works.
 local H = require "helpers"
 local core = require "imgedit.core"
 local drive = require "imgedit.uv"
@@ -123,6 +124,98 @@ describe("imgedit.uv", function()
       end
       assert.are.equal(0, #H.api_requests(emu))
       c:close()
+    end)
+  end)
+
+  describe("in Neovim", function()
+    -- what is missing, by its Debian package, so the skip says what to install
+    local missing = {}
+    for _, need in ipairs { { "command -v nvim", "neovim" },
+      { "pkg-config --exists luajit", "libluajit-5.1-dev (libluajit2-5.1-dev beside nginx's Lua module)" } } do
+      if not H.ok(need[1] .. " >/dev/null 2>&1") then missing[#missing + 1] = need[2] end
+    end
+    local runner = #missing == 0 and it or function(name)
+      it(name, function()
+        pending("needs nvim and LuaJIT's headers (missing the Debian packages " .. table.concat(missing, ", ") .. ")")
+      end)
+    end
+
+    -- Whether a process is still there (a zombie is not).
+    local function alive(pid)
+      local st = H.lines("ps -o stat= -p " .. pid .. " 2>/dev/null")[1]
+      return st ~= nil and not st:match("^Z")
+    end
+
+    runner("edits through imgedit.nvim while the editor answers RPC, its timer fires and its loop sleeps", function()
+      assert.is_true(H.ok("make --no-print-directory LUA=luajit all >/dev/null 2>&1"))
+      emu:configure { latency = 1 }
+      local home, pid = H.tmpdir(), nil
+      finally(function()
+        if pid and alive(pid) then os.execute("kill -9 " .. pid .. " 2>/dev/null") end
+        H.rmtree(home)
+      end)
+      local sock, out, log = home .. "/nvim.sock", home .. "/out", home .. "/log"
+      local photo = H.write(home .. "/photo.png", H.png(32, 32))
+      -- Both editors in their own folders (no config, shada or log of the
+      -- user's), without the sanitizer runtime a child lacks.
+      local env = "env -u LD_PRELOAD -u IMGEDIT_API_KEY XDG_CONFIG_HOME=" .. home .. " XDG_DATA_HOME=" .. home
+        .. " XDG_STATE_HOME=" .. home .. " XDG_CACHE_HOME=" .. home .. " NVIM_LOG_FILE=" .. home .. "/nvim.log "
+      pid = H.lines(env .. "IMGEDIT_NVIM_OUT=" .. out .. " IMGEDIT_NVIM_URL=" .. emu.url .. " IMGEDIT_NVIM_KEY=" .. emu.key
+        .. " IMGEDIT_NVIM_PIC=" .. photo .. " nvim --headless -u NONE -i NONE --listen " .. sock
+        .. " -c 'luafile tests/nvim/edit.lua' </dev/null >" .. log .. " 2>&1 & echo $!")[1]
+      assert.truthy(pid and pid:match("^%d+$"), "nvim did not start")
+      -- RPC from another process meanwhile: a remote expression, each timed.
+      local probes, t0 = {}, core.now()
+      while not H.exists(out) and core.now() - t0 < 40 * H.SLOW and alive(pid) do
+        if H.ok("test -S " .. sock) then
+          local t = core.now()
+          local answer = H.sh(env .. "nvim --server " .. sock .. " --remote-expr \"luaeval('imgedit_probe()')\" </dev/null")
+          local state, ticks = answer:match("^(%a+) (%d+)")
+          if state then probes[#probes + 1] = { state = state, ticks = tonumber(ticks), seconds = core.now() - t } end
+        end
+        os.execute("sleep 0.05")
+      end
+      local t = core.now()
+      while alive(pid) and core.now() - t < 5 do os.execute("sleep 0.05") end
+      assert.is_false(alive(pid), "nvim did not quit")
+      assert.is_true(H.exists(out), "no results; the editor said: " .. H.read(log))
+      local r = {}
+      for k, v in H.read(out):gmatch("([%w_]+)=([^\n]*)") do r[k] = v end
+      assert.are.equal("done", r["end"], H.read(out) .. H.read(log))
+      -- the call's picture and the command's file arrived, each called back
+      -- on the main loop, where vim.api works
+      assert.are.equal("64x64 png", r.call_image)
+      assert.are.equal("none", r.call_error)
+      assert.are.equal("imgedit: saved " .. home .. "/photo-edit.png", r.command_notify)
+      local saved = assert(require("imgedit").inspect(home .. "/photo-edit.png"))
+      assert.are.equal("png", saved.format) -- the service's default size: whatever it is, a picture
+      assert.is_true(saved.width > 0 and saved.height > 0)
+      for _, name in ipairs { "call", "command" } do
+        assert.are.equal("false", r[name .. "_fast"])
+        assert.are.equal("true", r[name .. "_api"])
+      end
+      -- the editor's own timer kept firing through the model's second
+      local ticks, elapsed = tonumber(r.ticks), tonumber(r.elapsed_ms)
+      assert.is_true(elapsed >= 1000, r.elapsed_ms)
+      assert.is_true(ticks >= elapsed / 10 / 2, ticks .. " ticks in " .. elapsed .. " ms")
+      -- it answered RPC while the edits ran, each answer well inside the
+      -- model's second (a blocked editor answers after it)
+      local pending_ones, worst = 0, 0
+      for _, p in ipairs(probes) do
+        if p.state == "pending" then
+          pending_ones = pending_ones + 1
+          worst = math.max(worst, p.seconds)
+        end
+      end
+      assert.is_true(pending_ones >= 3, pending_ones .. " answers while the edits ran")
+      assert.is_true(worst < 0.5 * H.SLOW, "slowest answer " .. worst .. " s")
+      -- a handful of polls, not one per turn of the loop
+      local wakes = tonumber(r.wakes)
+      assert.is_true(wakes >= 1 and wakes <= 20, r.wakes)
+      figures(string.format("nvim: %d ticks in %.0f ms, %d wakes, %d answers while pending, slowest %.1f ms",
+        ticks, elapsed, wakes, pending_ones, worst * 1000))
+      -- two edits; the command's answer was a url, fetched from the cdn listener
+      assert.are.equal(2, #H.api_requests(emu))
     end)
   end)
 end)
