@@ -128,6 +128,18 @@ row("the same: the main thread's share of it", string.format("%.1f ms (longest p
   string.format("decoded on the caller's thread: %.1f ms (one decode: %.1f)", fr.before.main_ms, fr.decode_ms),
   "no decode on it: < 1/4", fr.after.main_ms < 0.25 * fr.before.main_ms)
 
+-- ---- handing pictures over: a buffer, not a string; the composite on a decoder ----
+local ho = cjson.decode(sh("lua5.4 bench/handover.lua " .. paths.answer))
+for _, size in ipairs { "1536x1024", "2048x2048" } do
+  local r = ho[size]
+  row(string.format("poll(0) that takes a %s picture in: main thread CPU", size), string.format("%.2f ms", r.buffer_ms),
+    string.format("as a string (img.pixels): %.2f ms (%.2fx)", r.string_ms, r.string_ms / r.buffer_ms),
+    size == "1536x1024" and "< 2 ms" or "", size == "1536x1024" and r.buffer_ms < 2 or nil)
+end
+row("preserve = true, 1536x1024: main thread CPU for the composite", string.format("%.2f ms", ho.preserve.after_ms),
+  string.format("made on the caller's thread: %.1f ms", ho.preserve.before_ms), "< 1/10",
+  ho.preserve.after_ms < ho.preserve.before_ms / 10)
+
 -- ---- the scheduler with many jobs waiting ----
 local sc = cjson.decode(sh("lua5.4 bench/schedule.lua"))
 row(string.format("submit %d jobs (64 slots)", sc.large.n), string.format("%.2f s", sc.large.submit_s),
