@@ -177,7 +177,7 @@ NET_PKGS = nghttp2-proxy tinyproxy openssl
 BROWSER_PKGS = chromium
 # The hosts with event loops the pollable client is tried in: cqueues and
 # luv, Neovim (LuaJIT, libuv) and nginx with its Lua module (LuaJIT).
-HOST_PKGS = lua-cqueues lua-luv neovim nginx-core libnginx-mod-http-lua
+HOST_PKGS = lua-cqueues lua-luv neovim nginx-core libnginx-mod-http-lua luajit2 libluajit2-5.1-dev
 deps-test: deps
 	-$(call install_missing,$(NET_PKGS))
 	-$(call install_missing,$(BROWSER_PKGS))
