@@ -183,8 +183,18 @@ int ie_dec_end_locked(multi *m, ie_job *j) {
   transfer *t = j->t;
   j->out->done = 1;
   t->pending--;
-  if (j->out != t->decoded) /* an event's pictures wait in the queue: they count */
-    bound_locked(t, j->out);
+  /* An event's pictures wait in the queue: they count, in the events'
+   * order whatever order the decoders finished in, so that the first
+   * pictures are the ones kept whole. */
+  for (size_t i = 0; j->out != t->decoded && i < t->events.n; i++) {
+    ie_decoded *d = (ie_decoded *)t->events.ev[i].extra;
+    if (!d || d->bounded)
+      continue;
+    if (!d->done)
+      break;
+    bound_locked(t, d);
+    d->bounded = 1;
+  }
   if (t->where == W_DEC && t->pending == 0 && t->cancel_req) {
     t->where = W_NONE;
     ie_unhold_locked(m, t); /* never the last: the job holds one */

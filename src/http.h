@@ -42,6 +42,7 @@ typedef struct ie_picture {
  * order) or of raw bytes. */
 typedef struct ie_decoded {
   int n, done; /* done: written by the decoder, read under the lock */
+  int bounded; /* an event's: counted toward max_response_bytes (in event order) */
   ie_picture pic[IE_MAX_PICTURES];
 } ie_decoded;
 

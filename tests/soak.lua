@@ -1,6 +1,9 @@
 -- The money soak (issue 27): seeded random mixes of edits and generations,
--- streams with partials, decode = "rgba" or not, driven by poll(0) frame
--- loops (tight, and with frames), poll(t) and wait; model times on both
+-- streams with partials, decode = "rgba" or not, edits with a mask (its
+-- figures or preserve's composite made on the decoder threads), driven by
+-- poll(0) frame loops (tight, and with frames), poll(t), wait, and an event
+-- loop waiting on client:fd() and client:timeout() (issue 31: a wake-up it
+-- missed is a violation); model times on both
 -- sides of idle_timeout and timeout; the emulator's faults (5xx, 429,
 -- resets and closes before and after the whole upload, headers then a
 -- thinking model, stalls, cut streams, streams held open after their
@@ -71,7 +74,25 @@ local function rewrite(path, fill, in_place)
   return core.sha256(bytes)
 end
 
-local PATTERNS = { "tight", "frames", "poll", "wait" }
+local PATTERNS = { "tight", "frames", "poll", "wait", "fd" }
+local have_cq, cqueues = pcall(require, "cqueues")
+
+-- Whether fd is readable within `wait` seconds (cqueues' poll).
+local function readable(fd, wait)
+  local q, seen = cqueues.new(), false
+  q:wrap(function()
+    seen = cqueues.poll({ pollfd = function() return fd end, events = function() return "r" end }, wait) ~= nil
+  end)
+  assert(q:loop())
+  return seen
+end
+
+-- What a poll(0) handed over, seen from Lua: jobs done, partials taken.
+local function progress(mine)
+  local k = 0
+  for _, m in ipairs(mine) do k = k + (m.job:done() and 1000 or 0) + (m.rec.partials or 0) end
+  return k
+end
 
 -- run{seed, seconds, log} -> stats, violations (a list of strings)
 function S.run(o)
@@ -84,6 +105,8 @@ function S.run(o)
   -- no shell: under a ThreadSanitizer preload a child shell cannot start
   local pic = os.tmpname()
   H.write(pic, H.png(48, 48, function(x, y) return (x * 5 + y) % 256 end))
+  local mask = os.tmpname()
+  H.write(mask, assert(imgedit.mask.rect { width = 48, height = 48, x = 12, y = 12, w = 24, h = 24 }).bytes)
   local pic_sha = core.sha256(H.read(pic))
   local shifty, fill = os.tmpname(), 1
   H.write(shifty, shifty_bytes(fill))
@@ -106,19 +129,24 @@ function S.run(o)
     for _ = 1, r(6) do emu:inject(FAULTS[r(#FAULTS)](r, idle, total)) end
     local c = imgedit.new { base_url = emu.url, api_key = emu.key, provider = "apiyi", idle_timeout = idle,
       timeout = total, max_retries = r(3) - 1, retry_base = 0.01, max_concurrency = 2 + r(6),
-      decode = r(2) == 1 and "rgba" or nil }
+      decode = r(2) == 1 and "rgba" or nil, on_warning = function() end }
     local mine = {}
     for _ = 1, 2 + r(8) do
       n = n + 1
       local prompt = string.format("soak-%d-%d", seed, n)
       local req = { prompt = prompt, size = "1024x640", quality = "low", output_format = r(2) == 1 and "jpeg" or "png" }
+      local rec
       if r(3) > 1 then
         req.stream, req.partial_images = true, r(3) - 1
-        req.on_partial = function() end
+        req.on_partial = function(p)
+          rec.partials = (rec.partials or 0) + 1
+          if rawget(p, "buffer") and r(2) == 1 then p.buffer:close() end
+        end
       end
       if r(4) == 1 then req.decode = "rgba" end
       local kind = r(2) == 1 and "edit" or "generate"
-      local rec = { kind = kind, stream = req.stream }
+      rec = { kind = kind, stream = req.stream }
+      if kind == "edit" and r(3) == 1 then req.mask, req.preserve = mask, r(2) == 1 end
       if kind == "edit" and r(3) == 1 then
         req.images, rec.sent_sha = { shifty }, shifty_sha
       elseif kind == "edit" then
@@ -129,6 +157,8 @@ function S.run(o)
       stats.jobs = stats.jobs + 1
     end
     local pattern = PATTERNS[r(#PATTERNS)]
+    if pattern == "fd" and not have_cq then pattern = "tight" end
+    local fd = pattern == "fd" and assert(c:fd())
     local chaos = r(6) -- 1: cancel some, 2: close mid-way, 3: drop the client, else none
     local shift_at = r(2) == 1 and r(40) or nil -- the poll at which the changing input changes
     local deadline = core.now() + 25 * H.SLOW
@@ -156,6 +186,23 @@ function S.run(o)
         sleeper:poll(0.016)
       elseif pattern == "poll" then
         c:poll(r(20) / 100)
+      elseif pattern == "fd" then
+        -- an event loop: sleep until the descriptor or the client's clock,
+        -- capped; woken by the cap with the descriptor quiet, a poll that
+        -- still hands something over is a wake-up the descriptor missed
+        local t = c:timeout()
+        local cap = 3 * H.SLOW
+        local woke = readable(fd, t and math.min(t, cap) or cap)
+        if not woke and not t and not readable(fd, 0.02) then
+          local before = progress(mine)
+          c:poll(0)
+          if progress(mine) ~= before then
+            violations[#violations + 1] = string.format("round %d: the descriptor stayed quiet %.1f s while poll had"
+              .. " something to hand over", stats.rounds, cap)
+          end
+        else
+          c:poll(0)
+        end
       else
         mine[r(#mine)].job:wait()
       end
@@ -176,6 +223,7 @@ function S.run(o)
         rec.img, rec.err = img, err
         if img then
           stats.images = stats.images + 1
+          if rawget(img, "buffer") and r(2) == 1 then img.buffer:close() end
         elseif err.image then
           stats.err_image = stats.err_image + 1
         elseif err.url then
@@ -205,6 +253,7 @@ function S.run(o)
   sleeper:close()
   emu:stop()
   os.remove(pic)
+  os.remove(mask)
   os.remove(shifty)
   return stats, violations
 end

@@ -169,6 +169,37 @@ describe("the Windows folder under Wine", function()
         assert.are.equal(1, cdn) -- the url was fetched once
       end)
 
+      it("client:fd() is a socket that becomes readable when an answer waits (WSAPoll through LuaJIT's FFI)", function()
+        emu:configure { latency = 0.5 }
+        local out, code = run(which, PRELUDE .. [[
+          local c = client()
+          local fd = assert(c:fd())
+          local job = c:submit("edit", { prompt = "wine fd", images = { WT .. "\\a.png" }, size = "1024x1024" })
+          local woke = "n/a"
+          if jit then
+            local ffi = require "ffi"
+            ffi.cdef [=[
+              typedef struct { uintptr_t fd; short events; short revents; } ie_wsapollfd;
+              int WSAPoll(ie_wsapollfd *fds, unsigned long n, int timeout);
+            ]=]
+            local ws = ffi.load("ws2_32")
+            local p = ffi.new("ie_wsapollfd[1]")
+            p[0].fd, p[0].events = fd, 0x0100 -- POLLRDNORM
+            c:poll(0)
+            local quiet = ws.WSAPoll(p, 1, 0) == 0
+            local n = ws.WSAPoll(p, 1, 20000)
+            woke = tostring(quiet and n == 1 and not job:done())
+          end
+          while not job:done() do c:poll(0.05) end
+          print("fd", type(fd), woke, job:result() ~= nil, c:timeout())
+          c:close()
+        ]])
+        emu:configure { latency = 0 }
+        assert.are.equal(0, code, out)
+        assert.matches("fd\tnumber\t" .. (which == "luajit" and "true" or "n/a") .. "\ttrue\tnil", out)
+        assert.are.equal(1, #H.api_requests(emu))
+      end)
+
       it("a reset after the whole upload: sent once, and said to be maybe billed", function()
         emu:inject { reset = true }
         local out, code = run(which, PRELUDE .. [[
