@@ -253,7 +253,8 @@ test-asan: all testhooks
 # (the runtime preloaded into the stock interpreter; any report fails).
 TSAN_FLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=thread
 TSAN_RT    = $(shell $(CC) -print-file-name=libtsan.so)
-TSAN_SPECS = tests/money_spec.lua tests/process_spec.lua tests/frames_spec.lua tests/stream_spec.lua tests/soak_spec.lua
+TSAN_SPECS = tests/money_spec.lua tests/process_spec.lua tests/frames_spec.lua tests/stream_spec.lua tests/soak_spec.lua \
+             tests/pollable_spec.lua tests/preserve_spec.lua
 test-tsan: all testhooks
 	@$(MAKE) --no-print-directory BUILD=build/tsan CFLAGS="$(TSAN_FLAGS)" all testhooks >/dev/null
 	@LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='build/tsan/?.so;;' IMGEDIT_TEST_SLOW=3 \

@@ -115,7 +115,7 @@ describe("a pollable client", function()
       local img = assert(j:result())
       assert.are.equal(img.width * img.height * 4, #img.pixels)
     end
-    assert.is_true(wakes >= 1 and wakes <= 12, tostring(wakes)) -- no spinning through the model's half second
+    assert.is_true(wakes >= 1 and wakes <= 30, tostring(wakes)) -- no spinning through the model's half second (hundreds)
     assert.are.equal(4, #H.api_requests(emu))
     c:close()
   end)
@@ -171,7 +171,7 @@ describe("a pollable client", function()
     uv.run()
     for _, j in ipairs(list) do assert.truthy(j:result()) end
     assert.is_true(ticks >= 20, tostring(ticks)) -- the loop was free all along
-    assert.is_true(wakes <= 12, tostring(wakes))
+    assert.is_true(wakes <= 30, tostring(wakes)) -- a spinning loop wakes hundreds of times
     assert.are.equal(3, #H.api_requests(emu))
     c:close()
   end)

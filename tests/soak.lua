@@ -159,6 +159,7 @@ function S.run(o)
     local pattern = PATTERNS[r(#PATTERNS)]
     if pattern == "fd" and not have_cq then pattern = "tight" end
     local fd = pattern == "fd" and assert(c:fd())
+    if fd then stats.fd_rounds = (stats.fd_rounds or 0) + 1 end
     local chaos = r(6) -- 1: cancel some, 2: close mid-way, 3: drop the client, else none
     local shift_at = r(2) == 1 and r(40) or nil -- the poll at which the changing input changes
     local deadline = core.now() + 25 * H.SLOW
@@ -298,9 +299,9 @@ function S.summary(s)
   table.sort(kinds)
   return string.format("soak: %d rounds, %d jobs, %d requests, %d answers delivered in full; reached the caller:"
     .. " %d images, %d err.image, %d err.url; let go by the caller: %d canceled, %d closed, %d dropped;"
-    .. " failed: %s; left running: %d; an input changed %d times", s.rounds, s.jobs, s.requests or 0, s.delivered or 0, s.images, s.err_image,
+    .. " failed: %s; left running: %d; an input changed %d times; %d rounds waited on fd()", s.rounds, s.jobs, s.requests or 0, s.delivered or 0, s.images, s.err_image,
     s.err_url, s.canceled or 0, s.closed or 0, s.dropped or 0, #kinds > 0 and table.concat(kinds, " ") or "none",
-    s.left_running, s.shifted or 0)
+    s.left_running, s.shifted or 0, s.fd_rounds or 0)
 end
 
 return S
