@@ -147,7 +147,7 @@ describe("imgedit.uv", function()
     end
 
     runner("edits through imgedit.nvim while the editor answers RPC, its timer fires and its loop sleeps", function()
-      assert.is_true(H.ok("make --no-print-directory LUA=luajit all >/dev/null 2>&1"))
+      assert.is_true(H.ok("unset MAKEFLAGS MAKELEVEL PORTABLE LUA_VERSION LUA; make --no-print-directory LUA=luajit all >/dev/null 2>&1"))
       emu:configure { latency = 1 }
       local home, pid = H.tmpdir(), nil
       finally(function()
