@@ -59,9 +59,16 @@ describe("a pollable client", function()
     if not have_cq then return pending("lua-cqueues is not installed") end
     local c = client()
     local job = c:submit("generate", small { prompt = "early" })
+    -- every byte of the answer went out (the emulator says so), then a
+    -- moment for the network thread to take it in: not taken by a poll
     local t0 = core.now()
-    while emu:stats().requests < 1 and core.now() - t0 < 5 do sleep(0.01) end
-    sleep(0.2) -- the answer is in, not taken
+    local function sent()
+      local r = emu:requests()[1]
+      return r and r.delivered
+    end
+    while not sent() and core.now() - t0 < 10 * H.SLOW do sleep(0.02) end
+    assert.truthy(sent())
+    sleep(0.3 * H.SLOW)
     local fd = assert(c:fd())
     assert.is_true(readable(fd, 0))
     c:poll(0)
