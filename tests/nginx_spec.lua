@@ -180,46 +180,55 @@ describe("nginx with imgedit.ngx (examples/nginx)", function()
     return tonumber(code), tonumber(t), ctype, H.exists(out) and H.read(out) or ""
   end
 
-  it("keeps answering other requests within milliseconds while three edits wait on the service", function()
-    emu:configure { latency = 1 }
-    local launched = core.now()
+  -- ended(i) -> whether curl ended edit i.
+  local function ended(i)
+    local s = H.exists(dir .. "/edit-" .. i) and H.read(dir .. "/edit-" .. i) or ""
+    return s:match(";$") ~= nil
+  end
+
+  -- pings(edits) -> how many /ping requests, sent one after another, were
+  -- answered while none of the edits had ended, and their times in ms. A
+  -- worker blocked on the service answers none before the edits end: the
+  -- count tells, whatever the machine's speed; the times are figures.
+  local function pings(edits)
+    local during, lat = 0, {}
+    local function waiting()
+      for _, i in ipairs(edits) do if ended(i) then return false end end
+      return true
+    end
+    while waiting() and during < 200 do
+      local line = H.lines("curl -s -o /dev/null -w '%{http_code} %{time_total}' " .. base .. "/ping")[1] or ""
+      local code, t = line:match("^(%d+) ([%d.]+)$")
+      assert.are.equal("200", code, line)
+      if not waiting() then break end
+      during, lat[#lat + 1] = during + 1, tonumber(t) * 1000
+    end
+    return during, lat
+  end
+
+  it("keeps answering other requests while three edits wait on the service", function()
+    emu:configure { latency = 2 }
     for i = 1, 3 do edit(i, "edit%20" .. i) end
     -- all three reached the service: from here the worker waits on it
     assert.truthy(wait_for(function() return emu:stats().requests >= 3 end, 10), log())
-    -- fifty requests to the same single worker, thirty a second, over the answers' arrival
-    local args = {}
-    for i = 1, 50 do args[i] = "-o /dev/null " .. base .. "/ping" end
-    local p0 = core.now()
-    local out = H.lines("curl -s --rate 30/s -w '%{http_code} %{time_total}\\n' " .. table.concat(args, " "))
-    local p1 = core.now()
-    local lat = {}
-    for _, line in ipairs(out) do
-      local code, t = line:match("^(%d+) ([%d.]+)$")
-      assert.are.equal("200", code, line)
-      lat[#lat + 1] = tonumber(t) * 1000
-    end
-    assert.are.equal(50, #lat)
-    local ends, secs = {}, {}
+    local during, lat = pings { 1, 2, 3 }
+    local secs = {}
     for i = 1, 3 do
       local code, t, ctype, bytes = finished(i)
       assert.are.equal(200, code, bytes)
       assert.are.equal("image/png", ctype)
       local info = assert(require("imgedit").inspect { bytes = bytes })
       assert.are.same({ "png", 1024, 1024 }, { info.format, info.width, info.height })
-      assert.is_true(t >= 1, "edit " .. i .. " took " .. t .. " s: the service alone takes 1")
-      secs[i], ends[i] = t, launched + t
+      secs[i] = t
     end
-    local med, max = median(lat), 0
+    local max = 0
     for _, v in ipairs(lat) do max = math.max(max, v) end
-    print(string.format("nginx: 50 pings during 3 edits: median %.2f ms, max %.2f ms; edits took %.2f, %.2f, %.2f s",
-      med, max, secs[1], secs[2], secs[3]))
-    -- a worker blocked on the service would answer after ~1000 ms
-    assert.is_true(med < 10 * H.SLOW, "median ping " .. med .. " ms")
-    assert.is_true(max < 50 * H.SLOW, "slowest ping " .. max .. " ms")
-    for i = 1, 3 do assert.is_true(secs[i] < 1 + 2 * H.SLOW, "edit " .. i .. " took " .. secs[i] .. " s") end
-    -- the pings ran while the edits waited, and went on while answers came in
-    table.sort(ends)
-    assert.is_true(p0 < ends[1] and p1 > ends[1], "the pings missed the edits")
+    if os.getenv("IMGEDIT_TEST_VERBOSE") then
+      print(string.format("nginx: %d pings during 3 edits: median %.2f ms, max %.2f ms; edits took %.2f, %.2f, %.2f s",
+        during, #lat > 0 and median(lat) or 0, max, secs[1], secs[2], secs[3]))
+    end
+    -- a worker blocked on the service answers no ping before the edits end
+    assert.is_true(during >= 3, during .. " pings answered while the edits waited")
     -- each edit sent once, with both pictures: the uploaded body and the server's file
     local reqs = H.api_requests(emu)
     assert.are.equal(3, #reqs)
@@ -252,13 +261,8 @@ describe("nginx with imgedit.ngx (examples/nginx)", function()
     edit(1, "fail")
     -- the retries' back-off is spent in the worker too: it keeps answering
     assert.truthy(wait_for(function() return emu:stats().requests >= 1 end, 10))
-    local slow = 0
-    for _ = 1, 10 do
-      local t = tonumber(H.lines("curl -s -o /dev/null -w '%{time_total}' " .. base .. "/ping")[1])
-      slow = math.max(slow, t)
-      sleep(0.05)
-    end
-    assert.is_true(slow < 0.05 * H.SLOW, "slowest ping during the back-off " .. slow .. " s")
+    local during = pings { 1 }
+    assert.is_true(during >= 3, during .. " pings answered during the retries' back-off")
     local code, _, _, body = finished(1)
     assert.are.equal(502, code, body)
     local e = cjson.decode(body).error

@@ -51,8 +51,10 @@ describe("imgedit.uv", function()
         assert.are.equal(64, call.img.width)
         assert.are.equal(jobs[call.i]:result(), call.img)
       end
-      assert.is_true(ticks >= elapsed / 0.01 / 2, ticks .. " ticks in " .. elapsed .. " s")
-      assert.is_true(d.wakes >= 1 and d.wakes <= 12, tostring(d.wakes)) -- a handful over the model's half second
+      -- the loop's own timer ran while the edits waited (a loop blocked in
+      -- a wait runs no timer until it ends); wakes: a spinning loop makes hundreds
+      assert.is_true(ticks >= 2, ticks .. " ticks")
+      assert.is_true(d.wakes >= 1 and d.wakes <= 30, tostring(d.wakes))
       figures(string.format("luv: %d ticks in %.0f ms, %d wakes", ticks, elapsed * 1000, d.wakes))
       assert.are.equal(2, #H.api_requests(emu))
       d:close()
@@ -194,24 +196,23 @@ describe("imgedit.uv", function()
         assert.are.equal("false", r[name .. "_fast"])
         assert.are.equal("true", r[name .. "_api"])
       end
-      -- the editor's own timer kept firing through the model's second
+      -- it answered RPC while the edits ran (a blocked editor answers only
+      -- after them), and its own timer fired between those answers: the
+      -- ticks each answer reported grew while the edits were pending
       local ticks, elapsed = tonumber(r.ticks), tonumber(r.elapsed_ms)
-      assert.is_true(elapsed >= 1000, r.elapsed_ms)
-      assert.is_true(ticks >= elapsed / 10 / 2, ticks .. " ticks in " .. elapsed .. " ms")
-      -- it answered RPC while the edits ran, each answer well inside the
-      -- model's second (a blocked editor answers after it)
-      local pending_ones, worst = 0, 0
+      local pending_ones, worst, first, last = 0, 0, nil, nil
       for _, p in ipairs(probes) do
         if p.state == "pending" then
           pending_ones = pending_ones + 1
           worst = math.max(worst, p.seconds)
+          first, last = first or p.ticks, p.ticks
         end
       end
       assert.is_true(pending_ones >= 3, pending_ones .. " answers while the edits ran")
-      assert.is_true(worst < 0.5 * H.SLOW, "slowest answer " .. worst .. " s")
+      assert.is_true(last > first, "the timer did not fire between answers while the edits ran")
       -- a handful of polls, not one per turn of the loop
       local wakes = tonumber(r.wakes)
-      assert.is_true(wakes >= 1 and wakes <= 20, r.wakes)
+      assert.is_true(wakes >= 1 and wakes <= 30, r.wakes)
       figures(string.format("nvim: %d ticks in %.0f ms, %d wakes, %d answers while pending, slowest %.1f ms",
         ticks, elapsed, wakes, pending_ones, worst * 1000))
       -- two edits; the command's answer was a url, fetched from the cdn listener
