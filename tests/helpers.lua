@@ -360,8 +360,10 @@ end
 -- world(setup): a spec's emulator and temporary folder, made once before
 -- its tests (lazy_setup) and removed after them; before each test the
 -- emulator forgets its log and faults and answers at once again.
--- setup(emu, dir) keeps them in the spec's locals and adds its fixtures.
-function H.world(setup)
+-- setup(emu, dir) keeps them in the spec's locals and adds its fixtures;
+-- finish(), when given, stops what setup started, before the emulator and
+-- the folder go (a server whose files are in the folder).
+function H.world(setup, finish)
   local busted = require "busted" -- the DSL lives in the specs' environment
   local lazy_setup, lazy_teardown, before_each = busted.lazy_setup, busted.lazy_teardown, busted.before_each
   local emu, dir
@@ -370,6 +372,8 @@ function H.world(setup)
     setup(emu, dir)
   end)
   lazy_teardown(function()
+    if finish then finish() end
+    if not emu then return end
     emu:stop()
     H.rmtree(dir)
   end)

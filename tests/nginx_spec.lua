@@ -137,26 +137,15 @@ describe("nginx with imgedit.ngx (examples/nginx)", function()
     error("nginx found no free port:\n" .. log())
   end
 
-  lazy_setup(function()
+  H.world(function(e, d)
+    emu, dir = e, d
     -- build/luajit whatever make test was given (PORTABLE=1 and LUA_VERSION
     -- reach a child make through MAKEFLAGS and the environment)
     assert.is_true(H.ok("unset MAKEFLAGS MAKELEVEL PORTABLE LUA_VERSION LUA; make --no-print-directory LUA=luajit all >/dev/null 2>&1"))
-    emu, dir = H.emulator(), H.tmpdir()
     pics.a = H.write(dir .. "/a.png", H.png(256, 256))
     pics.b = H.write(dir .. "/b.png", H.png(128, 96))
     start()
-  end)
-
-  lazy_teardown(function()
-    stop()
-    if emu then emu:stop() end
-    H.rmtree(dir)
-  end)
-
-  before_each(function()
-    emu:configure { latency = 0 }
-    emu:clear()
-  end)
+  end, function() stop() end)
 
   -- edit(i, prompt): an edit of pics.a (the body) and pics.b (the server's
   -- file) in the background; its answer goes to dir/out-i, curl's status,

@@ -20,7 +20,8 @@ describe("the Windows folder under Wine", function()
   local emu, dir, abs_root, game
   local cafe = "caf\195\169 \226\152\149" -- "café ☕": UTF-8, not in any ANSI code page whole
 
-  lazy_setup(function()
+  H.world(function(e, d)
+    emu, dir = e, d
     assert(H.ok("test -f " .. q(ROOT .. "/imgedit/core.dll")), "build the folder first: make windows")
     assert(H.ok("test -f " .. q(ENV_SH)), "no " .. ENV_SH .. ": run tools/windows/deps.sh")
     abs_root = H.sh("cd " .. q(ROOT) .. " && pwd"):gsub("%s+$", "")
@@ -29,8 +30,6 @@ describe("the Windows folder under Wine", function()
     -- dump of what a process left at exit, a socket in the middle of a wait).
     -- (It fails when one is already running: that one serves as well.)
     os.execute(". " .. q(ENV_SH) .. " && \"$(dirname \"$WINE\")/wineserver\" -p30 >/dev/null 2>&1 </dev/null")
-    emu = H.emulator()
-    dir = H.tmpdir()
     H.write(dir .. "/a.png", H.png(64, 64))
     H.write(dir .. "/b.png", H.png(64, 64))
     H.write(dir .. "/m.png", H.png(64, 64, function(x) return x > 20 and 0 or 255 end))
@@ -41,18 +40,7 @@ describe("the Windows folder under Wine", function()
     assert(H.ok(". " .. q(ENV_SH) .. " && mkdir -p " .. q(game) .. " && cp \"$WIN_LUAJIT_DIR/luajit.exe\" \"$WIN_LUAJIT_DIR/lua51.dll\" "
       .. q(game) .. " && cp " .. q(abs_root) .. "/*.dll " .. q(game) .. " && rm " .. q(game) .. "/lua54.dll " .. q(game)
       .. "/cjson.dll && cp -r " .. q(abs_root) .. "/love/. " .. q(game)))
-  end)
-
-  lazy_teardown(function()
-    os.execute(". " .. q(ENV_SH) .. " && \"$(dirname \"$WINE\")/wineserver\" -k >/dev/null 2>&1")
-    if emu then emu:stop() end
-    H.rmtree(dir)
-  end)
-
-  before_each(function()
-    emu:configure { latency = 0 }
-    emu:clear()
-  end)
+  end, function() os.execute(". " .. q(ENV_SH) .. " && \"$(dirname \"$WINE\")/wineserver\" -k >/dev/null 2>&1") end)
 
   -- wine(cmd) -> output, exit code of a shell command that starts Wine. The
   -- output goes through a file: a pipe stays open past the program's exit
