@@ -5,6 +5,7 @@
  * pixel is image 1's. All of it in one C call over decoded pixels, so that
  * no picture-sized string crosses into Lua but the encoded result. */
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -202,9 +203,13 @@ static void work_free(work *k) {
   free(k->out);
 }
 
-static int failed(ie_inpaint_out *o, const char *reason, const char *fmt, const char *a, const char *b) {
+static int failed(ie_inpaint_out *o, const char *reason, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int failed(ie_inpaint_out *o, const char *reason, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
   o->reason = reason;
-  snprintf(o->why, sizeof o->why, fmt, a, b);
+  vsnprintf(o->why, sizeof o->why, fmt, ap);
+  va_end(ap);
   return 0;
 }
 
@@ -230,7 +235,7 @@ int ie_inpaint(const ie_inpaint_in *in, ie_inpaint_out *o) {
     ie_src src = {in->answer, -1, in->an};
     char why[160];
     if (ie_inspect(&src, &jobs[0].out.info, why, sizeof why) != IE_OK)
-      return failed(o, "corrupt", "the answer: %s%s", why, "");
+      return failed(o, "corrupt", "the answer: %s", why);
     jobs[0].out.p = (unsigned char *)(uintptr_t)in->answer_px, jobs[0].out.release = NULL;
     jobs[0].out.w = in->answer_w, jobs[0].out.h = in->answer_h;
     jobs[0].ok = 1;
@@ -264,7 +269,7 @@ int ie_inpaint(const ie_inpaint_in *in, ie_inpaint_out *o) {
   if (bw != w || bh != h) { /* in linear light, alpha-weighted: stb's default filters */
     k.scaled = (unsigned char *)malloc(n * 4);
     if (!k.scaled || !stbir_resize_uint8_srgb(base, bw, bh, 0, k.scaled, w, h, 0, 4, 3, 0)) {
-      failed(o, "resize", "cannot scale image 1 to the answer's size%s%s", "", "");
+      failed(o, "resize", "cannot scale image 1 to %dx%d", w, h);
       work_free(&k);
       return 0;
     }
@@ -273,7 +278,7 @@ int ie_inpaint(const ie_inpaint_in *in, ie_inpaint_out *o) {
   unsigned char *alpha = k.alpha = (unsigned char *)malloc(n ? n : 1);
   if (!alpha) {
     work_free(&k);
-    return failed(o, "memory", "out of memory%s%s", "", "");
+    return failed(o, "memory", "out of memory");
   }
   if (mw == w && mh == h) {
     for (size_t i = 0; i < n; i++)
@@ -287,7 +292,7 @@ int ie_inpaint(const ie_inpaint_in *in, ie_inpaint_out *o) {
       hard = hard && (ma[i] == 0 || ma[i] == 255);
     }
     if (!ma || !stbir_resize_uint8(ma, mw, mh, 0, alpha, w, h, 0, 1)) {
-      failed(o, "resize", "cannot scale the mask to the answer's size%s%s", "", "");
+      failed(o, "resize", "cannot scale the mask to %dx%d", w, h);
       work_free(&k);
       return 0;
     }
@@ -316,7 +321,7 @@ int ie_inpaint(const ie_inpaint_in *in, ie_inpaint_out *o) {
     k.dist = (uint16_t *)malloc(n * sizeof *k.dist + 1);
     if (!k.dist) {
       work_free(&k);
-      return failed(o, "memory", "out of memory%s%s", "", "");
+      return failed(o, "memory", "out of memory");
     }
     distance_to_keep(alpha, k.dist, w, h, (uint16_t)(3 * (in->feather + 1)));
   }
@@ -324,7 +329,7 @@ int ie_inpaint(const ie_inpaint_in *in, ie_inpaint_out *o) {
   k.out = (unsigned char *)malloc(n * 4 + 1);
   if (!k.out) {
     work_free(&k);
-    return failed(o, "memory", "out of memory%s%s", "", "");
+    return failed(o, "memory", "out of memory");
   }
   blend(k.out, ans, base, alpha, n);
 
@@ -337,7 +342,7 @@ int ie_inpaint(const ie_inpaint_in *in, ie_inpaint_out *o) {
   int flags = (lossless ? IE_LOSSLESS : 0) | (info.has_alpha ? 0 : IE_DROP_ALPHA);
   ie_mem enc;
   if (fmt < 0 || !ie_encode_mem(k.out, w, h, fmt, in->quality, flags, &enc)) {
-    failed(o, "encode", "cannot encode the composite as %s%s", info.format, "");
+    failed(o, "encode", "cannot encode the composite as %s", info.format);
     work_free(&k);
     return 0;
   }
