@@ -223,6 +223,14 @@ end
 Client.__close = Client.close
 Client.__gc = Client.close
 
+-- A job that reports progress must be looked at every progress_interval,
+-- even while nothing arrives (the wait for the model): that interval, or nil.
+local function progress_wake(c)
+  for _, job in ipairs(c._running) do
+    if job.state == "running" and job.on_progress then return math.max(c.progress_interval, 0.02) end
+  end
+end
+
 -- Start queued jobs while slots are free; wake jobs whose backoff is over.
 -- Returns the seconds until the next wake-up (or nil), and whether any
 -- transfer was started.
@@ -252,14 +260,8 @@ function Client:_pump(now)
     self._running[#self._running + 1] = job
     started = true
   end
-  -- A job that reports progress must be looked at every progress_interval,
-  -- even while nothing arrives (the wait for the model).
-  for _, job in ipairs(self._running) do
-    if job.state == "running" and job.on_progress then
-      next_wake = math.min(next_wake or math.huge, math.max(self.progress_interval, 0.02))
-      break
-    end
-  end
+  local p = progress_wake(self)
+  if p then next_wake = math.min(next_wake or math.huge, p) end
   return next_wake, started
 end
 
@@ -380,16 +382,12 @@ function Client:timeout()
   for _, job in ipairs(self._waiting) do
     if job.state == "waiting" then wake = math.min(wake or math.huge, math.max(job.retry_at - now, 0)) end
   end
-  for _, job in ipairs(self._running) do
-    local st = job.state
-    if st == "waiting" or st == "queued" then
-      -- not sorted out yet: the next poll does it
-      if st == "queued" and free then return 0 end
-      if st == "waiting" then wake = math.min(wake or math.huge, math.max(job.retry_at - now, 0)) end
-    elseif st == "running" and job.on_progress then
-      wake = math.min(wake or math.huge, math.max(self.progress_interval, 0.02))
-    end
+  for _, job in ipairs(self._running) do -- not sorted out yet: the next poll does it
+    if job.state == "queued" and free then return 0 end
+    if job.state == "waiting" then wake = math.min(wake or math.huge, math.max(job.retry_at - now, 0)) end
   end
+  local p = progress_wake(self)
+  if p then wake = math.min(wake or math.huge, p) end
   return wake
 end
 
