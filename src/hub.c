@@ -64,6 +64,7 @@ void ie_settle_locked(multi *m, transfer *t) {
   if (t->events.n > 0) { /* transfer_events hands it over with its last event */
     t->where = W_DRAIN;
     ie_changed_locked(m);
+    ie_wake_locked(m); /* its events may have waited for their pictures */
   } else {
     ie_hand_over_locked(m, t);
   }

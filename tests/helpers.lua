@@ -357,6 +357,20 @@ function H.client(emu, opts)
   return require("imgedit").new(o)
 end
 
+-- readable(fd, wait) -> whether descriptor fd is readable now (wait 0) or
+-- within wait seconds, by cqueues' poll (lua-cqueues; require it first).
+-- cqueues.poll gives the object that is ready, or the timeout's number.
+function H.readable(fd, wait)
+  local cqueues = require "cqueues"
+  local q, seen = cqueues.new(), false
+  q:wrap(function()
+    seen = type(cqueues.poll({ pollfd = function() return fd end, events = function() return "r" end }, wait or 0))
+      == "table"
+  end)
+  assert(q:loop())
+  return seen
+end
+
 -- world(setup): a spec's emulator and temporary folder, made once before
 -- its tests (lazy_setup) and removed after them; before each test the
 -- emulator forgets its log and faults and answers at once again.

@@ -11,18 +11,7 @@ local have_uv, uv = pcall(require, "luv")
 
 local function sleep(s) os.execute("sleep " .. s) end
 
--- Whether fd is readable now, or within `wait` seconds: cqueues' own poll.
-local function readable(fd, wait)
-  local cq = cqueues.new()
-  local seen = false
-  cq:wrap(function()
-    local r = cqueues.poll({ pollfd = function() return fd end, events = function() return "r" end }, wait or 0)
-    seen = r ~= nil and r ~= 0 and r ~= wait
-    if type(r) == "table" then seen = true end
-  end)
-  assert(cq:loop())
-  return seen
-end
+local readable = H.readable
 
 describe("a pollable client", function()
   local emu, dir, pic

@@ -75,17 +75,8 @@ local function rewrite(path, fill, in_place)
 end
 
 local PATTERNS = { "tight", "frames", "poll", "wait", "fd" }
-local have_cq, cqueues = pcall(require, "cqueues")
-
--- Whether fd is readable within `wait` seconds (cqueues' poll).
-local function readable(fd, wait)
-  local q, seen = cqueues.new(), false
-  q:wrap(function()
-    seen = cqueues.poll({ pollfd = function() return fd end, events = function() return "r" end }, wait) ~= nil
-  end)
-  assert(q:loop())
-  return seen
-end
+local have_cq = pcall(require, "cqueues")
+local readable = H.readable
 
 -- What a poll(0) handed over, seen from Lua: jobs done, partials taken.
 local function progress(mine)
