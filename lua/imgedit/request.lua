@@ -100,14 +100,15 @@ M.CLIENT_OPTIONS = {
 for k, check in pairs(M.JOB_OPTIONS) do M.CLIENT_OPTIONS[k] = check end
 
 -- Request keys that steer the client; everything else is a field for the service.
-M.CONTROL = { prompt = true, images = true, mask = true, model = true, on_partial = true, _no_checks = true }
+M.CONTROL = { prompt = true, images = true, mask = true, model = true, on_partial = true, body = true,
+  _no_checks = true, _refs = true }
 for k in pairs(M.JOB_OPTIONS) do M.CONTROL[k] = true end
 
 -- The entries a client's `limits` may override (rules.lua's tables).
 local RULE_KEYS = { min_images = true, max_images = true, max_image_bytes = true, mask = true, rejected = true,
   enums = true, size = true, compression_formats = true, integers = true, booleans = true, response_formats = true,
   images_per_answer = true, max_prompt = true, image_formats = true, square = true, transparent_formats = true,
-  edits = true, shutdown = true }
+  edits = true, shutdown = true, json_edits = true }
 
 -- check_new(opts, level): every option of imgedit.new, and no unknown ones.
 function M.check_new(opts, level)
@@ -197,6 +198,28 @@ local function resolve(src, label, default_name, hold)
     elseif info then
       entry.stamp = info.stamp
     end
+  elseif M.is_ref(src) then
+    -- A picture the service fetches (an https url) or holds (a file id): the
+    -- library cannot see it, so only its count is checked here. A data URL
+    -- carries its bytes: they are checked as any other bytes.
+    if src.file_id ~= nil then
+      if type(src.file_id) ~= "string" or src.file_id == "" or src.url ~= nil then return nil, nil, true end
+      return { ref = { file_id = src.file_id }, label = string.format("%s (file %s)", label, src.file_id) }
+    end
+    local u = src.url
+    if type(u) ~= "string" then return nil, nil, true end
+    local scheme = (u:match("^(%a[%w+.-]*):") or ""):lower()
+    if scheme == "http" or scheme == "https" then
+      return { ref = { image_url = u }, label = string.format("%s (%s)", label, (u:gsub("[?#].*$", ""))) }
+    end
+    if scheme ~= "data" then
+      return nil, string.format("%s: a picture's url must be https, http or a data: URL, not '%s:'", label, scheme)
+    end
+    local bytes, why = core.dataurl_decode(u)
+    if not bytes then return nil, label .. " (data URL): " .. tostring(why) end
+    info, msg = core.inspect(bytes, true)
+    entry = { data = bytes, filename = default_name }
+    label = label .. " (data URL)"
   elseif type(src) == "table" and type(src.bytes) == "string" then
     local data = src.bytes
     if image.is(src) then
@@ -227,10 +250,24 @@ local function resolve(src, label, default_name, hold)
   return entry
 end
 
+-- Whether src names a picture by url or file id ({url=}, {file_id=}).
+function M.is_ref(src)
+  return type(src) == "table" and not image.is(src) and src.bytes == nil and (src.url ~= nil or src.file_id ~= nil)
+end
+
 -- The list of image sources a request names: one source or a list of them.
 function M.image_list(list)
-  if type(list) ~= "table" or image.is(list) or list.bytes then return { list } end
+  if type(list) ~= "table" or image.is(list) or list.bytes or M.is_ref(list) then return { list } end
   return list
+end
+
+-- A picture as the JSON edit body names it: its url or file id, the file
+-- id it was uploaded as (refs: SHA-256 -> file id), or its bytes as a data URL.
+local function json_ref(e, refs)
+  if e.ref then return e.ref end
+  local id = refs and refs[e.sha256 or core.sha256(e.data)]
+  if id then return { file_id = id } end
+  return { image_url = "data:" .. e.info.mime .. ";base64," .. core.b64encode(e.data) }
 end
 
 local function field_value(k, v, level)
@@ -300,23 +337,40 @@ function M.prepare(client, kind, req, key, level)
     end
   end
   table.sort(names)
+  if req.body ~= nil and req.body ~= "json" and req.body ~= "multipart" then
+    error("bad option 'body' (\"json\" or \"multipart\" expected, got " .. tostring(req.body) .. ")", level + 1)
+  end
+  if req._refs ~= nil and type(req._refs) ~= "table" then error("bad option '_refs' (table expected)", level + 1) end
+  -- The JSON edit body: asked for, or needed by a picture given by url or file id.
+  local json = req.body == "json"
   local images, mask = {}, nil
   if kind == "edit" then
-    for i, src in ipairs(M.image_list(req.images)) do
+    local sources = M.image_list(req.images)
+    local refs = M.is_ref(req.mask)
+    for _, src in ipairs(sources) do refs = refs or M.is_ref(src) end
+    if refs and req.body == "multipart" then
+      return fail("invalid_request", "a picture given by url or file id is sent in the JSON edit body, not"
+        .. " multipart: drop body = \"multipart\"", { param = "body" }, key)
+    end
+    json = json or refs
+    for i, src in ipairs(sources) do
       -- Image 1 of a masked edit is read again once the answer is in (the
       -- mask's figures, preserve's composite): its bytes are held, like the
-      -- mask's, so that both read what the service was given.
-      local e, msg, bad = resolve(src, "image " .. i, "image-" .. i, i == 1 and req.mask ~= nil)
+      -- mask's, so that both read what the service was given. The JSON body
+      -- carries every picture's bytes.
+      local e, msg, bad = resolve(src, "image " .. i, "image-" .. i, json or (i == 1 and req.mask ~= nil))
       if bad then
-        error(string.format("bad request field 'images[%d]' (path, Image or {bytes=...} expected, got %s)", i,
-          type(src)), level + 1)
+        error(string.format("bad request field 'images[%d]' (path, Image, {bytes=...}, {url=...} or {file_id=...}"
+          .. " expected, got %s)", i, type(src)), level + 1)
       end
       if not e then return fail("invalid_request", msg, { param = "images", index = i }, key) end
       images[i] = e
     end
     if req.mask ~= nil then
       local e, msg, bad = resolve(req.mask, "mask", "mask", true)
-      if bad then error("bad request field 'mask' (path, Image or {bytes=...} expected)", level + 1) end
+      if bad then
+        error("bad request field 'mask' (path, Image, {bytes=...}, {url=...} or {file_id=...} expected)", level + 1)
+      end
       if not e then return fail("invalid_request", msg, { param = "mask" }, key) end
       mask = e
     end
@@ -325,9 +379,18 @@ function M.prepare(client, kind, req, key, level)
     return fail("invalid_request", "preserve = true needs a mask: it keeps image 1 where the mask does",
       { param = "preserve" }, key)
   end
+  if req.preserve == true and (mask.ref or images[1] and images[1].ref) then
+    return fail("invalid_request", "preserve = true keeps image 1 where the mask does, so both must be bytes the"
+      .. " library can read (a path, an Image, {bytes=} or a data URL), not a url or file id",
+      { param = "preserve" }, key)
+  end
+  if kind == "generate" and req.body == "multipart" then
+    return fail("invalid_request", "a generation is sent as JSON; body = \"multipart\" is for edits",
+      { param = "body" }, key)
+  end
   if not req._no_checks then
     local r = rules.for_model(model, client.limits, client.provider)
-    local msg, param, index = rules.check(r, kind, fields, images, mask)
+    local msg, param, index = rules.check(r, kind, fields, images, mask, json)
     if msg then
       -- Whose rule it is: the same request may pass with another provider.
       if client.provider ~= "compatible" then
@@ -341,7 +404,9 @@ function M.prepare(client, kind, req, key, level)
       fields.response_format = nil -- the model always answers base64
     end
   end
-  local inpaint = kind == "edit" and mask and images[1] and { base = images[1], mask = mask } or nil
+  -- The mask's figures need both pictures' bytes.
+  local inpaint = kind == "edit" and mask and images[1] and images[1].data and mask.data
+    and { base = images[1], mask = mask } or nil
   local stream = req.stream == true or req.stream == "true"
   local spec = {
     stream = stream,
@@ -351,7 +416,23 @@ function M.prepare(client, kind, req, key, level)
     max_response_bytes = client.max_response_bytes,
     billable = true, -- sent once per attempt: libcurl may not re-send it on its own
   }
-  if kind == "edit" then
+  if kind == "edit" and json then
+    spec.url = providers.url(client, "edits", model)
+    -- The same fields as the form, typed as JSON.
+    local body = { model = model, prompt = fields.prompt, images = {} }
+    for i, e in ipairs(images) do body.images[i] = json_ref(e, req._refs) end
+    if mask then body.mask = json_ref(mask, req._refs) end
+    for _, k in ipairs(names) do
+      if fields[k] ~= nil then
+        local v, msg = json_value(k, req[k])
+        if msg then return fail("invalid_request", msg, { param = k }, key) end
+        body[k] = v
+      end
+    end
+    spec.json = body
+    spec.body = cjson.encode(body)
+    spec.headers[#spec.headers + 1] = "Content-Type: application/json"
+  elseif kind == "edit" then
     spec.url = providers.url(client, "edits", model)
     local parts = { { name = "model", value = model }, { name = "prompt", value = fields.prompt } }
     for _, k in ipairs(names) do
@@ -376,6 +457,7 @@ function M.prepare(client, kind, req, key, level)
         body[k] = v
       end
     end
+    spec.json = body
     spec.body = cjson.encode(body)
     spec.headers[#spec.headers + 1] = "Content-Type: application/json"
   end

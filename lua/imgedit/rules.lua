@@ -102,6 +102,8 @@ local OPENAI = {
     max_prompt = 1000, enums = { size = { "256x256", "512x512", "1024x1024" } },
     mask = { format = "png", alpha = true, same_size = true, max_bytes = 4 * MB - 1 },
     integers = { n = { 1, 10 } }, response_formats = { url = true, b64_json = true }, shutdown = MAY_2026,
+    -- [PY-EDIT] the JSON edit body: "Only supported for GPT image models"
+    json_edits = false,
   },
   -- [CLI] generate: 4000 characters for dall-e-3; [PY-EDIT] edits name
   -- dall-e-2 or a GPT image model only.
@@ -235,9 +237,11 @@ local function check_size(size, s)
   end
 end
 
--- check(rules, kind, fields, images, mask) -> nil | message, param [, index]
--- `fields` are the text fields; `images` and `mask` carry `info` and `label`.
-function M.check(r, kind, fields, images, mask)
+-- check(rules, kind, fields, images, mask [, json]) -> nil | message, param [, index]
+-- `fields` are the text fields; `images` and `mask` carry `info` and `label`
+-- (no info: a picture by url or file id, which only the service sees).
+-- json: the edit goes as the JSON body.
+function M.check(r, kind, fields, images, mask, json)
   if r.shutdown and r.shutdown.date <= (M.today()) then
     return string.format("%s was shut down on %s; use %s", fields.model, r.shutdown.date, r.shutdown.replacement),
       "model"
@@ -262,21 +266,26 @@ function M.check(r, kind, fields, images, mask)
     if r.max_images and #images > r.max_images then
       return string.format("%d images given; %s accepts at most %d", #images, fields.model, r.max_images), "images"
     end
+    if json and r.json_edits == false then
+      return fields.model .. " takes edits only as multipart/form-data: give its pictures as files or bytes, not"
+        .. " urls or file ids, and leave body unset", "body"
+    end
     for i, im in ipairs(images) do
-      if r.image_formats and not r.image_formats[im.info.format] then
-        return string.format("%s: %s does not take %s images; use %s", im.label, fields.model, im.info.format,
+      local info = im.info
+      if info and r.image_formats and not r.image_formats[info.format] then
+        return string.format("%s: %s does not take %s images; use %s", im.label, fields.model, info.format,
           M.list_of(r.image_formats)), "images", i
       end
-      if r.square and im.info.width ~= im.info.height then
-        return string.format("%s: %s takes only square images, not %dx%d", im.label, fields.model, im.info.width,
-          im.info.height), "images", i
+      if info and r.square and info.width ~= info.height then
+        return string.format("%s: %s takes only square images, not %dx%d", im.label, fields.model, info.width,
+          info.height), "images", i
       end
-      if r.max_image_bytes and im.info.bytes > r.max_image_bytes then
-        return string.format("%s: %s exceeds the %s limit", im.label, mb(im.info.bytes), limit_mb(r.max_image_bytes)),
+      if info and r.max_image_bytes and info.bytes > r.max_image_bytes then
+        return string.format("%s: %s exceeds the %s limit", im.label, mb(info.bytes), limit_mb(r.max_image_bytes)),
           "images", i
       end
     end
-    if mask and r.mask then
+    if mask and mask.info and r.mask then
       local m, first = r.mask, images[1].info
       if m.format and mask.info.format ~= m.format then
         return string.format("%s: a mask must be a PNG, not %s", mask.label, mask.info.format), "mask"
@@ -284,7 +293,7 @@ function M.check(r, kind, fields, images, mask)
       if m.alpha and not mask.info.has_alpha then
         return mask.label .. ": a mask needs an alpha channel (alpha 0 marks the area to edit)", "mask"
       end
-      if m.same_size and (mask.info.width ~= first.width or mask.info.height ~= first.height) then
+      if m.same_size and first and (mask.info.width ~= first.width or mask.info.height ~= first.height) then
         return string.format("%s: %dx%d does not match the first image's %dx%d", mask.label,
           mask.info.width, mask.info.height, first.width, first.height), "mask"
       end
