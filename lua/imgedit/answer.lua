@@ -125,6 +125,30 @@ function M.transport_error(res, what, max, key, billable)
   }, key)
 end
 
+-- api(res, max, key, billable) -> {status=, json=, request_id=, saved=} | nil, err:
+-- an answer of the Files and Batch routes (client:_api). With billable (a
+-- batch's creation), a gateway that lost the answer after the whole request
+-- went out leaves it maybe made, like an edit.
+function M.api(res, max, key, billable)
+  if not res.ok then return M.transport_error(res, "the request", max, key, billable) end
+  if res.status < 200 or res.status > 299 then
+    local err = errors.from_status(res.status, cjson.decode(res.body), res, key)
+    if billable and GATEWAY[res.status] and res.sent_all then
+      err.maybe_billed, err.retryable = true, false
+      err.message = err.message .. "; a gateway lost the answer after the whole request was sent: the service may"
+        .. " have done it, " .. NOT_AGAIN
+    end
+    return nil, err
+  end
+  local out = { status = res.status, request_id = res.request_id, saved = res.saved }
+  if res.saved == nil then
+    local body = cjson.decode(res.body)
+    if type(body) ~= "table" then return protocol("the answer is not JSON", res, key) end
+    out.json = body
+  end
+  return out
+end
+
 -- b64(v) -> bytes | nil, message: raw base64 or a data: URL.
 function M.b64(v)
   if type(v) ~= "string" then return nil, "b64_json is not a string" end

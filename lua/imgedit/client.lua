@@ -3,6 +3,7 @@
 -- close). Building a request is request.lua's job, running one jobs.lua's,
 -- reading a stream stream.lua's. The blocking calls are a submit plus a
 -- wait on the same jobs.
+local cjson = require "cjson"
 local core = require "imgedit.core"
 local errors = require "imgedit.errors"
 local image = require "imgedit.image"
@@ -425,6 +426,38 @@ function Client:download(url, req)
   end
   r.url = url
   return start(self, "download", r, 2):wait()
+end
+
+-- _api{method=, path=, json=, parts=, save_to=, billable=, max_response_bytes=,
+-- timeout=, max_retries=, on_progress=} -> job, whose result is {status=,
+-- json=, request_id=, saved=} | nil, err: a call of the Files and Batch
+-- routes (batch_provider.lua), with the jobs' retries and errors. billable:
+-- it must not be sent twice unasked (a batch's creation).
+function Client:_api(call)
+  check_open(self, "_api")
+  if self.provider == "azure" then
+    error("the Files and Batch routes are not supported with provider azure (its batches take other urls)", 2)
+  end
+  local opts = request.job_options(self, { timeout = call.timeout, max_retries = call.max_retries,
+    on_progress = call.on_progress }, 2)
+  local job = jobs.new(self, "api")
+  job.opts, job.on_progress, job.fields = opts, opts.on_progress, {}
+  local key = secrets[self]
+  if not key then
+    jobs.finish(job, nil, errors.new("auth", "no API key: pass api_key to imgedit.new or set IMGEDIT_API_KEY",
+      { param = "api_key", attempts = 0 }))
+    return job
+  end
+  local spec = { url = self.base_url .. call.path, method = call.method, parts = call.parts, save_to = call.save_to,
+    headers = { providers.auth(self, key), "Accept: application/json", "Expect:" }, user_agent = self.user_agent,
+    max_response_bytes = call.max_response_bytes or self.max_response_bytes, billable = call.billable or nil,
+    timeout = opts.timeout, connect_timeout = opts.connect_timeout, idle_timeout = opts.idle_timeout }
+  if call.json ~= nil then
+    spec.body = cjson.encode(call.json)
+    spec.headers[#spec.headers + 1] = "Content-Type: application/json"
+  end
+  job.spec = spec
+  return enqueue(self, job)
 end
 
 -- map(reqs [, {kind = "edit"|"generate"}]) runs the requests in parallel

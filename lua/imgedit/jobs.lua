@@ -79,7 +79,7 @@ end
 
 local function finish(job, img, err)
   if job:done() then return end
-  if img then img = deliver.picture(job, img) end
+  if img and job.kind ~= "api" then img = deliver.picture(job, img) end
   if job.cb_err then
     -- A callback failed after the request could be billed: the job fails
     -- as the callback's, but what was paid for comes along.
@@ -229,6 +229,11 @@ local function advance(job, t, now, finished)
     local go = report(job, "download", res.bytes_up, res.bytes_up, res.bytes_down, res.bytes_down, now, true)
     job.answered = nil
     if not go then return end
+  end
+  if job.kind == "api" then
+    local out, err = answer.api(res, job.spec.max_response_bytes, key, job.spec.billable)
+    if out then return finish(job, out) end
+    return retry_or_fail(job, err, res)
   end
   if job.phase == "download" then
     local img, err = answer.download(res, job.fields, job.body, job.url, c.max_download_bytes, key)
