@@ -51,7 +51,11 @@ local CHECK = {
   client = true, jobs = true, manifest = true, prompt = true, pictures = true, dir = true, defaults = true,
   concurrency = true, budget = true, overwrite = true, shard = true, cache = true, lineage = true, on_job = true, on_tick = true,
   interrupts = true, tick = true, retry_maybe_billed = true,
+  -- the provider's route (batch_provider.lua)
+  route = true, poll_interval = true, detach = true, cancel = true, dry_run = true, keep_files = true, uploads = true,
+  max_lines = true, max_bytes = true, _on_step = true,
 }
+local PROVIDER_ONLY = { "poll_interval", "detach", "cancel", "dry_run", "keep_files", "uploads", "max_lines", "max_bytes" }
 
 -- ---- one job ----
 
@@ -187,19 +191,20 @@ function Run:_settle(slot, img, how)
   return true
 end
 
--- Start one entry, or settle it without a request. Returns false when the
--- budget stops the batch.
-function Run:_start(entry)
+-- What an entry needs: nil when it is settled here (done before, held,
+-- failed its description, found on disk or in the cache, or its output
+-- path not free), else {item=, slot=, req=} to send (slot.kind "download"
+-- when its picture is paid for and only to be fetched).
+function Run:_prepare(entry)
   local name = entry.name
   local req = request_of(entry)
   local kind = req.images and "edit" or "generate"
   local item, derr = self.store:describe(kind, name, req)
   local prior = self.known[name]
-  local now = core.now()
   if not item then
     self:_ended { event = "failed", name = name, attempts = 0,
       error = { kind = derr.kind, message = derr.message } }
-    return true
+    return nil
   end
   -- The journal's key is the request alone; the cache's (the pipelines')
   -- names the service too.
@@ -209,10 +214,10 @@ function Run:_start(entry)
     local st = type(last.file) == "string" and core.stat(last.file)
     if st and st.size == last.bytes then
       self.stats.before = self.stats.before + 1
-      return true
+      return nil
     end
   end
-  local slot = { item = item, entry = entry, t0 = now, requeued = entry._requeued }
+  local slot = { item = item, entry = entry, t0 = core.now(), requeued = entry._requeued }
   -- Sent by a run that died before it was answered: the output may be on
   -- disk already (the kill came between the file and the journal), or in
   -- the cache; otherwise it is sent again, and maybe paid twice.
@@ -223,7 +228,7 @@ function Run:_start(entry)
       if core.stat(p) then path = p end
     end
     local img = path and J.made_by(path, item)
-    if img then return self:_settle(slot, img, "file") end
+    if img then return self:_settle(slot, img, "file") and nil end
     slot.paid_twice = true
   elseif last and last.event == "failed" and last.key == item.key and last.error and last.error.maybe_billed
     and not last.url then
@@ -231,7 +236,7 @@ function Run:_start(entry)
     -- again only when the caller asks; the report keeps it failed.
     if not self.retry_maybe_billed then
       self.stats.held = self.stats.held + 1
-      return true
+      return nil
     end
     slot.paid_twice = true
   end
@@ -241,7 +246,11 @@ function Run:_start(entry)
     req = { url = last.url, request_id = last.request_id, model = item.model }
   elseif self.cache then
     local img = self.store:lookup { key = item.cache_key, req = item.req, name = item.name }
-    if img then return self:_settle(slot, img, "cache") end
+    if img and self.dry then
+      self.stats.cached = (self.stats.cached or 0) + 1
+      return nil
+    end
+    if img then return self:_settle(slot, img, "cache") and nil end
   end
   -- Where the picture will go, asked before it is paid for.
   local out = files.join(self.dir, name .. "." .. (image.EXT[req.output_format] or "png"))
@@ -249,8 +258,18 @@ function Run:_start(entry)
   if not free then
     self:_ended { event = "failed", name = name, key = item.key, attempts = 0,
       error = { kind = werr.kind, message = werr.message } }
-    return true
+    return nil
   end
+  return { item = item, slot = slot, req = req, kind = kind }
+end
+
+-- Start one entry, or settle it without a request. Returns false when the
+-- budget stops the batch.
+function Run:_start(entry, prepared)
+  local p = prepared or self:_prepare(entry)
+  if not p then return true end
+  local item, slot, req, kind, name = p.item, p.slot, p.req, p.kind, entry.name
+  local now = core.now()
   local ok, why = self:_afford(item)
   if not ok then
     self.stopping, self.stopped = true, "budget: " .. why
@@ -323,6 +342,23 @@ function M.run(o)
   for _, k in ipairs { "on_job", "on_tick" } do
     if o[k] ~= nil and type(o[k]) ~= "function" then error("bad option '" .. k .. "' (function expected)", 2) end
   end
+  local route = o.route or "direct"
+  if route ~= "direct" and route ~= "provider" then
+    error("bad option 'route' (\"direct\" or \"provider\" expected, got " .. tostring(o.route) .. ")", 2)
+  end
+  for _, k in ipairs(PROVIDER_ONLY) do
+    if o[k] ~= nil and route ~= "provider" then error("option '" .. k .. "' is for route = \"provider\"", 2) end
+  end
+  if o.poll_interval ~= nil and (type(o.poll_interval) ~= "number" or o.poll_interval < 0) then
+    error("bad option 'poll_interval' (seconds >= 0 expected)", 2)
+  end
+  for _, k in ipairs { "max_lines", "max_bytes" } do
+    if o[k] ~= nil and (type(o[k]) ~= "number" or o[k] < 1 or o[k] % 1 ~= 0) then
+      error("bad option '" .. k .. "' (a whole number >= 1 expected)", 2)
+    end
+  end
+  if o.uploads ~= nil and type(o.uploads) ~= "string" then error("bad option 'uploads' (a path expected)", 2) end
+  if o.detach and o.cancel then error("options 'detach' and 'cancel' go one at a time", 2) end
   local budget = budgets.option(o.budget, 2)
   local shard = J.parse_shard(o.shard)
   local client = o.client
@@ -370,12 +406,18 @@ function M.run(o)
   if bad then return nil, errors.new("invalid_request", bad, { param = "manifest" }) end
   for n in pairs(names) do names[n] = true end
 
-  local jf, jerr = core.append(files.join(dir, J.journal_name(shard)))
+  local jf, jerr
+  if o.dry_run then
+    -- A dry run writes nothing: its journal goes nowhere.
+    jf = { write = function() return true end, sync = function() return true end, close = function() end }
+  else
+    jf, jerr = core.append(files.join(dir, J.journal_name(shard)))
+  end
   if not jf then error("cannot write the batch journal in " .. dir .. ": " .. tostring(jerr), 2) end
   local run = setmetatable({
     client = client, dir = dir, shard = shard, budget = budget, lineage = o.lineage ~= false, cache = cache or nil,
     on_job = o.on_job, on_tick = o.on_tick, interrupts = o.interrupts, signals = 0, names = names,
-    retry_maybe_billed = o.retry_maybe_billed and true or nil,
+    retry_maybe_billed = o.retry_maybe_billed and true or nil, dry = o.dry_run and true or nil, tick = o.tick,
     known = J.read_journals(dir, names, function(m) client:_warn(m) end), journal = jf, total = total, running = 0,
     slots = {}, again = {},
     pace = pace_mod.new(ceiling), t0 = core.now(), started = os.time(), rpm_marks = {},
@@ -385,6 +427,18 @@ function M.run(o)
   -- The pipelines' keys and cache; the batch's journal is its own.
   run.store = store.new { dir = dir, client = client, journal = false,
     shared = { cache = cache or nil, files = files.run { overwrite = o.overwrite } } }
+
+  if route == "provider" then
+    local ok_run, r = pcall(require("imgedit.batch_provider").execute, run, src, o)
+    jf:sync()
+    jf:close()
+    if not ok_run then error(r, 0) end
+    if run.on_tick then run.on_tick(run:numbers()) end
+    if o.dry_run then return r:dry_report() end
+    local report = run:_report(src)
+    report.route = run.route
+    return report
+  end
 
   -- The second pass runs the jobs, in a coroutine that hands them over one
   -- at a time, so that the manifest is never held whole.

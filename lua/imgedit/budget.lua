@@ -14,12 +14,13 @@ function M.option(v, level)
   return v
 end
 
--- check(budget, used, items, client) -> usd | nil, message
+-- check(budget, used, items, client [, rate]) -> usd | nil, message
 -- budget: {requests=, tokens=, usd=}, each optional; used: the same three,
 -- spent plus in flight; items: the steps about to go (name, model,
 -- estimate in tokens, parts for the price). usd: their estimated dollars
--- (0 without a budget in usd).
-function M.check(budget, used, items, client)
+-- (0 without a budget in usd). rate: the share of the price paid (0.5 at a
+-- provider's batch price).
+function M.check(budget, used, items, client, rate)
   local name, n, need = items[1].name, #items, 0
   for _, it in ipairs(items) do need = need + it.estimate end
   if budget.requests and used.requests + n > budget.requests then
@@ -38,7 +39,7 @@ function M.check(budget, used, items, client)
         return nil, string.format("%s: no price is known for %s, so a budget in usd cannot be kept;"
           .. " give the client prices = {[%q] = {...}}", it.name, it.model, it.model)
       end
-      usd = usd + u
+      usd = usd + u * (rate or 1)
     end
     if used.usd + usd > budget.usd then
       return nil, string.format("%s would cost up to $%.4f (estimate); $%.4f of the budget's $%.2f is spent or in"

@@ -21,6 +21,13 @@ function M.options(cmd)
   cmd:option("--budget-usd", "Start no job that could take the cost past this many dollars.")
   cmd:option("--shard", "I/N: run the I-th of N shares of the manifest (split by job name).")
   cmd:option("--cache", "A folder of finished pictures by content address, shared with pipelines.")
+  cmd:option("--route", "direct (default): each job its own request; provider: the provider's Batch API, at half"
+    .. " the price, within its 24-hour window."):choices { "direct", "provider" }
+  cmd:option("--poll-interval", "With --route provider: seconds between looks at the provider's batches (default 30).")
+  cmd:flag("--detach", "With --route provider: submit the batches and exit; the same command later collects them.")
+  cmd:flag("--cancel", "With --route provider: cancel this folder's batches; what finished before is collected.")
+  cmd:flag("--dry-run", "With --route provider: print the lines, uploads, batches and estimated cost; send nothing.")
+  cmd:flag("--keep-files", "With --route provider: keep the uploaded pictures at the provider for later runs.")
   cmd:flag("--emulate", "Run against a local emulator instead of the service.")
   cmd:flag("-f --force", "Replace files in the output folder that this batch did not make (never its inputs).")
   cmd:flag("--retry-maybe-billed", "Send again the jobs that ended failed although the service may have made and"
@@ -54,6 +61,19 @@ function M.line(n, width)
   return string.format("[%s%s] %d/%d  done %d  failed %d  in flight %d | %.0f req/min | %s tokens | $%.2f | ETA %s%s",
     string.rep("#", full), string.rep("-", w - full), finished, total, n.done + n.before, n.failed, n.running,
     n.rpm, count(n.tokens), n.usd, clock(n.eta), n.stopping and " | stopping" or "")
+end
+
+-- route_line(numbers) -> the provider route's live line: its phase, each
+-- batch's status and counts, the time waited.
+function M.route_line(n)
+  local r = n.route
+  local list = {}
+  for _, b in ipairs(r.batches) do
+    list[#list + 1] = string.format("%s %s %d/%d done, %d failed", b.id or "(new)", b.status, b.completed, b.total or 0,
+      b.failed)
+  end
+  return string.format("%s | %s | uploads %d | waited %s", r.phase or "", #list > 0 and table.concat(list, "; ")
+    or "no batch", r.uploads or 0, clock(r.waited))
 end
 
 -- run(a, ctx) -> exit code. ctx: the cli's helpers (fail, fail_err, number_opt, json_out, exit codes).
@@ -95,6 +115,18 @@ function M.run(a, ctx)
   local opts = { client = client, dir = a.output, defaults = defaults, budget = budget, shard = a.shard,
     cache = a.cache, lineage = not a.no_lineage, interrupts = interrupts,
     retry_maybe_billed = a.retry_maybe_billed or nil, overwrite = a.force or nil }
+  if a.route == "provider" then
+    opts.route, opts.detach, opts.cancel, opts.dry_run = "provider", a.detach or nil, a.cancel or nil, a.dry_run or nil
+    opts.keep_files = a.keep_files or nil
+    opts.poll_interval = a.poll_interval and ctx.number_opt(a.poll_interval, "poll-interval")
+  else
+    for _, k in ipairs { "poll_interval", "detach", "cancel", "dry_run", "keep_files" } do
+      if a[k] then
+        finish()
+        error({ usage = "--" .. k:gsub("_", "-") .. " goes with --route provider" })
+      end
+    end
+  end
   if a.prompt then
     opts.pictures, opts.prompt = a.inputs, a.prompt
   elseif #a.inputs > 1 then
@@ -111,12 +143,13 @@ function M.run(a, ctx)
       stderr(tty and "\r\27[K" or "", string.format("imgedit: stopping: no new jobs; waiting for %d in flight"
         .. " (Ctrl-C again cancels them)\n", n.running))
     end
+    local line = n.route and M.route_line(n) or M.line(n)
     if tty then
-      stderr("\r", M.line(n), "\27[K")
+      stderr("\r", line, "\27[K")
       shown = true
     elseif not a.quiet and not a.json and core.now() - last_plain >= 10 then
       last_plain = core.now()
-      stderr(M.line(n), "\n")
+      stderr(line, "\n")
     end
   end
   if a.json then
@@ -140,9 +173,27 @@ function M.run(a, ctx)
     error(report, 0)
   end
   if not report then return ctx.fail_err(err) end
+  if report.dry_run then
+    if a.json then
+      ctx.json_out(report)
+    else
+      print(string.format("dry run (nothing sent): %d jobs: %d lines for the provider's batch in %d batch%s"
+        .. " (%d bytes of input); %d pictures to upload (%d bytes); %d done before, %d cached, %d refused by the"
+        .. " checks; estimated $%.4f at the batch price ($%.4f direct)%s", report.jobs, report.lines, report.batches,
+        report.batches == 1 and "" or "es", report.input_bytes, report.uploads, report.upload_bytes,
+        report.done_before, report.cached, report.failed, report.usd, report.usd_direct,
+        report.unpriced_model and (" (no price known for " .. text.safe(report.unpriced_model) .. ")") or ""))
+      if report.pending_batches > 0 then
+        print(string.format("%d batch%s of an earlier run still to collect", report.pending_batches,
+          report.pending_batches == 1 and "" or "es"))
+      end
+    end
+    return report.failed > 0 and ctx.EXIT.failure or ctx.EXIT.ok
+  end
   local r, t = report.this_run, report.totals
   if a.json then
     ctx.json_out { ok = t.done == t.jobs, summary = true, totals = t, this_run = r, stopped = report.stopped,
+      route = report.route,
       report = report.report, failed_manifest = report.failed_manifest,
       maybe_paid_twice = #report.maybe_paid_twice > 0 and report.maybe_paid_twice or nil }
   elseif not a.quiet then
@@ -154,12 +205,24 @@ function M.run(a, ctx)
     if #report.maybe_paid_twice > 0 then
       print("sent again after a crash (maybe paid twice): " .. safe(table.concat(report.maybe_paid_twice, ", ")))
     end
-    if report.stopped then print("stopped: " .. safe(report.stopped)) end
+    local rt = report.route
+    if rt then
+      print(string.format("provider route: %d lines sent in batches, %d pictures uploaded, %d API calls", rt.lines,
+        rt.uploads, rt.calls))
+    end
+    if report.stopped == "detached" or (report.stopped == "interrupted" and rt and #rt.pending > 0) then
+      print(string.format("the provider's batch%s %s keep%s running; to collect: imgedit batch --route provider %s -o %s"
+        .. " (add --cancel to cancel)", #rt.pending == 1 and "" or "es", safe(table.concat(rt.pending, ", ")),
+        #rt.pending == 1 and "s" or "", safe(table.concat(a.inputs, " ")), safe(a.output)))
+    elseif report.stopped then
+      print("stopped: " .. safe(report.stopped))
+    end
     print("report: " .. safe(report.report))
-    if t.done < t.jobs then
+    if t.done < t.jobs and not (rt and #rt.pending > 0) then
       print("to run what is left: imgedit batch " .. safe(report.failed_manifest) .. " -o " .. safe(a.output))
     end
   end
+  if report.stopped == "detached" then return ctx.EXIT.ok end
   if report.stopped == "interrupted" then return 130 end
   if report.stopped then return ctx.EXIT.limit end
   if t.failed > 0 or t.not_run > 0 then return ctx.EXIT.failure end
