@@ -492,11 +492,15 @@ local Emulator = {}
 
 ---@return table[]
 function Emulator:requests() end
----@return {requests: integer, in_flight: integer, max_in_flight: integer}
+---@return {requests: integer, in_flight: integer, max_in_flight: integer, batch_lines_run: integer, batch_lines_billed: integer, batch_usage: table, batch_price: number}
 function Emulator:stats() end
+---@return table[] the Batch API's batch objects, oldest first (reading them runs the lines due)
+function Emulator:batches() end
+---@return table[] the Files API's file objects (no content), oldest first
+function Emulator:files() end
 ---@param ... table faults for the next requests, in order
 function Emulator:inject(...) end
----@param opts {latency?: number, key?: string}
+---@param opts {latency?: number, key?: string, batch_seconds?: number, batch_max_lines?: integer, batch_max_bytes?: integer, time_offset?: number}
 function Emulator:configure(opts) end
 function Emulator:clear() end
 function Emulator:stop() end

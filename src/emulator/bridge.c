@@ -71,6 +71,19 @@ static void push_request(lua_State *S, const emu_request *r) {
     lua_rawseti(S, -2, (lua_Integer)i + 1);
   }
   lua_setfield(S, -2, "parts");
+  /* query: {name = value}, the last one of a name repeated */
+  lua_createtable(S, 0, 2);
+  for (size_t i = 0; r->query && i < r->qlen;) {
+    const char *k = r->query + i;
+    size_t kl = strlen(k);
+    if (i + kl + 1 >= r->qlen)
+      break;
+    const char *v = k + kl + 1;
+    size_t vl = strlen(v);
+    lua_pushlstring(S, v, vl), lua_setfield(S, -2, k);
+    i += kl + vl + 2;
+  }
+  lua_setfield(S, -2, "query");
 }
 
 static char *copy_bytes(const char *s, size_t n) {

@@ -41,6 +41,8 @@ typedef struct emu_request {
   size_t nparts;
   const char *body;
   size_t blen, total;
+  const char *query; /* the query string's arguments, decoded: "name\0value\0...\0" (NULL: none) */
+  size_t qlen;
   int too_big, malformed;
 } emu_request;
 

@@ -27,6 +27,8 @@ typedef struct req_ctx {
   size_t nparts, capparts;
   char *body;
   size_t blen, bcap, total;
+  char *query; /* the query's arguments, "name\0value\0...", read when the request is whole */
+  size_t qlen, qcap;
   int too_big, oom, malformed;
   long drop_after; /* close the connection once this much upload arrived */
   long pause_at;   /* stop reading the upload once this much arrived ... */
@@ -78,6 +80,7 @@ static void free_ctx(req_ctx *c) {
   }
   free(c->parts);
   free(c->body);
+  free(c->query);
   free(c);
 }
 
@@ -261,6 +264,20 @@ static void reset_on_close(struct MHD_Connection *con) {
   setsockopt(ci->connect_fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
 }
 
+/* One argument of the query string (MHD has decoded it) into c->query. */
+static enum MHD_Result on_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+  req_ctx *c = (req_ctx *)cls;
+  (void)kind;
+  if (!key)
+    return MHD_YES;
+  if (!value)
+    value = "";
+  if (emu_append(&c->query, &c->qlen, &c->qcap, key, strlen(key) + 1) != 0 ||
+      emu_append(&c->query, &c->qlen, &c->qcap, value, strlen(value) + 1) != 0)
+    return c->oom = 1, MHD_NO;
+  return MHD_YES;
+}
+
 /* What the service sees of a request: read off the connection and ctx. */
 static void describe(struct MHD_Connection *con, const char *listener, const char *url, const char *method,
                      const req_ctx *c, emu_request *r) {
@@ -276,6 +293,7 @@ static void describe(struct MHD_Connection *con, const char *listener, const cha
     r->client_port = ntohs(((const struct sockaddr_in *)ci->client_addr)->sin_port);
   r->parts = c->parts, r->nparts = c->nparts;
   r->body = c->body, r->blen = c->blen, r->total = c->total;
+  r->query = c->query, r->qlen = c->qlen;
   r->too_big = c->too_big, r->malformed = c->malformed || c->oom;
 }
 
@@ -354,6 +372,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
     *upload_size = 0;
     return MHD_YES;
   }
+  /* GET /v1/files?purpose=batch, /v1/batches?limit=2&after=...: the
+   * service reads the query's arguments (the path comes without it) */
+  if (!c->query)
+    MHD_get_connection_values(con, MHD_GET_ARGUMENT_KIND, on_arg, c);
   emu_request r;
   describe(con, listener, url, method, c, &r);
   emu_answer a;

@@ -7,6 +7,7 @@ local render = require "imgedit.emulator.core"
 local rules = require "imgedit.emulator.rules"
 local cjson = require "cjson"
 local S = require "imgedit.emulator.state"
+local files = require "imgedit.emulator.files"
 
 local M = {}
 
@@ -159,17 +160,12 @@ local function pictures_for(f, datas, mask, w, h, fmt)
   return out, first_px
 end
 
-local function edits(req, entry)
-  if not (req.content_type or ""):lower():find("multipart/form-data", 1, true) then
-    return invalid("Edits take multipart/form-data", nil, "invalid_content_type")
-  end
-  if req.malformed then return invalid("Malformed multipart body", nil, "invalid_body") end
-  local f, images, mask = parts_of(req)
-  f.model = f.model or req.deployment
-  local m, bad = model_of(f, "edits")
-  if not m then return bad end
+-- The edit itself, whichever body carried it: f the fields (JSON-typed or
+-- strings), images and mask {data=, type=} parts, m the model. Both bodies
+-- meet here, so the same request gives the same checks, picture and usage.
+local function edit_core(f, m, images, mask, entry)
   entry.model = f.model
-  if not f.prompt or f.prompt == "" then
+  if type(f.prompt) ~= "string" or f.prompt == "" then
     return invalid("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
   end
   if #images == 0 then
@@ -200,6 +196,142 @@ local function edits(req, entry)
     return stream_answer("edit", f, bytes, px, w, h, fmt, use, entry)
   end
   return image_answer(m, f, pictures_for(f, datas, mask and mask.data, w, h, fmt), fmt, use, entry)
+end
+
+-- ---- the JSON edit body: images by reference ----
+
+-- The bytes an http(s) url names, when it is the emulator's own (its CDN's
+-- pictures, its Files API's content): it has no network for any other.
+local function own_url(url)
+  local cdn = S.cfg.cdn_url and url:sub(1, #S.cfg.cdn_url + 7) == S.cfg.cdn_url .. "/files/"
+    and url:sub(#S.cfg.cdn_url + 8)
+  if cdn and S.files[cdn] then return S.files[cdn].bytes, S.files[cdn].type end
+  local api = S.cfg.api_url and url:sub(1, #S.cfg.api_url + 7) == S.cfg.api_url .. "/files/"
+    and url:sub(#S.cfg.api_url + 8):match("^([^/?]+)/content$")
+  local file = api and files.lookup(api)
+  if file then return file.data end
+end
+
+-- ref {image_url=|file_id=} -> {data=, type=}, or the 400 naming it.
+local function resolve(ref, param)
+  if type(ref) ~= "table" then
+    return nil, invalid("Invalid type for '" .. param .. "': expected an object with image_url or file_id.", param,
+      "invalid_type")
+  end
+  if (ref.image_url ~= nil) == (ref.file_id ~= nil) then
+    return nil, invalid("Invalid '" .. param .. "': provide exactly one of image_url or file_id.", param,
+      "invalid_value")
+  end
+  local data, mime
+  if ref.file_id ~= nil then
+    local file = type(ref.file_id) == "string" and files.lookup(ref.file_id)
+    if not file then
+      return nil, invalid("Invalid '" .. param .. ".file_id': file '" .. tostring(ref.file_id) .. "' not found.",
+        param .. ".file_id", "invalid_image_url")
+    end
+    data = file.data
+  else
+    local url = ref.image_url
+    if type(url) ~= "string" then
+      return nil, invalid("Invalid type for '" .. param .. ".image_url': expected a string.", param .. ".image_url",
+        "invalid_type")
+    end
+    if url:sub(1, 5):lower() == "data:" then
+      local bytes, m = core.dataurl_decode(url)
+      if not bytes then
+        return nil, invalid("Invalid '" .. param .. ".image_url': " .. tostring(m and m.message or m), param
+          .. ".image_url", "invalid_image_url")
+      end
+      data, mime = bytes, m
+    elseif url:match("^[Hh][Tt][Tt][Pp][Ss]?://") then
+      data, mime = own_url(url)
+      if not data then
+        return nil, invalid("Invalid '" .. param .. ".image_url': the image at " .. url
+          .. " could not be downloaded.", param .. ".image_url", "invalid_image_url")
+      end
+    else
+      return nil, invalid("Invalid '" .. param .. ".image_url': expected a URL or a base64 data URL.", param
+        .. ".image_url", "invalid_image_url")
+    end
+  end
+  -- a reference carries no part header: its type is the one declared (a
+  -- data URL's), else the bytes' own
+  if not mime then
+    local info = core.inspect(data, true)
+    mime = info and info.mime or "application/octet-stream"
+  end
+  return { data = data, type = mime }
+end
+
+-- The log's view of the pictures a request carried, like record()'s of parts.
+local function log_files(entry, images, mask)
+  entry.files = {}
+  local function add(field, p)
+    local info = core.inspect(p.data, true)
+    entry.files[#entry.files + 1] = { field = field, content_type = p.type, size = #p.data,
+      sha256 = core.sha256(p.data), format = info and info.format or nil }
+  end
+  for i, p in ipairs(images) do add("images[" .. (i - 1) .. "]", p) end
+  if mask then add("mask", mask) end
+end
+
+local function json_edit(req, entry)
+  local ok, f = pcall(cjson.decode, req.body or "")
+  if not ok or type(f) ~= "table" then
+    return invalid("We could not parse the JSON body of your request.", nil, "invalid_json")
+  end
+  for k, v in pairs(f) do if v == cjson.null then f[k] = nil end end
+  f.model = f.model or req.deployment
+  -- "JSON edits support GPT image models only; DALL-E edits require
+  -- multipart" (the OpenAPI spec's EditImageBodyJsonParam)
+  if type(f.model) == "string" and f.model:match("^dall%-e") then
+    return invalid("Invalid content type: JSON edits support GPT image models only; " .. f.model
+      .. " edits take multipart/form-data.", nil, "invalid_content_type")
+  end
+  local m, bad = model_of(f, "edits")
+  if not m then return bad end
+  entry.model = f.model
+  if f.image ~= nil or f["image[]"] ~= nil then
+    return invalid("Unknown parameter: 'image'. JSON edits take 'images', a list of {image_url} or {file_id}.",
+      "image", "unknown_parameter")
+  end
+  if type(f.images) ~= "table" or #f.images == 0 then
+    return invalid("Missing required parameter: 'images'.", "images", "missing_required_parameter")
+  end
+  if #f.images > 16 then
+    return invalid(string.format("Invalid 'images': array too long. Expected an array with maximum length 16,"
+      .. " but got an array with length %d instead.", #f.images), "images", "array_above_max_length")
+  end
+  local images, mask = {}, nil
+  for i, ref in ipairs(f.images) do
+    local p, e = resolve(ref, "images[" .. (i - 1) .. "]")
+    if not p then return e end
+    images[i] = p
+  end
+  if f.mask ~= nil then
+    local e
+    mask, e = resolve(f.mask, "mask")
+    if not mask then return e end
+  end
+  log_files(entry, images, mask)
+  return edit_core(f, m, images, mask, entry)
+end
+
+local function edits(req, entry)
+  local ct = (req.content_type or ""):lower()
+  if ct:find("application/json", 1, true) then return json_edit(req, entry) end
+  if not ct:find("multipart/form-data", 1, true) then
+    return invalid("Edits take multipart/form-data", nil, "invalid_content_type")
+  end
+  if req.malformed then return invalid("Malformed multipart body", nil, "invalid_body") end
+  local f, parts, mask_part = parts_of(req)
+  f.model = f.model or req.deployment
+  local m, bad = model_of(f, "edits")
+  if not m then return bad end
+  local images = {}
+  for i, p in ipairs(parts) do images[i] = { data = p.data, type = p.type } end
+  local mask = mask_part and { data = mask_part.data, type = mask_part.type }
+  return edit_core(f, m, images, mask, entry)
 end
 
 local function generations(req, entry)

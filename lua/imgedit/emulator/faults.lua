@@ -3,11 +3,21 @@
 -- service's answer (a status, a gateway's page, a closed connection), bends
 -- a normal one (cut short, broken JSON, a stalled or cut stream), or strikes
 -- while the request is still arriving.
+--
+-- Batch faults ({batch = ...}) have a queue of their own and apply to the
+-- next batch created (batches.lua), one each:
+--   {batch = "fail"}                 its validation fails (status failed, errors.data)
+--   {batch = "expire", finished = N} it expires once N lines ran: those in the
+--                                    output, the rest in the error file as batch_expired
+--   {batch = "drop", lines = K}      K finished lines are in neither file while
+--                                    request_counts count them done (a provider's bug)
+--   {batch = "slow", seconds = S}    it takes S seconds instead of batch_seconds
 local cjson = require "cjson"
 
 local F = {}
 
-local api_q, cdn_q = {}, {}
+local api_q, cdn_q, batch_q = {}, {}, {}
+local BATCH = { fail = true, expire = true, drop = true, slow = true }
 
 local REASONS = {
   [408] = "Request Timeout", [413] = "Request Entity Too Large", [429] = "Too Many Requests",
@@ -31,13 +41,18 @@ end
 -- drop), for downloads; anything else is the API's.
 function F.inject(s)
   local f = whole_numbers(cjson.decode(s))
-  local q = f.cdn and cdn_q or api_q
+  if f.batch ~= nil and not BATCH[f.batch] then
+    error("unknown batch fault '" .. tostring(f.batch) .. "' (fail, expire, drop or slow)", 0)
+  end
+  local q = f.batch and batch_q or f.cdn and cdn_q or api_q
   q[#q + 1] = f
 end
 
 function F.clear()
-  api_q, cdn_q = {}, {}
+  api_q, cdn_q, batch_q = {}, {}, {}
 end
+
+function F.take_batch() return table.remove(batch_q, 1) end
 
 function F.take() return table.remove(api_q, 1) end
 function F.take_cdn() return table.remove(cdn_q, 1) end

@@ -25,8 +25,14 @@ local function rate(v) return type(v) == "number" and v >= 0 and v <= 1, "a numb
 -- the providers the emulator plays (emulator/rules.lua)
 local function provider(v) return v == "apiyi" or v == "openai" or v == "azure" or v == "compatible",
   "\"apiyi\", \"openai\", \"azure\" or \"compatible\"" end
+local function whole(v) return checks.count(v) and v >= 1, "a whole number >= 1" end
 local SETTINGS = { latency = checks.nonneg, key = checks.is "string", provider = provider,
-  rate_limit = checks.nonneg, fail_rate = rate, reset_rate = rate, seed = checks.count }
+  rate_limit = checks.nonneg, fail_rate = rate, reset_rate = rate, seed = checks.count,
+  -- the Batch API: seconds from a batch's creation to its completion, the
+  -- most lines and bytes an input file may have; time_offset moves the
+  -- emulator's clock on (files expire, batches run) by that many seconds
+  batch_seconds = checks.nonneg, batch_max_lines = whole, batch_max_bytes = whole,
+  time_offset = checks.nonneg }
 local START = { port = port, cdn_port = port, sink = checks.is "boolean" }
 for k, check in pairs(SETTINGS) do START[k] = check end
 
@@ -68,7 +74,8 @@ function methods.requests(self)
   return cjson.decode(h_of(self):call("requests_json"))
 end
 
--- {requests=, in_flight=, max_in_flight=}
+-- {requests=, in_flight=, max_in_flight=, batch_lines_run=, batch_lines_billed=,
+-- batch_usage={input_tokens=, output_tokens=, total_tokens=}, batch_price=0.5}
 function methods.stats(self)
   local h = h_of(self)
   local t = cjson.decode(h:call("stats_json"))
@@ -76,7 +83,18 @@ function methods.stats(self)
   return t
 end
 
--- inject(fault, ...): faults for the next requests, one each, in order.
+-- The Batch API's batches (each advanced to now, so reading them runs the
+-- lines due) and the Files API's files (objects, no content), oldest first.
+function methods.batches(self)
+  return cjson.decode(h_of(self):call("batches_json"))
+end
+
+function methods.files(self)
+  return cjson.decode(h_of(self):call("files_json"))
+end
+
+-- inject(fault, ...): faults for the next requests, one each, in order
+-- ({batch = ...}: for the next batch created, in a queue of their own).
 function methods.inject(self, ...)
   local h = h_of(self)
   for i = 1, select("#", ...) do
@@ -95,7 +113,8 @@ function methods.clear(self)
   h:reset_peak()
 end
 
--- configure{latency=, key=, rate_limit=, fail_rate=, reset_rate=, seed=}:
+-- configure{latency=, key=, rate_limit=, fail_rate=, reset_rate=, seed=,
+-- batch_seconds=, batch_max_lines=, batch_max_bytes=, time_offset=}:
 -- change settings while running (the provider is chosen at start, as its
 -- urls depend on it). rate_limit: API requests a second, 429 beyond (0:
 -- none); fail_rate, reset_rate: the share of API requests answered 500, or

@@ -9,6 +9,8 @@ local rules = require "imgedit.emulator.rules"
 local cjson = require "cjson"
 local S = require "imgedit.emulator.state"
 local endpoints = require "imgedit.emulator.endpoints"
+local files = require "imgedit.emulator.files"
+local batches = require "imgedit.emulator.batches"
 
 local M = {}
 
@@ -208,14 +210,19 @@ local function api(req, entry)
     -- Like the real service: name the problem, show only the key's ends.
     local shown = given and #given > 8 and (given:sub(1, 3) .. "..." .. given:sub(-2)) or "none"
     a = fail(401, "Incorrect API key provided: " .. shown .. ".", nil, "invalid_api_key")
-  elseif req.method ~= "POST" then
-    a = fail(405, "Method not allowed", nil, "method_not_allowed")
-  elseif req.path == "/v1/images/edits" then
-    a = endpoints.edits(req, entry)
-  elseif req.path == "/v1/images/generations" then
-    a = endpoints.generations(req, entry)
+  elseif req.path == "/v1/images/edits" or req.path == "/v1/images/generations" then
+    if req.method ~= "POST" then
+      a = fail(405, "Method not allowed", nil, "method_not_allowed")
+    elseif req.path == "/v1/images/edits" then
+      a = endpoints.edits(req, entry)
+    else
+      a = endpoints.generations(req, entry)
+    end
   else
-    a = fail(404, "Unknown request URL: " .. req.method .. " " .. req.path, nil, "unknown_url")
+    -- the Files and Batch APIs (an Azure emulator answers them 404, above:
+    -- it plays only the deployments' image routes)
+    a = files.route(req, entry) or batches.route(req, entry)
+      or fail(404, "Unknown request URL: " .. req.method .. " " .. req.path, nil, "unknown_url")
   end
   entry.status = entry.status or a.status
   -- Every answer names its request, as the service's do.
@@ -276,9 +283,20 @@ function M.requests_json()
   return #S.log == 0 and "[]" or cjson.encode(S.log)
 end
 
+-- requests: the HTTP requests (a batch's lines have entries of their own
+-- in the log, listener "batch", and are counted apart by batches.stats).
 function M.stats_json()
-  return cjson.encode({ requests = #S.log })
+  local n = 0
+  for _, e in ipairs(S.log) do if not e.batch_line then n = n + 1 end end
+  return cjson.encode(batches.stats({ requests = n }))
 end
+
+-- The batches and files (objects, no content), oldest first.
+local function array_json(t)
+  return #t == 0 and "[]" or cjson.encode(t)
+end
+function M.batches_json() return array_json(batches.objects()) end
+function M.files_json() return array_json(files.objects()) end
 
 function M.inject_json(s)
   faults.inject(s)
@@ -297,6 +315,8 @@ function M.clear()
   S.epoch = S.epoch + 1
   S.log = {}
   faults.clear()
+  files.clear()
+  batches.clear()
   return "true"
 end
 
