@@ -211,6 +211,17 @@ void ie_transfer_setup(lua_State *L, int spec, int self, transfer *t, multi *m) 
     add_parts(L, spec, self, t);
   }
   t->has_body = body != NULL || t->mime != NULL;
+  /* method: the Files routes' DELETE; GET and POST follow from the body. */
+  const char *method = ie_opt_lstring(L, spec, "method", NULL);
+  luaL_argcheck(L, !method || !strcmp(method, "GET") || !strcmp(method, "POST") || !strcmp(method, "DELETE"), spec,
+                "spec.method: GET, POST or DELETE");
+  luaL_argcheck(L, !method || !strcmp(method, "POST") || !t->has_body, spec, "spec.method: a body needs POST");
+  if (method && !strcmp(method, "DELETE"))
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "DELETE");
+  else if (method && !strcmp(method, "POST") && !t->has_body) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, 0L);
+    curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, "");
+  }
 }
 
 /* ---- the result ---- */

@@ -125,11 +125,11 @@ function M.transport_error(res, what, max, key, billable)
   }, key)
 end
 
--- api(res, max, key, billable) -> {status=, json=, request_id=, saved=} | nil, err:
+-- api(res, max, key, billable [, raw]) -> {status=, json= (or body=, raw), request_id=, saved=} | nil, err:
 -- an answer of the Files and Batch routes (client:_api). With billable (a
 -- batch's creation), a gateway that lost the answer after the whole request
 -- went out leaves it maybe made, like an edit.
-function M.api(res, max, key, billable)
+function M.api(res, max, key, billable, raw)
   if not res.ok then return M.transport_error(res, "the request", max, key, billable) end
   if res.status < 200 or res.status > 299 then
     local err = errors.from_status(res.status, cjson.decode(res.body), res, key)
@@ -141,7 +141,9 @@ function M.api(res, max, key, billable)
     return nil, err
   end
   local out = { status = res.status, request_id = res.request_id, saved = res.saved }
-  if res.saved == nil then
+  if raw then
+    out.body = res.body
+  elseif res.saved == nil then
     local body = cjson.decode(res.body)
     if type(body) ~= "table" then return protocol("the answer is not JSON", res, key) end
     out.json = body

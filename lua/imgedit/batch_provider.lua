@@ -43,6 +43,9 @@ M.DISCOUNT = 0.5
 M.MAX_LINES, M.MAX_BYTES = 50000, 200 * 1024 * 1024
 -- A polite pace for the real service: batches take minutes to hours.
 M.POLL_INTERVAL = 30
+-- Polls of one batch that fail in a row (each after the client's retries)
+-- before the run stops and leaves the batch to a re-run.
+M.POLL_MISSES = 5
 
 local FINAL = { completed = true, failed = true, expired = true, cancelled = true }
 
@@ -313,9 +316,12 @@ end
 function Route:fetch(id, what, p)
   if type(id) ~= "string" then return nil end
   local path = files.join(self.run.dir, ".imgedit-route-" .. p.id .. "." .. what .. ".jsonl")
-  local res, err = self:call { method = "GET", path = "/files/" .. id .. "/content", save_to = path,
-    max_response_bytes = 1024 * 1024 * 1024 * 64 }
+  -- Held whole, then written: an output of pictures is as large as they are.
+  local res, err = self:call { method = "GET", path = "/files/" .. id .. "/content", raw = true,
+    max_response_bytes = 1024 * 1024 * 1024 * 4 }
   if not res then return nil, err end
+  local ok, werr = files.own(path, res.body)
+  if not ok then return nil, errors.new("io", "cannot write " .. path .. ": " .. tostring(werr)) end
   return path
 end
 
@@ -346,9 +352,12 @@ end
 function Route:collect(p, entries)
   local b = p.status or {}
   self.batch_of = p.batch
-  local out, oerr = self:fetch(b.output_file_id, "output", p)
-  local bad, berr = self:fetch(b.error_file_id, "errors", p)
-  if (b.output_file_id and not out) or (b.error_file_id and not bad) then return nil, oerr or berr end
+  -- A file the batch has not is JSON null (cjson.null, which is true in Lua).
+  local oid = type(b.output_file_id) == "string" and b.output_file_id or nil
+  local eid = type(b.error_file_id) == "string" and b.error_file_id or nil
+  local out, oerr = self:fetch(oid, "output", p)
+  local bad, berr = self:fetch(eid, "errors", p)
+  if (oid and not out) or (eid and not bad) then return nil, oerr or berr end
   local oi, ei = out and index(out) or {}, bad and index(bad) or {}
   local run = self.run
   for _, entry in ipairs(entries) do
@@ -401,12 +410,36 @@ function Route:collect(p, entries)
   end
   self:journal { ev = "collected", part = p.id, batch_id = p.batch }
   p.collected = true
-  for _, f in ipairs { out, bad, files.join(run.dir, ".imgedit-route-" .. p.id .. ".jsonl") } do
+  -- (out or bad may be nil: not ipairs, which stops at the first nil)
+  for _, f in pairs { out or false, bad or false, files.join(run.dir, ".imgedit-route-" .. p.id .. ".jsonl") } do
     if f then os.remove(f) end
   end
-  -- The input file is the library's; the pictures' files go at the end.
-  if p.input and not self.keep_files then self:call { method = "DELETE", path = "/files/" .. p.input } end
+  -- The input and result files are this part's; the pictures' files go at the end.
+  if not self.keep_files then
+    for _, id in pairs { p.input or false, oid or false, eid or false } do
+      if id then self:call { method = "DELETE", path = "/files/" .. id } end
+    end
+  end
   return true
+end
+
+-- abandon(p, entries, err): a part the service does not know; its lines
+-- fail, maybe billed (its batch was created), and are not sent again unasked.
+function Route:abandon(p, entries, err)
+  self:journal { ev = "abandoned", part = p.id, batch_id = p.batch }
+  p.abandoned = true
+  for _, entry in ipairs(entries) do
+    local item = self.items[entry.name]
+    local prior = self.run.known[entry.name]
+    local last = prior and prior.last
+    if p.names[entry.name] and item and not (last and last.event == "done" and last.key == item.key) then
+      self.run:_ended { event = "failed", name = entry.name, key = item.key, attempts = 1, batch = p.batch,
+        error = { kind = err.kind, status = err.status, maybe_billed = true,
+          message = "the provider does not know batch " .. p.batch .. " (another key or base_url?): "
+            .. tostring(err.message) } }
+    end
+  end
+  os.remove(files.join(self.run.dir, ".imgedit-route-" .. p.id .. ".jsonl"))
 end
 
 -- The dry run's answer: what a real run would send, and its price.
@@ -632,10 +665,25 @@ function M.execute(run, src, o)
         last_poll = now
         local still = {}
         for _, p in ipairs(self.pending) do
-          local res = self:call { method = "GET", path = "/batches/" .. p.batch }
-          if res and res.json then p.status = res.json end
+          local res, perr = self:call { method = "GET", path = "/batches/" .. p.batch }
+          if res and type(res.json) == "table" then p.status, p.misses = res.json, 0 end
           self:step("polled")
-          if p.status and FINAL[p.status.status] then
+          if not res and perr.kind == "not_found" then
+            -- The service does not know it (another key or base_url?): its
+            -- lines were maybe run; the part is given up, not polled forever.
+            self:abandon(p, entries, perr)
+          elseif not res then
+            -- Failed after the client's retries: stop, the batch runs on and a
+            -- re-run collects it.
+            p.misses = (p.misses or 0) + 1
+            if p.misses >= M.POLL_MISSES then
+              run.stopped = "the provider's batch " .. p.batch .. " could not be polled: " .. tostring(perr)
+              return
+            end
+          end
+          if p.abandoned then
+            self.phase = "waiting"
+          elseif p.status and FINAL[p.status.status] then
             self.phase = "collecting"
             local done, cerr = self:collect(p, entries)
             if not done then
@@ -667,7 +715,7 @@ function M.execute(run, src, o)
   rj:close()
   self.memory:close()
   run.route = { calls = self.calls, uploads = self.uploaded, upload_bytes = self.upload_bytes, lines = self.lines,
-    batches = {}, pending = {} }
+    pending = {} }
   for _, p in ipairs(self.pending) do
     run.route.pending[#run.route.pending + 1] = p.batch
   end

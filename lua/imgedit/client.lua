@@ -428,9 +428,9 @@ function Client:download(url, req)
   return start(self, "download", r, 2):wait()
 end
 
--- _api{method=, path=, json=, parts=, save_to=, billable=, max_response_bytes=,
+-- _api{method=, path=, json=, parts=, raw=, billable=, max_response_bytes=,
 -- timeout=, max_retries=, on_progress=} -> job, whose result is {status=,
--- json=, request_id=, saved=} | nil, err: a call of the Files and Batch
+-- json= (or body=, with raw), request_id=} | nil, err: a call of the Files and Batch
 -- routes (batch_provider.lua), with the jobs' retries and errors. billable:
 -- it must not be sent twice unasked (a batch's creation).
 function Client:_api(call)
@@ -448,7 +448,7 @@ function Client:_api(call)
       { param = "api_key", attempts = 0 }))
     return job
   end
-  local spec = { url = self.base_url .. call.path, method = call.method, parts = call.parts, save_to = call.save_to,
+  local spec = { url = self.base_url .. call.path, method = call.method, parts = call.parts,
     headers = { providers.auth(self, key), "Accept: application/json", "Expect:" }, user_agent = self.user_agent,
     max_response_bytes = call.max_response_bytes or self.max_response_bytes, billable = call.billable or nil,
     timeout = opts.timeout, connect_timeout = opts.connect_timeout, idle_timeout = opts.idle_timeout }
@@ -456,7 +456,7 @@ function Client:_api(call)
     spec.body = cjson.encode(call.json)
     spec.headers[#spec.headers + 1] = "Content-Type: application/json"
   end
-  job.spec = spec
+  job.spec, job.raw = spec, call.raw
   return enqueue(self, job)
 end
 

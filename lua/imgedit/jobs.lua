@@ -231,7 +231,7 @@ local function advance(job, t, now, finished)
     if not go then return end
   end
   if job.kind == "api" then
-    local out, err = answer.api(res, job.spec.max_response_bytes, key, job.spec.billable)
+    local out, err = answer.api(res, job.spec.max_response_bytes, key, job.spec.billable, job.raw)
     if out then return finish(job, out) end
     return retry_or_fail(job, err, res)
   end
