@@ -150,6 +150,9 @@ end
 function Route:numbers(now)
   local r = { phase = self.phase, uploads = self.uploaded, upload_bytes = self.upload_bytes, calls = self.calls,
     lines = self.lines, batches = {}, waited = self.poll_t0 and (now or core.now()) - self.poll_t0 or 0 }
+  if self.up then
+    r.uploading = { files = self.up.files, done = self.up.done, bytes = self.up.total, sent = self.up.sent() }
+  end
   for _, p in ipairs(self.pending) do
     local b = p.status or {}
     local rc = type(b.request_counts) == "table" and b.request_counts or {}
@@ -164,18 +167,41 @@ end
 -- The file id of a picture (bytes), uploading it once: remembered across
 -- batches and runs (uploads.lua), and in the route's journal.
 function Route:upload_all(list)
-  local todo, seen = {}, {}
+  local todo, seen, known = {}, {}, {}
   for _, u in ipairs(list) do
     if not seen[u.sha] and not self.refs[u.sha] then
       seen[u.sha] = true
-      local id = self.memory:lookup(u.sha, self.dirkey)
-      if id then self.refs[u.sha] = id else todo[#todo + 1] = u end
+      local id = self.memory:lookup(u.sha)
+      if id then known[#known + 1] = { u = u, id = id } else todo[#todo + 1] = u end
     end
   end
+  -- A remembered file may be gone (deleted by another program, or by the
+  -- account's owner): a line naming it would fail. One GET each tells.
+  self.phase = "checking uploads"
+  self:many(known, function(k) return self.client:_api { method = "GET", path = "/files/" .. k.id } end,
+    function(k, res, err)
+      if res and type(res.json) == "table" and res.json.id == k.id then
+        self.refs[k.u.sha] = k.id
+        self.memory:use(k.id, self.dirkey)
+      else
+        if err and err.kind == "not_found" then self.memory:gone(k.id) end
+        todo[#todo + 1] = k.u
+      end
+    end)
   self.phase = "uploading"
+  -- The progress report: bytes sent of the pictures to upload, live.
+  local sent, total = {}, 0
+  for _, u in ipairs(todo) do total = total + #u.bytes end
+  self.up = { total = total, files = #todo, done = 0, sent = function()
+    local n = 0
+    for _, b in pairs(sent) do n = n + b end
+    return math.min(n, total)
+  end }
   local failed = {}
   self:many(todo, function(u)
-    return self.client:_api { method = "POST", path = "/files", parts = {
+    return self.client:_api { method = "POST", path = "/files", on_progress = function(pr)
+      sent[u.sha] = math.min(pr.uploaded or 0, #u.bytes)
+    end, parts = {
       { name = "purpose", value = "vision" },
       { name = "expires_after[anchor]", value = "created_at" },
       { name = "expires_after[seconds]", value = tostring(uploads_mod.EXPIRES) },
@@ -187,6 +213,7 @@ function Route:upload_all(list)
       return
     end
     self.refs[u.sha] = f.id
+    sent[u.sha], self.up.done = #u.bytes, self.up.done + 1
     self.mine[f.id] = true
     self.uploaded, self.upload_bytes = self.uploaded + 1, self.upload_bytes + #u.bytes
     self.memory:add(u.sha, f.id, #u.bytes, tonumber(f.expires_at), self.dirkey)

@@ -4,6 +4,7 @@ local compat = require "imgedit.compat"
 local cjson = require "cjson"
 local core = require "imgedit.core"
 local text = require "imgedit.text"
+local human = require("imgedit.cli_common").human
 
 local M = {}
 
@@ -71,6 +72,10 @@ function M.route_line(n)
   for _, b in ipairs(r.batches) do
     list[#list + 1] = string.format("%s %s %d/%d done, %d failed", b.id or "(new)", b.status, b.completed, b.total or 0,
       b.failed)
+  end
+  local up = r.uploading
+  if r.phase == "uploading" and up then
+    return string.format("uploading %d/%d pictures, %s of %s", up.done, up.files, human(up.sent), human(up.bytes))
   end
   return string.format("%s | %s | uploads %d | waited %s", r.phase or "", #list > 0 and table.concat(list, "; ")
     or "no batch", r.uploads or 0, clock(r.waited))
@@ -211,9 +216,11 @@ function M.run(a, ctx)
         rt.uploads, rt.calls))
     end
     if report.stopped == "detached" or (report.stopped == "interrupted" and rt and #rt.pending > 0) then
-      print(string.format("the provider's batch%s %s keep%s running; to collect: imgedit batch --route provider %s -o %s"
-        .. " (add --cancel to cancel)", #rt.pending == 1 and "" or "es", safe(table.concat(rt.pending, ", ")),
-        #rt.pending == 1 and "s" or "", safe(table.concat(a.inputs, " ")), safe(a.output)))
+      -- The same command: other options (model, size) are part of each job's key.
+      print(string.format("the provider's batch%s %s %s still running; to collect, run the same imgedit batch"
+        .. " command again%s (add --cancel to cancel)", #rt.pending == 1 and "" or "es",
+        safe(table.concat(rt.pending, ", ")), #rt.pending == 1 and "is" or "are",
+        a.detach and " without --detach" or ""))
     elseif report.stopped then
       print("stopped: " .. safe(report.stopped))
     end

@@ -112,6 +112,11 @@ function Memory:release(dir)
   return free
 end
 
+-- gone(id): the service has it no more (deleted by someone else, expired).
+function Memory:gone(id)
+  if self.files[id] then self:_write { gone = id } end
+end
+
 function Memory:close()
   if self.out then
     self.out:sync()
