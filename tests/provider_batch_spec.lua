@@ -230,6 +230,20 @@ describe("imgedit.batch{route = 'provider'}", function()
     assert.are.same({}, r2.route.pending)
   end)
 
+  it("keeps a budget at the batch price, and a dry run sends nothing", function()
+    local m = six()
+    local d = run(m, fresh("out"), { dry_run = true })
+    assert.is_true(d.dry_run)
+    assert.are.same({ 6, 3, 1 }, { d.lines, d.uploads, d.batches })
+    assert.are.near(d.usd_direct / 2, d.usd, 1e-12)
+    assert.are.equal(0, #H.api_requests(emu))
+    -- Room for 2.5 lines at the batch price (1.25 at the direct one).
+    local r = run(m, fresh("out"), { budget = { usd = d.usd / 6 * 2.5 } })
+    assert.are.same({ jobs = 6, done = 2, failed = 0, not_run = 4 }, r.totals)
+    assert.matches("^budget", r.stopped)
+    assert.are.equal(2, emu:stats().batch_lines_billed)
+  end)
+
   describe("after kill -9", function()
     local script
     lazy_setup(function()

@@ -85,6 +85,99 @@ local function progress(mine)
   return k
 end
 
+-- ---- the provider's batch route (issue 34) ----
+
+-- The steps a batch round may crash at (an error from the test's hook,
+-- where a kill -9 would stop the process; the journals are synced first).
+local STEPS = { "uploaded", "lines", "input", "creating", "sent", "created", "polled", "wrote" }
+local BATCH_FAULTS = {
+  function(r, k) return { batch = "expire", finished = r(k) - 1 } end,
+  function() return { batch = "drop", lines = 1 } end,
+  function() return { batch = "slow", seconds = 0.4 * H.SLOW } end,
+  function() return { batch = "fail" } end,
+}
+
+-- A folder's files, then the folder (no shell: see above).
+local function rmtree(dir)
+  for _, e in ipairs(core.listdir(dir) or {}) do os.remove(dir .. "/" .. e.name) end
+  os.remove(dir)
+end
+
+-- batch_round(r, emu, pic, seed, n, violations, stats): a batch of edits and
+-- generations through the provider's route, under the emulator's random
+-- 5xx and resets, a batch fault, a small max_lines, and a crash at a
+-- random step; re-run until it ends. Then: no line run twice, no line run
+-- that the caller does not get (a picture, or a failure naming it maybe
+-- billed when the service dropped it), nothing left pending.
+local function batch_round(r, emu, pic, seed, n, violations, stats)
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(core.mkdir_p(dir))
+  local jobs, by_prompt = {}, {}
+  for i = 1, 2 + r(8) do
+    local prompt = string.format("soak-batch-%d-%d-%d", seed, n, i)
+    jobs[i] = { name = "b" .. i, prompt = prompt, images = r(3) > 1 and { pic } or nil }
+    by_prompt[prompt] = jobs[i]
+  end
+  local fault = r(5)
+  fault = BATCH_FAULTS[fault] and BATCH_FAULTS[fault](r, #jobs) or nil
+  if fault then emu:inject(fault) end
+  emu:configure { batch_seconds = r(3) * 0.1 * H.SLOW }
+  local crash_at, crashed = r(2) == 1 and STEPS[r(#STEPS)] or nil, false
+  local c = imgedit.new { base_url = emu.url, api_key = emu.key, provider = "apiyi", model = "gpt-image-2-all",
+    retry_base = 0.01, max_concurrency = 1 + r(4), on_warning = function() end }
+  local report, runs = nil, 0
+  local deadline = core.now() + 30 * H.SLOW
+  while core.now() < deadline do
+    runs = runs + 1
+    local ok, rep = pcall(imgedit.batch, { client = c, jobs = jobs, dir = dir, route = "provider",
+      poll_interval = 0.02, max_lines = r(2) == 1 and 1 + r(3) or nil, uploads = dir .. "/uploads.jsonl",
+      defaults = { size = "64x64", response_format = "b64_json" },
+      _on_step = function(step)
+        if step == crash_at and not crashed then
+          crashed = true
+          error("soak: a crash at " .. step, 0)
+        end
+      end })
+    if ok and rep and not rep.stopped and #rep.route.pending == 0 then
+      report = rep
+      break
+    end
+  end
+  c:close()
+  stats.batch_rounds, stats.batch_runs = (stats.batch_rounds or 0) + 1, (stats.batch_runs or 0) + runs
+  if not report then
+    violations[#violations + 1] = string.format("batch round %d: not ended after %d runs", n, runs)
+    rmtree(dir)
+    return
+  end
+  local status = {}
+  for _, j in ipairs(report.jobs) do status[j.name] = j end
+  local ran = {}
+  for _, e in ipairs(emu:requests()) do
+    local job = by_prompt[e.fields and e.fields.prompt or ""]
+    if job and e.listener == "api" and e.path:match("^/v1/images/") then
+      violations[#violations + 1] = job.prompt .. ": went the direct route"
+    elseif job and e.listener == "batch" and e.billed then
+      ran[job] = (ran[job] or 0) + 1
+      stats.batch_lines = (stats.batch_lines or 0) + 1
+    end
+  end
+  for _, job in ipairs(jobs) do
+    local j, k = status[job.name], ran[job] or 0
+    if k > 1 then violations[#violations + 1] = string.format("%s: run in %d batch lines", job.prompt, k) end
+    if not j or (j.status ~= "done" and j.status ~= "failed") then
+      violations[#violations + 1] = job.prompt .. ": left " .. tostring(j and j.status)
+    elseif k > 0 and j.status ~= "done" and not (fault and fault.batch == "drop" and j.error.maybe_billed) then
+      violations[#violations + 1] = string.format("%s: a line the service ran was lost (%s)", job.prompt,
+        tostring(j.error and j.error.message))
+    elseif j.status == "done" and not core.stat(j.file) then
+      violations[#violations + 1] = job.prompt .. ": done without its picture"
+    end
+  end
+  rmtree(dir)
+end
+
 -- run{seed, seconds, log} -> stats, violations (a list of strings)
 function S.run(o)
   local seed = o.seed or 1
@@ -113,134 +206,144 @@ function S.run(o)
   while core.now() < t_end do
     stats.rounds = stats.rounds + 1
     emu:clear()
-    local idle = ({ 0.3, 0.6, 1.2 })[r(3)] * H.SLOW
-    local total = ({ 2.5, 4 })[r(2)] * H.SLOW
-    -- the model's time for every answer of the round: well under the timeout
-    emu:configure { fail_rate = 0.04, reset_rate = 0.02, latency = r(3) == 1 and total * r(3) / 10 or 0 }
-    for _ = 1, r(6) do emu:inject(FAULTS[r(#FAULTS)](r, idle, total)) end
-    local c = imgedit.new { base_url = emu.url, api_key = emu.key, provider = "apiyi", idle_timeout = idle,
-      timeout = total, max_retries = r(3) - 1, retry_base = 0.01, max_concurrency = 2 + r(6),
-      decode = r(2) == 1 and "rgba" or nil, on_warning = function() end }
-    local mine = {}
-    for _ = 1, 2 + r(8) do
-      n = n + 1
-      local prompt = string.format("soak-%d-%d", seed, n)
-      local req = { prompt = prompt, size = "1024x640", quality = "low", output_format = r(2) == 1 and "jpeg" or "png" }
-      local rec
-      if r(3) > 1 then
-        req.stream, req.partial_images = true, r(3) - 1
-        req.on_partial = function(p)
-          rec.partials = (rec.partials or 0) + 1
-          if rawget(p, "buffer") and r(2) == 1 then p.buffer:close() end
+    repeat -- (once; a batch round breaks out: no goto, for Lua 5.1 and LuaJIT)
+      if r(4) == 1 then
+        -- this round goes the provider's batch route
+        emu:configure { fail_rate = 0.04, reset_rate = 0.02, latency = 0 }
+        n = n + 1
+        batch_round(r, emu, pic, seed, n, violations, stats)
+        log(stats)
+        break
+      end
+      local idle = ({ 0.3, 0.6, 1.2 })[r(3)] * H.SLOW
+      local total = ({ 2.5, 4 })[r(2)] * H.SLOW
+      -- the model's time for every answer of the round: well under the timeout
+      emu:configure { fail_rate = 0.04, reset_rate = 0.02, latency = r(3) == 1 and total * r(3) / 10 or 0 }
+      for _ = 1, r(6) do emu:inject(FAULTS[r(#FAULTS)](r, idle, total)) end
+      local c = imgedit.new { base_url = emu.url, api_key = emu.key, provider = "apiyi", idle_timeout = idle,
+        timeout = total, max_retries = r(3) - 1, retry_base = 0.01, max_concurrency = 2 + r(6),
+        decode = r(2) == 1 and "rgba" or nil, on_warning = function() end }
+      local mine = {}
+      for _ = 1, 2 + r(8) do
+        n = n + 1
+        local prompt = string.format("soak-%d-%d", seed, n)
+        local req = { prompt = prompt, size = "1024x640", quality = "low", output_format = r(2) == 1 and "jpeg" or "png" }
+        local rec
+        if r(3) > 1 then
+          req.stream, req.partial_images = true, r(3) - 1
+          req.on_partial = function(p)
+            rec.partials = (rec.partials or 0) + 1
+            if rawget(p, "buffer") and r(2) == 1 then p.buffer:close() end
+          end
         end
+        if r(4) == 1 then req.decode = "rgba" end
+        local kind = r(2) == 1 and "edit" or "generate"
+        rec = { kind = kind, stream = req.stream }
+        if kind == "edit" and r(3) == 1 then req.mask, req.preserve = mask, r(2) == 1 end
+        if kind == "edit" and r(3) == 1 then
+          req.images, rec.sent_sha = { shifty }, shifty_sha
+        elseif kind == "edit" then
+          req.images, rec.sent_sha = { pic }, pic_sha
+        end
+        jobs[prompt] = rec
+        mine[#mine + 1] = { prompt = prompt, job = c:submit(kind, req), rec = rec }
+        stats.jobs = stats.jobs + 1
       end
-      if r(4) == 1 then req.decode = "rgba" end
-      local kind = r(2) == 1 and "edit" or "generate"
-      rec = { kind = kind, stream = req.stream }
-      if kind == "edit" and r(3) == 1 then req.mask, req.preserve = mask, r(2) == 1 end
-      if kind == "edit" and r(3) == 1 then
-        req.images, rec.sent_sha = { shifty }, shifty_sha
-      elseif kind == "edit" then
-        req.images, rec.sent_sha = { pic }, pic_sha
+      local pattern = PATTERNS[r(#PATTERNS)]
+      if pattern == "fd" and not have_cq then pattern = "tight" end
+      local fd = pattern == "fd" and assert(c:fd())
+      if fd then stats.fd_rounds = (stats.fd_rounds or 0) + 1 end
+      local chaos = r(6) -- 1: cancel some, 2: close mid-way, 3: drop the client, else none
+      local shift_at = r(2) == 1 and r(40) or nil -- the poll at which the changing input changes
+      local deadline = core.now() + 25 * H.SLOW
+      local polls = 0
+      local function pending()
+        for _, m in ipairs(mine) do if not m.job:done() then return true end end
+        return false
       end
-      jobs[prompt] = rec
-      mine[#mine + 1] = { prompt = prompt, job = c:submit(kind, req), rec = rec }
-      stats.jobs = stats.jobs + 1
-    end
-    local pattern = PATTERNS[r(#PATTERNS)]
-    if pattern == "fd" and not have_cq then pattern = "tight" end
-    local fd = pattern == "fd" and assert(c:fd())
-    if fd then stats.fd_rounds = (stats.fd_rounds or 0) + 1 end
-    local chaos = r(6) -- 1: cancel some, 2: close mid-way, 3: drop the client, else none
-    local shift_at = r(2) == 1 and r(40) or nil -- the poll at which the changing input changes
-    local deadline = core.now() + 25 * H.SLOW
-    local polls = 0
-    local function pending()
-      for _, m in ipairs(mine) do if not m.job:done() then return true end end
-      return false
-    end
-    while pending() and core.now() < deadline do
-      polls = polls + 1
-      if polls == shift_at then
-        fill = fill + 1
-        shifty_sha = rewrite(shifty, fill, r(2) == 1)
-        stats.shifted = (stats.shifted or 0) + 1
-      end
-      if chaos == 1 and r(40) == 1 then
-        local m = mine[r(#mine)]
-        if m.job:cancel("soak") then m.rec.let_go = "canceled" end
-      end
-      if (chaos == 2 or chaos == 3) and polls == 1 + r(60) then break end
-      if pattern == "tight" then
-        c:poll(0)
-      elseif pattern == "frames" then
-        c:poll(0)
-        sleeper:poll(0.016)
-      elseif pattern == "poll" then
-        c:poll(r(20) / 100)
-      elseif pattern == "fd" then
-        -- an event loop: sleep until the descriptor or the client's clock,
-        -- capped; woken by the cap with the descriptor quiet, a poll that
-        -- still hands something over is a wake-up the descriptor missed
-        local t = c:timeout()
-        local cap = 3 * H.SLOW
-        local woke = readable(fd, t and math.min(t, cap) or cap)
-        if not woke and not t and not readable(fd, 0.02) then
-          local before = progress(mine)
+      while pending() and core.now() < deadline do
+        polls = polls + 1
+        if polls == shift_at then
+          fill = fill + 1
+          shifty_sha = rewrite(shifty, fill, r(2) == 1)
+          stats.shifted = (stats.shifted or 0) + 1
+        end
+        if chaos == 1 and r(40) == 1 then
+          local m = mine[r(#mine)]
+          if m.job:cancel("soak") then m.rec.let_go = "canceled" end
+        end
+        if (chaos == 2 or chaos == 3) and polls == 1 + r(60) then break end
+        if pattern == "tight" then
           c:poll(0)
-          if progress(mine) ~= before then
-            violations[#violations + 1] = string.format("round %d: the descriptor stayed quiet %.1f s while poll had"
-              .. " something to hand over", stats.rounds, cap)
+        elseif pattern == "frames" then
+          c:poll(0)
+          sleeper:poll(0.016)
+        elseif pattern == "poll" then
+          c:poll(r(20) / 100)
+        elseif pattern == "fd" then
+          -- an event loop: sleep until the descriptor or the client's clock,
+          -- capped; woken by the cap with the descriptor quiet, a poll that
+          -- still hands something over is a wake-up the descriptor missed
+          local t = c:timeout()
+          local cap = 3 * H.SLOW
+          local woke = readable(fd, t and math.min(t, cap) or cap)
+          if not woke and not t and not readable(fd, 0.02) then
+            local before = progress(mine)
+            c:poll(0)
+            if progress(mine) ~= before then
+              violations[#violations + 1] = string.format("round %d: the descriptor stayed quiet %.1f s while poll had"
+                .. " something to hand over", stats.rounds, cap)
+            end
+          else
+            c:poll(0)
           end
         else
-          c:poll(0)
+          mine[r(#mine)].job:wait()
         end
-      else
-        mine[r(#mine)].job:wait()
       end
-    end
-    if chaos == 2 or chaos == 3 then
+      if chaos == 2 or chaos == 3 then
+        for _, m in ipairs(mine) do
+          if not m.job:done() then m.rec.let_go = chaos == 2 and "closed" or "dropped" end
+        end
+      end
       for _, m in ipairs(mine) do
-        if not m.job:done() then m.rec.let_go = chaos == 2 and "closed" or "dropped" end
-      end
-    end
-    for _, m in ipairs(mine) do
-      local rec, job = m.rec, m.job
-      if not job:done() and not rec.let_go then
-        stats.left_running = stats.left_running + 1
-        violations[#violations + 1] = string.format("%s: left running (%s, pattern %s)", m.prompt, job.state, pattern)
-        rec.let_go = "stuck"
-      elseif job:done() then
-        local img, err = job:result()
-        rec.img, rec.err = img, err
-        if img then
-          stats.images = stats.images + 1
-          if rawget(img, "buffer") and r(2) == 1 then img.buffer:close() end
-        elseif err.image then
-          stats.err_image = stats.err_image + 1
-        elseif err.url then
-          stats.err_url = stats.err_url + 1
-        else
-          stats.failed[err.kind] = (stats.failed[err.kind] or 0) + 1
+        local rec, job = m.rec, m.job
+        if not job:done() and not rec.let_go then
+          stats.left_running = stats.left_running + 1
+          violations[#violations + 1] = string.format("%s: left running (%s, pattern %s)", m.prompt, job.state, pattern)
+          rec.let_go = "stuck"
+        elseif job:done() then
+          local img, err = job:result()
+          rec.img, rec.err = img, err
+          if img then
+            stats.images = stats.images + 1
+            if rawget(img, "buffer") and r(2) == 1 then img.buffer:close() end
+          elseif err.image then
+            stats.err_image = stats.err_image + 1
+          elseif err.url then
+            stats.err_url = stats.err_url + 1
+          else
+            stats.failed[err.kind] = (stats.failed[err.kind] or 0) + 1
+          end
+          if err and err.kind == "canceled" then rec.let_go = rec.let_go or "canceled" end
         end
-        if err and err.kind == "canceled" then rec.let_go = rec.let_go or "canceled" end
       end
-    end
-    if chaos == 3 then
-      mine, c = nil, nil -- the client and its jobs are dropped: __gc closes them
-      collectgarbage()
-      collectgarbage()
-    else
-      c:close()
-    end
-    -- the emulator's answers are in; give a cut connection's last word time to land
-    sleeper:poll(0.05)
-    S.check(emu, jobs, violations, stats)
-    for _, rec in pairs(jobs) do
-      if rec.let_go then stats[rec.let_go] = (stats[rec.let_go] or 0) + 1 end
-    end
-    jobs = {}
-    log(stats)
+      if chaos == 3 then
+        mine, c = nil, nil -- the client and its jobs are dropped: __gc closes them
+        collectgarbage()
+        collectgarbage()
+      else
+        c:close()
+      end
+      -- the emulator's answers are in; give a cut connection's last word time to land
+      sleeper:poll(0.05)
+      S.check(emu, jobs, violations, stats)
+      for _, rec in pairs(jobs) do
+        if rec.let_go then stats[rec.let_go] = (stats[rec.let_go] or 0) + 1 end
+      end
+      jobs = {}
+      log(stats)
+    until true
   end
   sleeper:close()
   emu:stop()
@@ -290,9 +393,10 @@ function S.summary(s)
   table.sort(kinds)
   return string.format("soak: %d rounds, %d jobs, %d requests, %d answers delivered in full; reached the caller:"
     .. " %d images, %d err.image, %d err.url; let go by the caller: %d canceled, %d closed, %d dropped;"
-    .. " failed: %s; left running: %d; an input changed %d times; %d rounds waited on fd()", s.rounds, s.jobs, s.requests or 0, s.delivered or 0, s.images, s.err_image,
+    .. " failed: %s; left running: %d; an input changed %d times; %d rounds waited on fd(); %d batch rounds (%d runs,"
+    .. " %d lines run)", s.rounds, s.jobs, s.requests or 0, s.delivered or 0, s.images, s.err_image,
     s.err_url, s.canceled or 0, s.closed or 0, s.dropped or 0, #kinds > 0 and table.concat(kinds, " ") or "none",
-    s.left_running, s.shifted or 0, s.fd_rounds or 0)
+    s.left_running, s.shifted or 0, s.fd_rounds or 0, s.batch_rounds or 0, s.batch_runs or 0, s.batch_lines or 0)
 end
 
 return S

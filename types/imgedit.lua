@@ -81,7 +81,7 @@ function Image:rgba(max_pixels, max_bytes) end
 ---@return imgedit.Error|nil err
 function Image:save(path, opts) end
 
----@alias imgedit.Source string|imgedit.Image|{bytes: string, filename?: string}
+---@alias imgedit.Source string|imgedit.Image|{bytes: string, filename?: string}|{url: string}|{file_id: string}
 
 ---require("imgedit.image"): the bounds of every decode (inputs, answers,
 ---partials, masks, preserve, fit, conversions on save), to set. A picture
@@ -111,6 +111,7 @@ function Image:save(path, opts) end
 ---@field prompt string
 ---@field images? imgedit.Source|imgedit.Source[]
 ---@field mask? imgedit.Source
+---@field body? "multipart"|"json" the JSON edit body (GPT image models); by itself with a url or file id
 ---@field model? string
 ---@field size? string
 ---@field quality? "low"|"medium"|"high"|"auto"
@@ -473,11 +474,21 @@ function Pipeline:report(opts) end
 ---@field on_tick? fun(numbers: imgedit.BatchNumbers)
 ---@field tick? number
 ---@field interrupts? {take: fun(self): integer}
+---@field route? "direct"|"provider" the provider's Batch API at half price
+---@field poll_interval? number provider route: seconds between polls (default 30)
+---@field detach? boolean provider route: create the batches and return
+---@field cancel? boolean provider route: cancel running batches, collect what they finished
+---@field dry_run? boolean provider route: send nothing, return what would be sent and its price
+---@field keep_files? boolean provider route: leave the uploads and batch files at the provider
+---@field uploads? string provider route: the memory of uploaded pictures (a path)
+---@field max_lines? integer provider route: lines per batch at most (50000)
+---@field max_bytes? integer provider route: bytes of input per batch at most (200 MB)
 
 ---@class imgedit.BatchReport
 ---@field totals {jobs: integer, done: integer, failed: integer, not_run: integer}
 ---@field this_run {done: integer, failed: integer, skipped_done_before: integer, not_sent_maybe_billed: integer, requests: integer, tokens: integer, usd: number, rpm: number, throttled: integer, concurrency: {ceiling: integer, lowest: integer, final: integer}}
----@field stopped? string "interrupted" or "budget: ..."
+---@field stopped? string "interrupted", "detached" or "budget: ..."
+---@field route? {calls: integer, uploads: integer, upload_bytes: integer, lines: integer, pending: string[]}
 ---@field maybe_paid_twice string[]
 ---@field jobs table[]
 ---@field report string

@@ -187,7 +187,11 @@ local function run_line(b, i)
   -- the log's entry, as a direct request's, told apart by listener and batch_line
   local entry = { id = #S.log + 1, listener = "batch", batch_line = true, batch = b.obj.id,
     custom_id = line.custom_id, method = "POST", path = line.url, content_type = "application/json",
-    fields = {}, field_order = {}, files = {} }
+    fields = {}, field_order = {}, files = {}, json = line.body }
+  -- the body's plain fields, as a direct JSON request's entry has them
+  for k, v in pairs(type(line.body) == "table" and line.body or {}) do
+    if type(v) ~= "table" then entry.fields[k] = tostring(v) end
+  end
   S.log[#S.log + 1] = entry
   local a
   if line.body.stream == true then
