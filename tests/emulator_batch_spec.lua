@@ -32,7 +32,7 @@ describe("emulator: JSON edits, Files and Batch APIs", function()
     local cmd = "curl -s -w '\\n%{http_code}' -H 'Authorization: Bearer " .. emu.key .. "' " .. (args or "")
       .. " '" .. emu.url .. path .. "'"
     local p = assert(io.popen(cmd))
-    local out = p:read("a")
+    local out = p:read("*a")
     p:close()
     local body, code = out:match("^(.*)\n(%d+)$")
     return tonumber(code), body
@@ -203,7 +203,7 @@ describe("emulator: JSON edits, Files and Batch APIs", function()
 
     it("needs the key", function()
       local p = assert(io.popen("curl -s -o /dev/null -w '%{http_code}' '" .. emu.url .. "/files'"))
-      local code = p:read("a")
+      local code = p:read("*a")
       p:close()
       assert.are.equal("401", code)
     end)

@@ -354,7 +354,7 @@ print("totals", r.totals.done, r.totals.failed)
       local waited = 0
       local function created()
         local f = io.open(o .. "/.imgedit-route.jsonl", "rb")
-        local s = f and f:read("a") or ""
+        local s = f and f:read("*a") or ""
         if f then f:close() end
         return s:find('"created"', 1, true)
       end
