@@ -284,7 +284,7 @@ end
 local NUMBERS = { n = true, partial_images = true, output_compression = true }
 local BOOLEANS = { stream = true }
 
--- The JSON value of a generation's field, or nil, message.
+-- The JSON value of a field (a generation's, a JSON edit's), or nil, message.
 local function json_value(k, v)
   if NUMBERS[k] then
     local n = tonumber(v)
@@ -297,6 +297,22 @@ local function json_value(k, v)
     return nil, k .. " must be true or false"
   end
   return v
+end
+
+-- json_body(spec, body, names, fields, req, key) -> true | nil, err: the
+-- fields added to body, typed as JSON (numbers stay numbers), and spec
+-- made to send it (spec.json is the table, for the batch route's lines).
+local function json_body(spec, body, names, fields, req, key)
+  for _, k in ipairs(names) do
+    if fields[k] ~= nil then
+      local v, msg = json_value(k, req[k])
+      if msg then return fail("invalid_request", msg, { param = k }, key) end
+      body[k] = v
+    end
+  end
+  spec.json, spec.body = body, cjson.encode(body)
+  spec.headers[#spec.headers + 1] = "Content-Type: application/json"
+  return true
 end
 
 -- prepare(client, kind, req, key, level) -> spec, fields, inpaint | nil, err
@@ -422,16 +438,8 @@ function M.prepare(client, kind, req, key, level)
     local body = { model = model, prompt = fields.prompt, images = {} }
     for i, e in ipairs(images) do body.images[i] = json_ref(e, req._refs) end
     if mask then body.mask = json_ref(mask, req._refs) end
-    for _, k in ipairs(names) do
-      if fields[k] ~= nil then
-        local v, msg = json_value(k, req[k])
-        if msg then return fail("invalid_request", msg, { param = k }, key) end
-        body[k] = v
-      end
-    end
-    spec.json = body
-    spec.body = cjson.encode(body)
-    spec.headers[#spec.headers + 1] = "Content-Type: application/json"
+    local ok, err = json_body(spec, body, names, fields, req, key)
+    if not ok then return nil, err end
   elseif kind == "edit" then
     spec.url = providers.url(client, "edits", model)
     local parts = { { name = "model", value = model }, { name = "prompt", value = fields.prompt } }
@@ -449,17 +457,8 @@ function M.prepare(client, kind, req, key, level)
   else
     spec.url = providers.url(client, "generations", model)
     -- JSON keeps numbers numbers: "1" for n is sent as 1, not as a string.
-    local body = { model = model, prompt = fields.prompt }
-    for _, k in ipairs(names) do
-      if fields[k] ~= nil then
-        local v, msg = json_value(k, req[k])
-        if msg then return fail("invalid_request", msg, { param = k }, key) end
-        body[k] = v
-      end
-    end
-    spec.json = body
-    spec.body = cjson.encode(body)
-    spec.headers[#spec.headers + 1] = "Content-Type: application/json"
+    local ok, err = json_body(spec, { model = model, prompt = fields.prompt }, names, fields, req, key)
+    if not ok then return nil, err end
   end
   return spec, fields, inpaint
 end

@@ -275,13 +275,21 @@ local function log_files(entry, images, mask)
   if mask then add("mask", mask) end
 end
 
-local function json_edit(req, entry)
+-- A JSON request's fields (nulls dropped, Azure's deployment as the model),
+-- or nil, the answer.
+local function json_fields(req)
   local ok, f = pcall(cjson.decode, req.body or "")
   if not ok or type(f) ~= "table" then
-    return invalid("We could not parse the JSON body of your request.", nil, "invalid_json")
+    return nil, invalid("We could not parse the JSON body of your request.", nil, "invalid_json")
   end
   for k, v in pairs(f) do if v == cjson.null then f[k] = nil end end
   f.model = f.model or req.deployment
+  return f
+end
+
+local function json_edit(req, entry)
+  local f, bad_json = json_fields(req)
+  if not f then return bad_json end
   -- "JSON edits support GPT image models only; DALL-E edits require
   -- multipart" (the OpenAPI spec's EditImageBodyJsonParam)
   if type(f.model) == "string" and f.model:match("^dall%-e") then
@@ -335,12 +343,8 @@ local function edits(req, entry)
 end
 
 local function generations(req, entry)
-  local ok, f = pcall(cjson.decode, req.body or "")
-  if not ok or type(f) ~= "table" then
-    return invalid("We could not parse the JSON body of your request.", nil, "invalid_json")
-  end
-  for k, v in pairs(f) do if v == cjson.null then f[k] = nil end end
-  f.model = f.model or req.deployment
+  local f, bad_json = json_fields(req)
+  if not f then return bad_json end
   local m, bad = model_of(f, "generations")
   if not m then return bad end
   entry.model = f.model
