@@ -244,6 +244,36 @@ describe("imgedit.batch{route = 'provider'}", function()
     assert.are.equal(2, emu:stats().batch_lines_billed)
   end)
 
+  it("leaves to the provider's route the jobs its batches hold: the direct route does not pay them twice", function()
+    local m, o = six(), fresh("out")
+    assert.are.equal("detached", run(m, o, { detach = true }).stopped)
+    local d = assert(imgedit.batch { client = H.all_client(emu), manifest = m, dir = o, defaults = SMALL })
+    assert.are.same({ jobs = 6, done = 0, failed = 0, not_run = 6 }, d.totals)
+    assert.matches("provider's batches", d.stopped)
+    assert.is_nil(calls()["POST /v1/images/edits"])
+    local r = run(m, o)
+    assert.are.equal(6, r.totals.done)
+    assert.are.equal(6, emu:stats().batch_lines_billed)
+  end)
+
+  it("writes a job changed while its batch ran from its new line, not the old one", function()
+    local jobs = {}
+    for i = 1, 3 do jobs[i] = { "j" .. i, "edit number " .. i, i } end
+    local m, o = manifest(jobs), fresh("out")
+    assert.are.equal("detached", run(m, o, { detach = true }).stopped)
+    H.write(m, table.concat({
+      cjson.encode { name = "j1", prompt = "a new prompt", images = { pics[1] } },
+      cjson.encode { name = "j2", prompt = "edit number 2", images = { pics[2] } },
+      cjson.encode { name = "j3", prompt = "edit number 3", images = { pics[3] } },
+    }, "\n") .. "\n")
+    local r = run(m, o)
+    assert.are.equal(3, r.totals.done)
+    assert.are.equal(1, r.route.superseded)
+    assert.are.equal(1, r.route.lines, "only the changed job is a new line")
+    assert.are.equal("a new prompt", lineage.read(H.read(o .. "/j1.png")).prompt)
+    assert.are.equal(2, #emu:batches())
+  end)
+
   describe("after kill -9", function()
     local script
     lazy_setup(function()

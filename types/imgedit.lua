@@ -488,7 +488,7 @@ function Pipeline:report(opts) end
 ---@field totals {jobs: integer, done: integer, failed: integer, not_run: integer}
 ---@field this_run {done: integer, failed: integer, skipped_done_before: integer, not_sent_maybe_billed: integer, requests: integer, tokens: integer, usd: number, rpm: number, throttled: integer, concurrency: {ceiling: integer, lowest: integer, final: integer}}
 ---@field stopped? string "interrupted", "detached" or "budget: ..."
----@field route? {calls: integer, uploads: integer, upload_bytes: integer, lines: integer, pending: string[]}
+---@field route? {calls: integer, uploads: integer, upload_bytes: integer, lines: integer, superseded: integer, pending: string[]}
 ---@field maybe_paid_twice string[]
 ---@field jobs table[]
 ---@field report string

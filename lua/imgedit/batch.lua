@@ -217,6 +217,12 @@ function Run:_prepare(entry)
       return nil
     end
   end
+  -- The same request waits in a provider's batch of this folder: sent here
+  -- too, it would be paid twice. The provider's route collects it.
+  if self.claimed and self.claimed[name] == item.key then
+    self.stats.in_batch = self.stats.in_batch + 1
+    return nil
+  end
   local slot = { item = item, entry = entry, t0 = core.now(), requeued = entry._requeued }
   -- Sent by a run that died before it was answered: the output may be on
   -- disk already (the kill came between the file and the journal), or in
@@ -421,7 +427,8 @@ function M.run(o)
     known = J.read_journals(dir, names, function(m) client:_warn(m) end), journal = jf, total = total, running = 0,
     slots = {}, again = {},
     pace = pace_mod.new(ceiling), t0 = core.now(), started = os.time(), rpm_marks = {},
-    stats = { done = 0, failed = 0, before = 0, held = 0, requests = 0, tokens = 0, usd = 0, paid_twice = {} },
+    stats = { done = 0, failed = 0, before = 0, held = 0, in_batch = 0, requests = 0, tokens = 0, usd = 0,
+      paid_twice = {} },
     reserved = { requests = 0, tokens = 0, usd = 0 },
   }, Run)
   -- The pipelines' keys and cache; the batch's journal is its own.
@@ -440,6 +447,7 @@ function M.run(o)
     return report
   end
 
+  run.claimed = require("imgedit.batch_provider").claimed(dir, shard)
   -- The second pass runs the jobs, in a coroutine that hands them over one
   -- at a time, so that the manifest is never held whole.
   local feed = coroutine.wrap(function()
@@ -489,6 +497,11 @@ function M.run(o)
   jf:sync()
   jf:close()
   if not ok_run then error(run_err, 0) end
+  if run.stats.in_batch > 0 and not run.stopped then
+    run.stopped = string.format("%d job%s wait%s in the provider's batches of this folder: not sent again here;"
+      .. " collect with route = \"provider\" (imgedit batch --route provider)", run.stats.in_batch,
+      run.stats.in_batch == 1 and "" or "s", run.stats.in_batch == 1 and "s" or "")
+  end
   if run.on_tick then run.on_tick(run:numbers()) end
   return run:_report(src)
 end

@@ -162,6 +162,19 @@ function Route:numbers(now)
   return r
 end
 
+-- claimed(dir, shard) -> {job name -> request key}: the jobs in this
+-- folder's provider batches that are not collected yet (the direct route
+-- leaves them alone: sending them would pay twice).
+function M.claimed(dir, shard)
+  local out = {}
+  for _, p in ipairs(read_route(files.join(dir, route_name(shard)))) do
+    if not p.collected and not p.abandoned then
+      for _, l in pairs(p.ids) do out[l.name] = l.key end
+    end
+  end
+  return out
+end
+
 -- ---- uploads ----
 
 -- The file id of a picture (bytes), uploading it once: remembered across
@@ -392,7 +405,12 @@ function Route:collect(p, entries)
     local item = self.items[entry.name]
     local prior = run.known[entry.name]
     local last = prior and prior.last
-    if cid and item and not (last and last.event == "done" and last.key == item.key) then
+    -- A line of an older request of this name (the job changed while its
+    -- batch ran) is not this job's: its picture is not written as it.
+    local line_key = cid and p.ids[cid] and p.ids[cid].key
+    if cid and item and line_key ~= item.key then
+      self.superseded = (self.superseded or 0) + 1
+    elseif cid and item and not (last and last.event == "done" and last.key == item.key) then
       local rec = oi[cid] and read_at(out, oi[cid]) or ei[cid] and read_at(bad, ei[cid])
       local ev = { name = entry.name, key = item.key, attempts = 1, model = item.model, batch = p.batch }
       local img, err
@@ -742,7 +760,7 @@ function M.execute(run, src, o)
   rj:close()
   self.memory:close()
   run.route = { calls = self.calls, uploads = self.uploaded, upload_bytes = self.upload_bytes, lines = self.lines,
-    pending = {} }
+    superseded = self.superseded or 0, pending = {} }
   for _, p in ipairs(self.pending) do
     run.route.pending[#run.route.pending + 1] = p.batch
   end
