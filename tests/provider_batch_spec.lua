@@ -249,7 +249,7 @@ describe("imgedit.batch{route = 'provider'}", function()
     assert.are.equal("detached", run(m, o, { detach = true }).stopped)
     local d = assert(imgedit.batch { client = H.all_client(emu), manifest = m, dir = o, defaults = SMALL })
     assert.are.same({ jobs = 6, done = 0, failed = 0, not_run = 6 }, d.totals)
-    assert.matches("provider's batches", d.stopped)
+    assert.matches("provider batches", d.stopped)
     assert.is_nil(calls()["POST /v1/images/edits"])
     local r = run(m, o)
     assert.are.equal(6, r.totals.done)
@@ -272,6 +272,41 @@ describe("imgedit.batch{route = 'provider'}", function()
     assert.are.equal(1, r.route.lines, "only the changed job is a new line")
     assert.are.equal("a new prompt", lineage.read(H.read(o .. "/j1.png")).prompt)
     assert.are.equal(2, #emu:batches())
+  end)
+
+  it("asks for the picture in the answer, and refuses a url answer before sending", function()
+    local m, o = six(), fresh("out")
+    -- gpt-image-2-all answers with a url unless told: the route tells it.
+    local r = run(m, o, { defaults = { size = "64x64" } })
+    assert.are.equal(6, r.totals.done)
+    local bad = run(six(), fresh("out"), { defaults = { size = "64x64", response_format = "url" } })
+    assert.are.same({ jobs = 6, done = 0, failed = 6, not_run = 0 }, bad.totals)
+    assert.matches("response_format", bad.jobs[1].error.message)
+    assert.are.equal(6, emu:stats().batch_lines_billed, "the refused ones were not sent")
+  end)
+
+  it("collects, when detached again, the batches that have ended; the report file names the route", function()
+    local m, o = six(), fresh("out")
+    assert.are.equal("detached", run(m, o, { detach = true }).stopped)
+    os.execute("sleep " .. 0.5 * H.SLOW)
+    local r = run(m, o, { detach = true })
+    assert.is_nil(r.stopped)
+    assert.are.equal(6, r.totals.done)
+    local file = cjson.decode(H.read(o .. "/batch-report.json"))
+    assert.are.equal(0, file.route.lines)
+    assert.are.same({}, file.route.pending)
+    assert.matches("^batch_", file.jobs[1].batch)
+  end)
+
+  it("refuses options that do not go together, and polls no faster than asked", function()
+    assert.has_error(function() run(six(), fresh("out"), { detach = true, cancel = true }) end,
+      "bad option 'cancel' (it goes without 'detach')")
+    assert.has_error(function() run(six(), fresh("out"), { poll_interval = 0 }) end,
+      "bad option 'poll_interval' (seconds > 0 expected)")
+    assert.has_error(function()
+      imgedit.batch { client = H.client(emu, { provider = "azure" }), jobs = {}, route = "provider", dir = fresh("o") }
+    end)
+    assert.are.equal(0, #H.api_requests(emu))
   end)
 
   describe("after kill -9", function()
@@ -330,6 +365,27 @@ print("totals", r.totals.done, r.totals.failed)
       assert.are.equal(6, d.lines)
       assert.are.near(d.usd_direct / 2, d.usd, 1e-9)
       assert.are.equal(0, #H.api_requests(emu))
+    end)
+
+    it("says why jobs are held back, and which hint would send them", function()
+      local m, o = six(), fresh("out")
+      local out, code = cli("--detach " .. m .. " -o " .. o)
+      assert.are.equal(0, code, out)
+      -- The direct route, meanwhile: nothing sent, the reason, exit 1.
+      local d, dcode = H.sh(H.CHILD .. "XDG_CACHE_HOME=" .. dir .. "/xdg IMGEDIT_API_KEY=" .. emu.key
+        .. " IMGEDIT_BASE_URL=" .. emu.url .. " IMGEDIT_PROVIDER=apiyi " .. H.LUA .. " bin/imgedit batch --model"
+        .. " gpt-image-2-all --size 64x64 --response-format b64_json " .. m .. " -o " .. o)
+      assert.are.equal(1, dcode, d)
+      assert.matches("6 jobs wait in this folder's provider batches", d)
+      assert.matches("%-%-route provider", d)
+      assert.is_nil(d:match("to run what is left"))
+      assert.is_nil(calls()["POST /v1/images/edits"])
+      -- A dry run names what its checks refuse.
+      H.write(dir .. "/broken.png", "not a picture")
+      local bm = H.write(fresh("m") .. ".jsonl", cjson.encode { name = "x", prompt = "p", images = { dir .. "/broken.png" } }
+        .. "\n")
+      local dry = cli("--dry-run " .. bm .. " -o " .. fresh("out"))
+      assert.matches("refused: x: ", dry)
     end)
 
     it("--detach submits and says how to collect; the same command without it collects", function()

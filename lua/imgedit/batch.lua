@@ -355,8 +355,9 @@ function M.run(o)
   for _, k in ipairs(PROVIDER_ONLY) do
     if o[k] ~= nil and route ~= "provider" then error("option '" .. k .. "' is for route = \"provider\"", 2) end
   end
-  if o.poll_interval ~= nil and (type(o.poll_interval) ~= "number" or o.poll_interval < 0) then
-    error("bad option 'poll_interval' (seconds >= 0 expected)", 2)
+  -- Above 0: a loop of polls at no interval floods the service.
+  if o.poll_interval ~= nil and (type(o.poll_interval) ~= "number" or not (o.poll_interval > 0)) then
+    error("bad option 'poll_interval' (seconds > 0 expected)", 2)
   end
   for _, k in ipairs { "max_lines", "max_bytes" } do
     if o[k] ~= nil and (type(o[k]) ~= "number" or o[k] < 1 or o[k] % 1 ~= 0) then
@@ -364,7 +365,7 @@ function M.run(o)
     end
   end
   if o.uploads ~= nil and type(o.uploads) ~= "string" then error("bad option 'uploads' (a path expected)", 2) end
-  if o.detach and o.cancel then error("options 'detach' and 'cancel' go one at a time", 2) end
+  if o.detach and o.cancel then error("bad option 'cancel' (it goes without 'detach')", 2) end
   local budget = budgets.option(o.budget, 2)
   local shard = J.parse_shard(o.shard)
   local client = o.client
@@ -372,6 +373,9 @@ function M.run(o)
     client = client_mod.new { max_concurrency = o.concurrency }
   elseif getmetatable(client) ~= client_mod.Client then
     error("bad option 'client' (an imgedit client expected)", 2)
+  end
+  if route == "provider" and client.provider == "azure" then
+    error("bad option 'route' (provider azure: its batches take other urls, which this route does not speak)", 2)
   end
   local ceiling = o.concurrency or client.max_concurrency
   if type(ceiling) ~= "number" or ceiling < 1 or ceiling % 1 ~= 0 then
@@ -442,9 +446,7 @@ function M.run(o)
     if not ok_run then error(r, 0) end
     if run.on_tick then run.on_tick(run:numbers()) end
     if o.dry_run then return r:dry_report() end
-    local report = run:_report(src)
-    report.route = run.route
-    return report
+    return run:_report(src)
   end
 
   run.claimed = require("imgedit.batch_provider").claimed(dir, shard)
@@ -498,9 +500,9 @@ function M.run(o)
   jf:close()
   if not ok_run then error(run_err, 0) end
   if run.stats.in_batch > 0 and not run.stopped then
-    run.stopped = string.format("%d job%s wait%s in the provider's batches of this folder: not sent again here;"
-      .. " collect with route = \"provider\" (imgedit batch --route provider)", run.stats.in_batch,
-      run.stats.in_batch == 1 and "" or "s", run.stats.in_batch == 1 and "s" or "")
+    run.stopped = string.format("%d job%s wait%s in this folder's provider batches, not sent again by the direct"
+      .. " route: the provider's route collects them", run.stats.in_batch, run.stats.in_batch == 1 and "" or "s",
+      run.stats.in_batch == 1 and "s" or "")
   end
   if run.on_tick then run.on_tick(run:numbers()) end
   return run:_report(src)

@@ -46,7 +46,7 @@ function M.journal_name(shard) return ".imgedit-batch" .. M.suffix(shard) .. ".j
 local EVENT = { event = "string", name = "string", key = "string", at = "string", model = "string",
   attempts = "number", seconds = "number", maybe_paid_twice = "boolean", resumed = "string", tokens = "number",
   usage = "map", cost = "number", request_id = "string", file = "string", files = "strings", bytes = "number",
-  sha256 = "string", url = "string", error = "map" }
+  sha256 = "string", url = "string", error = "map", batch = "string" }
 local ERROR = { kind = "string", message = "string", status = "number", maybe_billed = "boolean",
   retry_after = "number" }
 

@@ -257,6 +257,16 @@ function Route:line(item, refs)
   local req = {}
   for k, v in pairs(item.send) do req[k] = v end
   req.body, req._refs = item.kind == "edit" and "json" or nil, refs
+  -- The answer must carry the picture: a url could expire before the batch
+  -- is collected (up to 24 hours on), and a line's result is not fetched.
+  local r = self.client:rules(item.model)
+  if req.response_format == "url" then
+    return nil, errors.new("invalid_request", "a batch line's answer must carry the picture (its url could expire"
+      .. " before the batch is collected): drop response_format = \"url\"", { param = "response_format" })
+  end
+  if req.response_format == nil and r and r.response_formats and r.response_formats.b64_json then
+    req.response_format = "b64_json"
+  end
   local ok, spec, err = pcall(request.prepare, self.client, item.kind, req, self.client:_key(), 1)
   if not ok then return nil, errors.new("invalid_request", (tostring(spec):gsub("^[^:]*:%d+: ", ""))) end
   if not spec then return nil, err end
@@ -568,7 +578,7 @@ function M.execute(run, src, o)
       if p and p.ids[p.names[entry.name]] and p.ids[p.names[entry.name]].key == item.key then return end
       if o.cancel then return end -- --cancel sends nothing new
       local ok_line, lerr = self:line(item, setmetatable({}, { __index = function() return "file-checked" end }))
-      if ok_line then self.dry_bytes = self.dry_bytes + #cjson.encode(ok_line) + 1 end
+      if ok_line then item.line_bytes = #cjson.encode(ok_line) + 1 end
       if not ok_line then
         run:_ended { event = "failed", name = entry.name, key = item.key, attempts = 0,
           error = { kind = lerr.kind, message = lerr.message } }
@@ -595,6 +605,7 @@ function M.execute(run, src, o)
       new = keep
     end
     self.new = new
+    for _, name in ipairs(new) do self.dry_bytes = self.dry_bytes + (self.items[name].line_bytes or 0) end
     -- Fetches of pictures paid for before: the direct route's, driven here.
     while #run.slots > 0 do
       run.client:poll(0.1)
@@ -692,11 +703,8 @@ function M.execute(run, src, o)
         end
       end
     end
-    if o.detach and #self.pending > 0 then
-      run.stopped = "detached"
-      return
-    end
-    -- Poll until every batch is final, collecting each as it ends.
+    -- Poll until every batch is final, collecting each as it ends (with
+    -- detach: once, so that a detached re-run collects what has ended).
     self.phase, self.poll_t0 = "waiting", core.now()
     local last_poll = -math.huge
     while #self.pending > 0 do
@@ -742,6 +750,10 @@ function M.execute(run, src, o)
         end
         self.pending = still
         self:tick(true)
+        if o.detach and #self.pending > 0 then
+          run.stopped = "detached"
+          return
+        end
       end
       if #self.pending > 0 then
         -- With nothing in flight, poll only waits.

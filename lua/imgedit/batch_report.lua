@@ -43,13 +43,13 @@ function M.write(self, src)
     if ev and ev.event == "done" then
       rec = { name = entry.name, status = "done", file = ev.file, files = ev.files, tokens = ev.tokens,
         cost = ev.cost, attempts = ev.attempts, request_id = ev.request_id, seconds = ev.seconds, at = ev.at,
-        resumed = ev.resumed, maybe_paid_twice = ev.maybe_paid_twice }
+        resumed = ev.resumed, maybe_paid_twice = ev.maybe_paid_twice, batch = ev.batch }
       t.done = t.done + 1
     else
       rec = { name = entry.name, status = ev and "failed" or "not_run" }
       if ev then
         rec.error, rec.attempts, rec.request_id, rec.url, rec.at = ev.error, ev.attempts, ev.request_id, ev.url, ev.at
-        rec.maybe_paid_twice = ev.maybe_paid_twice
+        rec.maybe_paid_twice, rec.batch = ev.maybe_paid_twice, ev.batch
         t.failed = t.failed + 1
       else
         t.not_run = t.not_run + 1
@@ -80,12 +80,13 @@ function M.write(self, src)
     started = J.iso(self.started), seconds = n.seconds, stopped = self.stopped,
     totals = { jobs = #list, done = t.done, failed = t.failed, not_run = t.not_run },
     this_run = { done = s.done, failed = s.failed, skipped_done_before = s.before,
-      not_sent_maybe_billed = s.held, requests = s.requests,
+      not_sent_maybe_billed = s.held, in_provider_batches = s.in_batch, requests = s.requests,
       tokens = s.tokens, usd = s.usd, rpm = n.rpm, throttled = self.pace.throttles,
       concurrency = { ceiling = self.pace.ceiling, lowest = math.max(1, math.floor(self.pace.lowest)),
         final = self.pace:slots() } },
     maybe_paid_twice = s.paid_twice,
     jobs = list,
+    route = self.route, -- the provider's route (batch_provider.lua)
   }
   local ext = J.suffix(self.shard)
   report.report = files.join(self.dir, "batch-report" .. ext .. ".json")
@@ -95,6 +96,11 @@ function M.write(self, src)
   for k, v in pairs(report) do enc[k] = v end
   if #s.paid_twice == 0 then enc.maybe_paid_twice = empty end
   if #list == 0 then enc.jobs = empty end
+  if self.route and #self.route.pending == 0 then
+    enc.route = {}
+    for k, v in pairs(self.route) do enc.route[k] = v end
+    enc.route.pending = empty
+  end
   local ok, msg = files.own(report.report, cjson.encode(enc) .. "\n")
   if not ok then report.report_error = msg end
   ok, msg = files.own(report.failed_manifest, #failed > 0 and table.concat(failed, "\n") .. "\n" or "")

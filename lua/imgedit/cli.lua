@@ -126,6 +126,7 @@ local function build()
     :epilog(EPILOG)
   emu:option("--port", "Port on 127.0.0.1 (default: any free one).", "0")
   emu:option("--latency", "Seconds each answer takes.", "0")
+  emu:option("--batch-seconds", "Seconds a Batch API batch takes to complete (default 2).")
   emu:flag("--sink", "Benchmark mode: discard uploads unread and answer a fixed small image at once.")
   emu:option("--provider", "Play this provider: apiyi (default), openai, azure or compatible.")
   return p

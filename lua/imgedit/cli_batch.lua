@@ -8,6 +8,8 @@ local human = require("imgedit.cli_common").human
 
 local M = {}
 
+local function plural(n, word) return string.format("%d %s%s", n, word, n == 1 and "" or "s") end
+
 local function stderr(...) io.stderr:write(...) end
 
 -- The options of the command, added to cli.lua's parser, which adds the
@@ -157,7 +159,13 @@ function M.run(a, ctx)
       stderr(line, "\n")
     end
   end
-  if a.json then
+  -- A dry run names the jobs the checks refused, and why.
+  local refused = setmetatable({}, cjson.empty_array_mt)
+  if a.dry_run then
+    opts.on_job = function(ev)
+      if ev.event == "failed" then refused[#refused + 1] = { name = ev.name, error = ev.error } end
+    end
+  elseif a.json then
     opts.on_job = function(ev)
       local out = { name = ev.name, status = ev.event, file = ev.file, tokens = ev.tokens, cost = ev.cost,
         attempts = ev.attempts, request_id = ev.request_id, seconds = ev.seconds, error = ev.error,
@@ -180,18 +188,28 @@ function M.run(a, ctx)
   if not report then return ctx.fail_err(err) end
   if report.dry_run then
     if a.json then
+      report.refused = refused
       ctx.json_out(report)
     else
-      print(string.format("dry run (nothing sent): %d jobs: %d lines for the provider's batch in %d batch%s"
-        .. " (%d bytes of input); %d pictures to upload (%d bytes); %d done before, %d cached, %d refused by the"
-        .. " checks; estimated $%.4f at the batch price ($%.4f direct)%s", report.jobs, report.lines, report.batches,
-        report.batches == 1 and "" or "es", report.input_bytes, report.uploads, report.upload_bytes,
+      print(string.format("dry run (nothing sent): %d jobs: %s for the provider's batch in %d batch%s"
+        .. " (%d bytes of input); %s to upload (%d bytes); %d done before, %d cached, %d refused by the"
+        .. " checks; estimated $%.4f at the batch price ($%.4f direct)%s", report.jobs, plural(report.lines, "line"),
+        report.batches, report.batches == 1 and "" or "es", report.input_bytes, plural(report.uploads, "picture"),
+        report.upload_bytes,
         report.done_before, report.cached, report.failed, report.usd, report.usd_direct,
         report.unpriced_model and (" (no price known for " .. text.safe(report.unpriced_model) .. ")") or ""))
       if report.pending_batches > 0 then
         print(string.format("%d batch%s of an earlier run still to collect", report.pending_batches,
           report.pending_batches == 1 and "" or "es"))
       end
+      for i, f in ipairs(refused) do
+        if i > 5 then
+          print(string.format("(%d more refused)", #refused - 5))
+          break
+        end
+        print(string.format("refused: %s: %s", text.safe(f.name), text.safe(f.error and f.error.message or "?")))
+      end
+      if report.stopped then print("stopped: " .. text.safe(report.stopped)) end
     end
     return report.failed > 0 and ctx.EXIT.failure or ctx.EXIT.ok
   end
@@ -212,8 +230,21 @@ function M.run(a, ctx)
     end
     local rt = report.route
     if rt then
-      print(string.format("provider route: %d lines sent in batches, %d pictures uploaded, %d API calls", rt.lines,
-        rt.uploads, rt.calls))
+      print(string.format("provider route: %s sent in batches, %s uploaded, %s", plural(rt.lines, "line"),
+        plural(rt.uploads, "picture"), plural(rt.calls, "API call")))
+    end
+    -- Why jobs failed, the first few (all are in the report).
+    local shown_failed = 0
+    for _, j in ipairs(report.jobs) do
+      if j.status == "failed" and j.error and shown_failed < 5 then
+        shown_failed = shown_failed + 1
+        print(string.format("failed: %s: %s: %s", safe(j.name), safe(j.error.kind or "?"), safe(j.error.message or "")))
+      end
+    end
+    if t.failed > shown_failed and shown_failed > 0 then print(string.format("(%d more in the report)", t.failed - shown_failed)) end
+    if (r.not_sent_maybe_billed or 0) > 0 then
+      print(string.format("%s ended failed and maybe billed before: not sent again unless --retry-maybe-billed"
+        .. " (which may pay twice)", plural(r.not_sent_maybe_billed, "job")))
     end
     if report.stopped == "detached" or (report.stopped == "interrupted" and rt and #rt.pending > 0) then
       -- The same command: other options (model, size) are part of each job's key.
@@ -221,16 +252,26 @@ function M.run(a, ctx)
         .. " command again%s (add --cancel to cancel)", #rt.pending == 1 and "" or "es",
         safe(table.concat(rt.pending, ", ")), #rt.pending == 1 and "is" or "are",
         a.detach and " without --detach" or ""))
+    elseif (r.in_provider_batches or 0) > 0 and not report.stopped:match("^budget") then
+      print(string.format("%s wait%s in this folder's provider batches: not sent again by the direct route; to"
+        .. " collect, run this command with --route provider", plural(r.in_provider_batches, "job"),
+        r.in_provider_batches == 1 and "s" or ""))
     elseif report.stopped then
       print("stopped: " .. safe(report.stopped))
     end
     print("report: " .. safe(report.report))
-    if t.done < t.jobs and not (rt and #rt.pending > 0) then
-      print("to run what is left: imgedit batch " .. safe(report.failed_manifest) .. " -o " .. safe(a.output))
+    -- What a re-run of failed.jsonl would send: not the jobs held back.
+    local left = t.jobs - t.done - (r.not_sent_maybe_billed or 0) - (r.in_provider_batches or 0)
+    if left > 0 and not (rt and #rt.pending > 0) then
+      print("to run what is left: imgedit batch " .. (rt and "--route provider " or "") .. safe(report.failed_manifest)
+        .. " -o " .. safe(a.output))
     end
   end
   if report.stopped == "detached" then return ctx.EXIT.ok end
   if report.stopped == "interrupted" then return 130 end
+  if report.stopped and (r.in_provider_batches or 0) > 0 and not report.stopped:match("^budget") then
+    return ctx.EXIT.failure
+  end
   if report.stopped then return ctx.EXIT.limit end
   if t.failed > 0 or t.not_run > 0 then return ctx.EXIT.failure end
   return ctx.EXIT.ok

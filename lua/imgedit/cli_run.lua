@@ -76,7 +76,7 @@ end
 local function cmd_emulate(a)
   local started, emu, err = pcall(require("imgedit.emulator").start, {
     port = compat.tointeger(number_opt(a.port, "port")), latency = number_opt(a.latency, "latency"), sink = a.sink,
-    provider = a.provider,
+    provider = a.provider, batch_seconds = a.batch_seconds and number_opt(a.batch_seconds, "batch-seconds"),
   })
   if not started then error({ usage = (tostring(emu):gsub("^[^:]*:%d+: ", "")) }) end
   if not emu then return fail(1, err) end
