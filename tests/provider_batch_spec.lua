@@ -344,6 +344,18 @@ print("totals", r.totals.done, r.totals.failed)
     end
   end)
 
+  it("shows its progress: the upload's bytes, then each batch's status, counts and the time waited", function()
+    local ticks = {}
+    local r = run(six(), fresh("out"), { max_lines = 4, tick = 0, on_tick = function(t)
+      if t.route then ticks[#ticks + 1] = require("imgedit.cli_batch").route_line(t) end
+    end })
+    assert.are.equal(6, r.totals.done)
+    local all = table.concat(ticks, "\n")
+    assert.matches("uploading %d/3 pictures, %d+ B of %d+ B", all)
+    assert.matches("waiting | batch_%x+ %a+ %d/4 done, 0 failed; batch_%x+ %a+ %d/2 done, 0 failed | 3 pictures"
+      .. " uploaded this run | waited %d", all)
+  end)
+
   describe("the command line", function()
     local function cli(args)
       return H.sh(H.CHILD .. "XDG_CACHE_HOME=" .. dir .. "/xdg IMGEDIT_API_KEY=" .. emu.key .. " IMGEDIT_BASE_URL="

@@ -79,8 +79,8 @@ function M.route_line(n)
   if r.phase == "uploading" and up then
     return string.format("uploading %d/%d pictures, %s of %s", up.done, up.files, human(up.sent), human(up.bytes))
   end
-  return string.format("%s | %s | uploads %d | waited %s", r.phase or "", #list > 0 and table.concat(list, "; ")
-    or "no batch", r.uploads or 0, clock(r.waited))
+  return string.format("%s | %s | %s uploaded this run | waited %s", r.phase or "", #list > 0
+    and table.concat(list, "; ") or "no batch", plural(r.uploads or 0, "picture"), clock(r.waited))
 end
 
 -- run(a, ctx) -> exit code. ctx: the cli's helpers (fail, fail_err, number_opt, json_out, exit codes).
@@ -145,7 +145,7 @@ function M.run(a, ctx)
   local tty = not a.quiet and not a.json and core.isatty(2)
   local last_plain, shown, told = core.now(), false, false
   opts.on_tick = function(n)
-    if n.stopping and not told and not a.quiet then
+    if n.stopping and (n.running or 0) > 0 and not told and not a.quiet then
       told = true
       stderr(tty and "\r\27[K" or "", string.format("imgedit: stopping: no new jobs; waiting for %d in flight"
         .. " (Ctrl-C again cancels them)\n", n.running))
