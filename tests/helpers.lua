@@ -376,13 +376,14 @@ end
 -- emulator forgets its log and faults and answers at once again.
 -- setup(emu, dir) keeps them in the spec's locals and adds its fixtures;
 -- finish(), when given, stops what setup started, before the emulator and
--- the folder go (a server whose files are in the folder).
-function H.world(setup, finish)
+-- the folder go (a server whose files are in the folder); emu_opts, the
+-- emulator's start options.
+function H.world(setup, finish, emu_opts)
   local busted = require "busted" -- the DSL lives in the specs' environment
   local lazy_setup, lazy_teardown, before_each = busted.lazy_setup, busted.lazy_teardown, busted.before_each
   local emu, dir
   lazy_setup(function()
-    emu, dir = H.emulator(), H.tmpdir()
+    emu, dir = H.emulator(emu_opts), H.tmpdir()
     setup(emu, dir)
   end)
   lazy_teardown(function()

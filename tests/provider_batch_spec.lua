@@ -9,6 +9,10 @@ local imgedit = require "imgedit"
 local lineage = require "imgedit.lineage"
 
 local SMALL = { size = "64x64", response_format = "b64_json" }
+-- The route needs a service with the Files and Batch APIs and the JSON edit
+-- body: the emulator plays a compatible one (the seeds' gateway has
+-- neither), whose model's price the client is told.
+local PRICES = { ["gpt-image-2-all"] = { per_image = 0.03 } }
 
 describe("imgedit.batch{route = 'provider'}", function()
   local emu, dir, pics
@@ -19,7 +23,12 @@ describe("imgedit.batch{route = 'provider'}", function()
       pics[i] = d .. "/p" .. i .. ".png"
       H.write(pics[i], H.png(16 + i, 16))
     end
-  end)
+  end, nil, { provider = "compatible" })
+  local function client(opts)
+    local o = { prices = PRICES }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    return H.all_client(emu, o)
+  end
   before_each(function() emu:configure { batch_seconds = 0.3, batch_max_lines = 50000, time_offset = 0 } end)
 
   local n = 0
@@ -43,7 +52,7 @@ describe("imgedit.batch{route = 'provider'}", function()
   end
 
   local function run(m, o, opts)
-    local t = { client = H.all_client(emu), manifest = m, dir = o, defaults = SMALL, route = "provider",
+    local t = { client = client(), manifest = m, dir = o, defaults = SMALL, route = "provider",
       poll_interval = 0.05, uploads = dir .. "/uploads-" .. n .. ".jsonl" }
     for k, v in pairs(opts or {}) do t[k] = v end
     return assert(imgedit.batch(t))
@@ -70,7 +79,7 @@ describe("imgedit.batch{route = 'provider'}", function()
 
   it("pays each new line once at half price; the cached job costs nothing and the invalid one is not sent", function()
     local cache = fresh("cache")
-    local direct = assert(imgedit.batch { client = H.all_client(emu), dir = fresh("direct"), cache = cache,
+    local direct = assert(imgedit.batch { client = client(), dir = fresh("direct"), cache = cache,
       defaults = SMALL, jobs = { { name = "a", prompt = "edit number 1", images = { pics[1] } } } })
     local full = direct.jobs[1].cost
     assert.is_true(full > 0)
@@ -138,7 +147,7 @@ describe("imgedit.batch{route = 'provider'}", function()
   end)
 
   it("gives the same picture for the same request by JSON body, form, and batch line", function()
-    local c = H.all_client(emu)
+    local c = client()
     local a = assert(c:edit { prompt = "same picture", images = { pics[2] }, size = "64x64", body = "multipart" })
     local b = assert(c:edit { prompt = "same picture", images = { pics[2] }, size = "64x64", body = "json" })
     assert.are.equal(a.picture_sha256, b.picture_sha256)
@@ -218,7 +227,7 @@ describe("imgedit.batch{route = 'provider'}", function()
     local m = six()
     local r = run(m, o, { detach = true })
     assert.are.equal("detached", r.stopped)
-    local other = H.emulator { batch_seconds = 0.3 }
+    local other = H.emulator { batch_seconds = 0.3, provider = "compatible" }
     local r2 = assert(imgedit.batch { client = H.all_client(other), manifest = m, dir = o, defaults = SMALL,
       route = "provider", poll_interval = 0.05, uploads = dir .. "/other-uploads.jsonl" })
     other:stop()
@@ -247,7 +256,7 @@ describe("imgedit.batch{route = 'provider'}", function()
   it("leaves to the provider's route the jobs its batches hold: the direct route does not pay them twice", function()
     local m, o = six(), fresh("out")
     assert.are.equal("detached", run(m, o, { detach = true }).stopped)
-    local d = assert(imgedit.batch { client = H.all_client(emu), manifest = m, dir = o, defaults = SMALL })
+    local d = assert(imgedit.batch { client = client(), manifest = m, dir = o, defaults = SMALL })
     assert.are.same({ jobs = 6, done = 0, failed = 0, not_run = 6 }, d.totals)
     assert.matches("provider batches", d.stopped)
     assert.is_nil(calls()["POST /v1/images/edits"])
@@ -306,7 +315,31 @@ describe("imgedit.batch{route = 'provider'}", function()
     assert.has_error(function()
       imgedit.batch { client = H.client(emu, { provider = "azure" }), jobs = {}, route = "provider", dir = fresh("o") }
     end)
+    assert.has_error(function()
+      imgedit.batch { client = H.client(emu, { provider = "apiyi" }), jobs = {}, route = "provider", dir = fresh("o") }
+    end)
     assert.are.equal(0, #H.api_requests(emu))
+  end)
+
+  it("keeps to the seeds' gateway's multipart edits: its JSON body refused here and by its emulator", function()
+    local c = H.client(emu, { provider = "apiyi", model = "gpt-image-2-all" })
+    local img, err = c:edit { prompt = "x", images = { pics[1] }, size = "64x64", body = "json" }
+    assert.is_nil(img)
+    assert.are.equal("invalid_request", err.kind)
+    assert.matches("multipart", err.message)
+    img, err = c:edit { prompt = "x", images = { { file_id = "file-abc" } }, size = "64x64" }
+    assert.is_nil(img)
+    assert.matches("multipart", err.message)
+    assert.are.equal(0, #H.api_requests(emu))
+    local gw = H.emulator {}
+    local code = H.sh("curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer " .. gw.key .. "' -H"
+      .. " 'Content-Type: application/json' -d '{\"model\":\"gpt-image-2-all\",\"prompt\":\"x\",\"images\":"
+      .. "[{\"file_id\":\"file-abc\"}]}' " .. gw.url .. "/images/edits")
+    local files = H.sh("curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer " .. gw.key .. "' "
+      .. gw.url .. "/files")
+    gw:stop()
+    assert.are.equal("400", code)
+    assert.are.equal("404", files)
   end)
 
   describe("after kill -9", function()
@@ -315,7 +348,7 @@ describe("imgedit.batch{route = 'provider'}", function()
       script = H.write(dir .. "/killed.lua", [[
 local imgedit = require "imgedit"
 local at = os.getenv("KILL_AT")
-local c = imgedit.new { base_url = os.getenv("EMU_URL"), api_key = os.getenv("EMU_KEY"), provider = "apiyi",
+local c = imgedit.new { base_url = os.getenv("EMU_URL"), api_key = os.getenv("EMU_KEY"), provider = "compatible",
   model = "gpt-image-2-all" }
 local r = assert(imgedit.batch { client = c, manifest = arg[1], dir = arg[2], uploads = arg[3], route = "provider",
   poll_interval = 0.05, max_lines = 4, defaults = { size = "64x64", response_format = "b64_json" },
@@ -359,7 +392,7 @@ print("totals", r.totals.done, r.totals.failed)
   describe("the command line", function()
     local function cli(args)
       return H.sh(H.CHILD .. "XDG_CACHE_HOME=" .. dir .. "/xdg IMGEDIT_API_KEY=" .. emu.key .. " IMGEDIT_BASE_URL="
-        .. emu.url .. " IMGEDIT_PROVIDER=apiyi " .. H.LUA .. " bin/imgedit batch --model gpt-image-2-all --size 64x64"
+        .. emu.url .. " IMGEDIT_PROVIDER=compatible " .. H.LUA .. " bin/imgedit batch --model gpt-image-2-all --size 64x64"
         .. " --response-format b64_json --route provider --poll-interval 0.05 " .. args)
     end
 
@@ -385,7 +418,7 @@ print("totals", r.totals.done, r.totals.failed)
       assert.are.equal(0, code, out)
       -- The direct route, meanwhile: nothing sent, the reason, exit 1.
       local d, dcode = H.sh(H.CHILD .. "XDG_CACHE_HOME=" .. dir .. "/xdg IMGEDIT_API_KEY=" .. emu.key
-        .. " IMGEDIT_BASE_URL=" .. emu.url .. " IMGEDIT_PROVIDER=apiyi " .. H.LUA .. " bin/imgedit batch --model"
+        .. " IMGEDIT_BASE_URL=" .. emu.url .. " IMGEDIT_PROVIDER=compatible " .. H.LUA .. " bin/imgedit batch --model"
         .. " gpt-image-2-all --size 64x64 --response-format b64_json " .. m .. " -o " .. o)
       assert.are.equal(1, dcode, d)
       assert.matches("6 jobs wait in this folder's provider batches", d)
@@ -445,7 +478,7 @@ print("totals", r.totals.done, r.totals.failed)
       local m, o = six(), fresh("out")
       local log = fresh("log")
       os.execute(H.CHILD .. "XDG_CACHE_HOME=" .. dir .. "/xdg IMGEDIT_API_KEY=" .. emu.key .. " IMGEDIT_BASE_URL="
-        .. emu.url .. " IMGEDIT_PROVIDER=apiyi " .. H.LUA .. " bin/imgedit batch --model gpt-image-2-all --size 64x64"
+        .. emu.url .. " IMGEDIT_PROVIDER=compatible " .. H.LUA .. " bin/imgedit batch --model gpt-image-2-all --size 64x64"
         .. " --response-format b64_json --route provider --poll-interval 0.05 " .. m .. " -o " .. o .. " >" .. log
         .. " 2>&1 & echo $! >" .. log .. ".pid")
       local pid = H.read(log .. ".pid"):match("%d+")

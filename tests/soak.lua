@@ -124,7 +124,7 @@ local function batch_round(r, emu, pic, seed, n, violations, stats)
   if fault then emu:inject(fault) end
   emu:configure { batch_seconds = r(3) * 0.1 * H.SLOW }
   local crash_at, crashed = r(2) == 1 and STEPS[r(#STEPS)] or nil, false
-  local c = imgedit.new { base_url = emu.url, api_key = emu.key, provider = "apiyi", model = "gpt-image-2-all",
+  local c = imgedit.new { base_url = emu.url, api_key = emu.key, provider = "compatible", model = "gpt-image-2-all",
     retry_base = 0.01, max_concurrency = 1 + r(4), on_warning = function() end }
   local report, runs = nil, 0
   local deadline = core.now() + 30 * H.SLOW
@@ -202,16 +202,20 @@ function S.run(o)
   local violations = {}
   local n = 0
   local t_end = core.now() + (o.seconds or 40)
+  local bemu -- the batch rounds' emulator
 
   while core.now() < t_end do
     stats.rounds = stats.rounds + 1
     emu:clear()
     repeat -- (once; a batch round breaks out: no goto, for Lua 5.1 and LuaJIT)
       if r(4) == 1 then
-        -- this round goes the provider's batch route
-        emu:configure { fail_rate = 0.04, reset_rate = 0.02, latency = 0 }
+        -- this round goes the provider's batch route, on an emulator of a
+        -- service that has it (the seeds' gateway has not)
+        bemu = bemu or H.emulator { provider = "compatible" }
+        bemu:clear()
+        bemu:configure { fail_rate = 0.04, reset_rate = 0.02, latency = 0, seed = seed + n }
         n = n + 1
-        batch_round(r, emu, pic, seed, n, violations, stats)
+        batch_round(r, bemu, pic, seed, n, violations, stats)
         log(stats)
         break
       end
@@ -347,6 +351,7 @@ function S.run(o)
   end
   sleeper:close()
   emu:stop()
+  if bemu then bemu:stop() end
   os.remove(pic)
   os.remove(mask)
   os.remove(shifty)

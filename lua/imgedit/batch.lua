@@ -377,6 +377,10 @@ function M.run(o)
   if route == "provider" and client.provider == "azure" then
     error("bad option 'route' (provider azure: its batches take other urls, which this route does not speak)", 2)
   end
+  if route == "provider" and client.provider == "apiyi" then
+    error("bad option 'route' (provider apiyi documents no Files or Batch API, and edits as multipart alone:"
+      .. " the provider's route needs provider openai or compatible)", 2)
+  end
   local ceiling = o.concurrency or client.max_concurrency
   if type(ceiling) ~= "number" or ceiling < 1 or ceiling % 1 ~= 0 then
     error("bad option 'concurrency' (an integer >= 1 expected)", 2)

@@ -264,7 +264,9 @@ function Route:line(item, refs)
     return nil, errors.new("invalid_request", "a batch line's answer must carry the picture (its url could expire"
       .. " before the batch is collected): drop response_format = \"url\"", { param = "response_format" })
   end
-  if req.response_format == nil and r and r.response_formats and r.response_formats.b64_json then
+  -- A model whose rules are unknown (a compatible service's own) is asked
+  -- too: a refusal costs nothing, a url answer a paid picture.
+  if req.response_format == nil and not (r and r.response_formats and not r.response_formats.b64_json) then
     req.response_format = "b64_json"
   end
   local ok, spec, err = pcall(request.prepare, self.client, item.kind, req, self.client:_key(), 1)

@@ -369,6 +369,13 @@ function M.prepare(client, kind, req, key, level)
         .. " multipart: drop body = \"multipart\"", { param = "body" }, key)
     end
     json = json or refs
+    -- The seeds' gateway takes edits as multipart alone ("Request format is
+    -- multipart/form-data"): refused here, before anything is paid.
+    if json and client.provider == "apiyi" then
+      return fail("invalid_request", "provider apiyi takes edits as multipart/form-data only: the JSON edit body"
+        .. " (body = \"json\", a picture by url or file id) needs provider openai or compatible",
+        { param = "body" }, key)
+    end
     for i, src in ipairs(sources) do
       -- Image 1 of a masked edit is read again once the answer is in (the
       -- mask's figures, preserve's composite): its bytes are held, like the

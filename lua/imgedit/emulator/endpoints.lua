@@ -327,7 +327,9 @@ end
 
 local function edits(req, entry)
   local ct = (req.content_type or ""):lower()
-  if ct:find("application/json", 1, true) then return json_edit(req, entry) end
+  -- The seeds' gateway: "Request format is multipart/form-data".
+  local gateway = (S.cfg.provider or "apiyi") == "apiyi"
+  if ct:find("application/json", 1, true) and not gateway then return json_edit(req, entry) end
   if not ct:find("multipart/form-data", 1, true) then
     return invalid("Edits take multipart/form-data", nil, "invalid_content_type")
   end

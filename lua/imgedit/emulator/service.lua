@@ -220,8 +220,9 @@ local function api(req, entry)
     end
   else
     -- the Files and Batch APIs (an Azure emulator answers them 404, above:
-    -- it plays only the deployments' image routes)
-    a = files.route(req, entry) or batches.route(req, entry)
+    -- it plays only the deployments' image routes; the seeds' gateway
+    -- documents neither, so its emulator has none)
+    a = (S.cfg.provider or "apiyi") ~= "apiyi" and (files.route(req, entry) or batches.route(req, entry))
       or fail(404, "Unknown request URL: " .. req.method .. " " .. req.path, nil, "unknown_url")
   end
   entry.status = entry.status or a.status
