@@ -125,7 +125,7 @@ function M.transport_error(res, what, max, key, billable)
   }, key)
 end
 
--- api(res, max, key, billable [, raw]) -> {status=, json= (or body=, raw), request_id=, saved=} | nil, err:
+-- api(res, max, key, billable [, raw]) -> {status=, json= (or body=, raw), request_id=} | nil, err:
 -- an answer of the Files and Batch routes (client:_api). With billable (a
 -- batch's creation), a gateway that lost the answer after the whole request
 -- went out leaves it maybe made, like an edit.
@@ -140,10 +140,10 @@ function M.api(res, max, key, billable, raw)
     end
     return nil, err
   end
-  local out = { status = res.status, request_id = res.request_id, saved = res.saved }
+  local out = { status = res.status, request_id = res.request_id }
   if raw then
     out.body = res.body
-  elseif res.saved == nil then
+  else
     local body = cjson.decode(res.body)
     if type(body) ~= "table" then return protocol("the answer is not JSON", res, key) end
     out.json = body

@@ -401,6 +401,20 @@ function Route:result_of(item, rec, status)
     code ~= "" and code or status, tostring(e.message or "no reason given")), { code = e.code })
 end
 
+-- owed(p, entry) -> item, custom_id | nil [, "superseded"]: what part p
+-- still owes the job: its line is of the job's current request and the job
+-- is not done. A line of an older request ("superseded": the job changed
+-- while its batch ran) is not this job's.
+function Route:owed(p, entry)
+  local cid, item = p.names[entry.name], self.items[entry.name]
+  if not (cid and item) then return nil end
+  if p.ids[cid].key ~= item.key then return nil, "superseded" end
+  local prior = self.run.known[entry.name]
+  local last = prior and prior.last
+  if last and last.event == "done" and last.key == item.key then return nil end
+  return item, cid
+end
+
 function Route:collect(p, entries)
   local b = p.status or {}
   self.batch_of = p.batch
@@ -413,16 +427,10 @@ function Route:collect(p, entries)
   local oi, ei = out and index(out) or {}, bad and index(bad) or {}
   local run = self.run
   for _, entry in ipairs(entries) do
-    local cid = p.names[entry.name]
-    local item = self.items[entry.name]
-    local prior = run.known[entry.name]
-    local last = prior and prior.last
-    -- A line of an older request of this name (the job changed while its
-    -- batch ran) is not this job's: its picture is not written as it.
-    local line_key = cid and p.ids[cid] and p.ids[cid].key
-    if cid and item and line_key ~= item.key then
+    local item, cid = self:owed(p, entry)
+    if cid == "superseded" then
       self.superseded = (self.superseded or 0) + 1
-    elseif cid and item and not (last and last.event == "done" and last.key == item.key) then
+    elseif item then
       local rec = oi[cid] and read_at(out, oi[cid]) or ei[cid] and read_at(bad, ei[cid])
       local ev = { name = entry.name, key = item.key, attempts = 1, model = item.model, batch = p.batch }
       local img, err
@@ -486,10 +494,8 @@ function Route:abandon(p, entries, err)
   self:journal { ev = "abandoned", part = p.id, batch_id = p.batch }
   p.abandoned = true
   for _, entry in ipairs(entries) do
-    local item = self.items[entry.name]
-    local prior = self.run.known[entry.name]
-    local last = prior and prior.last
-    if p.names[entry.name] and item and not (last and last.event == "done" and last.key == item.key) then
+    local item = self:owed(p, entry)
+    if item then
       self.run:_ended { event = "failed", name = entry.name, key = item.key, attempts = 1, batch = p.batch,
         error = { kind = err.kind, status = err.status, maybe_billed = true,
           message = "the provider does not know batch " .. p.batch .. " (another key or base_url?): "
@@ -774,7 +780,7 @@ function M.execute(run, src, o)
   rj:close()
   self.memory:close()
   run.route = { calls = self.calls, uploads = self.uploaded, upload_bytes = self.upload_bytes, lines = self.lines,
-    superseded = self.superseded or 0, pending = {} }
+    superseded = self.superseded or 0, pending = setmetatable({}, cjson.empty_array_mt or {}) }
   for _, p in ipairs(self.pending) do
     run.route.pending[#run.route.pending + 1] = p.batch
   end

@@ -96,11 +96,6 @@ function M.write(self, src)
   for k, v in pairs(report) do enc[k] = v end
   if #s.paid_twice == 0 then enc.maybe_paid_twice = empty end
   if #list == 0 then enc.jobs = empty end
-  if self.route and #self.route.pending == 0 then
-    enc.route = {}
-    for k, v in pairs(self.route) do enc.route[k] = v end
-    enc.route.pending = empty
-  end
   local ok, msg = files.own(report.report, cjson.encode(enc) .. "\n")
   if not ok then report.report_error = msg end
   ok, msg = files.own(report.failed_manifest, #failed > 0 and table.concat(failed, "\n") .. "\n" or "")

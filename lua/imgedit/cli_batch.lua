@@ -214,6 +214,8 @@ function M.run(a, ctx)
     return report.failed > 0 and ctx.EXIT.failure or ctx.EXIT.ok
   end
   local r, t = report.this_run, report.totals
+  -- Stopped because jobs wait in this folder's provider batches (not a budget).
+  local waiting = report.stopped and (r.in_provider_batches or 0) > 0 and not report.stopped:match("^budget")
   if a.json then
     ctx.json_out { ok = t.done == t.jobs, summary = true, totals = t, this_run = r, stopped = report.stopped,
       route = report.route,
@@ -241,7 +243,9 @@ function M.run(a, ctx)
         print(string.format("failed: %s: %s: %s", safe(j.name), safe(j.error.kind or "?"), safe(j.error.message or "")))
       end
     end
-    if t.failed > shown_failed and shown_failed > 0 then print(string.format("(%d more in the report)", t.failed - shown_failed)) end
+    if t.failed > shown_failed and shown_failed > 0 then
+      print(string.format("(%d more in the report)", t.failed - shown_failed))
+    end
     if (r.not_sent_maybe_billed or 0) > 0 then
       print(string.format("%s ended failed and maybe billed before: not sent again unless --retry-maybe-billed"
         .. " (which may pay twice)", plural(r.not_sent_maybe_billed, "job")))
@@ -252,7 +256,7 @@ function M.run(a, ctx)
         .. " command again%s (add --cancel to cancel)", #rt.pending == 1 and "" or "es",
         safe(table.concat(rt.pending, ", ")), #rt.pending == 1 and "is" or "are",
         a.detach and " without --detach" or ""))
-    elseif (r.in_provider_batches or 0) > 0 and not report.stopped:match("^budget") then
+    elseif waiting then
       print(string.format("%s wait%s in this folder's provider batches: not sent again by the direct route; to"
         .. " collect, run this command with --route provider", plural(r.in_provider_batches, "job"),
         r.in_provider_batches == 1 and "s" or ""))
@@ -269,9 +273,7 @@ function M.run(a, ctx)
   end
   if report.stopped == "detached" then return ctx.EXIT.ok end
   if report.stopped == "interrupted" then return 130 end
-  if report.stopped and (r.in_provider_batches or 0) > 0 and not report.stopped:match("^budget") then
-    return ctx.EXIT.failure
-  end
+  if waiting then return ctx.EXIT.failure end
   if report.stopped then return ctx.EXIT.limit end
   if t.failed > 0 or t.not_run > 0 then return ctx.EXIT.failure end
   return ctx.EXIT.ok
